@@ -1,0 +1,350 @@
+"""Python SDK: ``ScoringClient`` (blocking) and ``AsyncScoringClient`` (asyncio).
+
+Both take numpy arrays and return ``ScoreResult`` objects with one array per score. Inputs too
+large for one message are cut into chunks and sent over the streaming RPCs automatically.
+Calls that fail with UNAVAILABLE (server restarting, connection refused) are retried by gRPC
+itself with exponential backoff, as configured by the channel's service config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hardscore_client.messages import (
+    ScoreResult,
+    chunk_rows_for,
+    decode_scores,
+    image_sample,
+    logits_chunks,
+    options_message,
+)
+from hardscore_client.proto import scoring_pb2 as pb
+from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+IMAGE_CHUNK = 64
+Progress = Callable[[int], None]
+"""Called with the number of rows just completed."""
+
+ImageInput = bytes | npt.NDArray[np.generic]
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS for the channel: PEM bytes of the CA roots, and for mutual TLS a key and chain."""
+
+    root_certificates: bytes | None = None
+    private_key: bytes | None = None
+    certificate_chain: bytes | None = None
+    server_name_override: str | None = None
+
+
+def channel_options(max_message_bytes: int, retries: int) -> list[tuple[str, object]]:
+    """Channel options: message limits and a retry policy for UNAVAILABLE on every method."""
+    service_config = {
+        "methodConfig": [{
+            "name": [{"service": "hardscore.v1.ScoringService"}],
+            "retryPolicy": {
+                "maxAttempts": max(2, retries + 1),
+                "initialBackoff": "0.1s",
+                "maxBackoff": "5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }]
+    }
+    options: list[tuple[str, object]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1 if retries > 0 else 0),
+        ("grpc.service_config", json.dumps(service_config)),
+        # Keep whole requests for replay, so large messages are retried too.
+        ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
+        ("grpc.retry_buffer_size", 4 * max_message_bytes),
+    ]
+    return options
+
+
+def _credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls.root_certificates,
+        private_key=tls.private_key,
+        certificate_chain=tls.certificate_chain,
+    )
+
+
+def _prepare_logits(
+    logits: npt.ArrayLike, labels: npt.ArrayLike | Sequence[str] | None,
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.generic] | None]:
+    arr = np.asarray(logits)
+    if arr.dtype != np.float64:
+        arr = arr.astype(np.float32, copy=False)
+    label_arr = None if labels is None else np.asarray(labels)
+    return arr, label_arr
+
+
+def _image_requests(
+    images: Sequence[ImageInput],
+    labels: Sequence[int | str | None] | None,
+    ids: Sequence[str] | None,
+    options: pb.ScoringOptions,
+    chunk: int,
+) -> list[pb.ScoreImagesRequest]:
+    requests = []
+    for start in range(0, max(len(images), 1), chunk):
+        stop = min(start + chunk, len(images))
+        samples = [
+            image_sample(
+                images[i],
+                None if labels is None else labels[i],
+                "" if ids is None else ids[i],
+            )
+            for i in range(start, stop)
+        ]
+        requests.append(pb.ScoreImagesRequest(samples=samples, options=options))
+    return requests
+
+
+class ScoringClient:
+    """Blocking client of a hardscore server at ``target`` ("host:port")."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: TLSConfig | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retries: int = 4,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        options = channel_options(max_message_bytes, retries)
+        if tls is not None:
+            if tls.server_name_override:
+                options.append(("grpc.ssl_target_name_override", tls.server_name_override))
+            self._channel = grpc.secure_channel(target, _credentials(tls), options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = pb_grpc.ScoringServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._max_message_bytes = max_message_bytes
+        self._timeout = timeout
+        self._metadata = tuple(metadata)
+
+    def __enter__(self) -> ScoringClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Blocks until the server's health check says SERVING (or raises grpc.RpcError)."""
+        response = self._health.Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True)
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            raise RuntimeError(f"server is not serving: status {response.status}")
+
+    def score_logits(
+        self,
+        logits: npt.ArrayLike,
+        labels: npt.ArrayLike | Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        temperature: float | None = None,
+        include_probabilities: bool = False,
+        chunk_rows: int | None = None,
+        progress: Progress | None = None,
+    ) -> ScoreResult:
+        """Scores ``logits`` [N, C] with optional ``labels`` (indices, -1 = none; or names).
+
+        Inputs of more than ``chunk_rows`` rows (default: what fits the message limit) travel
+        over ScoreLogitsStream; the result is the same.
+        """
+        arr, label_arr = _prepare_logits(logits, labels)
+        options = options_message(class_names, temperature, include_probabilities)
+        rows = chunk_rows or chunk_rows_for(
+            arr.shape[-1] if arr.ndim == 2 else 2, self._max_message_bytes, include_probabilities)
+        chunks = logits_chunks(arr, label_arr, ids, options, rows)
+        if len(arr) <= rows:
+            response = self._stub.ScoreLogits(
+                next(chunks), timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
+            if progress:
+                progress(len(arr))
+            return decode_scores(response.scores)
+        stream = self._stub.ScoreLogitsStream(
+            (pb.ScoreLogitsStreamRequest(chunk=c) for c in chunks),
+            timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
+        parts = []
+        for reply in stream:
+            part = decode_scores(reply.scores)
+            parts.append(part)
+            if progress:
+                progress(len(part))
+        return ScoreResult.concat(parts)
+
+    def score_images(
+        self,
+        images: Sequence[ImageInput],
+        labels: Sequence[int | str | None] | None = None,
+        ids: Sequence[str] | None = None,
+        *,
+        temperature: float | None = None,
+        include_probabilities: bool = False,
+        include_logits: bool = False,
+        chunk_size: int = IMAGE_CHUNK,
+        progress: Progress | None = None,
+    ) -> ScoreResult:
+        """Runs the served model on ``images`` (encoded bytes or pixel arrays) and scores them.
+
+        Failed samples are listed in ``result.errors``; the others are scored. More than
+        ``chunk_size`` images travel over ScoreImagesStream.
+        """
+        options = options_message(None, temperature, include_probabilities, include_logits)
+        requests = _image_requests(images, labels, ids, options, chunk_size)
+        if len(requests) == 1:
+            response = self._stub.ScoreImages(
+                requests[0], timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
+            if progress:
+                progress(len(images))
+            return decode_scores(response.scores, response.errors)
+        stream = self._stub.ScoreImagesStream(
+            (pb.ScoreImagesStreamRequest(chunk=r) for r in requests),
+            timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
+        parts = []
+        for reply in stream:
+            part = decode_scores(reply.result.scores, reply.result.errors)
+            parts.append(part)
+            if progress:
+                progress(len(part))
+        return ScoreResult.concat(parts)
+
+    def get_model_info(self, model_name: str = "") -> pb.GetModelInfoResponse:
+        """The served model's description (classes, input, normalisation, provider, batching)."""
+        return self._stub.GetModelInfo(
+            pb.GetModelInfoRequest(model_name=model_name), timeout=self._timeout,
+            metadata=self._metadata, wait_for_ready=True)
+
+
+class AsyncScoringClient:
+    """asyncio client of a hardscore server; same methods as ScoringClient, awaited."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: TLSConfig | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retries: int = 4,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        options = channel_options(max_message_bytes, retries)
+        if tls is not None:
+            if tls.server_name_override:
+                options.append(("grpc.ssl_target_name_override", tls.server_name_override))
+            self._channel = grpc.aio.secure_channel(target, _credentials(tls), options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        self._stub = pb_grpc.ScoringServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._max_message_bytes = max_message_bytes
+        self._timeout = timeout
+        self._metadata = tuple(metadata)
+
+    async def __aenter__(self) -> AsyncScoringClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        response = await self._health.Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True)
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            raise RuntimeError(f"server is not serving: status {response.status}")
+
+    async def score_logits(
+        self,
+        logits: npt.ArrayLike,
+        labels: npt.ArrayLike | Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        temperature: float | None = None,
+        include_probabilities: bool = False,
+        chunk_rows: int | None = None,
+        progress: Progress | None = None,
+    ) -> ScoreResult:
+        """See ScoringClient.score_logits."""
+        arr, label_arr = _prepare_logits(logits, labels)
+        options = options_message(class_names, temperature, include_probabilities)
+        rows = chunk_rows or chunk_rows_for(
+            arr.shape[-1] if arr.ndim == 2 else 2, self._max_message_bytes, include_probabilities)
+        chunks = logits_chunks(arr, label_arr, ids, options, rows)
+        if len(arr) <= rows:
+            response = await self._stub.ScoreLogits(
+                next(chunks), timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
+            if progress:
+                progress(len(arr))
+            return decode_scores(response.scores)
+        call = self._stub.ScoreLogitsStream(
+            (pb.ScoreLogitsStreamRequest(chunk=c) for c in chunks),
+            timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
+        parts = []
+        async for reply in call:
+            part = decode_scores(reply.scores)
+            parts.append(part)
+            if progress:
+                progress(len(part))
+        return ScoreResult.concat(parts)
+
+    async def score_images(
+        self,
+        images: Sequence[ImageInput],
+        labels: Sequence[int | str | None] | None = None,
+        ids: Sequence[str] | None = None,
+        *,
+        temperature: float | None = None,
+        include_probabilities: bool = False,
+        include_logits: bool = False,
+        chunk_size: int = IMAGE_CHUNK,
+        progress: Progress | None = None,
+    ) -> ScoreResult:
+        """See ScoringClient.score_images."""
+        options = options_message(None, temperature, include_probabilities, include_logits)
+        requests = _image_requests(images, labels, ids, options, chunk_size)
+        if len(requests) == 1:
+            response = await self._stub.ScoreImages(
+                requests[0], timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
+            if progress:
+                progress(len(images))
+            return decode_scores(response.scores, response.errors)
+        call = self._stub.ScoreImagesStream(
+            (pb.ScoreImagesStreamRequest(chunk=r) for r in requests),
+            timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
+        parts = []
+        async for reply in call:
+            part = decode_scores(reply.result.scores, reply.result.errors)
+            parts.append(part)
+            if progress:
+                progress(len(part))
+        return ScoreResult.concat(parts)
+
+    async def get_model_info(self, model_name: str = "") -> pb.GetModelInfoResponse:
+        return await self._stub.GetModelInfo(
+            pb.GetModelInfoRequest(model_name=model_name), timeout=self._timeout,
+            metadata=self._metadata, wait_for_ready=True)

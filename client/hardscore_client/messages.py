@@ -1,0 +1,194 @@
+"""Request building and response decoding shared by the sync and asyncio clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import numpy.typing as npt
+
+from hardscore_client.proto import scoring_pb2 as pb
+from hardscore_client.tensors import fill_tensor, from_tensor
+
+SCORE_NAMES = (
+    "predicted_class", "confidence", "margin", "hardness", "hardness_normalized", "given_label",
+    "mistakenness", "mistakenness_confidence", "label_issue_score", "margin_issue_score",
+)
+"""Per-row result arrays, in the order tables print them."""
+
+MAX_CHUNK_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class SampleError:
+    """Why one image was not scored: its index in the input, a reason token, a message."""
+
+    index: int
+    reason: str
+    message: str
+
+
+@dataclass
+class ScoreResult:
+    """Scores of N rows, one numpy array per score (attribute named like the score).
+
+    Label scores (``given_label``, ``mistakenness``, ...) are None when no labels were sent and
+    NaN on rows without a label. For images, failed samples have ``predicted_class`` -1, NaN
+    scores and an entry in ``errors``.
+    """
+
+    predicted_class: npt.NDArray[np.int32]
+    confidence: npt.NDArray[np.float64]
+    margin: npt.NDArray[np.float64]
+    hardness: npt.NDArray[np.float64]
+    hardness_normalized: npt.NDArray[np.float64]
+    given_label: npt.NDArray[np.int32] | None = None
+    mistakenness: npt.NDArray[np.float64] | None = None
+    mistakenness_confidence: npt.NDArray[np.float64] | None = None
+    label_issue_score: npt.NDArray[np.float64] | None = None
+    margin_issue_score: npt.NDArray[np.float64] | None = None
+    probabilities: npt.NDArray[np.float32] | None = None
+    logits: npt.NDArray[np.float32] | None = None
+    ids: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    errors: list[SampleError] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.predicted_class)
+
+    def columns(self) -> dict[str, npt.NDArray[np.generic]]:
+        """The 1-D score arrays that are present, by name (for tables and files)."""
+        out: dict[str, npt.NDArray[np.generic]] = {}
+        for name in SCORE_NAMES:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    @staticmethod
+    def concat(parts: Sequence[ScoreResult]) -> ScoreResult:
+        """Joins results of consecutive chunks (errors re-indexed to the whole input)."""
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            raise ValueError("concat needs at least one result")
+        merged: dict[str, object] = {}
+        for f in fields(ScoreResult):
+            values = [getattr(p, f.name) for p in parts]
+            if f.name == "class_names":
+                merged[f.name] = next((v for v in values if v), [])
+            elif f.name == "ids":
+                merged[f.name] = [i for v in values for i in v]
+            elif f.name == "errors":
+                offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
+                merged[f.name] = [
+                    SampleError(e.index + int(off), e.reason, e.message)
+                    for off, p in zip(offsets, parts) for e in p.errors
+                ]
+            elif any(v is None for v in values):
+                merged[f.name] = None
+            else:
+                merged[f.name] = np.concatenate(values)
+        return ScoreResult(**merged)  # type: ignore[arg-type]
+
+
+def decode_scores(msg: pb.Scores, errors: Sequence[pb.SampleError] = ()) -> ScoreResult:
+    """ScoreResult from a wire Scores message (arrays are views on the message's bytes)."""
+    arrays: dict[str, npt.NDArray[np.generic] | None] = {}
+    for name in (*SCORE_NAMES, "probabilities", "logits"):
+        arrays[name] = from_tensor(getattr(msg, name), name) if msg.HasField(name) else None
+    n = int(msg.num_rows)
+    for name in ("predicted_class", "confidence", "margin", "hardness", "hardness_normalized"):
+        if arrays[name] is None:
+            arrays[name] = np.empty(0, dtype=np.int32 if name == "predicted_class" else np.float64)
+        if len(arrays[name]) != n:  # type: ignore[arg-type]
+            raise ValueError(f"response {name} has {len(arrays[name])} rows, expected {n}")  # type: ignore[arg-type]
+    return ScoreResult(
+        **arrays,  # type: ignore[arg-type]
+        ids=list(msg.ids),
+        class_names=list(msg.class_names),
+        errors=[SampleError(int(e.index), e.reason, e.message) for e in errors],
+    )
+
+
+def options_message(
+    class_names: Sequence[str] | None = None,
+    temperature: float | None = None,
+    include_probabilities: bool = False,
+    include_logits: bool = False,
+) -> pb.ScoringOptions:
+    options = pb.ScoringOptions(
+        class_names=list(class_names or ()),
+        include_probabilities=include_probabilities,
+        include_logits=include_logits,
+    )
+    if temperature is not None:
+        options.temperature = temperature
+    return options
+
+
+def labels_message(labels: Sequence[int] | Sequence[str] | npt.NDArray[np.generic]) -> pb.GivenLabels:
+    """GivenLabels from class indices (-1 = none) or class names ("" = none)."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind in "US":
+        return pb.GivenLabels(names=pb.LabelNames(values=[str(v) for v in arr.tolist()]))
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers or strings, got dtype {arr.dtype}")
+    return pb.GivenLabels(indices=pb.LabelIndices(values=arr.astype(np.int32).tolist()))
+
+
+def logits_request(
+    logits: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.generic] | None,
+    ids: Sequence[str] | None,
+    options: pb.ScoringOptions,
+) -> pb.ScoreLogitsRequest:
+    request = pb.ScoreLogitsRequest(options=options, ids=list(ids) if ids is not None else [])
+    dtype = np.float64 if np.asarray(logits).dtype == np.float64 else np.float32
+    fill_tensor(request.logits, logits, dtype)
+    if labels is not None:
+        request.labels.CopyFrom(labels_message(labels))
+    return request
+
+
+def chunk_rows_for(n_classes: int, max_message_bytes: int, with_probabilities: bool) -> int:
+    """Rows per message that keep both the request and the response well under the limit."""
+    request_bytes = 4 * n_classes + 8 + 16  # logits, label, a short id
+    response_bytes = 8 * 8 + 4 * 2 + 16 + (4 * n_classes if with_probabilities else 0)
+    rows = (max_message_bytes // 2) // max(request_bytes, response_bytes)
+    return int(max(1, min(MAX_CHUNK_ROWS, rows)))
+
+
+def logits_chunks(
+    logits: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.generic] | None,
+    ids: Sequence[str] | None,
+    options: pb.ScoringOptions,
+    chunk_rows: int,
+) -> Iterator[pb.ScoreLogitsRequest]:
+    """The input cut into consecutive requests of at most ``chunk_rows`` rows."""
+    for start in range(0, max(len(logits), 1), chunk_rows):
+        stop = start + chunk_rows
+        yield logits_request(
+            logits[start:stop],
+            None if labels is None else labels[start:stop],
+            None if ids is None else ids[start:stop],
+            options,
+        )
+
+
+def image_sample(
+    image: bytes | npt.NDArray[np.generic], label: int | str | None = None, sample_id: str = ""
+) -> pb.ImageSample:
+    """One ImageSample: encoded file bytes, or pixels (uint8 [H,W,C] / float32 [3,H,W])."""
+    sample = pb.ImageSample(id=sample_id)
+    if isinstance(image, bytes | bytearray | memoryview):
+        sample.encoded = bytes(image)
+    else:
+        fill_tensor(sample.pixels, image)
+    if isinstance(label, str):
+        sample.label_name = label
+    elif label is not None and int(label) >= 0:
+        sample.label_index = int(label)
+    return sample

@@ -1,0 +1,1 @@
+"""hardscore server: gRPC scoring service for image classifiers (hardness, mistakenness)."""

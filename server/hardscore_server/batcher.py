@@ -1,0 +1,327 @@
+"""The dynamic batcher: many requests' samples share one model run.
+
+``DynamicBatcher.infer(inputs)`` queues a request of n samples and returns its n outputs. A
+scheduler task cuts batches of *samples* (not requests) from the head of the queue and runs each
+on a free model instance in a worker thread. Guarantees, each proven by tests/test_batcher.py:
+
+- **Sample batching.** A request larger than ``max_batch_size`` spans several batches; many
+  small requests share one. Outputs come back to each request complete and in input order.
+- **When a batch runs.** As soon as a model instance is free and one of: a full batch is
+  queued (``max_batch_size``, or the largest preferred batch size); the oldest queued sample
+  has waited ``max_queue_delay``; or no batch is running and the queue holds a single request
+  (a lone request at low load pays no batching delay). So the added wait is at most
+  ``max_queue_delay`` beyond the time an instance is busy. Batches are cut at the largest
+  preferred size that fits, else take all queued samples up to ``max_batch_size``.
+- **Bounded queue.** At most ``max_queue_size`` samples wait. A request that does not fit is
+  refused at once with QueueFull and nothing of it is queued (first come, first served).
+- **Deadlines.** A request whose deadline has passed when its samples reach the head of the
+  queue is not computed: it fails with DeadlineExpired and its samples leave the queue.
+- **Cancellation.** When the awaiting caller is cancelled, its queued samples leave the queue at
+  once; samples already in a running batch finish and their outputs are dropped.
+- **Drain.** ``close()`` refuses new requests (ShuttingDown) and returns once every accepted
+  request has its outputs.
+
+The model call runs in a thread pool with one thread per instance: ONNX Runtime releases the GIL,
+so the event loop keeps accepting and preprocessing while a batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from hardscore_server.metrics import ServerMetrics
+
+Array = npt.NDArray[np.generic]
+RunBatch = Callable[[int, Array], Array]
+"""Model call: (instance index, inputs [b, ...]) -> outputs [b, ...]."""
+
+
+class QueueFull(Exception):
+    """The queue cannot take the request now (answered with RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExpired(Exception):
+    """The request's deadline passed before it was computed (DEADLINE_EXCEEDED)."""
+
+
+class ShuttingDown(QueueFull):
+    """The batcher is draining and accepts nothing new."""
+
+
+@dataclass(eq=False)
+class _Request:
+    inputs: Array
+    deadline: float | None
+    enqueued_at: float
+    future: asyncio.Future[Array]
+    queued: int  # samples not yet taken into a batch
+    pending: int  # samples not yet computed
+    outputs: Array | None = None
+    dropped: bool = False
+
+
+@dataclass
+class _Segment:
+    request: _Request
+    start: int
+    stop: int
+
+
+@dataclass
+class _Batch:
+    segments: list[_Segment] = field(default_factory=list)
+    size: int = 0
+
+
+class DynamicBatcher:
+    """Queues samples from concurrent requests and runs them on the model in batches."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        instances: int = 1,
+        preferred_batch_sizes: Sequence[int] = (),
+        metrics: ServerMetrics | None = None,
+        model: str = "model",
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size}")
+        if max_queue_delay_s < 0:
+            raise ValueError(f"max_queue_delay_s must be >= 0, got {max_queue_delay_s}")
+        if max_queue_size < max_batch_size:
+            raise ValueError(
+                f"max_queue_size ({max_queue_size}) must be >= max_batch_size ({max_batch_size})"
+            )
+        if instances < 1:
+            raise ValueError(f"instances must be an integer >= 1, got {instances}")
+        if any(not 1 <= p <= max_batch_size for p in preferred_batch_sizes):
+            raise ValueError(
+                f"preferred_batch_sizes must lie in 1..{max_batch_size}, "
+                f"got {list(preferred_batch_sizes)}"
+            )
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self.instances = instances
+        self.preferred_batch_sizes = tuple(sorted(set(preferred_batch_sizes)))
+        self._full_at = max(self.preferred_batch_sizes, default=max_batch_size)
+        self._run_batch = run_batch
+        self._metrics = metrics
+        self._model = model
+        self._queue: collections.deque[_Segment] = collections.deque()
+        self._queued = 0
+        self._queued_requests = 0
+        self._free = list(range(instances))
+        self._running: set[asyncio.Task[None]] = set()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="model")
+        self._scheduler: asyncio.Task[None] | None = None
+
+    @property
+    def queued_samples(self) -> int:
+        """Samples waiting for a batch (not yet running)."""
+        return self._queued
+
+    def start(self) -> None:
+        """Starts the scheduler task on the running event loop."""
+        if self._scheduler is None:
+            self._scheduler = asyncio.get_running_loop().create_task(self._schedule())
+
+    async def infer(self, inputs: Array, deadline: float | None = None) -> Array:
+        """Computes the model's outputs for ``inputs`` [n, ...]; returns them in input order.
+
+        ``deadline`` is a ``time.monotonic()`` instant. Raises QueueFull (nothing queued),
+        DeadlineExpired, ShuttingDown, or the model's own exception.
+        """
+        n = len(inputs)
+        if n == 0:
+            raise ValueError("infer needs at least one sample")
+        if self._closing:
+            raise ShuttingDown("the server is shutting down and accepts no new work")
+        if n > self.max_queue_size:
+            raise QueueFull(
+                f"request of {n} samples can never fit the queue (max_queue_size "
+                f"{self.max_queue_size}); send smaller requests"
+            )
+        if self._queued + n > self.max_queue_size:
+            self._count_rejection("queue_full", n)
+            raise QueueFull(
+                f"queue full: {self._queued} samples waiting, {n} more would exceed "
+                f"max_queue_size {self.max_queue_size}; retry later"
+            )
+        now = time.monotonic()
+        request = _Request(
+            inputs=inputs, deadline=deadline, enqueued_at=now,
+            future=asyncio.get_running_loop().create_future(), queued=n, pending=n,
+        )
+        self._queue.append(_Segment(request, 0, n))
+        self._queued += n
+        self._queued_requests += 1
+        self._update_depth()
+        self._wakeup.set()
+        try:
+            return await asyncio.shield(request.future)
+        except asyncio.CancelledError:
+            self._drop(request, "cancelled")
+            raise
+
+    async def close(self) -> None:
+        """Refuses new requests, finishes every accepted one, then stops the scheduler."""
+        self._closing = True
+        self._wakeup.set()
+        if self._scheduler is not None:
+            await self._scheduler
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        while not (self._closing and self._queued == 0):
+            self._wakeup.clear()
+            self._drop_expired()
+            wait = self._time_until_dispatch()
+            if wait == 0.0:
+                self._dispatch(self._take_batch())
+                continue
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+
+    def _time_until_dispatch(self) -> float | None:
+        """0.0 to dispatch now, seconds to wait for more samples, or None to wait for an event."""
+        if not self._free or self._queued == 0:
+            return None
+        if self._queued >= self._full_at or self._closing:
+            return 0.0
+        if not self._running and self._queued_requests == 1:
+            return 0.0  # a lone request on an idle model: nothing to wait for
+        age = time.monotonic() - self._queue[0].request.enqueued_at
+        return max(0.0, self.max_queue_delay_s - age)
+
+    def _batch_size_for(self, queued: int) -> int:
+        if queued >= self.max_batch_size:
+            return self.max_batch_size
+        fitting = [p for p in self.preferred_batch_sizes if p <= queued]
+        return fitting[-1] if fitting else queued
+
+    def _take_batch(self) -> _Batch:
+        batch = _Batch()
+        want = self._batch_size_for(self._queued)
+        now = time.monotonic()
+        while batch.size < want:
+            seg = self._queue[0]
+            take = min(seg.stop - seg.start, want - batch.size)
+            batch.segments.append(_Segment(seg.request, seg.start, seg.start + take))
+            batch.size += take
+            seg.request.queued -= take
+            if self._metrics is not None:
+                self._metrics.queue_wait.labels(self._model).observe(now - seg.request.enqueued_at)
+            if take == seg.stop - seg.start:
+                self._queue.popleft()
+                self._queued_requests -= 1
+            else:
+                seg.start += take
+        self._queued -= batch.size
+        self._update_depth()
+        return batch
+
+    def _dispatch(self, batch: _Batch) -> None:
+        instance = self._free.pop()
+        task = asyncio.get_running_loop().create_task(self._run(instance, batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, instance: int, batch: _Batch) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            error: BaseException | None = None
+            try:
+                await loop.run_in_executor(self._executor, self._execute, instance, batch)
+            except Exception as exc:
+                error = exc
+        finally:
+            self._free.append(instance)
+            self._wakeup.set()
+        for seg in batch.segments:
+            request = seg.request
+            request.pending -= seg.stop - seg.start
+            if request.future.done():
+                continue
+            if error is not None:
+                self._drop(request, None)
+                request.future.set_exception(error)
+            elif request.pending == 0 and request.outputs is not None:
+                request.future.set_result(request.outputs)
+
+    def _execute(self, instance: int, batch: _Batch) -> None:
+        """Worker thread: gathers the batch, runs the model, scatters outputs to requests."""
+        parts = [seg.request.inputs[seg.start:seg.stop] for seg in batch.segments]
+        inputs = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        started = time.perf_counter()
+        outputs = self._run_batch(instance, inputs)
+        if self._metrics is not None:
+            self._metrics.inference_time.labels(self._model).observe(time.perf_counter() - started)
+            self._metrics.batch_size.labels(self._model).observe(batch.size)
+        if len(outputs) != batch.size:
+            raise RuntimeError(f"model returned {len(outputs)} outputs for {batch.size} inputs")
+        offset = 0
+        for seg in batch.segments:
+            request = seg.request
+            if request.outputs is None:
+                request.outputs = np.empty(
+                    (len(request.inputs), *outputs.shape[1:]), dtype=outputs.dtype)
+            size = seg.stop - seg.start
+            request.outputs[seg.start:seg.stop] = outputs[offset:offset + size]
+            offset += size
+
+    # -- leaving the queue ----------------------------------------------------------------------
+
+    def _drop_expired(self) -> None:
+        now = time.monotonic()
+        for seg in list(self._queue):
+            request = seg.request
+            if request.deadline is not None and now >= request.deadline and not request.dropped:
+                self._drop(request, "deadline")
+                if not request.future.done():
+                    request.future.set_exception(
+                        DeadlineExpired("deadline passed while waiting in the queue; not computed")
+                    )
+
+    def _drop(self, request: _Request, reason: str | None) -> None:
+        """Removes the request's queued samples; ``reason`` is counted in rejections."""
+        if request.dropped:
+            return
+        request.dropped = True
+        if request.queued:
+            self._queue = collections.deque(s for s in self._queue if s.request is not request)
+            self._queued -= request.queued
+            self._queued_requests -= 1
+            if reason is not None:
+                self._count_rejection(reason, request.queued)
+            request.queued = 0
+            self._update_depth()
+            self._wakeup.set()
+
+    def _count_rejection(self, reason: str, samples: int) -> None:
+        if self._metrics is not None:
+            self._metrics.rejections.labels(self._model, reason).inc(samples)
+
+    def _update_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.labels(self._model).set(self._queued)

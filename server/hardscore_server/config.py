@@ -1,0 +1,196 @@
+"""The server's configuration: one object, loaded from defaults, a TOML file, environment, flags.
+
+Precedence, lowest to highest: built-in defaults < ``--config FILE`` (or ``HARDSCORE_CONFIG``)
+< ``HARDSCORE_<NAME>`` environment variables < command-line flags. Every value is validated at
+start-up and a bad one stops the server with a message naming the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "HARDSCORE_"
+PROVIDERS = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every knob of the server. Units are in the names (``_bytes``, ``_ms``, ``_s``)."""
+
+    host: str = field(default="0.0.0.0", metadata={"help": "gRPC listen address"})
+    port: int = field(default=8001, metadata={"help": "gRPC port (0 = pick a free one)"})
+    metrics_host: str = field(default="0.0.0.0", metadata={"help": "metrics listen address"})
+    metrics_port: int = field(
+        default=8002, metadata={"help": "Prometheus /metrics port (0 = free one, -1 = off)"}
+    )
+    model_dir: str = field(
+        default="", metadata={"help": "model directory (model.onnx + manifest.json); "
+                              "empty = the embedded default model"}
+    )
+    no_model: bool = field(
+        default=False, metadata={"help": "serve logits scoring only; load no model"}
+    )
+    max_message_bytes: int = field(
+        default=64 * 1024 * 1024, metadata={"help": "largest gRPC message, either direction"}
+    )
+    max_rows_per_request: int = field(
+        default=1_000_000, metadata={"help": "most rows (logits) or samples (images) per message"}
+    )
+    max_batch_size: int = field(default=32, metadata={"help": "largest inference batch"})
+    max_queue_delay_ms: float = field(
+        default=2.0, metadata={"help": "longest a partial batch waits for more samples"}
+    )
+    preferred_batch_sizes: tuple[int, ...] = field(
+        default=(), metadata={"help": "batch sizes to cut at when more are queued (comma list)"}
+    )
+    max_queue_size: int = field(
+        default=1024, metadata={"help": "most samples waiting; beyond it RESOURCE_EXHAUSTED"}
+    )
+    instances: int = field(default=1, metadata={"help": "model instances (ORT sessions)"})
+    intra_op_threads: int = field(
+        default=0, metadata={"help": "ORT threads per instance (0 = cores / instances)"}
+    )
+    allow_spinning: bool = field(
+        default=False, metadata={"help": "let ORT threads spin-wait (fast only on idle cores)"}
+    )
+    execution_provider: str = field(
+        default="auto", metadata={"help": "auto (CUDA when it loads, else CPU), cpu or cuda"}
+    )
+    preprocess_threads: int = field(
+        default=2, metadata={"help": "threads decoding and resizing images"}
+    )
+    grace_period_s: float = field(
+        default=30.0, metadata={"help": "on SIGTERM, longest wait for accepted calls to finish"}
+    )
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
+
+    def validate(self) -> ServerConfig:
+        """Returns self, or raises ConfigError naming the first bad setting."""
+        checks: list[tuple[bool, str]] = [
+            (0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port}"),
+            (-1 <= self.metrics_port <= 65535,
+             f"metrics_port must be in -1..65535, got {self.metrics_port}"),
+            (self.max_message_bytes >= 1024,
+             f"max_message_bytes must be >= 1024, got {self.max_message_bytes}"),
+            (self.max_rows_per_request >= 1,
+             f"max_rows_per_request must be >= 1, got {self.max_rows_per_request}"),
+            (self.max_batch_size >= 1,
+             f"max_batch_size must be an integer >= 1, got {self.max_batch_size}"),
+            (self.max_queue_delay_ms >= 0,
+             f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}"),
+            (all(1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes),
+             f"preferred_batch_sizes must lie in 1..max_batch_size ({self.max_batch_size}), "
+             f"got {list(self.preferred_batch_sizes)}"),
+            (self.max_queue_size >= self.max_batch_size,
+             f"max_queue_size ({self.max_queue_size}) must be >= max_batch_size "
+             f"({self.max_batch_size})"),
+            (self.instances >= 1, f"instances must be >= 1, got {self.instances}"),
+            (self.intra_op_threads >= 0,
+             f"intra_op_threads must be >= 0, got {self.intra_op_threads}"),
+            (self.execution_provider in PROVIDERS,
+             f"execution_provider must be one of {', '.join(PROVIDERS)}, "
+             f"got {self.execution_provider!r}"),
+            (self.preprocess_threads >= 1,
+             f"preprocess_threads must be >= 1, got {self.preprocess_threads}"),
+            (self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}"),
+            (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+             f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"),
+            (not self.model_dir or Path(self.model_dir).is_dir(),
+             f"model_dir {self.model_dir!r} is not a directory"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+def _parse(name: str, kind: Any, raw: Any, source: str) -> Any:
+    """Converts a raw value (str from env/flags, or a TOML value) to the field's type."""
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind == tuple[int, ...]:
+            items = raw if isinstance(raw, list) else [s for s in str(raw).split(",") if s.strip()]
+            return tuple(int(x) for x in items)
+        if kind is int and isinstance(raw, float):
+            raise ValueError("expected an integer")
+        return kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} from {source}: cannot read {raw!r}: {exc}") from None
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "tuple[int, ...]": tuple[int, ...]}
+
+
+def _fields() -> list[tuple[str, Any]]:
+    return [(f.name, _TYPES[str(f.type)]) for f in fields(ServerConfig)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one ``--flag`` per setting (and ``--config FILE``) to ``parser``."""
+    parser.add_argument("--config", help="TOML file of settings (keys as the flags, with _)")
+    for f in fields(ServerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default}; env {ENV_PREFIX}"
+        help_text += f"{f.name.upper()})"
+        if f.type == "bool":
+            parser.add_argument(flag, dest=f.name, default=None, nargs="?", const="true",
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+
+
+def load_config(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Builds the validated configuration from file, environment and parsed flags."""
+    environ = os.environ if environ is None else environ
+    flags = vars(args) if args is not None else {}
+    values: dict[str, Any] = {}
+    config_file = flags.get("config") or environ.get(ENV_PREFIX + "CONFIG")
+    known = dict(_fields())
+    if config_file:
+        try:
+            data = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from None
+        for key, raw in data.items():
+            if key not in known:
+                raise ConfigError(f"config file {config_file}: unknown setting {key!r}")
+            values[key] = _parse(key, known[key], raw, f"config file {config_file}")
+    for name, kind in known.items():
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ:
+            values[name] = _parse(name, kind, environ[env_name], f"environment {env_name}")
+    for name, kind in known.items():
+        if flags.get(name) is not None:
+            values[name] = _parse(name, kind, flags[name], "--" + name.replace("_", "-"))
+    return dataclasses.replace(ServerConfig(), **values).validate()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
+    """Parses command-line flags (plus file and environment) into a validated ServerConfig."""
+    parser = argparse.ArgumentParser(
+        prog="hardscore-server",
+        description="hardscore scoring service: gRPC (hardscore.v1) + Prometheus metrics.",
+    )
+    add_arguments(parser)
+    return load_config(parser.parse_args(argv))

@@ -1,0 +1,154 @@
+"""``hardscore-server``: builds the gRPC server, serves until SIGTERM/SIGINT, then drains.
+
+Start-up order: configuration -> model (load, validate, warm up) -> gRPC port and metrics port
+-> health SERVING. On SIGTERM or SIGINT the health status turns NOT_SERVING, the port stops
+accepting calls, accepted calls get up to ``grace_period_s`` to finish, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hardscore_client.proto import scoring_pb2 as pb
+from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
+from hardscore_server.config import ConfigError, ServerConfig, parse_args
+from hardscore_server.image_scoring import ImageScorer
+from hardscore_server.metrics import ServerMetrics
+from hardscore_server.model_dir import DEFAULT_MODEL_DIR, ModelDirError
+from hardscore_server.model_runner import ModelLoadError, ModelRunner
+from hardscore_server.servicer import ScoringServicer
+
+log = logging.getLogger("hardscore_server")
+
+SCORING_SERVICE = pb.DESCRIPTOR.services_by_name["ScoringService"].full_name
+
+
+class HardscoreServer:
+    """One running service: gRPC server, its servicers, the model pipeline and /metrics."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = ServerMetrics()
+        self.images: ImageScorer | None = None
+        self.port = 0
+        self.metrics_port = -1
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._servicer: ScoringServicer | None = None
+        self._stopped = asyncio.Event()
+
+    def load_model(self) -> None:
+        """Loads, validates and warms up the model (skipped with ``no_model``)."""
+        if self.config.no_model:
+            return
+        model_dir = Path(self.config.model_dir) if self.config.model_dir else DEFAULT_MODEL_DIR
+        runner = ModelRunner(
+            model_dir,
+            execution_provider=self.config.execution_provider,
+            instances=self.config.instances,
+            intra_op_threads=self.config.intra_op_threads,
+            allow_spinning=self.config.allow_spinning,
+        )
+        seconds = runner.warm_up((1, self.config.max_batch_size))
+        log.info("model %s v%s from %s on %s (%d instance(s), %d thread(s) each), warm-up %.2fs",
+                 runner.manifest.name, runner.manifest.version, model_dir, runner.provider,
+                 len(runner.sessions), runner.intra_op_threads, seconds)
+        self.images = ImageScorer(runner, self.config, self.metrics)
+
+    async def start(self) -> None:
+        """Binds the ports and starts serving; health turns SERVING once everything is up."""
+        c = self.config
+        options = [
+            ("grpc.max_receive_message_length", c.max_message_bytes),
+            ("grpc.max_send_message_length", c.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._server = grpc.aio.server(options=options)
+        self._servicer = ScoringServicer(c, self.metrics, self.images)
+        pb_grpc.add_ScoringServiceServicer_to_server(self._servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SCORING_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        address = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC port {address}")
+        if self.images is not None:
+            self.images.start()
+        await self._server.start()
+        if c.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
+        for service in ("", SCORING_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving gRPC on %s:%d, metrics on %s:%d", c.host, self.port, c.metrics_host,
+                 self.metrics_port)
+
+    async def stop(self) -> None:
+        """Stops accepting, lets accepted calls finish within the grace period, then stops."""
+        if self._server is None or self._stopped.is_set():
+            return
+        log.info("draining: up to %.1fs for accepted calls", self.config.grace_period_s)
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.config.grace_period_s)
+        if self.images is not None:
+            await self.images.close()
+        if self._servicer is not None:
+            self._servicer.close()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(config: ServerConfig) -> None:
+    """Runs the server until SIGTERM or SIGINT, then drains and returns."""
+    server = HardscoreServer(config)
+    server.load_model()
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping: asyncio.Task[None] | None = None
+
+    def on_signal(signum: int) -> None:
+        nonlocal stopping
+        log.info("received %s", signal.Signals(signum).name)
+        if stopping is None:
+            stopping = loop.create_task(server.stop())
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await server.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_args(argv)
+    except ConfigError as exc:
+        print(f"hardscore-server: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(config))
+    except (ModelDirError, ModelLoadError) as exc:
+        log.error("cannot serve the model: %s", exc)
+        return 3
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 4
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Prometheus metrics of one server, in their own registry, served over HTTP on their own port.
+
+Names follow Prometheus conventions: counters end in ``_total``, durations are ``_seconds``.
+Score distributions are observed a whole batch at a time (one numpy histogram per batch), so
+a million-row request costs one vectorised bucket count, not a million Python calls.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+HARDNESS_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+UNIT_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+class BulkHistogram(Collector):
+    """A labelled histogram fed whole arrays at once; NaN values are skipped."""
+
+    def __init__(self, name: str, documentation: str, label: str, buckets: tuple[float, ...]):
+        self._name = name
+        self._doc = documentation
+        self._label = label
+        self._edges = np.asarray(buckets, dtype=np.float64)
+        self._lock = threading.Lock()
+        self._counts: dict[str, npt.NDArray[np.int64]] = {}
+        self._sums: dict[str, float] = {}
+
+    def observe_many(self, label_value: str, values: npt.NDArray[np.floating]) -> None:
+        """Counts every finite value of ``values`` into the series ``label_value``."""
+        finite = values[np.isfinite(values)]
+        # bucket i counts values <= edge i (cumulative later); the last slot is +Inf.
+        slots = np.searchsorted(self._edges, finite, side="left")
+        counts = np.bincount(slots, minlength=len(self._edges) + 1)
+        total = float(finite.sum())
+        with self._lock:
+            if label_value not in self._counts:
+                self._counts[label_value] = np.zeros(len(self._edges) + 1, dtype=np.int64)
+                self._sums[label_value] = 0.0
+            self._counts[label_value] += counts
+            self._sums[label_value] += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=[self._label])
+        with self._lock:
+            for value, counts in self._counts.items():
+                cumulative = np.cumsum(counts)
+                buckets = [(repr(float(e)), int(c)) for e, c in zip(self._edges, cumulative)]
+                buckets.append(("+Inf", int(cumulative[-1])))
+                family.add_metric([value], buckets, self._sums[value])
+        yield family
+
+
+class ServerMetrics:
+    """Every metric the server exports. One instance per server; tests may build several."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "hardscore_requests", "gRPC calls finished, by method and status code.",
+            ["method", "code"], registry=r)
+        self.request_duration = Histogram(
+            "hardscore_request_duration_seconds", "gRPC call duration, by method.",
+            ["method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.samples = Counter(
+            "hardscore_samples_scored", "Samples (rows or images) scored, by kind (logits, images).",
+            ["kind"], registry=r)
+        self.sample_errors = Counter(
+            "hardscore_sample_errors", "Images refused individually, by reason (decode, shape...).",
+            ["reason"], registry=r)
+        self.hardness = BulkHistogram(
+            "hardscore_hardness", "Hardness (entropy, nats) of scored samples, by model.",
+            "model", HARDNESS_BUCKETS)
+        self.mistakenness = BulkHistogram(
+            "hardscore_mistakenness", "Mistakenness of labelled samples, by model (0..1).",
+            "model", UNIT_BUCKETS)
+        r.register(self.hardness)
+        r.register(self.mistakenness)
+        # Dynamic batching and inference.
+        self.batch_size = Histogram(
+            "hardscore_batch_size", "Samples per inference batch.", ["model"],
+            buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "hardscore_queue_wait_seconds", "Time a sample waited in the batcher's queue.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.preprocess_time = Histogram(
+            "hardscore_preprocess_seconds", "Decode + resize + normalise time per image.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_time = Histogram(
+            "hardscore_inference_seconds", "ONNX Runtime run time per batch.", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge(
+            "hardscore_queue_depth", "Samples waiting in the batcher's queue.", ["model"],
+            registry=r)
+        self.rejections = Counter(
+            "hardscore_rejections", "Samples refused or dropped by the batcher, by reason "
+            "(queue_full, deadline, cancelled).", ["model", "reason"], registry=r)
+        self.model_info = Gauge(
+            "hardscore_model_info", "The served model (value 1), with its execution provider.",
+            ["model", "version", "provider"], registry=r)
+
+    def observe_scores(
+        self, model: str, hardness: npt.NDArray[np.floating],
+        mistakenness: npt.NDArray[np.floating] | None,
+    ) -> None:
+        """Feeds one scored batch's hardness (and mistakenness, when labelled) to the histograms."""
+        self.hardness.observe_many(model, hardness)
+        if mistakenness is not None:
+            self.mistakenness.observe_many(model, mistakenness)
+
+    def serve(self, host: str, port: int) -> int:
+        """Starts the /metrics HTTP endpoint in a daemon thread; returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_address[1])

@@ -1,0 +1,230 @@
+"""The hardscore.v1 ScoringService: unpack the request, call the domain code, pack the response.
+
+No score math, batching or model code lives here. Domain exceptions map to gRPC status codes in
+one table (``STATUS_OF``); anything unexpected becomes INTERNAL and is logged, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+
+from hardscore_client.proto import scoring_pb2 as pb
+from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
+from hardscore_server.batcher import DeadlineExpired, QueueFull
+from hardscore_server.config import ServerConfig
+from hardscore_server.image_scoring import ImageScorer, UnknownModel
+from hardscore_server.metrics import ServerMetrics
+from hardscore_server.responses import encode_scores
+from hardscore_server.scores import score_logits
+from hardscore_server.validation import InvalidRequest, LogitsInput, parse_logits_request
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LOGITS_MODEL_LABEL = "logits"
+"""The ``model`` label of score histograms for ScoreLogits (the caller's model is unknown)."""
+
+STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    UnknownModel: grpc.StatusCode.NOT_FOUND,
+}
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code a domain exception is answered with; None for unexpected errors."""
+    for kind, code in STATUS_OF.items():
+        if isinstance(exc, kind):
+            return code
+    return None
+
+
+class ScoringServicer(pb_grpc.ScoringServiceServicer):
+    """Serves ScoreLogits(Stream), ScoreImages(Stream) and GetModelInfo."""
+
+    def __init__(
+        self, config: ServerConfig, metrics: ServerMetrics, images: ImageScorer | None
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._images = images
+        # numpy releases the GIL in its kernels: scoring off the event loop keeps it responsive.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- logits -------------------------------------------------------------------------------
+
+    def _score_logits(self, request: pb.ScoreLogitsRequest) -> pb.Scores:
+        parsed: LogitsInput = parse_logits_request(request, self._config.max_rows_per_request)
+        batch = score_logits(parsed.logits, parsed.labels, parsed.temperature)
+        self._metrics.samples.labels("logits").inc(len(parsed.logits))
+        self._metrics.observe_scores(LOGITS_MODEL_LABEL, batch.hardness, batch.mistakenness)
+        return encode_scores(batch, parsed.ids, parsed.class_names, parsed.include_probabilities)
+
+    async def ScoreLogits(
+        self, request: pb.ScoreLogitsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScoreLogitsResponse:
+        async def work() -> pb.ScoreLogitsResponse:
+            scores = await self._in_pool(self._score_logits, request)
+            return pb.ScoreLogitsResponse(scores=scores)
+
+        return await self._unary("ScoreLogits", context, work)
+
+    async def ScoreLogitsStream(
+        self,
+        request_iterator: AsyncIterator[pb.ScoreLogitsStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ScoreLogitsStreamResponse]:
+        async def score_chunk(
+            index: int, first_row: int, msg: pb.ScoreLogitsStreamRequest
+        ) -> pb.ScoreLogitsStreamResponse:
+            try:
+                scores = await self._in_pool(self._score_logits, msg.chunk)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"chunk {index} (stream rows from {first_row}): {exc}") from None
+            return pb.ScoreLogitsStreamResponse(scores=scores, first_row=first_row)
+
+        def rows_of(msg: pb.ScoreLogitsStreamRequest) -> int:
+            shape = msg.chunk.logits.shape
+            return int(shape[0]) if len(shape) else 0
+
+        async for response in self._stream("ScoreLogitsStream", request_iterator, context,
+                                           score_chunk, rows_of):
+            yield response
+
+    # -- images -------------------------------------------------------------------------------
+
+    def _image_scorer(self) -> ImageScorer:
+        if self._images is None:
+            raise UnknownModel("this server runs with --no-model: only ScoreLogits is served")
+        return self._images
+
+    async def ScoreImages(
+        self, request: pb.ScoreImagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScoreImagesResponse:
+        async def work() -> pb.ScoreImagesResponse:
+            return await self._image_scorer().score(request, deadline_of(context))
+
+        return await self._unary("ScoreImages", context, work)
+
+    async def ScoreImagesStream(
+        self,
+        request_iterator: AsyncIterator[pb.ScoreImagesStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ScoreImagesStreamResponse]:
+        async def score_chunk(
+            index: int, first_row: int, msg: pb.ScoreImagesStreamRequest
+        ) -> pb.ScoreImagesStreamResponse:
+            try:
+                result = await self._image_scorer().score(msg.chunk, deadline_of(context))
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"chunk {index} (stream samples from {first_row}): {exc}") from None
+            return pb.ScoreImagesStreamResponse(result=result, first_row=first_row)
+
+        async for response in self._stream("ScoreImagesStream", request_iterator, context,
+                                           score_chunk, lambda m: len(m.chunk.samples)):
+            yield response
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        async def work() -> pb.GetModelInfoResponse:
+            return self._image_scorer().model_info(request.model_name)
+
+        return await self._unary("GetModelInfo", context, work)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _in_pool(self, fn: Callable[[Any], T], arg: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, arg)
+
+    def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self._metrics.requests.labels(method, code.name).inc()
+        self._metrics.request_duration.labels(method).observe(time.perf_counter() - started)
+
+    async def _fail(
+        self, method: str, context: grpc.aio.ServicerContext, exc: Exception, started: float
+    ) -> None:
+        """Records and answers a failed call with the status its exception maps to."""
+        code = status_of(exc)
+        if code is None:
+            log.exception("%s failed unexpectedly", method, exc_info=exc)
+            code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        else:
+            detail = str(exc)
+        self._record(method, code, started)
+        await context.abort(code, detail)
+
+    async def _unary(
+        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
+    ) -> T:
+        started = time.perf_counter()
+        try:
+            result = await work()
+        except asyncio.CancelledError:
+            self._record(method, grpc.StatusCode.CANCELLED, started)
+            raise
+        except Exception as exc:  # every failure gets a status, none takes the server down
+            await self._fail(method, context, exc, started)
+            raise AssertionError("unreachable: abort raises") from exc
+        self._record(method, grpc.StatusCode.OK, started)
+        return result
+
+    async def _stream(
+        self,
+        method: str,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        handle: Callable[[int, int, Any], Awaitable[T]],
+        rows_of: Callable[[Any], int],
+        read_ahead: int = 2,
+    ) -> AsyncIterator[T]:
+        """Handles chunks concurrently (up to ``read_ahead`` ahead) and yields results in order."""
+        started = time.perf_counter()
+        pending: asyncio.Queue[asyncio.Task[T] | None] = asyncio.Queue(maxsize=read_ahead)
+
+        async def read_all() -> None:
+            first_row = 0
+            index = 0
+            try:
+                async for msg in requests:
+                    task = asyncio.ensure_future(handle(index, first_row, msg))
+                    await pending.put(task)
+                    first_row += rows_of(msg)
+                    index += 1
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.ensure_future(read_all())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader  # surfaces a failure to read the request stream
+        except asyncio.CancelledError:
+            self._record(method, grpc.StatusCode.CANCELLED, started)
+            raise
+        except Exception as exc:
+            await self._fail(method, context, exc, started)
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+        self._record(method, grpc.StatusCode.OK, started)
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` instant, or None without one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining

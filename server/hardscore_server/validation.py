@@ -1,0 +1,147 @@
+"""Checks requests and turns them into numpy inputs, or raises InvalidRequest naming the field.
+
+Every message names the offending field and, for per-row problems, the first offending row, so
+a caller can find the bad sample in a million-row upload without bisecting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from hardscore_client.proto import scoring_pb2 as pb
+from hardscore_client.tensors import TensorError, dtype_name, from_tensor
+from hardscore_server.scores import NO_LABEL
+
+
+class InvalidRequest(ValueError):
+    """The request as a whole cannot be scored (answered with INVALID_ARGUMENT)."""
+
+
+@dataclass(frozen=True)
+class LogitsInput:
+    """A validated ScoreLogits request."""
+
+    logits: npt.NDArray[np.floating]
+    labels: npt.NDArray[np.int64] | None
+    ids: Sequence[str]
+    class_names: Sequence[str]
+    temperature: float
+    include_probabilities: bool
+
+
+def check_temperature(options: pb.ScoringOptions, default: float) -> float:
+    """The request's temperature (finite, > 0), or ``default`` when it sets none."""
+    if not options.HasField("temperature"):
+        return default
+    t = options.temperature
+    if not (math.isfinite(t) and t > 0):
+        raise InvalidRequest(f"options.temperature must be finite and > 0, got {t}")
+    return t
+
+
+def check_class_names(names: Sequence[str], n_classes: int) -> list[str]:
+    """Class names, when given: one per class, unique, non-empty."""
+    names = list(names)
+    if not names:
+        return names
+    if len(names) != n_classes:
+        raise InvalidRequest(
+            f"options.class_names has {len(names)} names, expected {n_classes} (one per class)"
+        )
+    for i, name in enumerate(names):
+        if not name:
+            raise InvalidRequest(f"options.class_names[{i}] is empty")
+    if len(set(names)) != len(names):
+        dup = next(n for i, n in enumerate(names) if n in names[:i])
+        raise InvalidRequest(f"options.class_names has the name {dup!r} twice")
+    return names
+
+
+def check_ids(ids: Sequence[str], n_rows: int) -> Sequence[str]:
+    if len(ids) not in (0, n_rows):
+        raise InvalidRequest(f"ids has {len(ids)} entries, expected 0 or {n_rows} (one per row)")
+    return ids
+
+
+def label_indices(
+    labels: pb.GivenLabels, n_rows: int, n_classes: int, class_names: Sequence[str]
+) -> npt.NDArray[np.int64] | None:
+    """Given labels as class indices (-1 = no label), or None when the request has none."""
+    kind = labels.WhichOneof("labels")
+    if kind is None:
+        return None
+    if kind == "indices":
+        values = np.asarray(labels.indices.values, dtype=np.int64)
+        if len(values) != n_rows:
+            raise InvalidRequest(
+                f"labels.indices has {len(values)} labels, expected {n_rows} (one per row)"
+            )
+        bad = np.flatnonzero((values < NO_LABEL) | (values >= n_classes))
+        if len(bad):
+            i = int(bad[0])
+            raise InvalidRequest(
+                f"labels.indices[{i}] = {values[i]} is out of range: expected 0..{n_classes - 1} "
+                f"or -1 for no label"
+            )
+        return values
+    names = labels.names.values
+    if len(names) != n_rows:
+        raise InvalidRequest(f"labels.names has {len(names)} labels, expected {n_rows} (one per row)")
+    if not class_names:
+        raise InvalidRequest("labels.names needs options.class_names to map names to classes")
+    lookup = {name: i for i, name in enumerate(class_names)}
+    lookup[""] = NO_LABEL
+    out = np.empty(n_rows, dtype=np.int64)
+    for i, name in enumerate(names):
+        index = lookup.get(name)
+        if index is None:
+            raise InvalidRequest(f"labels.names[{i}] = {name!r} is not a known class name")
+        out[i] = index
+    return out
+
+
+def parse_logits_request(request: pb.ScoreLogitsRequest, max_rows: int) -> LogitsInput:
+    """Validates a ScoreLogits request; raises InvalidRequest on the first problem found."""
+    if not request.HasField("logits"):
+        raise InvalidRequest("logits is required: a [N, C] FLOAT32 or FLOAT64 tensor")
+    if request.logits.dtype not in (pb.DATA_TYPE_FLOAT32, pb.DATA_TYPE_FLOAT64):
+        raise InvalidRequest(
+            "logits.dtype must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64, got "
+            + dtype_name(request.logits.dtype)
+        )
+    if len(request.logits.shape) != 2:
+        raise InvalidRequest(
+            f"logits.shape must be [N, C], got {list(request.logits.shape)}"
+        )
+    n_rows, n_classes = request.logits.shape
+    if n_rows > max_rows:
+        raise InvalidRequest(
+            f"logits has {n_rows} rows, more than max_rows_per_request ({max_rows}); "
+            "send chunks with ScoreLogitsStream"
+        )
+    if n_classes < 2:
+        raise InvalidRequest(f"logits must have at least 2 classes, got C = {n_classes}")
+    try:
+        logits = from_tensor(request.logits, "logits")
+    except TensorError as exc:
+        raise InvalidRequest(str(exc)) from None
+    finite = np.isfinite(logits)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise InvalidRequest(
+            f"logits row {row} has a non-finite value ({logits[row, col]} in class {col})"
+        )
+    class_names = check_class_names(request.options.class_names, n_classes)
+    return LogitsInput(
+        logits=logits,
+        labels=label_indices(request.labels, n_rows, n_classes, class_names),
+        ids=check_ids(request.ids, n_rows),
+        class_names=class_names,
+        temperature=check_temperature(request.options, 1.0),
+        include_probabilities=request.options.include_probabilities,
+    )
