@@ -98,9 +98,8 @@ def train(epochs: int = EPOCHS) -> tuple[Any, float, dict[str, Any]]:
     """Train on the training split; return (model in eval mode, held-out accuracy in [0, 1],
     facts for the provenance)."""
     import torch
-    from torch import nn
-
     from hardscore_server.digits import heldout_split, to_model_input
+    from torch import nn
 
     torch.manual_seed(SEED)
     np.random.seed(SEED)
@@ -134,7 +133,7 @@ def train(epochs: int = EPOCHS) -> tuple[Any, float, dict[str, Any]]:
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         if (epoch + 1) % 5 == 0 or epoch == 0:
             print(f"epoch {epoch + 1:3d}/{epochs}  train loss {total / len(x_train):.4f}")
     model.eval()
@@ -187,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             "dataset": "sklearn.datasets.load_digits",
             "split": SPLIT_RECIPE + "; trained on the train part only",
             "split_function": "hardscore_server.digits.heldout_split",
-            "seed": str(SPLIT_SEED),
+            "split_seed": str(SPLIT_SEED),
+            "training_seed": str(SEED),
             "preprocessing": (
                 "uint8 8x8 gray -> PIL resize (32, 32) BILINEAR -> replicate to RGB -> "
                 "(pixel/255 - 0.5)/0.5"

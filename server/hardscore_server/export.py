@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from hardscore_server.model_dir import (
     MODEL_FILE,
     RESIZE_EXACT,

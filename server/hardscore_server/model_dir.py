@@ -312,13 +312,29 @@ def load_manifest(model_dir: Path) -> ModelManifest:
     return parse_manifest(data)
 
 
+def _dumps(data: object, indent: int = 0) -> str:
+    """Indented JSON (2 spaces) with lists of numbers (mean, std) kept on one line."""
+    pad, inner = " " * indent, " " * (indent + 2)
+    if isinstance(data, Mapping) and data:
+        items = [
+            f"{inner}{json.dumps(str(k), ensure_ascii=False)}: {_dumps(v, indent + 2)}"
+            for k, v in data.items()
+        ]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(data, list | tuple) and data:
+        if all(_is_number(v) for v in data):
+            return "[" + ", ".join(json.dumps(v) for v in data) + "]"
+        return "[\n" + ",\n".join(inner + _dumps(v, indent + 2) for v in data) + "\n" + pad + "]"
+    return json.dumps(data, ensure_ascii=False)
+
+
 def write_manifest(model_dir: Path, manifest: ModelManifest) -> None:
     """Validate ``manifest`` and write it to ``model_dir/manifest.json`` (atomically; the
     directory is created if needed). Raises :class:`ModelDirError` if the manifest is invalid."""
     validate_manifest(manifest)
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(manifest.to_json_dict(), indent=2, ensure_ascii=False) + "\n"
+    text = _dumps(manifest.to_json_dict()) + "\n"
     fd, tmp_name = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=model_dir)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

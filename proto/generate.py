@@ -1,7 +1,7 @@
 """Generates the Python protobuf/gRPC stubs and their type stubs from proto/.
 
-    python scripts/gen_protos.py           # write client/hardscore_client/proto/
-    python scripts/gen_protos.py --check   # exit 1 when the committed stubs are stale
+    python proto/generate.py           # write client/hardscore_client/proto/
+    python proto/generate.py --check   # exit 1 when the committed stubs are stale
 
 Each .proto under proto/<package path>/ is compiled under the import path
 hardscore_client/proto/, so the generated modules import each other as

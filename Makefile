@@ -1,0 +1,55 @@
+# The two commands a user needs: `make demo` and `make test`. Everything else supports them.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+BUF_VERSION := 1.75.0
+TOOLS := .tools
+BUF := $(TOOLS)/node_modules/.bin/buf
+PORT ?= 8001
+METRICS_PORT ?= 8002
+
+.PHONY: all install test demo lint protos bench clean serve
+
+all: test
+
+# Virtual environment with the package (editable) and every extra the tests and demo need.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,export,demo]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# buf (protobuf linter) from the npm registry, kept out of the tree's history.
+$(BUF):
+	mkdir -p $(TOOLS)
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+
+protos: install
+	$(PY) proto/generate.py
+
+lint: install $(BUF)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(PY) proto/generate.py --check
+	cd proto && ../$(BUF) lint
+
+test: install $(BUF)
+	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -q
+
+# Runs the service with the embedded default model (Ctrl-C to stop).
+serve: install
+	$(VENV)/bin/hardscore-server --port $(PORT) --metrics-port $(METRICS_PORT)
+
+# Starts the server, runs the digits demo against it, stops the server.
+demo: install
+	$(PY) -m hardscore_client.demo --start-server
+
+bench: install
+	$(PY) bench/logits_throughput.py
+	$(PY) bench/image_throughput.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

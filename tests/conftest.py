@@ -1,0 +1,66 @@
+"""Shared fixtures: real servers on 127.0.0.1, started once per module where they can be shared."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from server_process import ServerProcess, start_server  # noqa: E402
+
+from hardscore_client import ScoringClient  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def logits_server() -> Iterator[ServerProcess]:
+    """A server without a model (logits scoring only), small limits to test them."""
+    server = start_server(["--no-model", "--max-message-bytes", str(48 * 1024 * 1024),
+                           "--max-rows-per-request", "200000"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def image_server() -> Iterator[ServerProcess]:
+    """A server with the embedded default model."""
+    server = start_server(["--max-batch-size", "16", "--max-queue-delay-ms", "5",
+                           "--max-queue-size", "256"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def logits_client(logits_server: ServerProcess) -> Iterator[ScoringClient]:
+    with ScoringClient(logits_server.target, max_message_bytes=48 * 1024 * 1024) as client:
+        yield client
+
+
+@pytest.fixture()
+def image_client(image_server: ServerProcess) -> Iterator[ScoringClient]:
+    with ScoringClient(image_server.target) as client:
+        yield client
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The exposition at ``url``, parsed by prometheus_client: {(name, labels): value}."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
+           **labels: str) -> float:
+    """One sample's value, 0.0 when the series does not exist yet."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
