@@ -175,7 +175,9 @@ class DynamicBatcher:
         try:
             return await asyncio.shield(request.future)
         except asyncio.CancelledError:
-            self._drop(request, "cancelled")
+            # gRPC cancels the handler both when the client cancels and when the deadline passes
+            expired = deadline is not None and time.monotonic() >= deadline
+            self._drop(request, "deadline" if expired else "cancelled")
             raise
 
     async def close(self) -> None:

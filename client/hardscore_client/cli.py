@@ -1,0 +1,165 @@
+"""``hardscore``: the command line of the client.
+
+    hardscore score-logits --logits X.npy [--labels Y.npy] --out scores.csv
+    hardscore score-images IMAGE... --out scores.csv
+    hardscore top --by label_issue_score -k 20 scores.csv
+    hardscore info
+    hardscore export ...            (needs the 'export' extra)
+    hardscore demo                  (the digits label-QA demo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from hardscore_client.client import ScoringClient
+from hardscore_client.messages import SCORE_NAMES
+from hardscore_client.tables import read_table, result_columns, write_table
+
+DEFAULT_SERVER = "127.0.0.1:8001"
+PROGRESS_MIN_ROWS = 100_000
+
+
+def _class_names(args: argparse.Namespace) -> list[str] | None:
+    if args.class_names_file:
+        return [line.strip() for line in Path(args.class_names_file).read_text().splitlines()
+                if line.strip()]
+    if args.class_names:
+        return [name.strip() for name in args.class_names.split(",")]
+    return None
+
+
+def cmd_score_logits(args: argparse.Namespace) -> int:
+    logits = np.load(args.logits, mmap_mode="r")
+    if logits.ndim != 2:
+        raise SystemExit(f"{args.logits}: expected a 2-D array [N, C], got shape {logits.shape}")
+    labels = np.load(args.labels) if args.labels else None
+    with ScoringClient(args.server, timeout=args.timeout) as client, tqdm(
+        total=len(logits), unit="rows", unit_scale=True, disable=len(logits) < PROGRESS_MIN_ROWS,
+        desc="scoring",
+    ) as bar:
+        result = client.score_logits(
+            np.asarray(logits), labels, class_names=_class_names(args),
+            temperature=args.temperature, include_probabilities=args.probabilities,
+            progress=bar.update,
+        )
+    write_table(Path(args.out), result_columns(result))
+    print(f"wrote {len(result)} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_score_images(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.images]
+    images = [p.read_bytes() for p in paths]
+    labels: list[int | str | None] | None = list(args.labels.split(",")) if args.labels else None
+    with ScoringClient(args.server, timeout=args.timeout) as client:
+        result = client.score_images(images, labels, ids=[str(p) for p in paths],
+                                     include_probabilities=args.probabilities)
+    for error in result.errors:
+        print(f"skipped {paths[error.index]}: {error.reason}: {error.message}", file=sys.stderr)
+    write_table(Path(args.out), result_columns(result))
+    print(f"wrote {len(result)} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    columns = read_table(Path(args.table))
+    if args.by not in columns:
+        raise SystemExit(f"{args.table} has no column {args.by!r}; it has {', '.join(columns)}")
+    values = np.asarray(columns[args.by], dtype=np.float64)
+    order = np.argsort(values if args.ascending else -values, kind="stable")
+    order = order[~np.isnan(values[order])][: args.k]
+    shown = [c for c in ("row", "id", "predicted_class", "given_label", args.by) if c in columns]
+    print("\t".join(shown))
+    for i in order:
+        print("\t".join(_show(columns[c][i]) for c in shown))
+    return 0
+
+
+def _show(value: object) -> str:
+    return f"{value:.6f}" if isinstance(value, float | np.floating) else str(value)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with ScoringClient(args.server, timeout=args.timeout) as client:
+        print(client.get_model_info())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hardscore_server.export import run_export
+
+    return run_export(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hardscore_client import demo
+
+    return demo.main(["--server", args.server] if args.server else ["--start-server"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hardscore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_server(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--server", default=DEFAULT_SERVER, help="host:port of the server")
+        p.add_argument("--timeout", type=float, default=None, help="per-call deadline, seconds")
+        return p
+
+    p = with_server(sub.add_parser("score-logits", help="score a .npy file of logits"))
+    p.add_argument("--logits", required=True, help=".npy of shape [N, C]")
+    p.add_argument("--labels", help=".npy of N class indices (-1 = none)")
+    p.add_argument("--class-names", help="comma-separated class names, in index order")
+    p.add_argument("--class-names-file", help="file with one class name per line")
+    p.add_argument("--temperature", type=float, help="softmax temperature (> 0)")
+    p.add_argument("--probabilities", action="store_true", help="also write p_<class> columns")
+    p.add_argument("--out", required=True, help="output table: .csv, .jsonl or .parquet")
+    p.set_defaults(func=cmd_score_logits)
+
+    p = with_server(sub.add_parser("score-images", help="score image files with the model"))
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, ...)")
+    p.add_argument("--labels", help="comma-separated given labels (class names), one per image")
+    p.add_argument("--probabilities", action="store_true", help="also write p_<class> columns")
+    p.add_argument("--out", required=True, help="output table: .csv, .jsonl or .parquet")
+    p.set_defaults(func=cmd_score_images)
+
+    p = sub.add_parser("top", help="print the k rows with the highest score")
+    p.add_argument("table", help="a table written by score-logits or score-images")
+    p.add_argument("--by", default="label_issue_score", choices=SCORE_NAMES[1:],
+                   help="score to rank by (default: label_issue_score)")
+    p.add_argument("-k", type=int, default=20, help="rows to print")
+    p.add_argument("--ascending", action="store_true", help="lowest first")
+    p.set_defaults(func=cmd_top)
+
+    p = with_server(sub.add_parser("info", help="describe the served model"))
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="export a ResNet50 checkpoint to a model directory")
+    try:
+        from hardscore_server.export import add_export_arguments
+    except ImportError:  # the server package is always installed with the client
+        pass
+    else:
+        add_export_arguments(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="label QA on scikit-learn's digits (needs scikit-learn)")
+    p.add_argument("--server", default=None, help="use this server instead of starting one")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Score tables on disk: CSV, JSON Lines, or Parquet (when pyarrow is installed).
+
+One row per sample, one column per score, plus ``row`` (input index), ``id`` when ids were
+sent, and ``p_<class>`` probability columns when probabilities were asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from hardscore_client.messages import ScoreResult
+
+Columns = dict[str, npt.NDArray[np.generic]]
+FORMATS = (".csv", ".jsonl", ".parquet")
+
+
+def result_columns(result: ScoreResult) -> Columns:
+    """The columns written for ``result``, in output order."""
+    columns: Columns = {"row": np.arange(len(result))}
+    if result.ids:
+        columns["id"] = np.asarray(result.ids, dtype=object)
+    columns.update(result.columns())
+    if result.probabilities is not None:
+        names = result.class_names or [str(i) for i in range(result.probabilities.shape[1])]
+        for i, name in enumerate(names):
+            columns[f"p_{name}"] = result.probabilities[:, i]
+    return columns
+
+
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"{path}: unknown table format {suffix!r}; use one of {', '.join(FORMATS)}")
+    return suffix
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _rows(columns: Columns) -> Iterator[list[object]]:
+    lists = [col.tolist() for col in columns.values()]
+    return (list(row) for row in zip(*lists))
+
+
+def write_table(path: Path, columns: Columns) -> None:
+    """Writes ``columns`` to ``path``; the format follows the suffix (.csv, .jsonl, .parquet)."""
+    kind = _format(path)
+    if kind == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SystemExit("writing .parquet needs pyarrow: pip install pyarrow") from None
+        pq.write_table(pa.table({k: list(v) if v.dtype == object else v
+                                 for k, v in columns.items()}), path)
+        return
+    with path.open("w", newline="") as f:
+        if kind == ".csv":
+            writer = csv.writer(f)
+            writer.writerow(columns.keys())
+            writer.writerows(["" if c is None else c for c in map(_cell, row)]
+                             for row in _rows(columns))
+        else:
+            keys = list(columns)
+            for row in _rows(columns):
+                f.write(json.dumps(dict(zip(keys, map(_cell, row)))) + "\n")
+
+
+def read_table(path: Path) -> Columns:
+    """Reads a table written by write_table (or any CSV/JSONL/Parquet of the same columns)."""
+    kind = _format(path)
+    if kind == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        return {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
+    if kind == ".csv":
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            raw = list(zip(*reader)) or [() for _ in header]
+        return {name: _typed(list(values)) for name, values in zip(header, raw)}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keys = list(records[0]) if records else []
+    return {k: _typed([r.get(k) for r in records]) for k in keys}
+
+
+def _typed(values: list[object]) -> npt.NDArray[np.generic]:
+    """Numbers become int64/float64 arrays (empty cells NaN); anything else stays text."""
+    cleaned = [None if v in ("", None) else v for v in values]
+    try:
+        floats = np.array([math.nan if v is None else float(v) for v in cleaned])  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return np.asarray(["" if v is None else str(v) for v in cleaned], dtype=object)
+    if len(floats) and np.isfinite(floats).all() and (floats == np.round(floats)).all() and all(
+        isinstance(v, int) or (isinstance(v, str) and "." not in v and "e" not in v.lower())
+        for v in cleaned
+    ):
+        return floats.astype(np.int64)
+    return floats
