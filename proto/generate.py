@@ -26,7 +26,7 @@ OUT_DIR = ROOT / "client" / OUT_PACKAGE
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Compiles every .proto into ``out_root / hardscore_client/proto``; returns the files written."""
+    """Compiles every .proto into ``out_root``/hardscore_client/proto; returns the files."""
     grpc_include = Path(protoc.__file__).parent / "_proto"
     for proto_dir in PROTO_DIRS:
         if not proto_dir.is_dir():

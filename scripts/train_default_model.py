@@ -98,8 +98,9 @@ def train(epochs: int = EPOCHS) -> tuple[Any, float, dict[str, Any]]:
     """Train on the training split; return (model in eval mode, held-out accuracy in [0, 1],
     facts for the provenance)."""
     import torch
-    from hardscore_server.digits import heldout_split, to_model_input
     from torch import nn
+
+    from hardscore_server.digits import heldout_split, to_model_input
 
     torch.manual_seed(SEED)
     np.random.seed(SEED)

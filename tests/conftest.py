@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from server_process import ServerProcess, start_server  # noqa: E402
+from hardscore_client import ScoringClient
 
-from hardscore_client import ScoringClient  # noqa: E402
+from server_process import ServerProcess, start_server
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO.parent / "shared" / "fixtures"

@@ -229,7 +229,7 @@ def test_concurrent_requests_each_get_exactly_their_outputs():
         rng = np.random.default_rng(0)
         inputs = [samples(1000 * i, int(rng.integers(1, 30))) for i in range(40)]
         outs = await asyncio.gather(*[batcher.infer(x) for x in inputs])
-        return list(zip(inputs, outs))
+        return list(zip(inputs, outs, strict=True))
 
     pairs = run(test, model, instances=2, max_queue_size=2000)
     for x, y in pairs:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,9 +53,18 @@ def test_missing_extra_message() -> None:
     )
 
 
+def test_missing_torch_gives_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes "import torch" raise ImportError
+    with pytest.raises(ExportError) as exc:
+        export_resnet50(_args("--random-weights", "--out", str(tmp_path / "m")))
+    assert str(exc.value) == MISSING_EXTRA
+
+
 def test_cifar_random_weights_dynamic_batch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cifar"
-    rc = run_export(_args("--layout", "cifar", "--random-weights", "--out", str(out), "--seed", "7"))
+    rc = run_export(
+        _args("--layout", "cifar", "--random-weights", "--out", str(out), "--seed", "7")
+    )
     assert rc == 0
     assert "max abs diff" in capsys.readouterr().out
 
@@ -102,8 +114,16 @@ def test_module_prefixed_checkpoint(tmp_path: Path) -> None:
 
     out = tmp_path / "model"
     result = export_resnet50(
-        _args("--layout", "cifar", "--checkpoint", str(ckpt), "--out", str(out),
-              "--class-names", "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck"),
+        _args(
+            "--layout",
+            "cifar",
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--class-names",
+            "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck",
+        ),
         log=lambda _line: None,
     )
     m = load_manifest(out)
@@ -142,23 +162,26 @@ def test_checkpoint_and_random_weights_are_exclusive(capsys: pytest.CaptureFixtu
 
 
 def test_cifar_maxpool_option() -> None:
-    keep = build_resnet50("cifar", 10)
-    identity = build_resnet50("cifar", 10, cifar_maxpool="identity")
+    keep: Any = build_resnet50("cifar", 10)
+    identity: Any = build_resnet50("cifar", 10, cifar_maxpool="identity")
     assert isinstance(keep.maxpool, torch.nn.MaxPool2d)
     assert isinstance(identity.maxpool, torch.nn.Identity)
     assert keep.conv1.kernel_size == (3, 3) and keep.conv1.stride == (1, 1)
     assert keep.conv1.bias is None
 
 
-class Tiny(torch.nn.Module):
-    def __init__(self, classes: int = 3) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = torch.nn.BatchNorm2d(4)
-        self.fc = torch.nn.Linear(4, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+def Tiny(classes: int = 3) -> Any:
+    """A tiny 1-channel classifier with named layers conv, bn, fc."""
+    nn = torch.nn
+    layers = [
+        ("conv", nn.Conv2d(1, 4, 3, padding=1)),
+        ("bn", nn.BatchNorm2d(4)),
+        ("relu", nn.ReLU()),
+        ("pool", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(4, classes)),
+    ]
+    return nn.Sequential(OrderedDict(layers))
 
 
 def test_lightning_checkpoint_keys(tmp_path: Path) -> None:
@@ -211,11 +234,20 @@ def test_export_in_memory_module(tmp_path: Path) -> None:
     m = load_manifest(tmp_path / "tiny")
     assert m == result.manifest
     assert m.input_channels == 1 and m.mean == (0.5,)
-    assert m.provenance["arch"] == "Tiny" and m.provenance["training_script"] == "none"
+    assert m.provenance["arch"] == "Sequential" and m.provenance["training_script"] == "none"
     assert result.parity_max_abs_diff < 1e-5
 
     with pytest.raises(ExportError) as exc:
-        export_model(Tiny(), tmp_path / "bad", name="t", version="1", class_names=["a", "b"],
-                     input_size=(8, 8), input_channels=1, mean=[0.5], std=[0.25])
+        export_model(
+            Tiny(),
+            tmp_path / "bad",
+            name="t",
+            version="1",
+            class_names=["a", "b"],
+            input_size=(8, 8),
+            input_channels=1,
+            mean=[0.5],
+            std=[0.25],
+        )
     assert str(exc.value) == "the model has 3 outputs but 2 class names were given"
     assert not (tmp_path / "bad").exists()

@@ -7,7 +7,6 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import FIXTURES, metric, scrape
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -15,6 +14,8 @@ from hardscore_client import ScoringClient
 from hardscore_client.proto import scoring_pb2 as pb
 from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
 from hardscore_client.tensors import to_tensor
+
+from conftest import FIXTURES, metric, scrape
 
 
 def test_scores_match_fiftyone_reference_through_the_service(logits_client):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -169,15 +172,22 @@ _DELETE = object()
             ["a", "b", "a"],
             "manifest.json: class_names contains 'a' more than once",
         ),
-        ("class_names", ["a", ""], "manifest.json: class_names[1] must be a non-empty string, "
-         "got ''"),
+        (
+            "class_names",
+            ["a", ""],
+            "manifest.json: class_names[1] must be a non-empty string, got ''",
+        ),
         ("name", "", "manifest.json: name must be a non-empty string, got ''"),
         ("version", 2, "manifest.json: version must be a non-empty string, got 2"),
         ("output.name", _DELETE, "manifest.json: missing field output.name"),
         ("input.height", _DELETE, "manifest.json: missing field input.height"),
         ("temprature", 1.0, "manifest.json: unknown field temprature"),
         ("random_weights", "yes", "manifest.json: random_weights must be true or false, got 'yes'"),
-        ("provenance.accuracy", 0.9, "manifest.json: provenance.accuracy must be a string, got 0.9"),
+        (
+            "provenance.accuracy",
+            0.9,
+            "manifest.json: provenance.accuracy must be a string, got 0.9",
+        ),
         (
             "format_version",
             2,
@@ -198,6 +208,16 @@ def test_write_manifest_validates(tmp_path: Path) -> None:
         write_manifest(tmp_path, bad)
     assert str(exc.value) == "manifest.json: input.mean has 2 values, expected 3 (one per channel)"
     assert not (tmp_path / MANIFEST_FILE).exists()
+
+
+def test_server_modules_do_not_import_torch() -> None:
+    code = (
+        "import sys, hardscore_server.model_dir, hardscore_server.export, hardscore_server.digits\n"
+        "bad = [m for m in ('torch', 'torchvision', 'onnx', 'sklearn') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 def test_default_model_dir_location() -> None:
@@ -333,10 +353,11 @@ def _preprocess_like_server(images: np.ndarray, m: ModelManifest) -> np.ndarray:
     out = []
     for img in images:
         rgb = Image.fromarray(img).convert("RGB")
-        rgb = rgb.resize((m.input_width, m.input_height), Image.BILINEAR)
-        x = np.asarray(rgb, dtype=np.float32) / 255.0
-        x = (x - np.asarray(m.mean, dtype=np.float32)) / np.asarray(m.std, dtype=np.float32)
-        out.append(x.transpose(2, 0, 1))
+        rgb = rgb.resize((m.input_width, m.input_height), Image.Resampling.BILINEAR)
+        scaled = np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
+        mean = np.asarray(m.mean, dtype=np.float32)
+        std = np.asarray(m.std, dtype=np.float32)
+        out.append(((scaled - mean) / std).transpose(2, 0, 1))
     return np.stack(out).astype(np.float32)
 
 
@@ -358,8 +379,9 @@ def test_default_model_loads_and_classifies_heldout_digits() -> None:
     x = _preprocess_like_server(x_test, m)
     np.testing.assert_array_equal(x, to_model_input(x_test, m.mean, m.std, 32, 32))
 
-    logits = np.concatenate([sess.run([m.output_name], {m.input_name: b})[0]
-                             for b in np.array_split(x, 4)])
+    logits = np.concatenate(
+        [sess.run([m.output_name], {m.input_name: b})[0] for b in np.array_split(x, 4)]
+    )
     assert logits.shape == (540, 10)
     accuracy = float(np.mean(logits.argmax(axis=1) == y_test))
     assert accuracy >= 0.95

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from hardscore_server.preprocess import (
     InputSpec,
     SampleError,
@@ -19,7 +21,6 @@ from hardscore_server.preprocess import (
     from_pixels,
     to_model_input,
 )
-from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -416,7 +417,7 @@ def test_encode_png_refuses_what_from_pixels_refuses() -> None:
         (np.zeros((0, 4), np.uint8), "empty"),
     ]:
         with pytest.raises(SampleError) as info:
-            encode_png(pixels)
+            encode_png(pixels)  # type: ignore[arg-type]
         assert info.value.reason == reason
 
 
@@ -501,7 +502,7 @@ def test_truncated_files_give_sample_error(fmt: str) -> None:
 def test_empty_bytes_give_reason_empty() -> None:
     for data in (b"", bytearray(), memoryview(b"")):
         with pytest.raises(SampleError) as info:
-            decode_image(data, spec())
+            decode_image(data, spec())  # type: ignore[arg-type]
         assert info.value.reason == "empty"
 
 

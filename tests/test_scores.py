@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
 
 from hardscore_server import scores as S
+
+from conftest import FIXTURES
 
 REFERENCE = FIXTURES / "fiftyone_brain_reference_1000.npz"
 

@@ -269,7 +269,7 @@ class AsyncScoringClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(grace=None)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         response = await self._health.Check(

@@ -84,7 +84,7 @@ class ScoreResult:
                 offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
                 merged[f.name] = [
                     SampleError(e.index + int(off), e.reason, e.message)
-                    for off, p in zip(offsets, parts) for e in p.errors
+                    for off, p in zip(offsets, parts, strict=True) for e in p.errors
                 ]
             elif any(v is None for v in values):
                 merged[f.name] = None
@@ -128,7 +128,9 @@ def options_message(
     return options
 
 
-def labels_message(labels: Sequence[int] | Sequence[str] | npt.NDArray[np.generic]) -> pb.GivenLabels:
+def labels_message(
+    labels: Sequence[int] | Sequence[str] | npt.NDArray[np.generic],
+) -> pb.GivenLabels:
     """GivenLabels from class indices (-1 = none) or class names ("" = none)."""
     arr = np.asarray(labels)
     if arr.dtype.kind in "US":

@@ -37,7 +37,9 @@ def result_columns(result: ScoreResult) -> Columns:
 def _format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"{path}: unknown table format {suffix!r}; use one of {', '.join(FORMATS)}")
+        raise ValueError(
+            f"{path}: unknown table format {suffix!r}; use one of {', '.join(FORMATS)}"
+        )
     return suffix
 
 
@@ -49,7 +51,7 @@ def _cell(value: object) -> object:
 
 def _rows(columns: Columns) -> Iterator[list[object]]:
     lists = [col.tolist() for col in columns.values()]
-    return (list(row) for row in zip(*lists))
+    return (list(row) for row in zip(*lists, strict=True))
 
 
 def write_table(path: Path, columns: Columns) -> None:
@@ -73,7 +75,7 @@ def write_table(path: Path, columns: Columns) -> None:
         else:
             keys = list(columns)
             for row in _rows(columns):
-                f.write(json.dumps(dict(zip(keys, map(_cell, row)))) + "\n")
+                f.write(json.dumps(dict(zip(keys, map(_cell, row), strict=True))) + "\n")
 
 
 def read_table(path: Path) -> Columns:
@@ -88,8 +90,8 @@ def read_table(path: Path) -> Columns:
         with path.open(newline="") as f:
             reader = csv.reader(f)
             header = next(reader)
-            raw = list(zip(*reader)) or [() for _ in header]
-        return {name: _typed(list(values)) for name, values in zip(header, raw)}
+            raw = list(zip(*reader, strict=True)) or [() for _ in header]
+        return {name: _typed(list(values)) for name, values in zip(header, raw, strict=True)}
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     keys = list(records[0]) if records else []
     return {k: _typed([r.get(k) for r in records]) for k in keys}

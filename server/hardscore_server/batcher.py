@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -200,10 +201,8 @@ class DynamicBatcher:
             if wait == 0.0:
                 self._dispatch(self._take_batch())
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
-            except TimeoutError:
-                pass
 
     def _time_until_dispatch(self) -> float | None:
         """0.0 to dispatch now, seconds to wait for more samples, or None to wait for an event."""

@@ -9,9 +9,11 @@ InvalidRequest / UnknownModel and fail the call.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -73,7 +75,7 @@ def expand(batch: ScoreBatch, rows: npt.NDArray[np.intp], n: int) -> ScoreBatch:
     if len(rows) == n:
         return batch
 
-    def spread(values: npt.NDArray[np.generic] | None, fill: float) -> npt.NDArray[np.generic] | None:
+    def spread(values: Any, fill: float) -> Any:
         if values is None:
             return None
         out = np.full((n, *values.shape[1:]), fill, dtype=values.dtype)
@@ -161,7 +163,7 @@ class ImageScorer:
         bounds = np.linspace(0, len(samples), slices + 1).astype(int)
         parts = await asyncio.gather(*[
             loop.run_in_executor(self._pool, self._prepare, samples[a:b])
-            for a, b in zip(bounds[:-1], bounds[1:])
+            for a, b in itertools.pairwise(bounds)
         ])
         return [item for part in parts for item in part]
 

@@ -41,7 +41,7 @@ class HardscoreServer:
         self.images: ImageScorer | None = None
         self.port = 0
         self.metrics_port = -1
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
         self._servicer: ScoringServicer | None = None
         self._stopped = asyncio.Event()

@@ -55,7 +55,8 @@ class BulkHistogram(Collector):
         with self._lock:
             for value, counts in self._counts.items():
                 cumulative = np.cumsum(counts)
-                buckets = [(repr(float(e)), int(c)) for e, c in zip(self._edges, cumulative)]
+                finite_edges = zip(self._edges, cumulative[:-1], strict=True)
+                buckets = [(repr(float(e)), int(c)) for e, c in finite_edges]
                 buckets.append(("+Inf", int(cumulative[-1])))
                 family.add_metric([value], buckets, self._sums[value])
         yield family
@@ -74,7 +75,7 @@ class ServerMetrics:
             "hardscore_request_duration_seconds", "gRPC call duration, by method.",
             ["method"], buckets=LATENCY_BUCKETS, registry=r)
         self.samples = Counter(
-            "hardscore_samples_scored", "Samples (rows or images) scored, by kind (logits, images).",
+            "hardscore_samples_scored", "Samples scored, by kind (logits, images).",
             ["kind"], registry=r)
         self.sample_errors = Counter(
             "hardscore_sample_errors", "Images refused individually, by reason (decode, shape...).",

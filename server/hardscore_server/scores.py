@@ -40,7 +40,9 @@ IntArray = npt.NDArray[np.int64]
 NO_LABEL = -1
 """Label value meaning "this row has no given label"."""
 
-LABEL_SCORES = ("mistakenness", "mistakenness_confidence", "label_issue_score", "margin_issue_score")
+LABEL_SCORES = (
+    "mistakenness", "mistakenness_confidence", "label_issue_score", "margin_issue_score"
+)
 MODEL_SCORES = ("confidence", "margin", "hardness", "hardness_normalized")
 
 

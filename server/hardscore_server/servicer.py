@@ -91,7 +91,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             try:
                 scores = await self._in_pool(self._score_logits, msg.chunk)
             except InvalidRequest as exc:
-                raise InvalidRequest(f"chunk {index} (stream rows from {first_row}): {exc}") from None
+                raise InvalidRequest(
+                    f"chunk {index} (stream rows from {first_row}): {exc}") from None
             return pb.ScoreLogitsStreamResponse(scores=scores, first_row=first_row)
 
         def rows_of(msg: pb.ScoreLogitsStreamRequest) -> int:
@@ -128,7 +129,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             try:
                 result = await self._image_scorer().score(msg.chunk, deadline_of(context))
             except InvalidRequest as exc:
-                raise InvalidRequest(f"chunk {index} (stream samples from {first_row}): {exc}") from None
+                raise InvalidRequest(
+                    f"chunk {index} (stream samples from {first_row}): {exc}") from None
             return pb.ScoreImagesStreamResponse(result=result, first_row=first_row)
 
         async for response in self._stream("ScoreImagesStream", request_iterator, context,

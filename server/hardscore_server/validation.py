@@ -91,7 +91,9 @@ def label_indices(
         return values
     names = labels.names.values
     if len(names) != n_rows:
-        raise InvalidRequest(f"labels.names has {len(names)} labels, expected {n_rows} (one per row)")
+        raise InvalidRequest(
+            f"labels.names has {len(names)} labels, expected {n_rows} (one per row)"
+        )
     if not class_names:
         raise InvalidRequest("labels.names needs options.class_names to map names to classes")
     lookup = {name: i for i, name in enumerate(class_names)}
@@ -138,7 +140,7 @@ def parse_logits_request(request: pb.ScoreLogitsRequest, max_rows: int) -> Logit
         )
     class_names = check_class_names(request.options.class_names, n_classes)
     return LogitsInput(
-        logits=logits,
+        logits=logits,  # type: ignore[arg-type]  # dtype checked above: float32/64
         labels=label_indices(request.labels, n_rows, n_classes, class_names),
         ids=check_ids(request.ids, n_rows),
         class_names=class_names,

@@ -1,0 +1,90 @@
+"""Configuration: precedence of flags > environment > file > defaults, and precise errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from hardscore_server.config import ConfigError, ServerConfig, load_config, parse_args
+
+
+def test_defaults_are_the_documented_ports():
+    config = load_config(environ={})
+    assert (config.port, config.metrics_port) == (8001, 8002)
+    assert config == ServerConfig()
+
+
+def test_flags_override_environment_override_file(tmp_path):
+    file = tmp_path / "hardscore.toml"
+    file.write_text("port = 9000\nmax_batch_size = 8\npreferred_batch_sizes = [2, 4]\n"
+                    "allow_spinning = true\n")
+    env = {"HARDSCORE_CONFIG": str(file), "HARDSCORE_PORT": "9100",
+           "HARDSCORE_MAX_QUEUE_DELAY_MS": "7.5"}
+    import argparse
+
+    from hardscore_server.config import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = load_config(parser.parse_args(["--port", "9200", "--instances", "2"]), environ=env)
+    assert config.port == 9200  # flag beats environment and file
+    assert config.max_queue_delay_ms == 7.5  # environment
+    assert config.max_batch_size == 8  # file
+    assert config.preferred_batch_sizes == (2, 4)
+    assert config.allow_spinning is True
+    assert config.instances == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--port", "70000"], {}, "port must be in 0..65535, got 70000"),
+        (["--max-batch-size", "0"], {}, "max_batch_size must be an integer >= 1, got 0"),
+        (["--max-queue-size", "4", "--max-batch-size", "8"], {},
+         "max_queue_size (4) must be >= max_batch_size (8)"),
+        (["--preferred-batch-sizes", "4,64", "--max-batch-size", "32"], {},
+         "preferred_batch_sizes must lie in 1..max_batch_size (32), got [4, 64]"),
+        (["--execution-provider", "tpu"], {},
+         "execution_provider must be one of auto, cpu, cuda, got 'tpu'"),
+        ([], {"HARDSCORE_MAX_BATCH_SIZE": "lots"},
+         "max_batch_size from environment HARDSCORE_MAX_BATCH_SIZE: cannot read 'lots'"),
+        ([], {"HARDSCORE_NO_MODEL": "maybe"}, "no_model from environment HARDSCORE_NO_MODEL"),
+        (["--model-dir", "/nonexistent/model"], {},
+         "model_dir '/nonexistent/model' is not a directory"),
+    ],
+)
+def test_bad_settings_name_the_setting(argv, env, message, monkeypatch):
+    for key in list(__import__("os").environ):
+        if key.startswith("HARDSCORE_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as info:
+        parse_args(argv)
+    assert message in str(info.value)
+
+
+def test_unknown_key_in_file_is_refused(tmp_path):
+    file = tmp_path / "c.toml"
+    file.write_text("max_batch = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting 'max_batch'"):
+        load_config(environ={"HARDSCORE_CONFIG": str(file)})
+
+
+def test_server_exits_2_with_the_message_on_bad_config():
+    proc = subprocess.run(
+        [sys.executable, "-m", "hardscore_server.main", "--max-batch-size", "-3"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "configuration error: max_batch_size must be an integer >= 1, got -3" in proc.stderr
+
+
+def test_server_exits_3_on_a_bad_model_directory(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "hardscore_server.main", "--model-dir", str(tmp_path),
+         "--port", "0", "--metrics-port", "-1"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3
+    assert "cannot serve the model: manifest.json not found in model directory" in proc.stderr
