@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -82,6 +83,30 @@ class _Batch:
     size: int = 0
 
 
+@dataclass
+class BatchSizeStats:
+    """Batches of one size: how many ran and their total model time (nanoseconds)."""
+
+    count: int = 0
+    compute_ns: int = 0
+
+
+@dataclass
+class BatcherStats:
+    """Cumulative counts since start (what Triton's ModelStatistics reports).
+
+    ``samples`` computed, ``batches`` run, ``queue_ns`` summed over samples (time from enqueue to
+    batch start), ``compute_ns`` summed over batches; ``by_batch_size`` per batch size.
+    """
+
+    samples: int = 0
+    batches: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0
+    last_batch_unix_ms: int = 0
+    by_batch_size: dict[int, BatchSizeStats] = field(default_factory=dict)
+
+
 class DynamicBatcher:
     """Queues samples from concurrent requests and runs them on the model in batches."""
 
@@ -130,6 +155,8 @@ class DynamicBatcher:
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="model")
         self._scheduler: asyncio.Task[None] | None = None
+        self.stats = BatcherStats()
+        self._stats_lock = threading.Lock()
 
     @property
     def queued_samples(self) -> int:
@@ -231,8 +258,10 @@ class DynamicBatcher:
             batch.segments.append(_Segment(seg.request, seg.start, seg.start + take))
             batch.size += take
             seg.request.queued -= take
+            waited = now - seg.request.enqueued_at
+            self.stats.queue_ns += int(waited * 1e9) * take
             if self._metrics is not None:
-                self._metrics.queue_wait.labels(self._model).observe(now - seg.request.enqueued_at)
+                self._metrics.queue_wait.labels(self._model).observe(waited)
             if take == seg.stop - seg.start:
                 self._queue.popleft()
                 self._queued_requests -= 1
@@ -276,8 +305,18 @@ class DynamicBatcher:
         inputs = parts[0] if len(parts) == 1 else np.concatenate(parts)
         started = time.perf_counter()
         outputs = self._run_batch(instance, inputs)
+        seconds = time.perf_counter() - started
+        with self._stats_lock:
+            stats = self.stats
+            stats.samples += batch.size
+            stats.batches += 1
+            stats.compute_ns += int(seconds * 1e9)
+            stats.last_batch_unix_ms = int(time.time() * 1000)
+            size_stats = stats.by_batch_size.setdefault(batch.size, BatchSizeStats())
+            size_stats.count += 1
+            size_stats.compute_ns += int(seconds * 1e9)
         if self._metrics is not None:
-            self._metrics.inference_time.labels(self._model).observe(time.perf_counter() - started)
+            self._metrics.inference_time.labels(self._model).observe(seconds)
             self._metrics.batch_size.labels(self._model).observe(batch.size)
         if len(outputs) != batch.size:
             raise RuntimeError(f"model returned {len(outputs)} outputs for {batch.size} inputs")
