@@ -9,7 +9,7 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 PORT ?= 8001
 METRICS_PORT ?= 8002
 
-.PHONY: all install test demo lint protos bench clean serve
+.PHONY: all install test demo lint protos bench clean serve default-model
 
 all: test
 
@@ -53,3 +53,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+
+# Retrains the embedded default model (deterministic; about a minute on 2 cores).
+default-model: install
+	$(PY) server/train_default_model.py

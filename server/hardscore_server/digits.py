@@ -1,6 +1,6 @@
 """The scikit-learn handwritten digits data set, as used by the embedded default model.
 
-``heldout_split()`` gives the fixed train / held-out split that scripts/train_default_model.py
+``heldout_split()`` gives the fixed train / held-out split that server/train_default_model.py
 trains on and the demo evaluates on. ``to_model_input()`` is the model's preprocessing, written
 out with Pillow exactly as the server applies it for the manifest's ``"resize"`` rule.
 scikit-learn is imported lazily (the ``demo`` / ``export`` extras), so importing this module is

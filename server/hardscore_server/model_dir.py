@@ -48,7 +48,7 @@ RESIZE_RULES: tuple[str, ...] = (RESIZE_EXACT, RESIZE_SHORTER_CENTER_CROP)
 INPUT_TYPE = "tensor(float)"
 
 DEFAULT_MODEL_DIR: Path = Path(__file__).resolve().parent / "default_model"
-"""The embedded default model (digits ResNet, trained by scripts/train_default_model.py)."""
+"""The embedded default model (digits ResNet, trained by server/train_default_model.py)."""
 
 
 class ModelDirError(ValueError):

@@ -10,7 +10,7 @@ x = (pixel / 255 - 0.5) / 0.5. Training uses only the training part of the fixed
 Deterministic (fixed seeds, CPU, 2 threads), about a minute on 2 cores. Needs the ``export``
 extra (torch, torchvision, onnx, scikit-learn). Run from the repository root:
 
-    python scripts/train_default_model.py [--out DIR] [--epochs N]
+    python server/train_default_model.py [--out DIR] [--epochs N]
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         provenance={
             "arch": "DigitsResNet (3x3 stem 16ch; residual stages 16/32/48ch; GAP; linear)",
             "parameters": str(facts["parameters"]),
-            "training_script": "scripts/train_default_model.py",
+            "training_script": "server/train_default_model.py",
             "dataset": "sklearn.datasets.load_digits",
             "split": SPLIT_RECIPE + "; trained on the train part only",
             "split_function": "hardscore_server.digits.heldout_split",
