@@ -47,7 +47,7 @@ class BenchTimeout(Exception):
 class Server:
     """``hardscore_server.main`` in a subprocess on 127.0.0.1 with free ports (port 0)."""
 
-    def __init__(self, *args: str, log_level: str = "WARNING") -> None:
+    def __init__(self, *args: str, log_level: str = "INFO") -> None:
         self.args = [
             sys.executable, "-c", _LAUNCHER,
             "--host", "127.0.0.1", "--port", "0",

@@ -113,7 +113,7 @@ def run_case(client: ScoringClient, classes: int, rows: int, warmup: int, repeat
 
 def report(results: list[CaseResult], markdown: bool) -> tuple[str, list[str]]:
     headers = ["C", "N", "input MB", "in-process samples/s", "end-to-end samples/s",
-               "e2e min..max", "ratio e2e/in-proc", "max |diff|"]
+               "e2e min..max", "ratio e2e/in-proc", "max abs diff"]
     rows = [
         [str(r.classes), f"{r.rows:,}", fmt(r.rows * r.classes * 4 / 1e6, 1),
          fmt(r.in_process_median), fmt(r.end_to_end_median),

@@ -1,0 +1,487 @@
+"""Image scoring throughput: raw ONNX Runtime versus the served path, with and without batching.
+
+Model: the CIFAR-layout ResNet50 (3x32x32 input, 10 classes) with seeded random weights,
+exported once with ``hardscore export`` and cached in ``bench/.cache/`` (or ``--model-dir``).
+
+(a) raw: ``ModelRunner`` (the server's own class, so the ONNX Runtime session options are the
+    server's) called in-process at batch sizes 1..64 for a bounded time each: images/s and
+    p50/p99 latency of one batch call.
+(b) served, batched: the server started with ``--max-batch-size 64 --max-queue-delay-ms 2``,
+    driven by N concurrent callers (asyncio, one gRPC channel) that each send ONE image per
+    ScoreImages request, a pre-normalised float32 [3,32,32] pixels tensor, so preprocessing is
+    minimal and the run measures serving plus batching. The request is serialised once and sent
+    as bytes (``--client raw``, the cheapest client, as the client shares the cores with the
+    server); ``--client sdk`` sends through ``AsyncScoringClient.score_images`` instead.
+    The mean batch size comes from the server's /metrics (hardscore_batch_size_sum / _count).
+(c) served, unbatched: the same with ``--max-batch-size 1``.
+
+Targets (batched server): images/s at concurrency 1 >= 0.9 x raw batch-1 images/s; at the
+highest concurrency (16) >= 0.9 x the best raw images/s; p50 latency at concurrency 1 within
+1.5 ms of raw batch-1 p50. A report, not a test: exit status 0 whatever the numbers.
+
+    .venv/bin/python bench/image_throughput.py --quick
+    .venv/bin/python bench/image_throughput.py --output bench-images.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from common import (
+    BenchTimeout,
+    Server,
+    fmt,
+    format_table,
+    load_average,
+    machine_header,
+    median,
+    metric_total,
+    percentile,
+    scrape,
+    time_limit,
+    verdict,
+)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hardscore_client import AsyncScoringClient
+from hardscore_client.messages import image_sample
+from hardscore_client.proto import scoring_pb2 as pb
+from hardscore_server.model_dir import load_manifest
+from hardscore_server.model_runner import ModelRunner
+
+BENCH_DIR = Path(__file__).resolve().parent
+CACHE_DIR = BENCH_DIR / ".cache"
+MODEL_CACHE_NAME = "resnet50-cifar-random-seed0"
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+SCORE_IMAGES = "/" + pb.DESCRIPTOR.services_by_name["ScoringService"].full_name + "/ScoreImages"
+CALL_TIMEOUT_S = 30.0
+TARGET_THROUGHPUT_RATIO = 0.9
+TARGET_P50_SLACK_MS = 1.5
+PACKAGES = ("hardscore", "onnxruntime", "onnxruntime-gpu", "numpy", "grpcio", "protobuf")
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    name: str
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+    mean_batch: float
+    calls: int
+    client_cpu: float = float("nan")  # percent of one core
+    server_cpu: float = float("nan")
+    infer_ms: float = float("nan")  # mean ONNX Runtime time per batch (server)
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def ensure_model(refresh: bool, timeout: float) -> Path:
+    """The cached CIFAR ResNet50 model directory; exported (in a subprocess) when missing."""
+    model_dir = CACHE_DIR / MODEL_CACHE_NAME
+    if not refresh and (model_dir / "model.onnx").is_file() and (
+            model_dir / "manifest.json").is_file():
+        print(f"model: cached {model_dir}")
+        return model_dir
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    partial = CACHE_DIR / (MODEL_CACHE_NAME + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [sys.executable, "-m", "hardscore_client.cli", "export", "--arch", "resnet50",
+               "--layout", "cifar", "--random-weights", "--seed", "0", "--out", str(partial)]
+    print(f"model: exporting to {model_dir} (once; later runs reuse it)", flush=True)
+    started = time.perf_counter()
+    try:
+        subprocess.run(command, check=True, timeout=timeout)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        partial.rename(model_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    print(f"model: exported in {time.perf_counter() - started:.1f} s")
+    return model_dir
+
+
+# --------------------------------------------------------------------------- (a) raw
+
+
+def raw_bench(runner: ModelRunner, batch_sizes: list[int], duration: float) -> list[Row]:
+    rng = np.random.default_rng(0)
+    shape = runner.input_shape
+    rows = []
+    for size in batch_sizes:
+        batch = rng.standard_normal((size, *shape), dtype=np.float32)
+        for _ in range(2):  # warm-up: first runs at a new shape are slower
+            runner.run(0, batch)
+        latencies: list[float] = []
+        cpu_started = time.process_time()
+        started = time.perf_counter()
+        stop_at = started + duration
+        while time.perf_counter() < stop_at or len(latencies) < 3:
+            t0 = time.perf_counter()
+            runner.run(0, batch)
+            latencies.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+        total = sum(latencies)
+        row = Row(f"raw batch {size}", size * len(latencies) / total,
+                  1e3 * median(latencies), 1e3 * percentile(latencies, 99), float(size),
+                  len(latencies), client_cpu=100.0 * cpu / elapsed)
+        print(f"  {row.name}: {row.images_per_s:,.0f} images/s, p50 {row.p50_ms:.2f} ms, "
+              f"p99 {row.p99_ms:.2f} ms ({row.calls} calls)", flush=True)
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- (b), (c) served
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pixels_request(shape: tuple[int, int, int]) -> bytes:
+    """One ScoreImages request: a pre-normalised float32 [C,H,W] tensor, serialised."""
+    pixels = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
+    return pb.ScoreImagesRequest(samples=[image_sample(pixels)]).SerializeToString()
+
+
+def png_request(shape: tuple[int, int, int]) -> bytes:
+    """One ScoreImages request holding a PNG of the model's input size (decoded by the server)."""
+    from PIL import Image
+
+    channels, height, width = shape
+    pixels = np.random.default_rng(2).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert("L" if channels == 1 else "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return pb.ScoreImagesRequest(samples=[image_sample(buffer.getvalue())]).SerializeToString()
+
+
+def check_reply(reply: bytes) -> None:
+    response = pb.ScoreImagesResponse.FromString(reply)
+    if response.errors or response.scores.num_rows != 1:
+        raise RuntimeError(f"unexpected reply: {response.scores.num_rows} rows, "
+                           f"errors {[e.message for e in response.errors]}")
+
+
+async def drive(
+    target: str,
+    request: bytes,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    client_kind: str,
+    server: Server,
+) -> Row:
+    """``concurrency`` callers each sending one image per request, back to back."""
+    options = [("grpc.max_receive_message_length", 64 << 20),
+               ("grpc.max_send_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=30, wait_for_ready=True)
+        send: Callable[[], Awaitable[object]]
+        sdk: AsyncScoringClient | None = None
+        if client_kind == "sdk":
+            sdk = AsyncScoringClient(target)
+            sample = pb.ScoreImagesRequest.FromString(request).samples[0]
+            kind = sample.WhichOneof("image")
+            image: bytes | npt.NDArray[np.generic]
+            if kind == "encoded":
+                image = sample.encoded
+            else:
+                shape = tuple(sample.pixels.shape)
+                image = np.frombuffer(sample.pixels.data, dtype="<f4").reshape(shape)
+            images = [image]
+
+            async def send() -> object:
+                assert sdk is not None
+                return await sdk.score_images(images)
+        else:
+            call = channel.unary_unary(SCORE_IMAGES)  # no serialisers: bytes in, bytes out
+            check_reply(await call(request, timeout=CALL_TIMEOUT_S))
+
+            async def send() -> object:
+                return await call(request, timeout=CALL_TIMEOUT_S)
+
+        async def window(seconds: float) -> tuple[list[float], Counter[str], float]:
+            latencies: list[float] = []
+            errors: Counter[str] = Counter()
+            started = time.perf_counter()
+            stop_at = started + seconds
+
+            async def caller() -> None:
+                while time.perf_counter() < stop_at:
+                    t0 = time.perf_counter()
+                    try:
+                        await send()
+                    except grpc.aio.AioRpcError as exc:
+                        errors[exc.code().name] += 1
+                        await asyncio.sleep(0.01)
+                        continue
+                    latencies.append(time.perf_counter() - t0)
+
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            return latencies, errors, time.perf_counter() - started
+
+        try:
+            await window(warmup)
+            before = await asyncio.to_thread(scrape, server.metrics_url)
+            assert server.proc is not None
+            server_cpu0 = process_cpu_seconds(server.proc.pid)
+            client_cpu0 = time.process_time()
+            latencies, errors, elapsed = await window(duration)
+            client_cpu = time.process_time() - client_cpu0
+            server_cpu = process_cpu_seconds(server.proc.pid) - server_cpu0
+            after = await asyncio.to_thread(scrape, server.metrics_url)
+        finally:
+            if sdk is not None:
+                await sdk.close()
+
+    def delta(name: str) -> float:
+        return metric_total(after, name) - metric_total(before, name)
+
+    batches = delta("hardscore_batch_size_count")
+    return Row(
+        name="",
+        images_per_s=len(latencies) / elapsed,
+        p50_ms=1e3 * median(latencies),
+        p99_ms=1e3 * percentile(latencies, 99),
+        mean_batch=delta("hardscore_batch_size_sum") / batches if batches else float("nan"),
+        calls=len(latencies),
+        client_cpu=100.0 * client_cpu / elapsed,
+        server_cpu=100.0 * server_cpu / elapsed,
+        infer_ms=1e3 * delta("hardscore_inference_seconds_sum") / batches if batches else
+        float("nan"),
+        errors=dict(errors),
+    )
+
+
+def served_bench(
+    label: str,
+    server_args: list[str],
+    requests: list[tuple[str, bytes]],
+    concurrencies: list[int],
+    warmup: float,
+    duration: float,
+    client_kind: str,
+    notes: list[str],
+) -> list[Row]:
+    rows = []
+    server = Server(*server_args)
+    try:
+        server.start()
+        model_line = next((line for line in server.lines if " model " in line), "")
+        notes.append(f"{label} server: {' '.join(server_args)}; "
+                     f"{model_line.split(': ', 1)[-1]}")
+        for kind, request in requests:
+            for concurrency in concurrencies:
+                row = asyncio.run(drive(server.target, request, concurrency, warmup, duration,
+                                        client_kind, server))
+                row.name = f"served {label}{kind} conc {concurrency}"
+                errors = f", errors {row.errors}" if row.errors else ""
+                print(f"  {row.name}: {row.images_per_s:,.0f} images/s, p50 {row.p50_ms:.2f} ms, "
+                      f"p99 {row.p99_ms:.2f} ms, mean batch {row.mean_batch:.1f}, client CPU "
+                      f"{row.client_cpu:.0f}%, server CPU {row.server_cpu:.0f}%{errors}",
+                      flush=True)
+                rows.append(row)
+    finally:
+        code = server.stop()
+        print(f"  {label} server stopped (exit status {code})", flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+
+
+def table(rows: list[Row], markdown: bool) -> str:
+    headers = ["path", "images/s", "p50 ms", "p99 ms", "mean batch", "infer ms/batch",
+               "calls", "client CPU %", "server CPU %", "errors"]
+    body = [
+        [r.name, fmt(r.images_per_s), fmt(r.p50_ms, 2), fmt(r.p99_ms, 2), fmt(r.mean_batch, 1),
+         fmt(r.infer_ms, 2), str(r.calls), fmt(r.client_cpu), fmt(r.server_cpu),
+         ", ".join(f"{k} {v}" for k, v in r.errors.items()) or "0"]
+        for r in rows
+    ]
+    return format_table(headers, body, markdown)
+
+
+def target_checks(raw: list[Row], served: list[Row], concurrencies: list[int]) -> list[str]:
+    by_name = {r.name: r for r in raw + served}
+    raw1 = by_name.get("raw batch 1")
+    best = max(raw, key=lambda r: r.images_per_s) if raw else None
+    conc1 = by_name.get("served batched conc 1")
+    top = max(concurrencies)
+    conc_top = by_name.get(f"served batched conc {top}")
+    checks = []
+    if raw1 and conc1:
+        ratio = conc1.images_per_s / raw1.images_per_s
+        checks.append(
+            f"{verdict(ratio >= TARGET_THROUGHPUT_RATIO)}  served conc 1 / raw batch 1 = "
+            f"{conc1.images_per_s:,.0f} / {raw1.images_per_s:,.0f} = {ratio:.2f} "
+            f"(target >= {TARGET_THROUGHPUT_RATIO})")
+    else:
+        checks.append("n/a   served conc 1 vs raw batch 1 (not measured)")
+    if best and conc_top and top > 1:
+        ratio = conc_top.images_per_s / best.images_per_s
+        checks.append(
+            f"{verdict(ratio >= TARGET_THROUGHPUT_RATIO)}  served conc {top} / best raw "
+            f"({best.name}) = {conc_top.images_per_s:,.0f} / {best.images_per_s:,.0f} = "
+            f"{ratio:.2f} (target >= {TARGET_THROUGHPUT_RATIO})")
+    else:
+        checks.append("n/a   served high concurrency vs best raw (not measured)")
+    if raw1 and conc1:
+        extra = conc1.p50_ms - raw1.p50_ms
+        checks.append(
+            f"{verdict(extra <= TARGET_P50_SLACK_MS)}  served conc 1 p50 - raw batch 1 p50 = "
+            f"{conc1.p50_ms:.2f} - {raw1.p50_ms:.2f} = {extra:+.2f} ms "
+            f"(target <= {TARGET_P50_SLACK_MS} ms)")
+    else:
+        checks.append("n/a   served conc 1 p50 vs raw batch 1 p50 (not measured)")
+    return checks
+
+
+def parse_ints(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("expected a comma list of positive integers")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: raw 0.5 s per batch size, served 2 s per point")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds measured per served point (10; --quick 2)")
+    parser.add_argument("--raw-duration", type=float, default=None,
+                        help="seconds measured per raw batch size (3; --quick 0.5)")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="unmeasured seconds before each served point (2; --quick 0.5)")
+    parser.add_argument("--concurrency", type=parse_ints, default=[1, 4, 16],
+                        help="comma list of concurrent callers (1,4,16)")
+    parser.add_argument("--batch-sizes", type=parse_ints, default=list(BATCH_SIZES),
+                        help="raw batch sizes (1,2,4,8,16,32,64)")
+    parser.add_argument("--execution-provider", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="given to ModelRunner and the server (auto)")
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="ORT threads, given to ModelRunner and the server (0 = cores)")
+    parser.add_argument("--model-dir", type=Path,
+                        help=f"use this model directory (default: export once into "
+                             f"{CACHE_DIR / MODEL_CACHE_NAME})")
+    parser.add_argument("--refresh-model", action="store_true", help="export the model again")
+    parser.add_argument("--client", choices=("raw", "sdk"), default="raw",
+                        help="raw: pre-serialised request bytes (least client CPU); "
+                             "sdk: AsyncScoringClient.score_images")
+    parser.add_argument("--png", action="store_true",
+                        help="also drive the batched server with a PNG per request")
+    parser.add_argument("--skip-unbatched", action="store_true",
+                        help="do not measure the --max-batch-size 1 server")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop measuring after this long, export excluded (1200; --quick 240)")
+    parser.add_argument("--output", type=Path, help="also write the table as markdown here")
+    args = parser.parse_args(argv)
+    duration = args.duration or (2.0 if args.quick else 10.0)
+    raw_duration = args.raw_duration or (0.5 if args.quick else 3.0)
+    warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
+    max_seconds = args.max_seconds or (240.0 if args.quick else 1200.0)
+    concurrencies: list[int] = args.concurrency
+
+    header = machine_header(PACKAGES)
+    print("\n".join(header))
+    load_before = load_average()
+    print(f"load average before: {load_before}", flush=True)
+
+    model_dir = args.model_dir or ensure_model(args.refresh_model, timeout=900)
+    manifest = load_manifest(model_dir)
+    shape = (manifest.input_channels, manifest.input_height, manifest.input_width)
+    notes = [f"model: {manifest.name} v{manifest.version} from {model_dir}, input "
+             f"{'x'.join(map(str, shape))}, {manifest.num_classes} classes"
+             f"{', random weights' if manifest.random_weights else ''}"]
+    notes.append(f"raw: {raw_duration:g} s per batch size; served: {warmup:g} s warm-up + "
+                 f"{duration:g} s per point, client {args.client}, one image per request "
+                 f"(float32 pixels{', and PNG' if args.png else ''})")
+
+    raw: list[Row] = []
+    served: list[Row] = []
+    error = ""
+    common_args = ["--model-dir", str(model_dir), "--execution-provider",
+                   args.execution_provider, "--intra-op-threads", str(args.intra_op_threads),
+                   "--max-queue-delay-ms", "2", "--max-queue-size", "1024", "--instances", "1"]
+    try:
+        with time_limit(max_seconds):
+            print("(a) raw ONNX Runtime through ModelRunner", flush=True)
+            runner = ModelRunner(model_dir, execution_provider=args.execution_provider,
+                                 intra_op_threads=args.intra_op_threads)
+            notes.append(f"raw: ModelRunner on {runner.provider}, "
+                         f"{runner.intra_op_threads} intra-op thread(s)")
+            runner.warm_up((1, max(args.batch_sizes)))
+            raw = raw_bench(runner, args.batch_sizes, raw_duration)
+            del runner
+            gc.collect()
+
+            requests = [("", pixels_request(shape))]
+            if args.png:
+                requests.append(("PNG ", png_request(shape)))
+            print("(b) served, batched", flush=True)
+            served += served_bench("batched", [*common_args, "--max-batch-size", "64"],
+                                   requests, concurrencies, warmup, duration, args.client, notes)
+            if not args.skip_unbatched:
+                print("(c) served, unbatched", flush=True)
+                served += served_bench("unbatched", [*common_args, "--max-batch-size", "1"],
+                                       requests[:1], concurrencies, warmup, duration,
+                                       args.client, notes)
+    except (BenchTimeout, RuntimeError, OSError) as exc:
+        error = f"benchmark stopped early: {exc}"
+    except Exception as exc:  # grpc errors and the like: still report what was measured
+        error = f"benchmark stopped early: {type(exc).__name__}: {exc}"
+    load_after = load_average()
+    if error:
+        print(error, file=sys.stderr)
+
+    rows = raw + served
+    if not rows:
+        return 0
+    checks = target_checks(raw, served, concurrencies)
+    print()
+    print("\n".join(notes))
+    print(table(rows, markdown=False))
+    print()
+    print("\n".join(checks))
+    print(f"load average after: {load_after} (nproc {os.cpu_count()})")
+    if args.output:
+        text = "\n".join([
+            "# Image scoring throughput", "", *(f"- {line}" for line in header),
+            f"- load average before: {load_before}; after: {load_after}",
+            *(f"- {n}" for n in notes), "", table(rows, markdown=True), "",
+            *(f"- {c}" for c in checks), "",
+        ])
+        args.output.write_text(text)
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
