@@ -216,9 +216,11 @@ def scrape(url: str, timeout: float = 5.0) -> dict[str, float]:
     return out
 
 
-def metric_total(samples: dict[str, float], name: str) -> float:
-    """Sum of every series of the metric ``name`` (all label values)."""
-    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
+def metric_total(samples: dict[str, float], name: str, label: str = "") -> float:
+    """Sum of the series of the metric ``name`` whose labels contain ``label`` (e.g.
+    ``method="ScoreImages"``; empty = every series)."""
+    return sum(v for k, v in samples.items()
+               if (k == name or k.startswith(name + "{")) and label in k)
 
 
 # --------------------------------------------------------------------------- tables

@@ -85,9 +85,11 @@ class Row:
     p99_ms: float
     mean_batch: float
     calls: int
-    client_cpu: float = float("nan")  # percent of one core
+    client_cpu: float = float("nan")  # bench process (ORT for raw rows, client for served), %
     server_cpu: float = float("nan")
     infer_ms: float = float("nan")  # mean ONNX Runtime time per batch (server)
+    queue_ms: float = float("nan")  # mean time a sample waited in the batcher's queue
+    server_ms: float = float("nan")  # mean ScoreImages call duration inside the server
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -162,14 +164,25 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pixels_request(shape: tuple[int, int, int]) -> bytes:
-    """One ScoreImages request: a pre-normalised float32 [C,H,W] tensor, serialised."""
-    pixels = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
-    return pb.ScoreImagesRequest(samples=[image_sample(pixels)]).SerializeToString()
+@dataclass(frozen=True)
+class Payload:
+    """One image sent per request: as the SDK takes it, and as the serialised request."""
+
+    label: str
+    image: bytes | npt.NDArray[np.generic]
+
+    @property
+    def request(self) -> bytes:
+        return pb.ScoreImagesRequest(samples=[image_sample(self.image)]).SerializeToString()
 
 
-def png_request(shape: tuple[int, int, int]) -> bytes:
-    """One ScoreImages request holding a PNG of the model's input size (decoded by the server)."""
+def pixels_payload(shape: tuple[int, int, int]) -> Payload:
+    """A pre-normalised float32 [C,H,W] tensor: the server only checks it is finite."""
+    return Payload("", np.random.default_rng(1).standard_normal(shape, dtype=np.float32))
+
+
+def png_payload(shape: tuple[int, int, int]) -> Payload:
+    """A PNG of the model's input size: the server decodes, resizes and normalises it."""
     from PIL import Image
 
     channels, height, width = shape
@@ -177,7 +190,7 @@ def png_request(shape: tuple[int, int, int]) -> bytes:
     image = Image.fromarray(pixels).convert("L" if channels == 1 else "RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return pb.ScoreImagesRequest(samples=[image_sample(buffer.getvalue())]).SerializeToString()
+    return Payload("PNG ", buffer.getvalue())
 
 
 def check_reply(reply: bytes) -> None:
@@ -189,7 +202,7 @@ def check_reply(reply: bytes) -> None:
 
 async def drive(
     target: str,
-    request: bytes,
+    payload: Payload,
     concurrency: int,
     warmup: float,
     duration: float,
@@ -205,26 +218,20 @@ async def drive(
         send: Callable[[], Awaitable[object]]
         sdk: AsyncScoringClient | None = None
         if client_kind == "sdk":
-            sdk = AsyncScoringClient(target)
-            sample = pb.ScoreImagesRequest.FromString(request).samples[0]
-            kind = sample.WhichOneof("image")
-            image: bytes | npt.NDArray[np.generic]
-            if kind == "encoded":
-                image = sample.encoded
-            else:
-                shape = tuple(sample.pixels.shape)
-                image = np.frombuffer(sample.pixels.data, dtype="<f4").reshape(shape)
-            images = [image]
+            sdk = client = AsyncScoringClient(target)
+            images = [payload.image]
 
-            async def send() -> object:
-                assert sdk is not None
-                return await sdk.score_images(images)
+            def send() -> Awaitable[object]:
+                return client.score_images(images)
         else:
-            call = channel.unary_unary(SCORE_IMAGES)  # no serialisers: bytes in, bytes out
+            # No (de)serialisers: request and reply travel as bytes, no protobuf work per call.
+            call = channel.unary_unary(
+                SCORE_IMAGES, request_serializer=None, response_deserializer=None)
+            request = payload.request
             check_reply(await call(request, timeout=CALL_TIMEOUT_S))
 
-            async def send() -> object:
-                return await call(request, timeout=CALL_TIMEOUT_S)
+            def send() -> Awaitable[object]:
+                return call(request, timeout=CALL_TIMEOUT_S)
 
         async def window(seconds: float) -> tuple[list[float], Counter[str], float]:
             latencies: list[float] = []
@@ -260,8 +267,12 @@ async def drive(
             if sdk is not None:
                 await sdk.close()
 
-    def delta(name: str) -> float:
-        return metric_total(after, name) - metric_total(before, name)
+    def delta(name: str, label: str = "") -> float:
+        return metric_total(after, name, label) - metric_total(before, name, label)
+
+    def mean_ms(name: str, label: str = "") -> float:
+        count = delta(name + "_count", label)
+        return 1e3 * delta(name + "_sum", label) / count if count else float("nan")
 
     batches = delta("hardscore_batch_size_count")
     return Row(
@@ -273,8 +284,9 @@ async def drive(
         calls=len(latencies),
         client_cpu=100.0 * client_cpu / elapsed,
         server_cpu=100.0 * server_cpu / elapsed,
-        infer_ms=1e3 * delta("hardscore_inference_seconds_sum") / batches if batches else
-        float("nan"),
+        infer_ms=mean_ms("hardscore_inference_seconds"),
+        queue_ms=mean_ms("hardscore_queue_wait_seconds"),
+        server_ms=mean_ms("hardscore_request_duration_seconds", 'method="ScoreImages"'),
         errors=dict(errors),
     )
 
@@ -282,7 +294,7 @@ async def drive(
 def served_bench(
     label: str,
     server_args: list[str],
-    requests: list[tuple[str, bytes]],
+    payloads: list[Payload],
     concurrencies: list[int],
     warmup: float,
     duration: float,
@@ -293,14 +305,14 @@ def served_bench(
     server = Server(*server_args)
     try:
         server.start()
-        model_line = next((line for line in server.lines if " model " in line), "")
+        model_line = next((line for line in server.lines if "instance(s)" in line), "")
         notes.append(f"{label} server: {' '.join(server_args)}; "
                      f"{model_line.split(': ', 1)[-1]}")
-        for kind, request in requests:
+        for payload in payloads:
             for concurrency in concurrencies:
-                row = asyncio.run(drive(server.target, request, concurrency, warmup, duration,
+                row = asyncio.run(drive(server.target, payload, concurrency, warmup, duration,
                                         client_kind, server))
-                row.name = f"served {label}{kind} conc {concurrency}"
+                row.name = f"served {label} {payload.label}conc {concurrency}"
                 errors = f", errors {row.errors}" if row.errors else ""
                 print(f"  {row.name}: {row.images_per_s:,.0f} images/s, p50 {row.p50_ms:.2f} ms, "
                       f"p99 {row.p99_ms:.2f} ms, mean batch {row.mean_batch:.1f}, client CPU "
@@ -318,10 +330,12 @@ def served_bench(
 
 def table(rows: list[Row], markdown: bool) -> str:
     headers = ["path", "images/s", "p50 ms", "p99 ms", "mean batch", "infer ms/batch",
-               "calls", "client CPU %", "server CPU %", "errors"]
+               "queue ms", "server call ms", "calls", "bench proc CPU %", "server CPU %",
+               "errors"]
     body = [
         [r.name, fmt(r.images_per_s), fmt(r.p50_ms, 2), fmt(r.p99_ms, 2), fmt(r.mean_batch, 1),
-         fmt(r.infer_ms, 2), str(r.calls), fmt(r.client_cpu), fmt(r.server_cpu),
+         fmt(r.infer_ms, 2), fmt(r.queue_ms, 2), fmt(r.server_ms, 2), str(r.calls),
+         fmt(r.client_cpu), fmt(r.server_cpu),
          ", ".join(f"{k} {v}" for k, v in r.errors.items()) or "0"]
         for r in rows
     ]
@@ -350,6 +364,11 @@ def target_checks(raw: list[Row], served: list[Row], concurrencies: list[int]) -
             f"{verdict(ratio >= TARGET_THROUGHPUT_RATIO)}  served conc {top} / best raw "
             f"({best.name}) = {conc_top.images_per_s:,.0f} / {best.images_per_s:,.0f} = "
             f"{ratio:.2f} (target >= {TARGET_THROUGHPUT_RATIO})")
+        same = by_name.get(f"raw batch {top}")
+        if same and same is not best:
+            checks.append(
+                f"info  served conc {top} / raw batch {top} (the largest batch {top} one-image "
+                f"callers can form) = {conc_top.images_per_s / same.images_per_s:.2f}")
     else:
         checks.append("n/a   served high concurrency vs best raw (not measured)")
     if raw1 and conc1:
@@ -442,16 +461,16 @@ def main(argv: list[str] | None = None) -> int:
             del runner
             gc.collect()
 
-            requests = [("", pixels_request(shape))]
+            payloads = [pixels_payload(shape)]
             if args.png:
-                requests.append(("PNG ", png_request(shape)))
+                payloads.append(png_payload(shape))
             print("(b) served, batched", flush=True)
             served += served_bench("batched", [*common_args, "--max-batch-size", "64"],
-                                   requests, concurrencies, warmup, duration, args.client, notes)
+                                   payloads, concurrencies, warmup, duration, args.client, notes)
             if not args.skip_unbatched:
                 print("(c) served, unbatched", flush=True)
                 served += served_bench("unbatched", [*common_args, "--max-batch-size", "1"],
-                                       requests[:1], concurrencies, warmup, duration,
+                                       payloads[:1], concurrencies, warmup, duration,
                                        args.client, notes)
     except (BenchTimeout, RuntimeError, OSError) as exc:
         error = f"benchmark stopped early: {exc}"

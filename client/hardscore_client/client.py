@@ -9,8 +9,9 @@ itself with exponential backoff, as configured by the channel's service config.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -112,8 +113,8 @@ def _image_requests(
     return requests
 
 
-class ScoringClient:
-    """Blocking client of a hardscore server at ``target`` ("host:port")."""
+class _ClientCore:
+    """Channel set-up and request planning shared by the blocking and asyncio clients."""
 
     def __init__(
         self,
@@ -124,19 +125,84 @@ class ScoringClient:
         retries: int = 4,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        _aio: bool = False,
     ) -> None:
+        grpc_api: Any = grpc.aio if _aio else grpc
         options = channel_options(max_message_bytes, retries)
         if tls is not None:
             if tls.server_name_override:
                 options.append(("grpc.ssl_target_name_override", tls.server_name_override))
-            self._channel = grpc.secure_channel(target, _credentials(tls), options=options)
+            self._channel = grpc_api.secure_channel(target, _credentials(tls), options=options)
         else:
-            self._channel = grpc.insecure_channel(target, options=options)
+            self._channel = grpc_api.insecure_channel(target, options=options)
         self._stub = pb_grpc.ScoringServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._max_message_bytes = max_message_bytes
-        self._timeout = timeout
-        self._metadata = tuple(metadata)
+        # Every call waits for the channel to connect (bounded by the timeout) instead of
+        # failing at once while the server starts.
+        self._call: dict[str, Any] = {
+            "timeout": timeout, "metadata": tuple(metadata), "wait_for_ready": True,
+        }
+
+    def _logits_plan(
+        self,
+        logits: npt.ArrayLike,
+        labels: npt.ArrayLike | Sequence[str] | None,
+        ids: Sequence[str] | None,
+        class_names: Sequence[str] | None,
+        temperature: float | None,
+        include_probabilities: bool,
+        chunk_rows: int | None,
+    ) -> tuple[int, Iterator[pb.ScoreLogitsRequest]]:
+        """(number of messages, the messages) for a score_logits call."""
+        arr, label_arr = _prepare_logits(logits, labels)
+        options = options_message(class_names, temperature, include_probabilities)
+        rows = chunk_rows or chunk_rows_for(
+            arr.shape[-1] if arr.ndim == 2 else 2, self._max_message_bytes, include_probabilities)
+        return max(1, -(-len(arr) // rows)), logits_chunks(arr, label_arr, ids, options, rows)
+
+    @staticmethod
+    def _images_plan(
+        images: Sequence[ImageInput],
+        labels: Sequence[int | str | None] | None,
+        ids: Sequence[str] | None,
+        temperature: float | None,
+        include_probabilities: bool,
+        include_logits: bool,
+        chunk_size: int,
+    ) -> list[pb.ScoreImagesRequest]:
+        options = options_message(None, temperature, include_probabilities, include_logits)
+        return _image_requests(images, labels, ids, options, chunk_size)
+
+
+def _finish(parts: Iterable[ScoreResult], progress: Progress | None) -> ScoreResult:
+    """Joins the per-message results, reporting each to ``progress`` as it arrives."""
+    collected = []
+    for part in parts:
+        collected.append(part)
+        if progress:
+            progress(len(part))
+    return ScoreResult.concat(collected)
+
+
+async def _finish_async(
+    parts: AsyncIterator[ScoreResult], progress: Progress | None
+) -> ScoreResult:
+    collected = []
+    async for part in parts:
+        collected.append(part)
+        if progress:
+            progress(len(part))
+    return ScoreResult.concat(collected)
+
+
+class ScoringClient(_ClientCore):
+    """Blocking client of a hardscore server at ``target`` ("host:port").
+
+    Keyword options: ``tls`` (TLSConfig), ``max_message_bytes`` (both directions),
+    ``retries`` (attempts after the first on UNAVAILABLE), ``timeout`` (seconds per call),
+    ``metadata`` (sent with every call).
+    """
 
     def __enter__(self) -> ScoringClient:
         return self
@@ -151,8 +217,7 @@ class ScoringClient:
         """Blocks until the server's health check says SERVING (or raises grpc.RpcError)."""
         response = self._health.Check(
             health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True)
-        if response.status != health_pb2.HealthCheckResponse.SERVING:
-            raise RuntimeError(f"server is not serving: status {response.status}")
+        _check_serving(response)
 
     def score_logits(
         self,
@@ -171,27 +236,14 @@ class ScoringClient:
         Inputs of more than ``chunk_rows`` rows (default: what fits the message limit) travel
         over ScoreLogitsStream; the result is the same.
         """
-        arr, label_arr = _prepare_logits(logits, labels)
-        options = options_message(class_names, temperature, include_probabilities)
-        rows = chunk_rows or chunk_rows_for(
-            arr.shape[-1] if arr.ndim == 2 else 2, self._max_message_bytes, include_probabilities)
-        chunks = logits_chunks(arr, label_arr, ids, options, rows)
-        if len(arr) <= rows:
-            response = self._stub.ScoreLogits(
-                next(chunks), timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
-            if progress:
-                progress(len(arr))
-            return decode_scores(response.scores)
+        n, requests = self._logits_plan(logits, labels, ids, class_names, temperature,
+                                        include_probabilities, chunk_rows)
+        if n == 1:
+            reply = self._stub.ScoreLogits(next(requests), **self._call)
+            return _finish([decode_scores(reply.scores)], progress)
         stream = self._stub.ScoreLogitsStream(
-            (pb.ScoreLogitsStreamRequest(chunk=c) for c in chunks),
-            timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
-        parts = []
-        for reply in stream:
-            part = decode_scores(reply.scores)
-            parts.append(part)
-            if progress:
-                progress(len(part))
-        return ScoreResult.concat(parts)
+            (pb.ScoreLogitsStreamRequest(chunk=c) for c in requests), **self._call)
+        return _finish((decode_scores(r.scores) for r in stream), progress)
 
     def score_images(
         self,
@@ -210,57 +262,27 @@ class ScoringClient:
         Failed samples are listed in ``result.errors``; the others are scored. More than
         ``chunk_size`` images travel over ScoreImagesStream.
         """
-        options = options_message(None, temperature, include_probabilities, include_logits)
-        requests = _image_requests(images, labels, ids, options, chunk_size)
+        requests = self._images_plan(images, labels, ids, temperature, include_probabilities,
+                                     include_logits, chunk_size)
         if len(requests) == 1:
-            response = self._stub.ScoreImages(
-                requests[0], timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
-            if progress:
-                progress(len(images))
-            return decode_scores(response.scores, response.errors)
+            reply = self._stub.ScoreImages(requests[0], **self._call)
+            return _finish([decode_scores(reply.scores, reply.errors)], progress)
         stream = self._stub.ScoreImagesStream(
-            (pb.ScoreImagesStreamRequest(chunk=r) for r in requests),
-            timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
-        parts = []
-        for reply in stream:
-            part = decode_scores(reply.result.scores, reply.result.errors)
-            parts.append(part)
-            if progress:
-                progress(len(part))
-        return ScoreResult.concat(parts)
+            (pb.ScoreImagesStreamRequest(chunk=r) for r in requests), **self._call)
+        return _finish(
+            (decode_scores(r.result.scores, r.result.errors) for r in stream), progress)
 
     def get_model_info(self, model_name: str = "") -> pb.GetModelInfoResponse:
         """The served model's description (classes, input, normalisation, provider, batching)."""
-        return self._stub.GetModelInfo(
-            pb.GetModelInfoRequest(model_name=model_name), timeout=self._timeout,
-            metadata=self._metadata, wait_for_ready=True)
+        return self._stub.GetModelInfo(pb.GetModelInfoRequest(model_name=model_name),
+                                       **self._call)
 
 
-class AsyncScoringClient:
-    """asyncio client of a hardscore server; same methods as ScoringClient, awaited."""
+class AsyncScoringClient(_ClientCore):
+    """asyncio client of a hardscore server; same options and methods as ScoringClient."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        tls: TLSConfig | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        retries: int = 4,
-        timeout: float | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        options = channel_options(max_message_bytes, retries)
-        if tls is not None:
-            if tls.server_name_override:
-                options.append(("grpc.ssl_target_name_override", tls.server_name_override))
-            self._channel = grpc.aio.secure_channel(target, _credentials(tls), options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        self._stub = pb_grpc.ScoringServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._max_message_bytes = max_message_bytes
-        self._timeout = timeout
-        self._metadata = tuple(metadata)
+    def __init__(self, target: str, **options: Any) -> None:
+        super().__init__(target, _aio=True, **options)
 
     async def __aenter__(self) -> AsyncScoringClient:
         return self
@@ -274,8 +296,7 @@ class AsyncScoringClient:
     async def wait_ready(self, timeout: float = 30.0) -> None:
         response = await self._health.Check(
             health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True)
-        if response.status != health_pb2.HealthCheckResponse.SERVING:
-            raise RuntimeError(f"server is not serving: status {response.status}")
+        _check_serving(response)
 
     async def score_logits(
         self,
@@ -290,27 +311,14 @@ class AsyncScoringClient:
         progress: Progress | None = None,
     ) -> ScoreResult:
         """See ScoringClient.score_logits."""
-        arr, label_arr = _prepare_logits(logits, labels)
-        options = options_message(class_names, temperature, include_probabilities)
-        rows = chunk_rows or chunk_rows_for(
-            arr.shape[-1] if arr.ndim == 2 else 2, self._max_message_bytes, include_probabilities)
-        chunks = logits_chunks(arr, label_arr, ids, options, rows)
-        if len(arr) <= rows:
-            response = await self._stub.ScoreLogits(
-                next(chunks), timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
-            if progress:
-                progress(len(arr))
-            return decode_scores(response.scores)
+        n, requests = self._logits_plan(logits, labels, ids, class_names, temperature,
+                                        include_probabilities, chunk_rows)
+        if n == 1:
+            reply = await self._stub.ScoreLogits(next(requests), **self._call)
+            return _finish([decode_scores(reply.scores)], progress)
         call = self._stub.ScoreLogitsStream(
-            (pb.ScoreLogitsStreamRequest(chunk=c) for c in chunks),
-            timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
-        parts = []
-        async for reply in call:
-            part = decode_scores(reply.scores)
-            parts.append(part)
-            if progress:
-                progress(len(part))
-        return ScoreResult.concat(parts)
+            (pb.ScoreLogitsStreamRequest(chunk=c) for c in requests), **self._call)
+        return await _finish_async((decode_scores(r.scores) async for r in call), progress)
 
     async def score_images(
         self,
@@ -325,26 +333,21 @@ class AsyncScoringClient:
         progress: Progress | None = None,
     ) -> ScoreResult:
         """See ScoringClient.score_images."""
-        options = options_message(None, temperature, include_probabilities, include_logits)
-        requests = _image_requests(images, labels, ids, options, chunk_size)
+        requests = self._images_plan(images, labels, ids, temperature, include_probabilities,
+                                     include_logits, chunk_size)
         if len(requests) == 1:
-            response = await self._stub.ScoreImages(
-                requests[0], timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
-            if progress:
-                progress(len(images))
-            return decode_scores(response.scores, response.errors)
+            reply = await self._stub.ScoreImages(requests[0], **self._call)
+            return _finish([decode_scores(reply.scores, reply.errors)], progress)
         call = self._stub.ScoreImagesStream(
-            (pb.ScoreImagesStreamRequest(chunk=r) for r in requests),
-            timeout=self._timeout, metadata=self._metadata, wait_for_ready=True)
-        parts = []
-        async for reply in call:
-            part = decode_scores(reply.result.scores, reply.result.errors)
-            parts.append(part)
-            if progress:
-                progress(len(part))
-        return ScoreResult.concat(parts)
+            (pb.ScoreImagesStreamRequest(chunk=r) for r in requests), **self._call)
+        return await _finish_async(
+            (decode_scores(r.result.scores, r.result.errors) async for r in call), progress)
 
     async def get_model_info(self, model_name: str = "") -> pb.GetModelInfoResponse:
-        return await self._stub.GetModelInfo(
-            pb.GetModelInfoRequest(model_name=model_name), timeout=self._timeout,
-            metadata=self._metadata, wait_for_ready=True)
+        return await self._stub.GetModelInfo(pb.GetModelInfoRequest(model_name=model_name),
+                                             **self._call)
+
+
+def _check_serving(response: health_pb2.HealthCheckResponse) -> None:
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        raise RuntimeError(f"server is not serving: status {response.status}")

@@ -18,8 +18,6 @@ labels), and the class-wise table of mean hardness and agreement with the given 
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -29,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hardscore_client.client import ScoringClient
+from hardscore_client.local_server import start_server
 from hardscore_client.messages import ScoreResult
 
 NOISE_RATE = 0.10
@@ -137,28 +136,16 @@ def image_part(client: ScoringClient) -> float:
                   noisy, flipped, labels)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def running_server() -> Iterator[str]:
     """Starts hardscore-server with the embedded model on free local ports; stops it after."""
-    port, metrics_port = _free_port(), _free_port()
-    proc = subprocess.Popen([
-        sys.executable, "-m", "hardscore_server.main", "--host", "127.0.0.1",
-        "--port", str(port), "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
-    ])
+    server = start_server()
     try:
-        print(f"started hardscore-server (pid {proc.pid}) on 127.0.0.1:{port}, "
-              f"metrics on http://127.0.0.1:{metrics_port}/metrics")
-        yield f"127.0.0.1:{port}"
+        print(f"started hardscore-server on {server.target}, metrics on {server.metrics_url}")
+        yield server.target
     finally:
-        proc.terminate()
-        proc.wait(60)
-        print(f"stopped hardscore-server (exit code {proc.returncode})")
+        code = server.stop()
+        print(f"stopped hardscore-server (exit code {code})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

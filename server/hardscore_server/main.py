@@ -18,10 +18,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hardscore_client.proto import grpc_service_pb2_grpc as oip_grpc
 from hardscore_client.proto import scoring_pb2 as pb
 from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
 from hardscore_server.config import ConfigError, ServerConfig, parse_args
 from hardscore_server.image_scoring import ImageScorer
+from hardscore_server.inference_protocol import SERVICE_NAME as INFERENCE_SERVICE
+from hardscore_server.inference_protocol import InferenceProtocolServicer
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model_dir import DEFAULT_MODEL_DIR, ModelDirError
 from hardscore_server.model_runner import ModelLoadError, ModelRunner
@@ -75,9 +78,14 @@ class HardscoreServer:
         self._server = grpc.aio.server(options=options)
         self._servicer = ScoringServicer(c, self.metrics, self.images)
         pb_grpc.add_ScoringServiceServicer_to_server(self._servicer, self._server)
+        services = [SCORING_SERVICE]
+        if self.images is not None:  # the Open Inference Protocol, for standard clients
+            oip_grpc.add_GRPCInferenceServiceServicer_to_server(
+                InferenceProtocolServicer(c, self.metrics, self.images), self._server)
+            services.append(INFERENCE_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
-            (SCORING_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         address = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Load-tests hardscore's Open Inference Protocol endpoint with Triton's stock perf_analyzer.
+#
+#   bench/perf_analyzer.sh [--model-dir DIR] [--concurrency 1:16:5] [--interval-ms 2000]
+#                          [--batch-size 1] [-- EXTRA perf_analyzer ARGS...]
+#
+# perf_analyzer is not in the current `perf-analyzer` PyPI package (a placeholder); the binary
+# ships inside the tritonclient==2.50.0 manylinux wheel. It links libb64 (Debian: libb64-0d) and
+# libcudart.so.12 even when no GPU is used; libcudart comes from the nvidia-cuda-runtime-cu12
+# wheel. Both wheels are fetched once with `pip download --no-deps` into $PERF_ANALYZER_CACHE
+# (default ~/.cache/hardscore/perf_analyzer); libb64-0d is installed with apt-get when running as
+# root, else the script says what to install.
+#
+# The server runs on 127.0.0.1 with a free port and is stopped on exit. perf_analyzer sends its
+# default random data: FP32 images full of NaN and infinity, which the server answers (NaN
+# scores). The table printed at the end is throughput and p50/p99 latency per concurrency,
+# from perf_analyzer's own CSV.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
+[[ -x "$PYTHON" ]] || PYTHON="$(command -v python3)"
+CACHE="${PERF_ANALYZER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hardscore/perf_analyzer}"
+TRITONCLIENT_VERSION=2.50.0
+
+MODEL_DIR=""
+CONCURRENCY="1:16:5"
+INTERVAL_MS=2000
+BATCH_SIZE=1
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --model-dir) MODEL_DIR="$2"; shift 2 ;;
+    --concurrency) CONCURRENCY="$2"; shift 2 ;;
+    --interval-ms) INTERVAL_MS="$2"; shift 2 ;;
+    --batch-size) BATCH_SIZE="$2"; shift 2 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "perf_analyzer.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+# -- perf_analyzer and its libraries ------------------------------------------------------------
+BIN="$CACHE/tritonclient-$TRITONCLIENT_VERSION.data/data/bin/perf_analyzer"
+CUDART_DIR="$CACHE/nvidia/cuda_runtime/lib"
+if [[ ! -x "$BIN" || ! -e "$CUDART_DIR/libcudart.so.12" ]]; then
+  echo "fetching tritonclient==$TRITONCLIENT_VERSION and nvidia-cuda-runtime-cu12 into $CACHE"
+  mkdir -p "$CACHE/wheels"
+  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
+    --platform manylinux1_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_17_x86_64 --dest "$CACHE/wheels" \
+    "tritonclient==$TRITONCLIENT_VERSION" nvidia-cuda-runtime-cu12
+  "$PYTHON" - "$CACHE" "$TRITONCLIENT_VERSION" <<'EOF'
+import glob, os, sys, zipfile
+cache, version = sys.argv[1], sys.argv[2]
+wanted = {
+    "tritonclient-*.whl": f"tritonclient-{version}.data/data/bin/perf_analyzer",
+    "nvidia_cuda_runtime_cu12-*.whl": "nvidia/cuda_runtime/lib/libcudart.so.12",
+}
+for pattern, member in wanted.items():
+    (wheel,) = sorted(glob.glob(os.path.join(cache, "wheels", pattern)))[-1:]
+    with zipfile.ZipFile(wheel) as z:
+        path = z.extract(member, cache)
+    os.chmod(path, 0o755)
+EOF
+fi
+if ! ldconfig -p | grep -q 'libb64\.so\.0d'; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    echo "installing libb64-0d (perf_analyzer links libb64.so.0d)"
+    apt-get install -y -q libb64-0d >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q libb64-0d >/dev/null; }
+  else
+    echo "perf_analyzer needs libb64.so.0d: install it (Debian/Ubuntu: apt-get install" \
+      "libb64-0d) and run again" >&2
+    exit 3
+  fi
+fi
+export LD_LIBRARY_PATH="$CUDART_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# -- the server ---------------------------------------------------------------------------------
+MODEL="$("$PYTHON" - "$MODEL_DIR" <<'EOF'
+import sys
+from pathlib import Path
+from hardscore_server.model_dir import DEFAULT_MODEL_DIR, load_manifest
+print(load_manifest(Path(sys.argv[1]) if sys.argv[1] else DEFAULT_MODEL_DIR).name)
+EOF
+)"
+WORK="$(mktemp -d)"
+SERVER_PID=""
+cleanup() {
+  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+SERVER_ARGS=(--host 127.0.0.1 --port 0 --metrics-port -1 --grace-period-s 5)
+[[ -n "$MODEL_DIR" ]] && SERVER_ARGS+=(--model-dir "$MODEL_DIR")
+PYTHONUNBUFFERED=1 "$PYTHON" -m hardscore_server.main "${SERVER_ARGS[@]}" >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+PORT=""
+for _ in $(seq 1 600); do
+  PORT="$(sed -n 's/.*serving gRPC on [^ ]*:\([0-9]*\),.*/\1/p' "$WORK/server.log" | head -n1)"
+  [[ -n "$PORT" ]] && break
+  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    echo "the server did not start:" >&2; cat "$WORK/server.log" >&2; exit 4
+  fi
+  sleep 0.1
+done
+[[ -n "$PORT" ]] || { echo "the server did not start in 60 s" >&2; cat "$WORK/server.log" >&2; exit 4; }
+echo "server: model $MODEL on 127.0.0.1:$PORT ($(grep -o 'on [A-Za-z]*ExecutionProvider' \
+  "$WORK/server.log" | head -n1 | cut -c4-))"
+
+# -- the load test ------------------------------------------------------------------------------
+echo "perf_analyzer -m $MODEL -i grpc -u 127.0.0.1:$PORT --concurrency-range $CONCURRENCY" \
+  "-b $BATCH_SIZE -p $INTERVAL_MS ${EXTRA[*]}"
+"$BIN" -m "$MODEL" -i grpc -u "127.0.0.1:$PORT" --concurrency-range "$CONCURRENCY" \
+  -b "$BATCH_SIZE" -p "$INTERVAL_MS" --max-trials 5 -f "$WORK/results.csv" \
+  ${EXTRA[@]+"${EXTRA[@]}"} >"$WORK/perf_analyzer.log" 2>&1 \
+  || { cat "$WORK/perf_analyzer.log" >&2; echo "perf_analyzer failed" >&2; exit 5; }
+grep -E '^(Concurrency|  Server|    Inference count|    Execution count|    Successful|    Avg)' \
+  "$WORK/perf_analyzer.log" || true
+if grep -qE 'Traceback|ERROR' "$WORK/server.log"; then
+  echo "the server logged errors:" >&2; grep -E -A3 'Traceback|ERROR' "$WORK/server.log" >&2
+fi
+
+echo
+"$PYTHON" - "$WORK/results.csv" "$BATCH_SIZE" <<'EOF'
+import csv, sys
+rows = sorted(csv.DictReader(open(sys.argv[1])), key=lambda r: int(r["Concurrency"]))
+print(f"batch size {sys.argv[2]}, random FP32 input (perf_analyzer's default data)")
+print(f"{'concurrency':>11} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'avg ms':>8} "
+      f"{'server queue ms':>15} {'server compute ms':>17}")
+for r in rows:
+    ms = lambda key: int(r[key]) / 1000.0
+    compute = ms("Server Compute Input") + ms("Server Compute Infer") + ms("Server Compute Output")
+    avg = ms("Avg latency") if "Avg latency" in r else float("nan")
+    print(f"{r['Concurrency']:>11} {float(r['Inferences/Second']):>9.1f} {ms('p50 latency'):>8.2f} "
+          f"{ms('p99 latency'):>8.2f} {avg:>8.2f} {ms('Server Queue'):>15.2f} {compute:>17.2f}")
+EOF

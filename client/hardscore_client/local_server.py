@@ -1,0 +1,100 @@
+"""Runs a real ``hardscore-server`` as a subprocess on 127.0.0.1, on ephemeral ports.
+
+Used by the demo (``--start-server``), the benchmarks and the end-to-end tests: the server binds
+port 0 and the ports it got are read from its "serving gRPC on ..." log line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+SERVING = re.compile(r"serving gRPC on [^ ]+:(\d+), metrics on [^ ]+:(-?\d+)")
+
+
+class ServerProcess:
+    """A server subprocess; ``target`` and ``metrics_url`` are set once it serves.
+
+    ``args`` are extra ``hardscore-server`` flags; ``stop()`` sends SIGTERM (graceful drain)
+    and kills the process if it has not exited within the timeout.
+    """
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = [
+            sys.executable, "-m", "hardscore_server.main",
+            "--host", "127.0.0.1", "--port", "0",
+            "--metrics-host", "127.0.0.1", "--metrics-port", "0",
+            *args,
+        ]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.metrics_port = -1
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env)
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip())
+                match = SERVING.search(line)
+                if match:
+                    self.port, self.metrics_port = int(match[1]), int(match[2])
+                    ready.set()
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("server did not start:\n" + "\n".join(self.lines))
+        return self
+
+    def terminate(self) -> None:
+        """Sends SIGTERM (graceful drain) without waiting."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        if self.proc is None:
+            return None
+        self.terminate()
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.wait(10)
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def start_server(args: Sequence[str] = (), env: dict[str, str] | None = None) -> ServerProcess:
+    return ServerProcess(*args, env=env).start()
