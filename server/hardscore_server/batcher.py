@@ -1,8 +1,12 @@
 """The dynamic batcher: many requests' samples share one model run.
 
-``DynamicBatcher.infer(inputs)`` queues a request of n samples and returns its n outputs. A
-scheduler task cuts batches of *samples* (not requests) from the head of the queue and runs each
-on a free model instance in a worker thread. Guarantees, each proven by tests/test_batcher.py:
+``DynamicBatcher.infer(inputs)`` queues a request of n samples and returns its n outputs. The
+scheduler cuts batches of *samples* (not requests) from the head of the queue and starts each
+on a free model instance in a worker thread. It is event-driven: it runs on the event loop
+whenever a request arrives or leaves, an instance frees up, or a queue delay expires, so a batch
+starts in the same loop turn as the event that made it ready.
+
+Guarantees, each proven by tests/test_batcher.py:
 
 - **Sample batching.** A request larger than ``max_batch_size`` spans several batches; many
   small requests share one. Outputs come back to each request complete and in input order.
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -151,10 +154,9 @@ class DynamicBatcher:
         self._queued_requests = 0
         self._free = list(range(instances))
         self._running: set[asyncio.Task[None]] = set()
-        self._wakeup = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="model")
-        self._scheduler: asyncio.Task[None] | None = None
         self.stats = BatcherStats()
         self._stats_lock = threading.Lock()
 
@@ -164,9 +166,7 @@ class DynamicBatcher:
         return self._queued
 
     def start(self) -> None:
-        """Starts the scheduler task on the running event loop."""
-        if self._scheduler is None:
-            self._scheduler = asyncio.get_running_loop().create_task(self._schedule())
+        """Kept for symmetry with close(): scheduling is event-driven and needs no task."""
 
     async def infer(self, inputs: Array, deadline: float | None = None) -> Array:
         """Computes the model's outputs for ``inputs`` [n, ...]; returns them in input order.
@@ -199,7 +199,7 @@ class DynamicBatcher:
         self._queued += n
         self._queued_requests += 1
         self._update_depth()
-        self._wakeup.set()
+        self._pump()
         try:
             return await asyncio.shield(request.future)
         except asyncio.CancelledError:
@@ -209,27 +209,32 @@ class DynamicBatcher:
             raise
 
     async def close(self) -> None:
-        """Refuses new requests, finishes every accepted one, then stops the scheduler."""
+        """Refuses new requests, finishes every accepted one, then releases the threads."""
         self._closing = True
-        self._wakeup.set()
-        if self._scheduler is not None:
-            await self._scheduler
-        if self._running:
+        self._pump()
+        while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
         self._executor.shutdown(wait=True)
 
     # -- scheduling -----------------------------------------------------------------------------
 
-    async def _schedule(self) -> None:
-        while not (self._closing and self._queued == 0):
-            self._wakeup.clear()
-            self._drop_expired()
-            wait = self._time_until_dispatch()
-            if wait == 0.0:
-                self._dispatch(self._take_batch())
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+    def _pump(self) -> None:
+        """Dispatches every batch that may run now; arms a timer for the next queue-delay expiry.
+
+        Called whenever something changes: a request arrives or leaves, an instance frees up,
+        the timer fires. Runs on the event loop, so the decision and the dispatch are atomic.
+        """
+        self._drop_expired()
+        while (wait := self._time_until_dispatch()) == 0.0:
+            self._dispatch(self._take_batch())
+        if wait is not None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._pump()
 
     def _time_until_dispatch(self) -> float | None:
         """0.0 to dispatch now, seconds to wait for more samples, or None to wait for an event."""
@@ -272,22 +277,23 @@ class DynamicBatcher:
         return batch
 
     def _dispatch(self, batch: _Batch) -> None:
+        """Starts ``batch`` on a free instance now; a task delivers its outputs when done."""
         instance = self._free.pop()
-        task = asyncio.get_running_loop().create_task(self._run(instance, batch))
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._executor, self._execute, instance, batch)
+        task = loop.create_task(self._deliver(instance, batch, work))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, instance: int, batch: _Batch) -> None:
-        loop = asyncio.get_running_loop()
+    async def _deliver(self, instance: int, batch: _Batch, work: asyncio.Future[None]) -> None:
+        error: BaseException | None = None
         try:
-            error: BaseException | None = None
-            try:
-                await loop.run_in_executor(self._executor, self._execute, instance, batch)
-            except Exception as exc:
-                error = exc
+            await work
+        except Exception as exc:
+            error = exc
         finally:
             self._free.append(instance)
-            self._wakeup.set()
+            self._pump()
         for seg in batch.segments:
             request = seg.request
             request.pending -= seg.stop - seg.start
@@ -337,13 +343,13 @@ class DynamicBatcher:
         for seg in list(self._queue):
             request = seg.request
             if request.deadline is not None and now >= request.deadline and not request.dropped:
-                self._drop(request, "deadline")
+                self._drop(request, "deadline", pump=False)
                 if not request.future.done():
                     request.future.set_exception(
                         DeadlineExpired("deadline passed while waiting in the queue; not computed")
                     )
 
-    def _drop(self, request: _Request, reason: str | None) -> None:
+    def _drop(self, request: _Request, reason: str | None, pump: bool = True) -> None:
         """Removes the request's queued samples; ``reason`` is counted in rejections."""
         if request.dropped:
             return
@@ -356,7 +362,8 @@ class DynamicBatcher:
                 self._count_rejection(reason, request.queued)
             request.queued = 0
             self._update_depth()
-            self._wakeup.set()
+            if pump:
+                self._pump()
 
     def _count_rejection(self, reason: str, samples: int) -> None:
         if self._metrics is not None:

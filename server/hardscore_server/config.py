@@ -74,6 +74,29 @@ class ServerConfig:
         default=30.0, metadata={"help": "on SIGTERM, longest wait for accepted calls to finish"}
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
+    # Security (server/hardscore_server/security.py; README "Security").
+    tls_cert_file: str = field(
+        default="", metadata={"help": "PEM server certificate chain: serve gRPC over TLS"}
+    )
+    tls_key_file: str = field(
+        default="", metadata={"help": "PEM private key of tls_cert_file (unencrypted)"}
+    )
+    tls_client_ca_file: str = field(
+        default="", metadata={"help": "PEM CA bundle: require client certificates it signed "
+                              "(mutual TLS)"}
+    )
+    auth_tokens_file: str = field(
+        default="", metadata={"help": "file of bearer tokens, one per line (# comments); "
+                              "re-read when it changes"}
+    )
+    auth_tokens: tuple[str, ...] = field(
+        default=(), repr=False,
+        metadata={"help": "bearer tokens (comma list)", "env_only": True},
+    )
+    health_port: int = field(
+        default=-1, metadata={"help": "plaintext port serving only grpc.health.v1 on host, for "
+                              "probes that cannot do TLS (-1 = off, 0 = free one)"}
+    )
 
     def validate(self) -> ServerConfig:
         """Returns self, or raises ConfigError naming the first bad setting."""
@@ -108,11 +131,35 @@ class ServerConfig:
              f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"),
             (not self.model_dir or Path(self.model_dir).is_dir(),
              f"model_dir {self.model_dir!r} is not a directory"),
+            *self._security_checks(),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         return self
+
+    def _security_checks(self) -> list[tuple[bool, str]]:
+        """TLS files set together and present, tokens usable as metadata (never printed)."""
+        files = [(name, getattr(self, name)) for name in
+                 ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file")]
+        return [
+            (-1 <= self.health_port <= 65535,
+             f"health_port must be in -1..65535, got {self.health_port}"),
+            (bool(self.tls_cert_file) == bool(self.tls_key_file),
+             "tls_cert_file and tls_key_file must be set together (both or neither)"),
+            (not self.tls_client_ca_file or bool(self.tls_cert_file),
+             "tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file"),
+            *[(not value or Path(value).is_file(), f"{name} {value!r} is not a file")
+              for name, value in files],
+            (all(valid_token(t) for t in self.auth_tokens),
+             "auth_tokens: a token must be 1 or more printable ASCII characters without "
+             "spaces or commas"),
+        ]
+
+
+def valid_token(token: str) -> bool:
+    """True if ``token`` can travel as a bearer token in gRPC metadata."""
+    return bool(token) and all("!" <= ch <= "~" for ch in token) and "," not in token
 
 
 def _parse(name: str, kind: Any, raw: Any, source: str) -> Any:
@@ -130,6 +177,8 @@ def _parse(name: str, kind: Any, raw: Any, source: str) -> Any:
         if kind == tuple[int, ...]:
             items = raw if isinstance(raw, list) else [s for s in str(raw).split(",") if s.strip()]
             return tuple(int(x) for x in items)
+        if kind == tuple[str, ...]:
+            return tuple(s.strip() for s in str(raw).split(",") if s.strip())
         if kind is int and isinstance(raw, float):
             raise ValueError("expected an integer")
         return kind(raw)
@@ -137,17 +186,24 @@ def _parse(name: str, kind: Any, raw: Any, source: str) -> Any:
         raise ConfigError(f"{name} from {source}: cannot read {raw!r}: {exc}") from None
 
 
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "tuple[int, ...]": tuple[int, ...]}
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "tuple[int, ...]": tuple[int, ...],
+          "tuple[str, ...]": tuple[str, ...]}
 
 
 def _fields() -> list[tuple[str, Any]]:
     return [(f.name, _TYPES[str(f.type)]) for f in fields(ServerConfig)]
 
 
+ENV_ONLY = frozenset(f.name for f in fields(ServerConfig) if f.metadata.get("env_only"))
+"""Settings taken only from the environment (secrets: not in files or on command lines)."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one ``--flag`` per setting (and ``--config FILE``) to ``parser``."""
     parser.add_argument("--config", help="TOML file of settings (keys as the flags, with _)")
     for f in fields(ServerConfig):
+        if f.metadata.get("env_only"):  # secrets: never on a command line (ps shows it)
+            continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata.get('help', '')} (default: {f.default}; env {ENV_PREFIX}"
         help_text += f"{f.name.upper()})"
@@ -175,6 +231,10 @@ def load_config(
         for key, raw in data.items():
             if key not in known:
                 raise ConfigError(f"config file {config_file}: unknown setting {key!r}")
+            if key in ENV_ONLY:
+                raise ConfigError(f"config file {config_file}: {key} is read only from the "
+                                  f"environment ({ENV_PREFIX}{key.upper()}); or use "
+                                  f"{key}_file")
             values[key] = _parse(key, known[key], raw, f"config file {config_file}")
     for name, kind in known.items():
         env_name = ENV_PREFIX + name.upper()

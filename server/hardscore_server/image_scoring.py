@@ -32,6 +32,10 @@ from hardscore_server.validation import InvalidRequest, check_temperature
 Float32Array = npt.NDArray[np.float32]
 
 
+INLINE_PREPROCESS_BYTES = 16 * 1024
+"""A lone sample up to this size is preprocessed on the event loop, not in the thread pool."""
+
+
 class UnknownModel(LookupError):
     """The request names a model this server does not serve (NOT_FOUND)."""
 
@@ -157,7 +161,13 @@ class ImageScorer:
     async def _prepare_all(
         self, samples: list[pb.ImageSample]
     ) -> list[tuple[Float32Array | None, int, SampleError | None]]:
-        """Preprocesses in up to ``preprocess_threads`` slices in parallel, keeping order."""
+        """Preprocesses in up to ``preprocess_threads`` slices in parallel, keeping order.
+
+        A single small sample (the usual online call) is done on the event loop: decoding a few
+        KiB costs less than the hand-off to a worker thread and back.
+        """
+        if len(samples) == 1 and samples[0].ByteSize() <= INLINE_PREPROCESS_BYTES:
+            return self._prepare(samples)
         loop = asyncio.get_running_loop()
         slices = min(self._config.preprocess_threads, len(samples))
         bounds = np.linspace(0, len(samples), slices + 1).astype(int)

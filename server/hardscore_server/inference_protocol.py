@@ -604,15 +604,17 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
                 success=duration(count=samples, ns=stats.queue_ns + compute_ns),
                 fail=duration(),
                 queue=duration(count=samples, ns=stats.queue_ns),
-                compute_input=duration(),
+                # Clients (perf_analyzer) require the three compute counts to be equal; input
+                # and output copies are not timed apart from the model run: 0 ns.
+                compute_input=duration(count=samples),
                 compute_infer=duration(count=samples, ns=compute_ns),
-                compute_output=duration(),
+                compute_output=duration(count=samples),
             ),
             batch_stats=[
                 oip.InferBatchStatistics(
-                    batch_size=size, compute_input=duration(),
+                    batch_size=size, compute_input=duration(count=s.count),
                     compute_infer=duration(count=s.count, ns=s.compute_ns),
-                    compute_output=duration())
+                    compute_output=duration(count=s.count))
                 for size, s in by_size
             ],
         )

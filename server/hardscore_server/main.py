@@ -28,6 +28,7 @@ from hardscore_server.inference_protocol import InferenceProtocolServicer
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model_dir import DEFAULT_MODEL_DIR, ModelDirError
 from hardscore_server.model_runner import ModelLoadError, ModelRunner
+from hardscore_server.security import ServerSecurity
 from hardscore_server.servicer import ScoringServicer
 
 log = logging.getLogger("hardscore_server")
@@ -45,6 +46,9 @@ class HardscoreServer:
         self.port = 0
         self.metrics_port = -1
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.security = ServerSecurity(config)  # TLS files and tokens: ConfigError if bad
+        self.health_port = -1
+        self._health_server: grpc.aio.Server | None = None
         self._server: grpc.aio.Server | None = None
         self._servicer: ScoringServicer | None = None
         self._stopped = asyncio.Event()
@@ -75,7 +79,8 @@ class HardscoreServer:
             ("grpc.max_send_message_length", c.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self._server = grpc.aio.server(options=options)
+        self._server = grpc.aio.server(
+            options=options, interceptors=self.security.interceptors(self.metrics))
         self._servicer = ScoringServicer(c, self.metrics, self.images)
         pb_grpc.add_ScoringServiceServicer_to_server(self._servicer, self._server)
         services = [SCORING_SERVICE]
@@ -87,9 +92,17 @@ class HardscoreServer:
         reflection.enable_server_reflection(
             (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         address = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
-        self.port = self._server.add_insecure_port(address)
+        self.port = self.security.add_port(self._server, address)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {address}")
+        if c.health_port >= 0:  # plaintext, health only: for probes that cannot do TLS
+            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            health_address = address.rpartition(":")[0] + f":{c.health_port}"
+            self.health_port = self._health_server.add_insecure_port(health_address)
+            if self.health_port == 0:
+                raise OSError(f"cannot bind health port {health_address}")
+            await self._health_server.start()
         if self.images is not None:
             self.images.start()
         await self._server.start()
@@ -97,8 +110,11 @@ class HardscoreServer:
             self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
         for service in ("", SCORING_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving gRPC on %s:%d, metrics on %s:%d", c.host, self.port, c.metrics_host,
-                 self.metrics_port)
+        if self._health_server is not None:
+            log.info("health checks (plaintext, grpc.health.v1 only) on %s:%d", c.host,
+                     self.health_port)
+        log.info("serving gRPC on %s:%d, metrics on %s:%d (%s)", c.host, self.port, c.metrics_host,
+                 self.metrics_port, self.security.describe())
 
     async def stop(self) -> None:
         """Stops accepting, lets accepted calls finish within the grace period, then stops."""
@@ -111,6 +127,8 @@ class HardscoreServer:
             await self.images.close()
         if self._servicer is not None:
             self._servicer.close()
+        if self._health_server is not None:
+            await self._health_server.stop(None)
         self._stopped.set()
         log.info("stopped")
 
@@ -149,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(config))
+    except ConfigError as exc:  # found at start-up: TLS files, token file
+        print(f"hardscore-server: configuration error: {exc}", file=sys.stderr)
+        return 2
     except (ModelDirError, ModelLoadError) as exc:
         log.error("cannot serve the model: %s", exc)
         return 3
