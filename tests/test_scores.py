@@ -44,12 +44,14 @@ def test_single_score_functions_give_fiftyone_numbers(reference):
     )
 
 
-def test_fast_path_equals_single_score_functions():
+@pytest.mark.parametrize("n_rows", [1, S.SMALL_BATCH_ROWS - 1, S.SMALL_BATCH_ROWS, 257])
+def test_both_batch_paths_equal_single_score_functions(n_rows):
     rng = np.random.default_rng(7)
     for n_classes in (2, 3, 10, 100, 1000):
-        logits = rng.normal(scale=3, size=(257, n_classes))
-        labels = rng.integers(-1, n_classes, size=257)
+        logits = rng.normal(scale=3, size=(n_rows, n_classes))
+        labels = rng.integers(-1, n_classes, size=n_rows)
         batch = S.score_logits(logits, labels, temperature=1.7)
+        assert np.isnan(batch.mistakenness[labels == -1]).all()
         log_probs = S.log_softmax(logits, 1.7)
         probs = np.exp(log_probs)
         pred = S.predicted_class(probs)
@@ -121,16 +123,17 @@ def test_label_equal_to_prediction_scores_below_half():
     assert batch.mistakenness[0] < 0.5
 
 
-def test_huge_magnitudes_stay_finite_and_exact():
-    logits = np.array([[1e6, 0.0, -1e6], [1e6, 1e6, -1e6], [-1e6, -1e6, -1e6]])
-    batch = S.score_logits(logits, [0, 1, 2])
+@pytest.mark.parametrize("repeat", [1, S.SMALL_BATCH_ROWS])  # both batch paths
+def test_huge_magnitudes_stay_finite_and_exact(repeat):
+    logits = np.tile([[1e6, 0.0, -1e6], [1e6, 1e6, -1e6], [-1e6, -1e6, -1e6]], (repeat, 1))
+    batch = S.score_logits(logits, [0, 1, 2] * repeat)
     for name in ("hardness", "confidence", "margin", "mistakenness", "label_issue_score",
                  "margin_issue_score"):
         assert np.isfinite(getattr(batch, name)).all(), name
     assert batch.hardness[0] == 0.0
     assert batch.hardness[1] == pytest.approx(math.log(2), abs=1e-15)
     assert batch.hardness[2] == pytest.approx(math.log(3), abs=1e-15)
-    assert batch.predicted_class.tolist() == [0, 0, 0]
+    assert batch.predicted_class[:3].tolist() == [0, 0, 0]
     assert batch.label_issue_score[1] == pytest.approx(0.5, abs=1e-15)
     assert batch.margin_issue_score[1] == pytest.approx(0.5, abs=1e-15)
 

@@ -110,6 +110,16 @@ class BatcherStats:
     by_batch_size: dict[int, BatchSizeStats] = field(default_factory=dict)
 
 
+class _ModelSeries:
+    """The batcher's metric series for one model, looked up once."""
+
+    def __init__(self, metrics: ServerMetrics, model: str) -> None:
+        self.queue_wait = metrics.queue_wait.labels(model)
+        self.inference_time = metrics.inference_time.labels(model)
+        self.batch_size = metrics.batch_size.labels(model)
+        self.queue_depth = metrics.queue_depth.labels(model)
+
+
 class DynamicBatcher:
     """Queues samples from concurrent requests and runs them on the model in batches."""
 
@@ -149,6 +159,8 @@ class DynamicBatcher:
         self._run_batch = run_batch
         self._metrics = metrics
         self._model = model
+        # label lookups cost microseconds each: bind this model's series once
+        self._m = None if metrics is None else _ModelSeries(metrics, model)
         self._queue: collections.deque[_Segment] = collections.deque()
         self._queued = 0
         self._queued_requests = 0
@@ -265,8 +277,8 @@ class DynamicBatcher:
             seg.request.queued -= take
             waited = now - seg.request.enqueued_at
             self.stats.queue_ns += int(waited * 1e9) * take
-            if self._metrics is not None:
-                self._metrics.queue_wait.labels(self._model).observe(waited)
+            if self._m is not None:
+                self._m.queue_wait.observe(waited)
             if take == seg.stop - seg.start:
                 self._queue.popleft()
                 self._queued_requests -= 1
@@ -321,9 +333,9 @@ class DynamicBatcher:
             size_stats = stats.by_batch_size.setdefault(batch.size, BatchSizeStats())
             size_stats.count += 1
             size_stats.compute_ns += int(seconds * 1e9)
-        if self._metrics is not None:
-            self._metrics.inference_time.labels(self._model).observe(seconds)
-            self._metrics.batch_size.labels(self._model).observe(batch.size)
+        if self._m is not None:
+            self._m.inference_time.observe(seconds)
+            self._m.batch_size.observe(batch.size)
         if len(outputs) != batch.size:
             raise RuntimeError(f"model returned {len(outputs)} outputs for {batch.size} inputs")
         offset = 0
@@ -370,5 +382,5 @@ class DynamicBatcher:
             self._metrics.rejections.labels(self._model, reason).inc(samples)
 
     def _update_depth(self) -> None:
-        if self._metrics is not None:
-            self._metrics.queue_depth.labels(self._model).set(self._queued)
+        if self._m is not None:
+            self._m.queue_depth.set(self._queued)

@@ -251,6 +251,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     parser = argparse.ArgumentParser(
         prog="hardscore-server",
         description="hardscore scoring service: gRPC (hardscore.v1) + Prometheus metrics.",
+        allow_abbrev=False,  # '--auth-tokens SECRET' must not become --auth-tokens-file
     )
     add_arguments(parser)
     return load_config(parser.parse_args(argv))

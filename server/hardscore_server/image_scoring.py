@@ -128,6 +128,8 @@ class ImageScorer:
         self._pool = ThreadPoolExecutor(
             max_workers=config.preprocess_threads, thread_name_prefix="preprocess")
         metrics.model_info.labels(m.name, m.version, runner.provider).set(1)
+        self._preprocess_time = metrics.preprocess_time.labels(m.name)
+        self._images_scored = metrics.samples.labels("images")
 
     def start(self) -> None:
         self.batcher.start()
@@ -147,7 +149,7 @@ class ImageScorer:
     ) -> list[tuple[Float32Array | None, int, SampleError | None]]:
         """Worker thread: (input, label, error) per sample; exactly one of input/error is set."""
         out: list[tuple[Float32Array | None, int, SampleError | None]] = []
-        observe = self._metrics.preprocess_time.labels(self.manifest.name).observe
+        observe = self._preprocess_time.observe
         for sample in samples:
             started = time.perf_counter()
             try:
@@ -206,7 +208,7 @@ class ImageScorer:
             logits = np.zeros((0, m.num_classes), dtype=np.float32)
         labels = np.array([prepared[i][1] for i in rows], dtype=np.int64) if has_labels else None
         batch = score_logits(logits, labels, temperature)
-        self._metrics.samples.labels("images").inc(len(rows))
+        self._images_scored.inc(len(rows))
         self._metrics.observe_scores(m.name, batch.hardness, batch.mistakenness)
         full_logits = None
         if request.options.include_logits:

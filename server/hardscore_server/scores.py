@@ -180,10 +180,58 @@ def score_logits(
 
     Labels are class indices in [0, C) or -1 for rows without one; ``temperature`` (> 0) divides
     the logits before anything else. Same numbers as the single-score functions above (a test
-    checks it), computed in one pass over a class-major copy: every reduction over the classes
-    becomes C vector operations over N contiguous values, and the softmax is computed once.
+    checks both paths). The softmax is computed once and shared. Large batches go through a
+    class-major copy, where every reduction over the classes becomes C vector operations over N
+    contiguous values; small ones (online calls) take the row-major path, which makes fewer
+    numpy calls.
     """
-    z = np.asarray(logits).T.astype(np.float64, order="C")  # [C, N]
+    logits = np.asarray(logits)
+    if logits.shape[0] < SMALL_BATCH_ROWS:
+        batch, second = _model_scores_row_major(logits, temperature)
+    else:
+        batch, second = _model_scores_class_major(logits, temperature)
+    if labels is None:
+        return batch
+    given = np.asarray(labels, dtype=np.int64)
+    p_given = given_label_probability(batch.probabilities, given)
+    first = batch.confidence
+    return replace(
+        batch,
+        given_label=given,
+        mistakenness=mistakenness(batch.hardness, batch.predicted_class, given),
+        mistakenness_confidence=mistakenness_confidence(first, batch.predicted_class, given),
+        label_issue_score=1.0 - p_given,
+        margin_issue_score=_margin_issue(p_given, first, second),
+    )
+
+
+SMALL_BATCH_ROWS = 64
+"""Below this many rows score_logits takes the row-major path (fewer, smaller numpy calls)."""
+
+
+def _model_scores_row_major(
+    logits: npt.NDArray[np.generic], temperature: float
+) -> tuple[ScoreBatch, FloatArray]:
+    """The label-free scores, and the second-largest probability of each row."""
+    log_probs = log_softmax(logits, temperature)
+    probs = np.exp(log_probs)
+    first, second = top_two(probs)
+    entropy = np.maximum(_entropy(probs, log_probs), 0.0)
+    return ScoreBatch(
+        predicted_class=predicted_class(log_probs),
+        confidence=first,
+        margin=first - second,
+        hardness=entropy,
+        hardness_normalized=entropy / np.log(log_probs.shape[1]),
+        probabilities=probs,
+    ), second
+
+
+def _model_scores_class_major(
+    logits: npt.NDArray[np.generic], temperature: float
+) -> tuple[ScoreBatch, FloatArray]:
+    """The label-free scores, and the second-largest probability of each row."""
+    z = logits.T.astype(np.float64, order="C")  # [C, N]
     if temperature != 1.0:
         z /= temperature
     predicted, top_logit = _argmax_rows(z)
@@ -194,26 +242,14 @@ def score_logits(
     entropy = np.log(total) - np.einsum("cn,cn->n", probs, z)
     np.maximum(entropy, 0.0, out=entropy)  # rounding can leave -1e-17 on one-hot rows
     first, second = _top_two_columns(probs)
-    batch = ScoreBatch(
+    return ScoreBatch(
         predicted_class=predicted,
         confidence=first,
         margin=first - second,
         hardness=entropy,
         hardness_normalized=entropy / np.log(z.shape[0]),
         probabilities=probs.T,
-    )
-    if labels is None:
-        return batch
-    given = np.asarray(labels, dtype=np.int64)
-    p_given = given_label_probability(batch.probabilities, given)
-    return replace(
-        batch,
-        given_label=given,
-        mistakenness=mistakenness(entropy, predicted, given),
-        mistakenness_confidence=mistakenness_confidence(first, predicted, given),
-        label_issue_score=1.0 - p_given,
-        margin_issue_score=_margin_issue(p_given, first, second),
-    )
+    ), second
 
 
 def _argmax_rows(z: FloatArray) -> tuple[IntArray, FloatArray]:
