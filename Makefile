@@ -22,6 +22,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+# Debian's Chromium, for the browser test of the HTML report (tests/test_report_browser.py).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
 # buf (protobuf linter) from the npm registry, kept out of the tree's history.
 $(BUF):
 	mkdir -p $(TOOLS)
@@ -36,7 +43,7 @@ lint: install $(BUF)
 	$(PY) proto/generate.py --check
 	cd proto && ../$(BUF) lint
 
-test: install $(BUF)
+test: install $(BUF) $(CHROMIUM)
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -q
 
 # Runs the service with the embedded default model (Ctrl-C to stop).

@@ -2,7 +2,11 @@
 # Load-tests hardscore's Open Inference Protocol endpoint with Triton's stock perf_analyzer.
 #
 #   bench/perf_analyzer.sh [--model-dir DIR] [--concurrency 1:16:5] [--interval-ms 2000]
-#                          [--batch-size 1] [-- EXTRA perf_analyzer ARGS...]
+#                          [--batch-size 1] [--max-trials 10] [--stability 25] [--csv FILE]
+#                          [-- EXTRA perf_analyzer ARGS...]
+#
+# Each concurrency level is measured in windows of --interval-ms until three in a row agree
+# within --stability percent, at most --max-trials windows (so at most 20 s per level by default).
 #
 # perf_analyzer is not in the current `perf-analyzer` PyPI package (a placeholder); the binary
 # ships inside the tritonclient==2.50.0 manylinux wheel. It links libb64 (Debian: libb64-0d) and
@@ -14,7 +18,7 @@
 # The server runs on 127.0.0.1 with a free port and is stopped on exit. perf_analyzer sends its
 # default random data: FP32 images full of NaN and infinity, which the server answers (NaN
 # scores). The table printed at the end is throughput and p50/p99 latency per concurrency,
-# from perf_analyzer's own CSV.
+# from perf_analyzer's own CSV (kept with --csv FILE).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +31,9 @@ MODEL_DIR=""
 CONCURRENCY="1:16:5"
 INTERVAL_MS=2000
 BATCH_SIZE=1
+MAX_TRIALS=10
+STABILITY=25
+CSV_OUT=""
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -34,8 +41,11 @@ while [[ $# -gt 0 ]]; do
     --concurrency) CONCURRENCY="$2"; shift 2 ;;
     --interval-ms) INTERVAL_MS="$2"; shift 2 ;;
     --batch-size) BATCH_SIZE="$2"; shift 2 ;;
+    --max-trials) MAX_TRIALS="$2"; shift 2 ;;
+    --stability) STABILITY="$2"; shift 2 ;;
+    --csv) CSV_OUT="$2"; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "perf_analyzer.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -116,28 +126,31 @@ echo "server: model $MODEL on 127.0.0.1:$PORT ($(grep -o 'on [A-Za-z]*ExecutionP
 
 # -- the load test ------------------------------------------------------------------------------
 echo "perf_analyzer -m $MODEL -i grpc -u 127.0.0.1:$PORT --concurrency-range $CONCURRENCY" \
-  "-b $BATCH_SIZE -p $INTERVAL_MS ${EXTRA[*]}"
+  "-b $BATCH_SIZE -p $INTERVAL_MS --max-trials $MAX_TRIALS --stability-percentage $STABILITY" \
+  "${EXTRA[*]}"
 "$BIN" -m "$MODEL" -i grpc -u "127.0.0.1:$PORT" --concurrency-range "$CONCURRENCY" \
-  -b "$BATCH_SIZE" -p "$INTERVAL_MS" --max-trials 5 -f "$WORK/results.csv" \
+  -b "$BATCH_SIZE" -p "$INTERVAL_MS" --max-trials "$MAX_TRIALS" \
+  --stability-percentage "$STABILITY" -f "$WORK/results.csv" \
   ${EXTRA[@]+"${EXTRA[@]}"} >"$WORK/perf_analyzer.log" 2>&1 \
   || { cat "$WORK/perf_analyzer.log" >&2; echo "perf_analyzer failed" >&2; exit 5; }
-grep -E '^(Concurrency|  Server|    Inference count|    Execution count|    Successful|    Avg)' \
-  "$WORK/perf_analyzer.log" || true
 if grep -qE 'Traceback|ERROR' "$WORK/server.log"; then
   echo "the server logged errors:" >&2; grep -E -A3 'Traceback|ERROR' "$WORK/server.log" >&2
 fi
+[[ -n "$CSV_OUT" ]] && cp "$WORK/results.csv" "$CSV_OUT"
 
-echo
 "$PYTHON" - "$WORK/results.csv" "$BATCH_SIZE" <<'EOF'
 import csv, sys
 rows = sorted(csv.DictReader(open(sys.argv[1])), key=lambda r: int(r["Concurrency"]))
-print(f"batch size {sys.argv[2]}, random FP32 input (perf_analyzer's default data)")
-print(f"{'concurrency':>11} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'avg ms':>8} "
-      f"{'server queue ms':>15} {'server compute ms':>17}")
+print(f"batch size {sys.argv[2]}, perf_analyzer's default random FP32 input; latencies in ms")
+print(f"{'concurrency':>11} {'infer/s':>9} {'p50':>7} {'p99':>7} {'avg':>7} "
+      f"{'server queue':>12} {'server compute':>14}")
 for r in rows:
-    ms = lambda key: int(r[key]) / 1000.0
-    compute = ms("Server Compute Input") + ms("Server Compute Infer") + ms("Server Compute Output")
-    avg = ms("Avg latency") if "Avg latency" in r else float("nan")
-    print(f"{r['Concurrency']:>11} {float(r['Inferences/Second']):>9.1f} {ms('p50 latency'):>8.2f} "
-          f"{ms('p99 latency'):>8.2f} {avg:>8.2f} {ms('Server Queue'):>15.2f} {compute:>17.2f}")
+    def ms(*keys: str) -> float:
+        return sum(int(r[k]) for k in keys) / 1000.0
+    compute = ms("Server Compute Input", "Server Compute Infer", "Server Compute Output")
+    avg = ms("Client Send", "Network+Server Send/Recv", "Server Queue", "Server Compute Input",
+             "Server Compute Infer", "Server Compute Output", "Client Recv")
+    print(f"{r['Concurrency']:>11} {float(r['Inferences/Second']):>9.1f} "
+          f"{ms('p50 latency'):>7.2f} {ms('p99 latency'):>7.2f} {avg:>7.2f} "
+          f"{ms('Server Queue'):>12.2f} {compute:>14.2f}")
 EOF

@@ -4,6 +4,10 @@
     hardscore score-images IMAGE... --out scores.csv
     hardscore top --by label_issue_score -k 20 scores.csv
     hardscore info
+    hardscore score-dir FOLDER --server HOST:PORT [--server ...] --out scores.parquet
+    hardscore report scores.parquet --out report/
+    hardscore select --budget 100 --strategy per-class scores.parquet --out queue
+    hardscore label-issues scores.parquet
     hardscore export ...            (needs the 'export' extra)
     hardscore demo                  (the digits label-QA demo)
 """
@@ -11,18 +15,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 import numpy as np
 from tqdm import tqdm
 
-from hardscore_client.client import ScoringClient
+from hardscore_client.client import ScoringClient, TLSConfig
 from hardscore_client.messages import SCORE_NAMES
 from hardscore_client.tables import read_table, result_columns, write_table
 
 DEFAULT_SERVER = "127.0.0.1:8001"
+TOKEN_ENV = "HARDSCORE_TOKEN"
 PROGRESS_MIN_ROWS = 100_000
 
 
@@ -35,12 +42,25 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
     return None
 
 
+def _client(args: argparse.Namespace) -> ScoringClient:
+    """The client the server flags describe: address, deadline, TLS, bearer token."""
+    tls = None
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+        try:
+            tls = TLSConfig.from_files(args.tls_ca, args.tls_cert, args.tls_key,
+                                       args.tls_server_name)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"hardscore: TLS: {exc}") from None
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    return ScoringClient(args.server, timeout=args.timeout, tls=tls, token=token)
+
+
 def cmd_score_logits(args: argparse.Namespace) -> int:
     logits = np.load(args.logits, mmap_mode="r")
     if logits.ndim != 2:
         raise SystemExit(f"{args.logits}: expected a 2-D array [N, C], got shape {logits.shape}")
     labels = np.load(args.labels) if args.labels else None
-    with ScoringClient(args.server, timeout=args.timeout) as client, tqdm(
+    with _client(args) as client, tqdm(
         total=len(logits), unit="rows", unit_scale=True, disable=len(logits) < PROGRESS_MIN_ROWS,
         desc="scoring",
     ) as bar:
@@ -58,7 +78,7 @@ def cmd_score_images(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
     images = [p.read_bytes() for p in paths]
     labels: list[int | str | None] | None = list(args.labels.split(",")) if args.labels else None
-    with ScoringClient(args.server, timeout=args.timeout) as client:
+    with _client(args) as client:
         result = client.score_images(images, labels, ids=[str(p) for p in paths],
                                      include_probabilities=args.probabilities)
     for error in result.errors:
@@ -87,7 +107,7 @@ def _show(value: object) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with ScoringClient(args.server, timeout=args.timeout) as client:
+    with _client(args) as client:
         print(client.get_model_info())
     return 0
 
@@ -111,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     def with_server(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--server", default=DEFAULT_SERVER, help="host:port of the server")
         p.add_argument("--timeout", type=float, default=None, help="per-call deadline, seconds")
+        p.add_argument("--token", help=f"bearer token (default: environment {TOKEN_ENV}; "
+                       "prefer it, a flag shows in the process list)")
+        p.add_argument("--tls", action="store_true",
+                       help="connect over TLS (system CA roots unless --tls-ca)")
+        p.add_argument("--tls-ca", help="PEM CA bundle that signed the server's certificate")
+        p.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
+        p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+        p.add_argument("--tls-server-name", help="name to verify the server certificate against "
+                       "(default: the host in --server)")
         return p
 
     p = with_server(sub.add_parser("score-logits", help="score a .npy file of logits"))
@@ -153,12 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="label QA on scikit-learn's digits (needs scikit-learn)")
     p.add_argument("--server", default=None, help="use this server instead of starting one")
     p.set_defaults(func=cmd_demo)
+
+    from hardscore_client.workflow_cli import add_workflow_commands
+
+    add_workflow_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except grpc.RpcError as exc:  # a status from the server (or the channel): no traceback
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        print(f"hardscore: {getattr(code, 'name', 'error')}: {detail}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -45,6 +46,20 @@ class TLSConfig:
     private_key: bytes | None = None
     certificate_chain: bytes | None = None
     server_name_override: str | None = None
+
+    @classmethod
+    def from_files(
+        cls, ca: str | None = None, cert: str | None = None, key: str | None = None,
+        server_name: str | None = None,
+    ) -> TLSConfig:
+        """From PEM files: ``ca`` (None = system roots), ``cert`` + ``key`` for mutual TLS."""
+        if (cert is None) != (key is None):
+            raise ValueError("a client certificate and its key go together (both or neither)")
+
+        def read(path: str | None) -> bytes | None:
+            return None if path is None else Path(path).read_bytes()
+
+        return cls(read(ca), read(key), read(cert), server_name)
 
 
 def channel_options(max_message_bytes: int, retries: int) -> list[tuple[str, object]]:
@@ -125,6 +140,7 @@ class _ClientCore:
         retries: int = 4,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
         _aio: bool = False,
     ) -> None:
         grpc_api: Any = grpc.aio if _aio else grpc
@@ -143,6 +159,8 @@ class _ClientCore:
         self._call: dict[str, Any] = {
             "timeout": timeout, "metadata": tuple(metadata), "wait_for_ready": True,
         }
+        if token:  # bearer-token auth (servers with auth_tokens): every call but health checks
+            self._call["metadata"] += (("authorization", f"Bearer {token}"),)
 
     def _logits_plan(
         self,
@@ -201,7 +219,7 @@ class ScoringClient(_ClientCore):
 
     Keyword options: ``tls`` (TLSConfig), ``max_message_bytes`` (both directions),
     ``retries`` (attempts after the first on UNAVAILABLE), ``timeout`` (seconds per call),
-    ``metadata`` (sent with every call).
+    ``metadata`` (sent with every call), ``token`` (bearer token, sent as ``authorization``).
     """
 
     def __enter__(self) -> ScoringClient:

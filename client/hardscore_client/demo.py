@@ -10,7 +10,9 @@ two ways:
    embedded default model (a small ResNet trained on the other split).
 
 Each part prints the 10 most likely label mistakes, precision at k (k = number of corrupted
-labels), and the class-wise table of mean hardness and agreement with the given label.
+labels), and the class-wise table of mean hardness and agreement with the given label. It ends
+with the data-set workflow on the held-out images written as a class-folder data set
+(score-dir, select, and the HTML report, whose path it prints).
 
     python -m hardscore_client.demo --start-server      # or: --server HOST:PORT
 """
@@ -22,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -153,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--server", help="host:port of a running server")
     group.add_argument("--start-server", action="store_true", help="start one for the demo")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="folder for the data-set part's images, table and report "
+                             "(default: a new temporary folder)")
     args = parser.parse_args(argv)
 
     def run(target: str) -> None:
@@ -160,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             client.wait_ready(60)
             logits_part(client)
             image_part(client)
+        # Last: the data-set workflow (score-dir -> report -> select) on the held-out digits.
+        from hardscore_client.workflow_demo import dataset_part
+
+        dataset_part(target, args.workdir)
 
     if args.start_server:
         with running_server() as target:

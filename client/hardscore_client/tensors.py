@@ -5,6 +5,7 @@ Bytes are little-endian and row-major, so encoding and decoding are one memory c
 
 from __future__ import annotations
 
+import math
 import numpy as np
 import numpy.typing as npt
 
@@ -60,10 +61,13 @@ def from_tensor(tensor: pb.Tensor, field: str = "tensor") -> npt.NDArray[np.gene
     shape = tuple(int(d) for d in tensor.shape)
     if any(d < 0 for d in shape):
         raise TensorError(f"{field}.shape: negative dimension in {list(shape)}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # exact: np.prod would wrap around
     if len(tensor.data) != expected:
         raise TensorError(
             f"{field}.data: {len(tensor.data)} bytes, expected {expected} for shape {list(shape)} "
             f"of {np.dtype(dtype).name}"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    try:
+        return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    except ValueError:  # e.g. [0, 2**40, 2**40]: empty, but too large a shape for numpy
+        raise TensorError(f"{field}.shape: {list(shape)} is too large") from None

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -171,6 +171,18 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="model")
         self.stats = BatcherStats()
         self._stats_lock = threading.Lock()
+
+    @property
+    def accepting(self) -> bool:
+        """False once close() has begun: the server is draining."""
+        return not self._closing
+
+    def stats_snapshot(self) -> BatcherStats:
+        """A consistent copy of the cumulative statistics."""
+        with self._stats_lock:
+            s = self.stats
+            return replace(s, by_batch_size={
+                size: replace(b) for size, b in s.by_batch_size.items()})
 
     @property
     def queued_samples(self) -> int:

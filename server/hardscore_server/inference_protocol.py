@@ -280,14 +280,17 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: oip.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> oip.ServerReadyResponse:
-        # The server binds its port only after the model is loaded and warmed up.
+        # The port is bound only after the model is loaded and warmed up; ready turns false
+        # when the server starts draining.
+        ready = self._images.batcher.accepting
         return await self._call("ServerReady", context,
-                                lambda: _done(oip.ServerReadyResponse(ready=True)))
+                                lambda: _done(oip.ServerReadyResponse(ready=ready)))
 
     async def ModelReady(
         self, request: oip.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelReadyResponse:
-        ready = request.name == self._m.name and request.version in ("", self._m.version)
+        ready = (request.name == self._m.name and request.version in ("", self._m.version)
+                 and self._images.batcher.accepting)
         return await self._call("ModelReady", context,
                                 lambda: _done(oip.ModelReadyResponse(ready=ready)))
 
@@ -590,7 +593,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         )
 
     def _statistics(self) -> oip.ModelStatistics:
-        stats = self._images.batcher.stats
+        stats = self._images.batcher.stats_snapshot()
         # list() copies under the GIL: the worker thread may add a batch size meanwhile.
         by_size = sorted(list(stats.by_batch_size.items()))
         samples = stats.samples

@@ -108,7 +108,7 @@ class HardscoreServer:
         await self._server.start()
         if c.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
-        for service in ("", SCORING_SERVICE):
+        for service in ("", *services):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self._health_server is not None:
             log.info("health checks (plaintext, grpc.health.v1 only) on %s:%d", c.host,

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from hardscore_client.proto import scoring_pb2 as pb
 from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
@@ -36,6 +37,7 @@ STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     UnknownModel: grpc.StatusCode.NOT_FOUND,
+    DecodeError: grpc.StatusCode.INVALID_ARGUMENT,  # a stream message that is not protobuf
 }
 
 

@@ -1,0 +1,183 @@
+"""A score table read back for data-set analysis: labels, predictions, probabilities, label
+issues and class-wise statistics (shared by ``hardscore select``, ``label-issues`` and
+``report``).
+
+Reads the tables ``score-dir`` writes (``path``, ``label``, ``prediction``, scores,
+``p_<class>``) and also those of ``score-images`` / ``score-logits`` (``id``, ``given_label`` and
+``predicted_class`` as indices).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from hardscore_client.dataset import load_scores
+from hardscore_client.label_issues import LabelIssues, find_label_issues
+from hardscore_client.tables import Columns
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass
+class ScoreTable:
+    """N scored samples over K classes."""
+
+    columns: Columns
+    paths: list[str]
+    class_names: list[str]
+    labels: IntArray
+    """Given label index per row, -1 where none."""
+    predicted: IntArray
+    probabilities: FloatArray | None
+    """[N, K] when the table has p_<class> columns."""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def labelled(self) -> BoolArray:
+        return np.asarray(self.labels >= 0)
+
+    def score(self, name: str) -> FloatArray:
+        """A score column as float64 (NaN when the table lacks it)."""
+        if name not in self.columns:
+            return np.full(len(self), math.nan)
+        return np.asarray(self.columns[name], dtype=np.float64)
+
+    def name(self, index: int) -> str:
+        return self.class_names[index] if 0 <= index < len(self.class_names) else ""
+
+    @classmethod
+    def load(cls, path: Path) -> ScoreTable:
+        return cls.from_columns(load_scores(path))
+
+    @classmethod
+    def from_columns(cls, columns: Columns) -> ScoreTable:
+        n = len(next(iter(columns.values()))) if columns else 0
+        prob_names = [c[2:] for c in columns if c.startswith("p_")]
+        if prob_names:
+            names = prob_names
+        elif "prediction" in columns or "label" in columns:
+            texts = {str(v) for c in ("prediction", "label") if c in columns for v in columns[c]}
+            names = sorted(texts - {""})
+        else:
+            top = max((int(np.max(columns[c], initial=-1)) for c in ("predicted_class",
+                                                                     "given_label")
+                       if c in columns), default=-1)
+            names = [str(i) for i in range(top + 1)]
+        index = {name: i for i, name in enumerate(names)}
+
+        def indices(text_col: str, int_col: str) -> IntArray:
+            if text_col in columns:
+                return np.array([index.get(str(v), -1) for v in columns[text_col]],
+                                dtype=np.int64)
+            if int_col in columns:
+                values = np.asarray(columns[int_col], dtype=np.float64)
+                return np.where(np.isfinite(values), values, -1).astype(np.int64)
+            return np.full(n, -1, dtype=np.int64)
+
+        if "path" in columns:
+            paths = [str(v) for v in columns["path"]]
+        elif "id" in columns:
+            paths = [str(v) for v in columns["id"]]
+        else:
+            paths = [str(i) for i in range(n)]
+        probs = (np.stack([np.asarray(columns[f"p_{c}"], dtype=np.float64) for c in names],
+                          axis=1) if prob_names else None)
+        return cls(columns=columns, paths=paths, class_names=names,
+                   labels=indices("label", "given_label"),
+                   predicted=indices("prediction", "predicted_class"), probabilities=probs)
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """One row of the class-wise table (samples grouped by given label, else by prediction)."""
+
+    name: str
+    count: int
+    mean_hardness: float
+    accuracy: float
+    """Share of the class's samples predicted as their given label (NaN when unlabelled)."""
+    flagged: int
+    """Samples of this given label in the confident-learning flagged set."""
+    estimated_issues: int
+    noise_rate: float
+    likely_true: str
+
+
+@dataclass
+class Analysis:
+    """A table with its confident-learning results mapped back to every row."""
+
+    table: ScoreTable
+    issues: LabelIssues | None
+    """None without probabilities, or with fewer than two labelled classes."""
+    flagged: BoolArray
+    """Per row: in the flagged set (False for rows not analysed)."""
+
+    @property
+    def issue_rows(self) -> IntArray:
+        """Flagged rows, most likely mistake first (by label_issue_score, else 1 - p(given))."""
+        rows = np.flatnonzero(self.flagged)
+        score = self.issue_score()
+        return rows[np.argsort(-score[rows], kind="stable")]
+
+    def issue_score(self) -> FloatArray:
+        t = self.table
+        score = t.score("label_issue_score")
+        if t.probabilities is not None:
+            labelled = t.labelled
+            own = np.full(len(t), math.nan)
+            own[labelled] = 1.0 - t.probabilities[np.flatnonzero(labelled), t.labels[labelled]]
+            score = np.where(np.isnan(score), own, score)
+        return score
+
+    def group(self) -> IntArray:
+        """The class each row is grouped under: its given label, else its prediction."""
+        t = self.table
+        return np.where(t.labels >= 0, t.labels, t.predicted)
+
+    def class_stats(self) -> list[ClassStats]:
+        t = self.table
+        group = self.group()
+        hardness = t.score("hardness")
+        noise = {c.name: c for c in self.issues.class_noise()} if self.issues else {}
+        out = []
+        for k, name in enumerate(t.class_names):
+            rows = group == k
+            labelled = rows & t.labelled
+            n = int(rows.sum())
+            h = hardness[rows]
+            h = h[np.isfinite(h)]
+            c = noise.get(name)
+            out.append(ClassStats(
+                name=name, count=n, mean_hardness=float(h.mean()) if len(h) else math.nan,
+                accuracy=(float((t.predicted[labelled] == k).mean()) if labelled.any()
+                          else math.nan),
+                flagged=int(self.flagged[labelled].sum()),
+                estimated_issues=c.estimated_issues if c else 0,
+                noise_rate=c.noise_rate if c else math.nan,
+                likely_true=c.likely_true if c else "",
+            ))
+        return out
+
+
+def analyse(table: ScoreTable) -> Analysis:
+    """Runs confident learning over the labelled rows with finite probabilities."""
+    flagged = np.zeros(len(table), dtype=bool)
+    probs = table.probabilities
+    if probs is None:
+        return Analysis(table, None, flagged)
+    rows = np.flatnonzero(table.labelled & np.isfinite(probs).all(axis=1))
+    if len(np.unique(table.labels[rows])) < 2:
+        return Analysis(table, None, flagged)
+    issues = find_label_issues(probs[rows], table.labels[rows], table.class_names)
+    flagged[rows[issues.is_issue]] = True
+    return Analysis(table, issues, flagged)

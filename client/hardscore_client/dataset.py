@@ -1,0 +1,494 @@
+"""Score a whole data set of image files: ``hardscore score-dir``.
+
+A folder in the usual image-classification layout (one subfolder per class, named like the
+model's class, holding that class's images at any depth) gives each image its folder name as
+the given label; images directly in the folder (or a folder without class subfolders) are
+unlabelled. ``--from-list`` reads the paths (or file:// URIs) from a file instead, one a line,
+optionally followed by a tab and the given label.
+
+Images are read in a thread and streamed to one or more servers by a bounded number of
+concurrent calls per server (each call a batch of images); batches go to whichever server is
+free, so faster servers take more. The output table has one row per scored image: ``path``,
+``label`` (given, "" when none), ``prediction`` (class name), every score, and ``p_<class>``
+probabilities. It is rewritten (to a temporary file, then renamed) every ``checkpoint_s``
+seconds and at the end, so an interrupted run loses little, and a new run over the same output
+skips every path already in it. Unreadable or undecodable images are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import math
+import os
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from hardscore_client.client import AsyncScoringClient
+from hardscore_client.messages import SCORE_NAMES, ScoreResult
+from hardscore_client.tables import Columns, write_table
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+TEXT_COLUMNS = ("path", "label", "prediction")
+INT_COLUMNS = ("predicted_class", "given_label")
+BATCH_SIZE = 32
+CONCURRENCY = 4
+CHECKPOINT_S = 60.0
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to score: its absolute path and its given label ("" = none)."""
+
+    path: str
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An image that was not scored: why (a reason token) and the message."""
+
+    path: str
+    reason: str
+    message: str
+
+
+@dataclass
+class ScoreDirSummary:
+    """What a score-dir run did."""
+
+    out: Path
+    found: int = 0
+    already_scored: int = 0
+    scored: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    per_server: dict[str, int] = field(default_factory=dict)
+    """Images scored by each --server (by its position and address)."""
+    seconds: float = 0.0
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def scan_folder(root: Path) -> list[Item]:
+    """The images under ``root``: those in a subfolder get its name as label, others none."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder")
+    items = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folder = Path(dirpath)
+        relative = folder.relative_to(root)
+        label = relative.parts[0] if relative.parts else ""
+        for name in sorted(filenames):
+            path = folder / name
+            if _is_image(path):
+                items.append(Item(os.path.abspath(path), label))
+    return items
+
+
+def path_from_entry(entry: str, base: Path | None = None) -> str:
+    """An absolute local path from a list entry: a path (relative to ``base``, default the
+    current folder) or a file:// URI. Other URI schemes raise ValueError."""
+    parsed = urllib.parse.urlparse(entry)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"{entry}: file URIs on another host are not supported")
+        return os.path.abspath(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive
+        raise ValueError(f"{entry}: only local paths and file:// URIs are supported")
+    path = Path(entry).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return os.path.abspath(path)
+
+
+def read_list(list_file: Path) -> tuple[list[Item], list[Failure]]:
+    """Items from a list file: ``PATH_OR_FILE_URI[<TAB>LABEL]`` a line; blank lines and lines
+    starting with # are skipped. Relative paths are relative to the current folder."""
+    items, failures = [], []
+    for line in list_file.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        entry, _, label = line.partition("\t")
+        try:
+            items.append(Item(path_from_entry(entry.strip()), label.strip()))
+        except ValueError as e:
+            failures.append(Failure(entry.strip(), "uri", str(e)))
+    return items, failures
+
+
+def table_columns(class_names: Sequence[str]) -> list[str]:
+    """The columns of a score-dir table, in order."""
+    return [*TEXT_COLUMNS, *SCORE_NAMES, *(f"p_{c}" for c in class_names)]
+
+
+def _empty(name: str, n: int) -> npt.NDArray[np.generic]:
+    if name in TEXT_COLUMNS:
+        return np.full(n, "", dtype=object)
+    if name in INT_COLUMNS:
+        return np.full(n, -1, dtype=np.int64)
+    return np.full(n, math.nan)
+
+
+def result_rows(items: Sequence[Item], result: ScoreResult, class_names: Sequence[str]) -> Columns:
+    """Table columns for the successfully scored ``items`` of ``result`` (failed rows left out)."""
+    failed = {e.index for e in result.errors}
+    keep = np.array([i not in failed for i in range(len(items))], dtype=bool)
+    n = int(keep.sum())
+    names = list(class_names)
+    predicted = np.asarray(result.predicted_class, dtype=np.int64)[keep]
+    columns: Columns = {
+        "path": np.array([it.path for it, k in zip(items, keep, strict=True) if k], dtype=object),
+        "label": np.array([it.label for it, k in zip(items, keep, strict=True) if k],
+                          dtype=object),
+        "prediction": np.array([names[p] if 0 <= p < len(names) else "" for p in predicted],
+                               dtype=object),
+    }
+    present = result.columns()
+    for name in SCORE_NAMES:
+        if name in present:
+            values = np.asarray(present[name])[keep]
+            columns[name] = values.astype(np.int64 if name in INT_COLUMNS else np.float64)
+        else:
+            columns[name] = _empty(name, n)
+    probs = result.probabilities
+    for c, name in enumerate(names):
+        columns[f"p_{name}"] = (np.asarray(probs[keep, c], dtype=np.float64) if probs is not None
+                                else _empty(f"p_{name}", n))
+    return columns
+
+
+def concat_columns(parts: Sequence[Columns], order: Sequence[str]) -> Columns:
+    """Joins tables with the same columns (missing ones filled empty) in ``order``."""
+    out: Columns = {}
+    for name in order:
+        arrays = [p[name] if name in p else _empty(name, _rows(p)) for p in parts]
+        out[name] = np.concatenate(arrays) if arrays else _empty(name, 0)
+    return out
+
+
+def _rows(columns: Columns) -> int:
+    return len(next(iter(columns.values()))) if columns else 0
+
+
+def _text(values: Iterable[object]) -> npt.NDArray[np.object_]:
+    return np.array(["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+                     for v in values], dtype=object)
+
+
+def _typed_column(name: str, values: list[object]) -> npt.NDArray[np.generic]:
+    """A column read back from text, typed by its name (text, int with -1 for empty, float)."""
+    if name in TEXT_COLUMNS or name == "id":
+        return _text(values)
+    if name in INT_COLUMNS:
+        return np.array([-1 if v in ("", None) else int(float(v)) for v in values],  # type: ignore[arg-type]
+                        dtype=np.int64)
+    try:
+        return np.array([math.nan if v in ("", None) else float(v) for v in values],  # type: ignore[arg-type]
+                        dtype=np.float64)
+    except (TypeError, ValueError):
+        return _text(values)
+
+
+def load_scores(path: Path) -> Columns:
+    """Reads a score table (.parquet, .csv or .jsonl), typing columns by name so that class
+    names that look like numbers ("0".."9") stay text."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SystemExit("reading .parquet needs pyarrow: pip install pyarrow") from None
+        table = pq.read_table(path)
+        out: Columns = {}
+        for name in table.column_names:
+            values = table[name].to_numpy(zero_copy_only=False)
+            out[name] = _text(values) if values.dtype == object else values
+            if name in INT_COLUMNS:
+                out[name] = np.asarray(values, dtype=np.int64)
+        return out
+    if suffix == ".csv":
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            rows = list(reader)
+        return {name: _typed_column(name, [r[i] for r in rows]) for i, name in enumerate(header)}
+    if suffix == ".jsonl":
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        keys = list(records[0]) if records else []
+        return {k: _typed_column(k, [r.get(k) for r in records]) for k in keys}
+    raise ValueError(f"{path}: unknown table format {suffix!r}; use .parquet, .csv or .jsonl")
+
+
+def save_scores(path: Path, columns: Columns) -> None:
+    """Writes the table atomically: to a temporary file beside ``path``, then renamed."""
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        write_table(tmp, columns)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _read(item: Item) -> bytes | Failure:
+    try:
+        data = Path(item.path).read_bytes()
+    except OSError as e:
+        return Failure(item.path, "read", e.strerror or str(e))
+    if not data:
+        return Failure(item.path, "empty", "the file is empty")
+    return data
+
+
+def _read_batch(batch: Sequence[Item]) -> list[bytes | Failure]:
+    return [_read(item) for item in batch]
+
+
+class _Run:
+    """State shared by the workers of one score-dir run."""
+
+    def __init__(self, out: Path, existing: Columns, class_names: list[str],
+                 checkpoint_s: float, bar: tqdm) -> None:  # type: ignore[type-arg]
+        self.out = out
+        self.existing = existing
+        self.class_names = class_names
+        self.order = table_columns(class_names)
+        self.parts: list[Columns] = []
+        self.checkpoint_s = checkpoint_s
+        self.last_save = time.monotonic()
+        self.unsaved = 0
+        self.bar = bar
+
+    def add(self, columns: Columns) -> None:
+        self.parts.append(columns)
+        self.unsaved += _rows(columns)
+        if self.unsaved and time.monotonic() - self.last_save >= self.checkpoint_s:
+            self.save()
+
+    def save(self) -> None:
+        merged = concat_columns([self.existing, *self.parts], self.order)
+        order = np.argsort(merged["path"].astype(str), kind="stable")
+        save_scores(self.out, {k: v[order] for k, v in merged.items()})
+        self.last_save = time.monotonic()
+        self.unsaved = 0
+
+
+async def _model_classes(
+    clients: list[tuple[str, AsyncScoringClient]], wait_s: float,
+) -> list[str]:
+    """The served class names; servers that do not answer within ``wait_s`` are dropped from
+    ``clients`` (with a warning), servers serving other classes refused."""
+    names: list[str] | None = None
+    for name, client in list(clients):
+        try:
+            info = await asyncio.wait_for(client.get_model_info(), wait_s)
+        except (grpc.aio.AioRpcError, TimeoutError) as e:
+            detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else "no answer"
+            print(f"server {name} left out: {detail}", file=sys.stderr)
+            clients.remove((name, client))
+            await client.close()
+            continue
+        theirs = list(info.class_names)
+        if names is None:
+            names = theirs
+        elif theirs != names:
+            raise SystemExit(f"server {name} serves other classes ({', '.join(theirs[:5])}"
+                             f"...) than the first server ({', '.join(names[:5])}...)")
+    if names is None:
+        raise SystemExit("no server answered: start one (hardscore-server) or check --server")
+    return names
+
+
+def check_labels(items: Sequence[Item], class_names: Sequence[str]) -> None:
+    """Refuses labels that are not class names (naming them and how many images carry them)."""
+    known = set(class_names)
+    unknown: dict[str, int] = {}
+    for item in items:
+        if item.label and item.label not in known:
+            unknown[item.label] = unknown.get(item.label, 0) + 1
+    if unknown:
+        listed = ", ".join(f"{k!r} ({v} images)" for k, v in sorted(unknown.items())[:10])
+        raise SystemExit(
+            f"given labels that are not classes of the served model: {listed}; the model's "
+            f"classes are {', '.join(class_names[:20])}. Rename the folders, or pass "
+            "--unlabelled to score without labels.")
+
+
+async def score_items_async(
+    items: Sequence[Item],
+    servers: Sequence[str],
+    out: Path,
+    *,
+    batch_size: int = BATCH_SIZE,
+    concurrency: int = CONCURRENCY,
+    checkpoint_s: float = CHECKPOINT_S,
+    timeout: float | None = 300.0,
+    progress: bool = True,
+    failures: Sequence[Failure] = (),
+) -> ScoreDirSummary:
+    """Scores ``items`` on ``servers`` into the table ``out`` (see the module docstring)."""
+    if not servers:
+        raise ValueError("at least one server is needed")
+    started = time.perf_counter()
+    summary = ScoreDirSummary(out=out, found=len(items), failures=list(failures))
+    existing: Columns = load_scores(out) if out.exists() else {}
+    done = set(existing["path"].tolist()) if "path" in existing else set()
+    todo: list[Item] = []
+    seen: set[str] = set()
+    for item in items:
+        if item.path in done:
+            summary.already_scored += 1
+        elif item.path not in seen:
+            seen.add(item.path)
+            todo.append(item)
+
+    clients = [(f"{i}:{t}", AsyncScoringClient(t, timeout=timeout)) for i, t in enumerate(servers)]
+    try:
+        class_names = await _model_classes(clients, min(timeout or 60.0, 60.0))
+        check_labels(todo, class_names)
+        if existing and list(existing) != table_columns(class_names):
+            raise SystemExit(f"{out} has other columns than this model's table; write to a new "
+                             "file (or delete it) to score with this model")
+        queue: asyncio.Queue[list[Item] | None] = asyncio.Queue()
+        for start in range(0, len(todo), batch_size):
+            queue.put_nowait(todo[start:start + batch_size])
+        summary.per_server = {name: 0 for name, _ in clients}
+        state = _Dispatch(queue, queue.qsize(), len(clients) * max(1, concurrency))
+        with tqdm(total=len(todo), unit="img", desc="scoring", disable=not progress,
+                  dynamic_ncols=True, file=sys.stderr) as bar:
+            run = _Run(out, existing, class_names, checkpoint_s, bar)
+            try:
+                await asyncio.gather(*(
+                    _worker(name, client, state, run, summary)
+                    for name, client in clients for _ in range(max(1, concurrency))
+                ))
+                if state.pending:
+                    raise RuntimeError(f"every server failed; {state.pending} batches of up to "
+                                       f"{batch_size} images left unscored (run again to resume)")
+            finally:
+                if run.unsaved or not out.exists():
+                    run.save()
+    finally:
+        for _, client in clients:
+            await client.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+RETRY_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED,)
+GIVE_UP_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                 grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+
+
+class _Dispatch:
+    """The batches still to score and the servers given up on."""
+
+    def __init__(self, queue: asyncio.Queue[list[Item] | None], pending: int,
+                 workers: int) -> None:
+        self.queue = queue
+        self.pending = pending
+        self.workers = workers
+        self.dead: set[str] = set()
+        if not pending:
+            self._release()
+
+    def done(self) -> None:
+        self.pending -= 1
+        if not self.pending:
+            self._release()
+
+    def _release(self) -> None:
+        for _ in range(self.workers):
+            self.queue.put_nowait(None)
+
+
+async def _worker(name: str, client: AsyncScoringClient, state: _Dispatch, run: _Run,
+                  summary: ScoreDirSummary) -> None:
+    """Scores batches until all are done; on a server failure hands its batch back and stops
+    (the other servers' workers take it)."""
+    backoff = 0.05
+    while True:
+        batch = await state.queue.get()
+        if batch is None:
+            return
+        if name in state.dead:
+            state.queue.put_nowait(batch)
+            return
+        read = await asyncio.to_thread(_read_batch, batch)
+        readable = [(item, data) for item, data in zip(batch, read, strict=True)
+                    if isinstance(data, bytes)]
+        good = [item for item, _ in readable]
+        if good:
+            try:
+                result = await client.score_images(
+                    [data for _, data in readable], [item.label or None for item in good],
+                    ids=[item.path for item in good], include_probabilities=True,
+                    chunk_size=len(good))
+            except grpc.aio.AioRpcError as e:
+                if e.code() in RETRY_CODES:  # the server's queue is full: wait, then again
+                    state.queue.put_nowait(batch)
+                    await asyncio.sleep(backoff)
+                    backoff = min(2.0, backoff * 2)
+                    continue
+                if e.code() in GIVE_UP_CODES:
+                    state.queue.put_nowait(batch)
+                    if name not in state.dead:
+                        state.dead.add(name)
+                        tqdm.write(f"server {name} failed ({e.code().name}: {e.details()}); "
+                                   "its work goes to the other servers", file=sys.stderr)
+                    return
+                result = None
+                for item in good:  # refused as a whole (e.g. over the message size limit)
+                    _fail(summary, Failure(item.path, e.code().name.lower(), e.details() or ""))
+        else:
+            result = None
+        backoff = 0.05
+        for data in read:
+            if isinstance(data, Failure):
+                _fail(summary, data)
+        if result is not None:
+            for error in result.errors:
+                _fail(summary, Failure(good[error.index].path, error.reason, error.message))
+            rows = result_rows(good, result, run.class_names)
+            summary.scored += _rows(rows)
+            summary.per_server[name] += _rows(rows)
+            run.add(rows)
+        run.bar.update(len(batch))
+        state.done()
+
+
+def _fail(summary: ScoreDirSummary, failure: Failure) -> None:
+    summary.failures.append(failure)
+    tqdm.write(f"skipped {failure.path}: {failure.reason}: {failure.message}", file=sys.stderr)
+
+
+def score_items(items: Sequence[Item], servers: Sequence[str], out: Path,
+                **kwargs: object) -> ScoreDirSummary:
+    """Blocking form of score_items_async."""
+    return asyncio.run(score_items_async(items, servers, out, **kwargs))  # type: ignore[arg-type]
+
+
+def score_dir(root: Path, servers: Sequence[str], out: Path, *, unlabelled: bool = False,
+              **kwargs: object) -> ScoreDirSummary:
+    """Scores every image under the folder ``root`` (see scan_folder) into ``out``."""
+    items = scan_folder(root)
+    if unlabelled:
+        items = [Item(it.path) for it in items]
+    return score_items(items, servers, out, **kwargs)

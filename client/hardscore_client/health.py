@@ -1,0 +1,126 @@
+"""One gRPC health check (``grpc.health.v1.Health/Check``) of a hardscore server, as a command.
+
+    python -m hardscore_client.health [--server HOST:PORT] [--service NAME] [--timeout S]
+                                      [--tls-ca-file F [--tls-cert-file F --tls-key-file F]
+                                       [--tls-server-name NAME]]
+
+It is the container's health check (the Dockerfile's HEALTHCHECK) and the Helm chart's exec
+probe when TLS is on (the kubelet's own gRPC probes speak plaintext only). Exit status 0 when
+the server answers SERVING, 1 otherwise (not serving, unreachable, timed out, TLS failure), with
+the reason on stderr: 0 and 1 are the only codes Docker's HEALTHCHECK gives a meaning to.
+
+The default server is ``127.0.0.1:$HARDSCORE_PORT`` (8001 when unset), so a container whose port
+was moved through the environment is still checked on the right one. ``add_arguments`` and
+``run`` let a ``hardscore health`` subcommand reuse this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hardscore_client.client import TLSConfig
+
+HEALTHY = 0
+UNHEALTHY = 1
+DEFAULT_PORT = 8001
+
+
+def default_target(environ: Mapping[str, str] | None = None) -> str:
+    """``127.0.0.1:<HARDSCORE_PORT or 8001>``: the server of this container."""
+    environ = os.environ if environ is None else environ
+    port = environ.get("HARDSCORE_PORT", "").strip() or str(DEFAULT_PORT)
+    return f"127.0.0.1:{port}"
+
+
+def check(
+    target: str, service: str = "", timeout: float = 3.0, tls: TLSConfig | None = None
+) -> str:
+    """The serving status of ``service`` ("" = the whole server) as its enum name.
+
+    Raises ``grpc.RpcError`` when the call fails (unreachable, deadline, TLS handshake).
+    """
+    if tls is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        options: list[tuple[str, object]] = []
+        if tls.server_name_override:
+            options.append(("grpc.ssl_target_name_override", tls.server_name_override))
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=tls.root_certificates,
+            private_key=tls.private_key,
+            certificate_chain=tls.certificate_chain,
+        )
+        channel = grpc.secure_channel(target, credentials, options=options)
+    with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def tls_from_args(args: argparse.Namespace) -> TLSConfig | None:
+    """The TLS settings the flags ask for, or None for plaintext."""
+    if bool(args.tls_cert_file) != bool(args.tls_key_file):
+        raise ValueError("--tls-cert-file and --tls-key-file go together")
+    if not (args.tls or args.tls_ca_file or args.tls_cert_file):
+        return None
+    return TLSConfig(
+        root_certificates=Path(args.tls_ca_file).read_bytes() if args.tls_ca_file else None,
+        private_key=Path(args.tls_key_file).read_bytes() if args.tls_key_file else None,
+        certificate_chain=Path(args.tls_cert_file).read_bytes() if args.tls_cert_file else None,
+        server_name_override=args.tls_server_name or None,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The health check's flags, for this module's ``main`` and a ``hardscore health`` command."""
+    parser.add_argument("--server", default=None,
+                        help="HOST:PORT (default: 127.0.0.1:$HARDSCORE_PORT, else 8001)")
+    parser.add_argument("--service", default="",
+                        help="service to check (default: the whole server)")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
+    parser.add_argument("--tls", action="store_true",
+                        help="use TLS with the system's CA roots")
+    parser.add_argument("--tls-ca-file", help="PEM CA roots that verify the server (implies TLS)")
+    parser.add_argument("--tls-cert-file", help="PEM client certificate chain (mutual TLS)")
+    parser.add_argument("--tls-key-file", help="PEM client private key (mutual TLS)")
+    parser.add_argument("--tls-server-name",
+                        help="name expected in the server certificate (default: the host)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the check the parsed flags describe; prints the outcome; returns the exit status."""
+    target = args.server or default_target()
+    try:
+        tls = tls_from_args(args)
+        status = check(target, args.service, args.timeout, tls)
+    except (OSError, ValueError) as exc:
+        print(f"health {target}: {exc}", file=sys.stderr)
+        return UNHEALTHY
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        name = code.name if code is not None else "ERROR"
+        print(f"health {target}: {name}: {details}", file=sys.stderr)
+        return UNHEALTHY
+    print(f"health {target}: {status}", file=sys.stderr)
+    return HEALTHY if status == "SERVING" else UNHEALTHY
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hardscore_client.health",
+        description="gRPC health check of a hardscore server: exit 0 if SERVING, else 1.",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

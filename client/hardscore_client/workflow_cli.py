@@ -1,0 +1,171 @@
+"""The data-set subcommands of ``hardscore``: score-dir, select, label-issues, report,
+example-data (registered on the main parser by cli.build_parser)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from hardscore_client.analysis import ScoreTable, analyse
+from hardscore_client.dataset import (
+    BATCH_SIZE,
+    CHECKPOINT_S,
+    CONCURRENCY,
+    Failure,
+    Item,
+    read_list,
+    scan_folder,
+    score_items,
+)
+from hardscore_client.report import ReportOptions, write_report
+from hardscore_client.selection import STRATEGIES, select, write_queue
+
+DEFAULT_SERVER = "127.0.0.1:8001"
+
+
+def cmd_score_dir(args: argparse.Namespace) -> int:
+    failures: list[Failure] = []
+    if args.from_list:
+        items, failures = read_list(Path(args.from_list))
+        for failure in failures:
+            print(f"skipped {failure.path}: {failure.reason}: {failure.message}",
+                  file=sys.stderr)
+    else:
+        if not args.path:
+            raise SystemExit("score-dir needs a folder, or --from-list FILE")
+        items = scan_folder(Path(args.path))
+    if args.unlabelled:
+        items = [Item(it.path) for it in items]
+    labelled = sum(1 for it in items if it.label)
+    print(f"found {len(items)} images ({labelled} with a given label)", file=sys.stderr)
+    summary = score_items(
+        items, args.server or [DEFAULT_SERVER], Path(args.out), batch_size=args.batch_size,
+        concurrency=args.concurrency, checkpoint_s=args.checkpoint_s, timeout=args.timeout,
+        progress=not args.no_progress, failures=failures,
+    )
+    rate = summary.scored / summary.seconds if summary.seconds else 0.0
+    spread = ", ".join(f"{k}: {v}" for k, v in summary.per_server.items())
+    print(f"scored {summary.scored} images in {summary.seconds:.1f} s ({rate:.0f} img/s; "
+          f"{spread}); {summary.already_scored} already in {args.out}; "
+          f"{len(summary.failures)} skipped (unreadable or refused)", file=sys.stderr)
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    analysis = analyse(ScoreTable.load(Path(args.table)))
+    if args.strategy == "mistakes" and not analysis.table.labelled.any():
+        raise SystemExit(f"{args.table} has no given labels: 'mistakes' needs them")
+    rows = select(analysis, args.budget, args.strategy)
+    written = write_queue(analysis, rows, args.strategy, Path(args.out))
+    print(f"selected {written.rows} of {len(analysis.table)} rows ({args.strategy}): "
+          f"{written.csv}, {written.json}", file=sys.stderr)
+    return 0
+
+
+def _value(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.3f}"
+
+
+def cmd_label_issues(args: argparse.Namespace) -> int:
+    analysis = analyse(ScoreTable.load(Path(args.table)))
+    issues = analysis.issues
+    if issues is None:
+        raise SystemExit(f"{args.table}: confident learning needs p_<class> probability columns "
+                         "and given labels of at least two classes")
+    n = len(issues.labels)
+    summary: dict[str, Any] = {
+        "samples": n, "estimated_label_issues": issues.num_issues,
+        "flagged": int(analysis.flagged.sum()), "label_health_score": issues.health,
+        "classes": [c.__dict__ for c in issues.class_noise()],
+        "flagged_paths": [analysis.table.paths[i] for i in analysis.issue_rows],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{n} labelled samples: {issues.num_issues} estimated label issues, "
+          f"{summary['flagged']} flagged, label health score {issues.health:.3f}")
+    print(f"\n{'class':>12} {'count':>6} {'flagged':>7} {'est. issues':>11} {'noise':>6}  "
+          "wrong labels mostly truly")
+    for c in issues.class_noise():
+        print(f"{c.name:>12} {c.count:>6} {c.flagged:>7} {c.estimated_issues:>11} "
+              f"{_value(c.noise_rate):>6}  {c.likely_true or '-'}"
+              + (f" ({c.likely_true_count})" if c.likely_true else ""))
+    print("\nmost likely label mistakes (given -> predicted, label_issue_score):")
+    t = analysis.table
+    score = analysis.issue_score()
+    for i in analysis.issue_rows[: args.k]:
+        print(f"  {t.paths[i]}  {t.name(int(t.labels[i]))} -> {t.name(int(t.predicted[i]))}"
+              f"  {_value(score[i])}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    options = ReportOptions(hardest=args.hardest, easiest=args.easiest,
+                            mistakes_per_class=args.mistakes_per_class, title=args.title)
+    index = write_report(ScoreTable.load(Path(args.table)), Path(args.out), options,
+                         source=str(args.table))
+    print(index)
+    return 0
+
+
+def cmd_example_data(args: argparse.Namespace) -> int:
+    from hardscore_client.workflow_demo import write_digits_example
+
+    corrupted = write_digits_example(Path(args.out), args.noise, args.seed)
+    print(f"wrote 540 digit images to {args.out}/<label>/ ({corrupted} in a wrong folder; "
+          "the truth is in TRUE_LABELS.csv)", file=sys.stderr)
+    return 0
+
+
+def add_workflow_commands(sub: Any) -> None:
+    """Registers the data-set subcommands on ``sub`` (argparse subparsers)."""
+    p = sub.add_parser("score-dir", help="score every image of a folder (or list) into a table")
+    p.add_argument("path", nargs="?", help="folder: one subfolder per class, or flat")
+    p.add_argument("--from-list", metavar="FILE",
+                   help="read image paths / file:// URIs from FILE (PATH[<TAB>LABEL] a line)")
+    p.add_argument("--server", action="append", metavar="HOST:PORT",
+                   help=f"server to use; repeat to spread the work (default {DEFAULT_SERVER})")
+    p.add_argument("--out", required=True, help="table to write: .parquet, .csv or .jsonl "
+                   "(existing rows are kept and their paths skipped)")
+    p.add_argument("--unlabelled", action="store_true", help="ignore the class folder names")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per call")
+    p.add_argument("--concurrency", type=int, default=CONCURRENCY,
+                   help="calls in flight per server")
+    p.add_argument("--checkpoint-s", type=float, default=CHECKPOINT_S,
+                   help="seconds between rewrites of the table (resumable progress)")
+    p.add_argument("--timeout", type=float, default=300.0, help="per-call deadline, seconds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_score_dir)
+
+    p = sub.add_parser("select", help="pick an annotation queue from a score table")
+    p.add_argument("table", help="a table written by score-dir")
+    p.add_argument("--budget", type=int, required=True, help="how many samples to select")
+    p.add_argument("--strategy", choices=STRATEGIES, default="hardest")
+    p.add_argument("--out", default="selection", help="writes OUT.csv and OUT.json")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("label-issues", help="confident learning: estimated label issues")
+    p.add_argument("table", help="a table with given labels and p_<class> probabilities")
+    p.add_argument("-k", type=int, default=20, help="flagged samples to list")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_label_issues)
+
+    p = sub.add_parser("report", help="write the HTML data-set report")
+    p.add_argument("table", help="a table written by score-dir")
+    p.add_argument("--out", required=True, help="report folder (index.html inside)")
+    p.add_argument("--hardest", type=int, default=24, help="samples in the hardest gallery")
+    p.add_argument("--easiest", type=int, default=12, help="samples in the easiest gallery")
+    p.add_argument("--mistakes-per-class", type=int, default=8,
+                   help="likely label mistakes shown per class")
+    p.add_argument("--title", default="hardscore data-set report")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("example-data", help="write the digits example folder (needs scikit-learn)")
+    p.add_argument("out", help="folder to write (class subfolders)")
+    p.add_argument("--noise", type=float, default=0.10, help="share of labels to corrupt")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_example_data)

@@ -1,0 +1,171 @@
+{{/* Names, labels and the derived settings the templates share. */}}
+
+{{- define "hardscore.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's full name, at most 54 characters so that "-headless" still fits in 63. */}}
+{{- define "hardscore.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 54 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 54 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 54 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "hardscore.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "hardscore.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "hardscore.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "hardscore.labels" -}}
+helm.sh/chart: {{ include "hardscore.chart" . }}
+{{ include "hardscore.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "hardscore.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "hardscore.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image: the GPU tag when gpu.enabled. */}}
+{{- define "hardscore.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion }}
+{{- if .Values.gpu.enabled }}
+{{- $tag = .Values.image.gpuTag | default (printf "%s-gpu" $tag) }}
+{{- end }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+
+{{/* Whole CPU cores of a quantity ("2", "1500m", 2.5), at least 1; 0 when unset. */}}
+{{- define "hardscore.cores" -}}
+{{- $cpu := . | toString }}
+{{- if or (eq $cpu "") (eq $cpu "<nil>") }}0
+{{- else if hasSuffix "m" $cpu }}{{ max 1 (div (trimSuffix "m" $cpu | int) 1000) }}
+{{- else }}{{ max 1 ($cpu | float64 | floor | int) }}
+{{- end }}
+{{- end }}
+
+{{/* ONNX Runtime threads per instance: config.intra_op_threads, or the CPU limit (else request)
+     divided by the instances; 0 (the server decides) when neither is set. */}}
+{{- define "hardscore.intraOpThreads" -}}
+{{- $threads := .Values.config.intra_op_threads | default 0 | int }}
+{{- if eq $threads 0 }}
+{{- $resources := .Values.resources | default dict }}
+{{- $cpu := dig "limits" "cpu" "" $resources | default (dig "requests" "cpu" "" $resources) }}
+{{- $cores := include "hardscore.cores" $cpu | int }}
+{{- if gt $cores 0 }}
+{{- $threads = max 1 (div $cores (.Values.config.instances | default 1 | int)) }}
+{{- end }}
+{{- end }}
+{{- $threads }}
+{{- end }}
+
+{{/* Mount points of the secrets. */}}
+{{- define "hardscore.tlsDir" -}}/etc/hardscore/tls{{- end }}
+{{- define "hardscore.clientCADir" -}}/etc/hardscore/client-ca{{- end }}
+{{- define "hardscore.authDir" -}}/etc/hardscore/auth{{- end }}
+{{- define "hardscore.configDir" -}}/etc/hardscore/config{{- end }}
+
+{{/* The model directory the server loads; empty = the embedded default model. */}}
+{{- define "hardscore.modelDir" -}}
+{{- if eq .Values.model.source "image" }}
+{{- .Values.model.dir }}
+{{- else if .Values.model.subPath }}
+{{- printf "%s/%s" (.Values.model.mountPath | trimSuffix "/") (.Values.model.subPath | trimPrefix "/") }}
+{{- else }}
+{{- .Values.model.mountPath }}
+{{- end }}
+{{- end }}
+
+{{/* The server's settings: config values, overridden by those the chart owns. As YAML. */}}
+{{- define "hardscore.settings" -}}
+{{- $managed := dict
+  "host" "0.0.0.0"
+  "port" (.Values.ports.grpc | int)
+  "metrics_host" "0.0.0.0"
+  "metrics_port" (.Values.ports.metrics | int)
+  "intra_op_threads" (include "hardscore.intraOpThreads" . | int)
+}}
+{{- $modelDir := include "hardscore.modelDir" . }}
+{{- if $modelDir }}
+{{- $_ := set $managed "model_dir" $modelDir }}
+{{- end }}
+{{- if not (hasKey .Values.config "execution_provider") }}
+{{- $_ := set $managed "execution_provider" (ternary "cuda" "cpu" .Values.gpu.enabled) }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+{{- $_ := set $managed "tls_cert_file" (printf "%s/%s" (include "hardscore.tlsDir" .) .Values.tls.certKey) }}
+{{- $_ := set $managed "tls_key_file" (printf "%s/%s" (include "hardscore.tlsDir" .) .Values.tls.keyKey) }}
+{{- if .Values.tls.clientCA.enabled }}
+{{- $_ := set $managed "tls_client_ca_file" (printf "%s/%s" (include "hardscore.clientCADir" .) .Values.tls.clientCA.key) }}
+{{- end }}
+{{- end }}
+{{- if .Values.auth.enabled }}
+{{- $_ := set $managed "auth_tokens_file" (printf "%s/%s" (include "hardscore.authDir" .) .Values.auth.key) }}
+{{- end }}
+{{- toYaml (merge $managed (deepCopy .Values.config)) }}
+{{- end }}
+
+{{/* grace_period_s as whole seconds (the server's default when unset). */}}
+{{- define "hardscore.graceSeconds" -}}
+{{- if hasKey .Values.config "grace_period_s" }}
+{{- .Values.config.grace_period_s | float64 | ceil | int }}
+{{- else }}30
+{{- end }}
+{{- end }}
+
+{{/* The probe kind: grpc, exec or tcp. */}}
+{{- define "hardscore.probeMode" -}}
+{{- if eq .Values.probes.mode "auto" }}
+{{- ternary "exec" "grpc" .Values.tls.enabled }}
+{{- else }}
+{{- .Values.probes.mode }}
+{{- end }}
+{{- end }}
+
+{{/* The handler part of a probe (no timings). */}}
+{{- define "hardscore.probeHandler" -}}
+{{- $mode := include "hardscore.probeMode" . }}
+{{- if eq $mode "grpc" }}
+grpc:
+  port: {{ .Values.ports.grpc }}
+{{- else if eq $mode "tcp" }}
+tcpSocket:
+  port: grpc
+{{- else }}
+exec:
+  command:
+    - python
+    - -m
+    - hardscore_client.health
+    - --server
+    - {{ printf "127.0.0.1:%v" .Values.ports.grpc | quote }}
+    {{- if .Values.tls.enabled }}
+    - --tls-ca-file
+    - {{ printf "%s/%s" (include "hardscore.tlsDir" .) .Values.tls.probe.caKey | quote }}
+    - --tls-server-name
+    - {{ .Values.tls.probe.serverName | default (printf "%s.%s.svc" (include "hardscore.fullname" .) .Release.Namespace) | quote }}
+    {{- if .Values.tls.clientCA.enabled }}
+    - --tls-cert-file
+    - {{ printf "%s/%s" (include "hardscore.tlsDir" .) .Values.tls.certKey | quote }}
+    - --tls-key-file
+    - {{ printf "%s/%s" (include "hardscore.tlsDir" .) .Values.tls.keyKey | quote }}
+    {{- end }}
+    {{- end }}
+{{- end }}
+{{- end }}
