@@ -66,9 +66,9 @@ USER 10001:10001
 WORKDIR /tmp
 # gRPC (hardscore.v1, the Open Inference Protocol, health, reflection) and Prometheus /metrics.
 EXPOSE 8001 8002
-# The gRPC health service (SERVING once the model is loaded and warmed up); Kubernetes uses its
-# own gRPC probes instead. With TLS on, override it: docker run --health-cmd "python -m
-# hardscore_client.health --tls-ca-file ..." (see README, Deployment).
+# The gRPC health service (SERVING once the model is loaded and warmed up) on 127.0.0.1, at
+# HARDSCORE_HEALTH_PORT when set (the plaintext health-only port, which works with TLS on), else
+# HARDSCORE_PORT, else 8001. Kubernetes ignores it and runs the chart's own probes.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "hardscore_client.health", "--timeout", "3"]
 # Exec form: the server is PID 1 and receives SIGTERM itself (docker stop, Kubernetes), turns

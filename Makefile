@@ -14,10 +14,10 @@ METRICS_PORT ?= 8002
 all: test
 
 # Virtual environment with the package (editable) and every extra the tests and demo need.
-$(VENV)/.installed: pyproject.toml constraints.txt
+# server/install.sh is the install step the Docker image runs too, so CI proves it.
+$(VENV)/.installed: pyproject.toml constraints.txt server/install.sh
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,export,demo]'
+	server/install.sh --python $(PY) --editable --extras dev,export,demo
 	touch $@
 
 install: $(VENV)/.installed

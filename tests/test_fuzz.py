@@ -24,7 +24,7 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
@@ -106,7 +106,7 @@ HINTS: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
-def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
+def _scalar(field: Any) -> st.SearchStrategy[Any]:
     t = field.type
     if t in INT_RANGES:
         lo, hi = INT_RANGES[t]
@@ -126,10 +126,10 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     raise AssertionError(f"unhandled field type {t}")
 
 
-_cache: dict[tuple[str, int], st.SearchStrategy[Message]] = {}
+_cache: dict[tuple[str, int], st.SearchStrategy[Any]] = {}
 
 
-def messages(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
+def messages(descriptor: Any, depth: int = 0) -> st.SearchStrategy[Any]:
     """Arbitrary messages of ``descriptor``: any subset of fields, at most one per oneof."""
     special = SPECIAL.get(descriptor.full_name)
     if special is not None and depth > 0:
@@ -162,7 +162,7 @@ def messages(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Messag
     return _cache[key]
 
 
-def _field(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
+def _field(field: Any, depth: int) -> st.SearchStrategy[Any]:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         entry = field.message_type
         if entry.GetOptions().map_entry:
@@ -181,7 +181,7 @@ def _field(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
 
 ITEM = {pb.DATA_TYPE_UNSPECIFIED: 4, pb.DATA_TYPE_FLOAT32: 4, pb.DATA_TYPE_FLOAT64: 8,
         pb.DATA_TYPE_INT32: 4, pb.DATA_TYPE_UINT8: 1, 77: 4}
-NUMPY = {pb.DATA_TYPE_FLOAT32: np.float32, pb.DATA_TYPE_FLOAT64: np.float64,
+NUMPY: dict[int, Any] = {pb.DATA_TYPE_FLOAT32: np.float32, pb.DATA_TYPE_FLOAT64: np.float64,
          pb.DATA_TYPE_INT32: np.int32, pb.DATA_TYPE_UINT8: np.uint8}
 HUGE_DIMS = [-1, 2**31, 2**40, 2**63 - 1]
 
@@ -280,10 +280,11 @@ def infer_requests(draw: st.DrawFn) -> oip.ModelInferRequest:
         return draw(messages(oip.ModelInferRequest.DESCRIPTOR))
     n = draw(st.integers(0, 6))
     raw = draw(st.booleans())
-    request = oip.ModelInferRequest(model_name=draw(MODEL_NAMES),
-                                    model_version=draw(HINTS["model_version"]))
-    datatype = draw(st.sampled_from(["FP32", "UINT8", "BYTES", "BYTES", "FP64", "INT64"]))
-    images = request.inputs.add(name=draw(st.sampled_from(["images", "images", "x"])),
+    request = oip.ModelInferRequest(
+        model_name=draw(st.sampled_from(["digits-resnet"] * 6 + ["", "resnet-9000"])),
+        model_version=draw(st.sampled_from(["", "", "", "1", "2"])))
+    datatype = draw(st.sampled_from(["FP32", "UINT8", "BYTES"] * 3 + ["FP64", "INT64"]))
+    images = request.inputs.add(name=draw(st.sampled_from(["images"] * 7 + ["x"])),
                                 datatype=datatype)
     seed = draw(st.integers(0, 2**32 - 1))
     if datatype == "BYTES":
@@ -295,7 +296,7 @@ def infer_requests(draw: st.DrawFn) -> oip.ModelInferRequest:
         else:
             images.contents.bytes_contents.extend(files)
     else:
-        shape = draw(st.sampled_from([[n, 3, 32, 32], [n, 32, 32, 3], [n, 3, 8, 8], [n]]))
+        shape = draw(st.sampled_from([[n, 3, 32, 32]] * 4 + [[n, 32, 32, 3], [n, 3, 8, 8], [n]]))
         images.shape.extend(shape)
         dtype = {"FP32": np.float32, "UINT8": np.uint8, "FP64": np.float64, "INT64": np.int64}[
             datatype]
@@ -304,17 +305,19 @@ def infer_requests(draw: st.DrawFn) -> oip.ModelInferRequest:
             request.raw_input_contents.append(data[:len(data) - draw(st.sampled_from([0, 0, 1]))])
         else:
             values = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).tolist()
-            target = {"FP32": images.contents.fp32_contents, "FP64": images.contents.fp64_contents,
-                      "INT64": images.contents.int64_contents,
-                      "UINT8": images.contents.uint_contents}[datatype]
+            contents = images.contents
+            target: Any = {"FP32": contents.fp32_contents, "FP64": contents.fp64_contents,
+                           "INT64": contents.int64_contents, "UINT8": contents.uint_contents
+                           }[datatype]
             target.extend(values)
     if draw(st.booleans()):
-        label_type = draw(st.sampled_from(["INT64", "INT32", "FP32"]))
-        labels = [draw(st.integers(-2, 11)) for _ in range(draw(st.sampled_from([n, n, n + 1])))]
+        label_type = draw(st.sampled_from(["INT64", "INT32"] * 3 + ["FP32"]))
+        count = draw(st.sampled_from([n] * 5 + [n + 1]))
+        labels = [draw(st.integers(-2, 11)) for _ in range(count)]
         label = request.inputs.add(name="label", datatype=label_type, shape=[len(labels)])
         if raw:
-            dtype = {"INT64": "<i8", "INT32": "<i4", "FP32": "<f4"}[label_type]
-            request.raw_input_contents.append(np.array(labels, dtype=dtype).tobytes())
+            wire = {"INT64": "<i8", "INT32": "<i4", "FP32": "<f4"}[label_type]
+            request.raw_input_contents.append(np.array(labels, dtype=wire).tobytes())
         elif label_type == "FP32":
             label.contents.fp32_contents.extend(labels)
         else:
@@ -325,9 +328,55 @@ def infer_requests(draw: st.DrawFn) -> oip.ModelInferRequest:
     return request
 
 
+@st.composite
+def logits_requests(draw: st.DrawFn) -> pb.ScoreLogitsRequest:
+    """Mostly [N, C] float tensors of consistent size, with labels of about the right count."""
+    request: pb.ScoreLogitsRequest = draw(messages(pb.ScoreLogitsRequest.DESCRIPTOR))
+    if draw(st.integers(0, 3)) == 0:
+        return request
+    if draw(st.integers(0, 3)) > 0:  # options drawn above are mostly wrong for these logits
+        request.ClearField("options")
+    request.ClearField("labels")
+    n, c = draw(st.integers(0, 20)), draw(st.sampled_from([0, 1, *range(2, 13), 2, 3, 10]))
+    dtype = draw(st.sampled_from([pb.DATA_TYPE_FLOAT32, pb.DATA_TYPE_FLOAT64]))
+    data = _numbers(draw(st.integers(0, 2**32 - 1)), n * c, NUMPY[dtype], draw(st.booleans()))
+    request.logits.CopyFrom(pb.Tensor(dtype=dtype, shape=[n, c], data=data))
+    rows = draw(st.sampled_from([n] * 6 + [n + 1, max(0, n - 1)]))
+    kind = draw(st.sampled_from(["none", "indices", "names"]))
+    if kind == "indices":
+        request.labels.indices.values[:] = draw(st.lists(st.integers(-2, c + 1), min_size=rows,
+                                                         max_size=rows))
+    elif kind == "names":
+        names = [f"class{i}" for i in range(c)]
+        request.labels.names.values[:] = draw(st.lists(
+            st.sampled_from([*names, "", "zebra"]), min_size=rows, max_size=rows))
+        if draw(st.integers(0, 3)) > 0:
+            request.options.class_names[:] = names
+    if draw(st.booleans()):
+        request.options.include_probabilities = True
+    ids = draw(st.sampled_from(["none", "none", "rows", "keep"]))
+    if ids == "none":
+        request.ClearField("ids")
+    elif ids == "rows":
+        request.ids[:] = [f"id{i}" for i in range(n)]
+    return request
+
+
+@st.composite
+def images_requests(draw: st.DrawFn) -> pb.ScoreImagesRequest:
+    request: pb.ScoreImagesRequest = draw(messages(pb.ScoreImagesRequest.DESCRIPTOR))
+    if draw(st.integers(0, 3)) > 0:
+        request.model_name = draw(st.sampled_from(["", "digits-resnet"]))
+    if draw(st.booleans()):
+        request.options.ClearField("temperature")
+    return request
+
+
 SPECIAL: dict[str, Callable[[], st.SearchStrategy[Any]]] = {
     "hardscore.v1.Tensor": tensors,
     "hardscore.v1.ImageSample": image_samples,
+    "hardscore.v1.ScoreLogitsRequest": logits_requests,
+    "hardscore.v1.ScoreImagesRequest": images_requests,
 }
 
 
@@ -347,6 +396,8 @@ def _service_methods() -> dict[str, MethodDescriptor]:
 METHODS = _service_methods()
 REQUESTS: dict[str, Callable[[], st.SearchStrategy[Any]]] = {
     "inference.ModelInferRequest": infer_requests,
+    "hardscore.v1.ScoreLogitsRequest": logits_requests,
+    "hardscore.v1.ScoreImagesRequest": images_requests,
 }
 EXAMPLES = {"ScoreLogits": 150, "ScoreLogitsStream": 60, "ScoreImages": 150,
             "ScoreImagesStream": 60, "ModelInfer": 200}
@@ -364,6 +415,7 @@ def _call(channel: grpc.Channel, method: MethodDescriptor, request: Any, *,
     path = f"/{method.containing_service.full_name}/{method.name}"
     reply_class = message_factory.GetMessageClass(method.output_type)
     serialize: Callable[[Any], bytes] = (lambda b: b) if raw else (lambda m: m.SerializeToString())
+    call: Any
     if raw or (method.client_streaming and method.server_streaming):
         call = channel.stream_stream(path, request_serializer=serialize,
                                      response_deserializer=reply_class.FromString)
@@ -417,7 +469,7 @@ def _serves_normally(server: ServerProcess) -> None:
     with ScoringClient(server.target, timeout=CALL_TIMEOUT_S) as client:
         result = client.score_logits(logits, [0, 1])
         assert result.predicted_class.tolist() == [0, 2]
-        assert result.label_issue_score[1] > 0.9
+        assert result.label_issue_score is not None and result.label_issue_score[1] > 0.9
         assert client.get_model_info().name == "digits-resnet"
 
 

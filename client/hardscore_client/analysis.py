@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,11 @@ class Analysis:
         return rows[np.argsort(-score[rows], kind="stable")]
 
     def issue_score(self) -> FloatArray:
+        """Per row: label_issue_score, else 1 - p(given label) (NaN for unlabelled rows)."""
+        return self._issue_score
+
+    @cached_property
+    def _issue_score(self) -> FloatArray:
         t = self.table
         score = t.score("label_issue_score")
         if t.probabilities is not None:

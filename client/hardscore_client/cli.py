@@ -3,6 +3,7 @@
     hardscore score-logits --logits X.npy [--labels Y.npy] --out scores.csv
     hardscore score-images IMAGE... --out scores.csv
     hardscore top --by label_issue_score -k 20 scores.csv
+    hardscore health [--server HOST:PORT]   (exit 0 when SERVING: container probes)
     hardscore info
     hardscore score-dir FOLDER --server HOST:PORT [--server ...] --out scores.parquet
     hardscore report scores.parquet --out report/
@@ -24,6 +25,7 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
+from hardscore_client import health
 from hardscore_client.client import ScoringClient, TLSConfig
 from hardscore_client.messages import SCORE_NAMES
 from hardscore_client.tables import read_table, result_columns, write_table
@@ -166,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=20, help="rows to print")
     p.add_argument("--ascending", action="store_true", help="lowest first")
     p.set_defaults(func=cmd_top)
+
+    p = sub.add_parser("health", help="exit 0 when the server reports SERVING (probes)")
+    health.add_arguments(p)
+    p.set_defaults(func=health.run)
 
     p = with_server(sub.add_parser("info", help="describe the served model"))
     p.set_defaults(func=cmd_info)

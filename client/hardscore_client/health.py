@@ -5,13 +5,14 @@
                                        [--tls-server-name NAME]]
 
 It is the container's health check (the Dockerfile's HEALTHCHECK) and the Helm chart's exec
-probe when TLS is on (the kubelet's own gRPC probes speak plaintext only). Exit status 0 when
+probe (probes.mode exec; over TLS when TLS is on). Exit status 0 when
 the server answers SERVING, 1 otherwise (not serving, unreachable, timed out, TLS failure), with
 the reason on stderr: 0 and 1 are the only codes Docker's HEALTHCHECK gives a meaning to.
 
-The default server is ``127.0.0.1:$HARDSCORE_PORT`` (8001 when unset), so a container whose port
-was moved through the environment is still checked on the right one. ``add_arguments`` and
-``run`` let a ``hardscore health`` subcommand reuse this module.
+The default server is ``127.0.0.1:$HARDSCORE_HEALTH_PORT`` when that plaintext health-only port
+is on (so the check works whatever TLS the gRPC port requires), else ``127.0.0.1:$HARDSCORE_PORT``
+(8001 when unset): a container configured through the environment is checked on the right port.
+``add_arguments`` and ``run`` let a ``hardscore health`` subcommand reuse this module.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ DEFAULT_PORT = 8001
 
 
 def default_target(environ: Mapping[str, str] | None = None) -> str:
-    """``127.0.0.1:<HARDSCORE_PORT or 8001>``: the server of this container."""
+    """The server of this container: ``127.0.0.1`` at ``HARDSCORE_HEALTH_PORT`` when the
+    plaintext health port is on (it answers whatever TLS the gRPC port requires), else at
+    ``HARDSCORE_PORT``, else 8001."""
     environ = os.environ if environ is None else environ
+    health_port = environ.get("HARDSCORE_HEALTH_PORT", "").strip()
+    if health_port.isdigit() and int(health_port) > 0:
+        return f"127.0.0.1:{health_port}"
     port = environ.get("HARDSCORE_PORT", "").strip() or str(DEFAULT_PORT)
     return f"127.0.0.1:{port}"
 
@@ -81,7 +87,8 @@ def tls_from_args(args: argparse.Namespace) -> TLSConfig | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The health check's flags, for this module's ``main`` and a ``hardscore health`` command."""
     parser.add_argument("--server", default=None,
-                        help="HOST:PORT (default: 127.0.0.1:$HARDSCORE_PORT, else 8001)")
+                        help="HOST:PORT (default: 127.0.0.1 at $HARDSCORE_HEALTH_PORT, else "
+                             "$HARDSCORE_PORT, else 8001)")
     parser.add_argument("--service", default="",
                         help="service to check (default: the whole server)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")

@@ -49,7 +49,8 @@ h3 { margin: 18px 0 6px; font-size: 15px; }
         min-width: 150px; }
 .stat b { display: block; font-size: 22px; } .stat span { color: var(--muted); font-size: 12px; }
 table { border-collapse: collapse; background: #fff; border: 1px solid var(--line); }
-th, td { padding: 4px 12px; border-bottom: 1px solid var(--line); text-align: right; }
+th, td { padding: 4px 9px; border-bottom: 1px solid var(--line); text-align: right;
+         font-size: 13px; }
 th { background: #eef1f5; font-weight: 600; } td:first-child, th:first-child { text-align: left; }
 tr.warn td { background: #fff4f2; }
 .plots { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
@@ -194,8 +195,8 @@ def _plots(analysis: Analysis, folder: Path) -> list[tuple[str, str]]:
         joint = analysis.issues.calibrated_joint
         names = analysis.issues.class_names
         k = len(names)
-        side = min(6.0, 2.4 + 0.28 * k)
-        fig, ax = plt.subplots(figsize=(side + 0.6, side), dpi=110)
+        side = min(5.5, 2.2 + 0.25 * k)
+        fig, ax = plt.subplots(figsize=(side + 0.5, side), dpi=85)
         shown = np.log1p(joint.astype(np.float64))
         ax.imshow(shown, cmap="Blues")
         if k <= 20:
@@ -248,8 +249,8 @@ def _gallery(analysis: Analysis, rows: Sequence[int], thumbs: _Thumbs, gallery_i
 
 def _class_table(analysis: Analysis) -> str:
     has_issues = analysis.issues is not None
-    head = ["class", "count", "mean hardness", "accuracy vs given", "flagged label issues",
-            "estimated label noise", "wrong labels are mostly"]
+    head = ["class", "count", "mean hardness", "accuracy vs given", "flagged",
+            "est. label noise", "likely true label"]
     if not has_issues:
         head = head[:4]
     rows = []
@@ -312,7 +313,8 @@ def write_report(
     parts.append("<h2>Classes</h2>")
     parts.append('<p class="note">Samples grouped by given label (unlabelled ones by '
                  "prediction). Estimated label noise: the share of the class's labels that "
-                 "confident learning estimates wrong; rows at 10% or more are tinted.</p>")
+                 "confident learning estimates wrong (rows at 10% or more are tinted), and "
+                 "the class most of them truly belong to.</p>")
     joint = [p for p in plots if p[0].endswith("joint.png")]
     parts.append(f'<div class="plots"><div>{_class_table(analysis)}</div>')
     parts += [f'<img src="{_esc(src)}" alt="{_esc(alt)}">' for src, alt in joint]

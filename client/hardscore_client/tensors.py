@@ -6,6 +6,7 @@ Bytes are little-endian and row-major, so encoding and decoding are one memory c
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import numpy.typing as npt
 

@@ -29,6 +29,8 @@ DEFAULT_SERVER = "127.0.0.1:8001"
 
 def cmd_score_dir(args: argparse.Namespace) -> int:
     failures: list[Failure] = []
+    if args.from_list and args.path:
+        raise SystemExit("score-dir takes a folder or --from-list FILE, not both")
     if args.from_list:
         items, failures = read_list(Path(args.from_list))
         for failure in failures:
@@ -89,7 +91,7 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     print(f"{n} labelled samples: {issues.num_issues} estimated label issues, "
           f"{summary['flagged']} flagged, label health score {issues.health:.3f}")
     print(f"\n{'class':>12} {'count':>6} {'flagged':>7} {'est. issues':>11} {'noise':>6}  "
-          "wrong labels mostly truly")
+          "likely true label of the wrong ones")
     for c in issues.class_noise():
         print(f"{c.name:>12} {c.count:>6} {c.flagged:>7} {c.estimated_issues:>11} "
               f"{_value(c.noise_rate):>6}  {c.likely_true or '-'}"
@@ -116,8 +118,8 @@ def cmd_example_data(args: argparse.Namespace) -> int:
     from hardscore_client.workflow_demo import write_digits_example
 
     corrupted = write_digits_example(Path(args.out), args.noise, args.seed)
-    print(f"wrote 540 digit images to {args.out}/<label>/ ({corrupted} in a wrong folder; "
-          "the truth is in TRUE_LABELS.csv)", file=sys.stderr)
+    print(f"wrote 540 digit images to {Path(args.out) / '<label>'}/ ({corrupted} in a wrong "
+          "folder; the truth is in TRUE_LABELS.csv)", file=sys.stderr)
     return 0
 
 

@@ -55,6 +55,19 @@ def choose_providers(setting: str) -> list[str]:
     return [CUDA, CPU] if cuda_loads() else [CPU]
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (the
+    container's CPU limit), which ``os.cpu_count()`` does not see."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus or 1, max(1, int(int(quota) / int(period) + 0.5)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus or 1)
+
+
 class ModelRunner:
     """The served model: ``instances`` ONNX Runtime sessions over one model directory."""
 
@@ -70,7 +83,7 @@ class ModelRunner:
         self.model_dir = model_dir
         self.manifest: ModelManifest = load_manifest(model_dir)
         providers = choose_providers(execution_provider)
-        threads = intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
+        threads = intra_op_threads or max(1, available_cpus() // instances)
         self.sessions = [
             self._session(model_dir / "model.onnx", providers, threads, allow_spinning)
             for _ in range(instances)

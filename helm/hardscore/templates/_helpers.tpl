@@ -108,6 +108,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if not (hasKey .Values.config "execution_provider") }}
 {{- $_ := set $managed "execution_provider" (ternary "cuda" "cpu" .Values.gpu.enabled) }}
 {{- end }}
+{{- if include "hardscore.healthPortOn" . }}
+{{- $_ := set $managed "health_port" (.Values.ports.health | int) }}
+{{- end }}
 {{- if .Values.tls.enabled }}
 {{- $_ := set $managed "tls_cert_file" (printf "%s/%s" (include "hardscore.tlsDir" .) .Values.tls.certKey) }}
 {{- $_ := set $managed "tls_key_file" (printf "%s/%s" (include "hardscore.tlsDir" .) .Values.tls.keyKey) }}
@@ -129,21 +132,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* The probe kind: grpc, exec or tcp. */}}
-{{- define "hardscore.probeMode" -}}
-{{- if eq .Values.probes.mode "auto" }}
-{{- ternary "exec" "grpc" .Values.tls.enabled }}
-{{- else }}
-{{- .Values.probes.mode }}
-{{- end }}
+{{/* "true" when the plaintext health port is open: TLS on and native gRPC probes. */}}
+{{- define "hardscore.healthPortOn" -}}
+{{- if and .Values.tls.enabled (eq .Values.probes.mode "grpc") }}true{{ end }}
 {{- end }}
 
 {{/* The handler part of a probe (no timings). */}}
 {{- define "hardscore.probeHandler" -}}
-{{- $mode := include "hardscore.probeMode" . }}
+{{- $mode := .Values.probes.mode }}
 {{- if eq $mode "grpc" }}
 grpc:
-  port: {{ .Values.ports.grpc }}
+  port: {{ ternary .Values.ports.health .Values.ports.grpc (eq (include "hardscore.healthPortOn" .) "true") }}
 {{- else if eq $mode "tcp" }}
 tcpSocket:
   port: grpc

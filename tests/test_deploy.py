@@ -1,0 +1,1085 @@
+"""Deployment artefacts, validated without a cluster or a Docker engine.
+
+- Dockerfile: hadolint clean (two documented inline ignores); its structure (stages, non-root
+  user, exec-form entrypoint, ports); the HEALTHCHECK command run as written against a real
+  server; .dockerignore lets through what the COPYs need; server/install.sh (shellcheck clean,
+  the commands of both flavors) and the wheel it installs (default model inside).
+- Helm chart: values.yaml against values.schema.json (jsonschema and Helm's own validator, plus
+  values that must be refused); `helm lint --strict`; every template rendered by Helm's Go
+  engine itself (helm-python-sdk binds Helm's SDK) for a set of value combinations; each
+  rendered object checked field by field against the Kubernetes API types (the kubernetes
+  client's models), and for what the chart promises: probes, security, drain timing, GPU,
+  model volumes, TLS/auth mounts, selectors; the rendered TOML loaded by the server's own
+  configuration loader.
+- Grafana dashboard: every PromQL expression parsed; every metric and label it uses exists in
+  the server's real /metrics exposition; it covers every metric of the README's table.
+- KServe: the ServingRuntime and InferenceService agree with each other and with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import jsonschema
+import kubernetes.client as k8s
+import numpy as np
+import promql_parser
+import pytest
+import yaml
+from prometheus_client import generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.parser import text_string_to_metric_families
+
+from hardscore_server.config import ServerConfig, add_arguments, load_config
+from hardscore_server.metrics import BulkHistogram, ServerMetrics
+
+from server_process import ServerProcess
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "helm" / "hardscore"
+KSERVE = REPO / "helm" / "kserve"
+DASHBOARD = CHART / "dashboards" / "hardscore.json"
+DOCKERFILE = REPO / "Dockerfile"
+INSTALL = REPO / "server" / "install.sh"
+BIN = Path(sys.executable).parent
+
+RELEASE, NAMESPACE = "rel", "ml"
+FULLNAME = f"{RELEASE}-hardscore"
+GRPC_PORT, METRICS_PORT, HEALTH_PORT = 8001, 8002, 8003
+# Settings naming files that exist only inside the pod (mounted volumes and secrets).
+POD_FILE_SETTINGS = {"model_dir", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
+                     "auth_tokens_file"}
+# Settings the chart owns (from other values), so values.config may not set them.
+CHART_SETTINGS = {"host", "port", "metrics_host", "metrics_port", "health_port"} | POD_FILE_SETTINGS
+
+
+def tool(name: str) -> str:
+    """A command-line tool installed into this environment by a pip package."""
+    found = shutil.which(name, path=str(BIN)) or shutil.which(name)
+    assert found, f"{name} not found: install the dev extra (pip install -e '.[dev]')"
+    return found
+
+
+def pyproject_version() -> str:
+    return str(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"])
+
+
+def chart_meta() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "Chart.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def default_values() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "values.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def schema() -> dict[str, Any]:
+    return json.loads((CHART / "values.schema.json").read_text())  # type: ignore[no-any-return]
+
+
+# ---- Dockerfile ---------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        word, _, rest = full.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Instructions of each named stage."""
+    result: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for word, rest in dockerfile_instructions():
+        if word == "FROM":
+            name = rest.split()[-1]
+            current = result.setdefault(name, [])
+        elif current is not None:
+            current.append((word, rest))
+    return result
+
+
+def test_hadolint_is_clean() -> None:
+    result = subprocess.run([tool("hadolint"), "--no-color", str(DOCKERFILE)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_hadolint_ignores_are_explained() -> None:
+    lines = DOCKERFILE.read_text().splitlines()
+    ignores = [i for i, line in enumerate(lines) if line.startswith("# hadolint ignore=")]
+    assert len(ignores) == 2  # DL3008 (apt versions) and DL3006 (FROM a stage via an ARG)
+    for i in ignores:
+        code = lines[i].split("=", 1)[1]
+        above = "\n".join(lines[max(0, i - 4):i])
+        assert code in above, f"the ignore of {code} has no explanation above it"
+
+
+def test_dockerfile_structure() -> None:
+    instructions = dockerfile_instructions()
+    named = stages()
+    assert {"base-cpu", "base-gpu", "base", "builder", "runtime"} <= set(named)
+    assert ("ARG", "FLAVOR=cpu") in instructions
+    froms = [rest for word, rest in instructions if word == "FROM"]
+    assert froms[-1].endswith("AS runtime"), "the runtime stage is the default build target"
+    assert any("base-${FLAVOR}" in f for f in froms)
+
+    builder = dict(named["builder"])
+    assert "server/install.sh" in builder["RUN"] and '--flavor "${FLAVOR}"' in builder["RUN"]
+
+    runtime = named["runtime"]
+    words = [w for w, _ in runtime]
+    users = [rest for w, rest in runtime if w == "USER"]
+    assert users and re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", users[-1]), "numeric non-root user"
+    assert words.index("USER") > words.index("COPY"), "files are copied as root, read-only"
+    run = dict(runtime)
+    assert set(run["EXPOSE"].split()) == {str(GRPC_PORT), str(METRICS_PORT)}
+    assert json.loads(run["ENTRYPOINT"]) == ["hardscore-server"], "exec form: SIGTERM reaches it"
+    assert run["STOPSIGNAL"] == "SIGTERM"
+    assert "--from=builder /opt/hardscore /opt/hardscore" in run["COPY"]
+    assert "/opt/hardscore/bin" in run["ENV"]
+    assert "CMD [" in run["HEALTHCHECK"]
+
+    # Both flavors' images get their Python from the base stages; the GPU one is CUDA's.
+    args = dict(a.split("=", 1) for w, a in instructions if w == "ARG" and "=" in a)
+    assert "cudnn-runtime" in args["CUDA_IMAGE"] and "python:3" in args["PYTHON_IMAGE"]
+    assert any("python3-venv" in rest for w, rest in named["base-gpu"] if w == "RUN")
+
+
+def healthcheck_command() -> list[str]:
+    rest = dict(stages()["runtime"])["HEALTHCHECK"]
+    return list(json.loads(rest[rest.index("CMD") + 3:].strip()))
+
+
+def test_healthcheck_command_reports_a_serving_server(logits_server: ServerProcess) -> None:
+    command = healthcheck_command()
+    assert command[:3] == ["python", "-m", "hardscore_client.health"]
+    env = {**os.environ, "HARDSCORE_PORT": str(logits_server.port)}
+    result = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "SERVING" in result.stderr
+
+
+def test_healthcheck_command_fails_without_a_server() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = healthcheck_command()
+    env = {**os.environ, "HARDSCORE_PORT": str(port)}
+    result = subprocess.run([sys.executable, *command[1:], "--timeout", "1"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert "UNAVAILABLE" in result.stderr or "DEADLINE" in result.stderr
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as a regex: `**/` spans directories, `*` and `?` do not."""
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def dockerignore_allows(path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    allowed = True
+    for raw in (REPO / ".dockerignore").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        regex = glob_regex(line.removeprefix("!").rstrip("/"))
+        if any(regex.match(p) for p in prefixes):
+            allowed = negate
+    return allowed
+
+
+def test_dockerignore_lets_through_what_the_image_copies() -> None:
+    copied = []
+    for word, rest in stages()["builder"]:
+        if word == "COPY":
+            copied += rest.split()[:-1]
+    assert copied
+    for source in copied:
+        assert (REPO / source).exists(), source
+        sample = source.rstrip("/")
+        if (REPO / sample).is_dir():
+            sample = next(p.relative_to(REPO).as_posix() for p in (REPO / sample).rglob("*.py"))
+        assert dockerignore_allows(sample), f"{sample} is excluded by .dockerignore"
+    for left_out in (".venv/bin/python", "tests/test_deploy.py", "helm/hardscore/Chart.yaml",
+                     "bench/common.py", "server/hardscore_server/__pycache__/main.cpython.pyc"):
+        assert not dockerignore_allows(left_out), left_out
+    assert dockerignore_allows("server/hardscore_server/default_model/model.onnx")
+
+
+def test_install_script_is_shellcheck_clean() -> None:
+    result = subprocess.run([tool("shellcheck"), str(INSTALL)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert os.access(INSTALL, os.X_OK)
+
+
+def install_commands(*args: str) -> list[str]:
+    result = subprocess.run(["bash", str(INSTALL), "--dry-run", *args], capture_output=True,
+                            text=True, timeout=30, check=True)
+    return [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_install_script_commands_per_flavor() -> None:
+    cpu = install_commands("--python", "PY")
+    assert "+ PY -m pip --quiet --disable-pip-version-check install -c constraints.txt ." in cpu
+    assert not any("onnxruntime-gpu==" in c for c in cpu)
+    gpu = install_commands("--python", "PY", "--flavor", "gpu", "--extras", "dev")
+    assert any(c.endswith("install -c constraints.txt .[dev,gpu]") for c in gpu)
+    uninstall = next(i for i, c in enumerate(gpu) if c.endswith("uninstall --yes onnxruntime"))
+    reinstall = next(i for i, c in enumerate(gpu) if "--force-reinstall" in c)
+    assert reinstall > uninstall and "onnxruntime-gpu==" in gpu[reinstall]
+    assert gpu[-1] == "+ PY - gpu", "the environment is checked last"
+    dev = install_commands("--editable", "--extras", "dev,export,demo")
+    assert any(c.endswith("install -c constraints.txt -e .[dev,export,demo]") for c in dev)
+    bad = subprocess.run(["bash", str(INSTALL), "--flavor", "tpu"], capture_output=True,
+                         text=True, timeout=30)
+    assert bad.returncode == 2 and "cpu or gpu" in bad.stderr
+
+
+def test_ci_installs_through_the_install_script() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile[makefile.index("$(VENV)/.installed:"):].split("\n\n")[0]
+    assert "server/install.sh" in recipe and "--editable" in recipe
+
+
+def test_wheel_holds_the_default_model_and_the_health_check(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools")
+    pytest.importorskip("wheel")
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for tree in ("server", "client"):
+        shutil.copytree(REPO / tree, source / tree,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "--quiet", "--wheel-dir", str(tmp_path / "dist"), str(source)],
+                   check=True, capture_output=True, timeout=120)
+    import zipfile
+
+    (wheel,) = (tmp_path / "dist").glob("hardscore-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("hardscore_server/default_model/model.onnx",
+                   "hardscore_server/default_model/manifest.json",
+                   "hardscore_client/health.py", "hardscore_server/main.py"):
+        assert needed in names, needed
+
+
+def test_health_check_flags() -> None:
+    from hardscore_client import health
+
+    parser = argparse.ArgumentParser()
+    health.add_arguments(parser)
+    assert health.tls_from_args(parser.parse_args([])) is None
+    with pytest.raises(ValueError, match="go together"):
+        health.tls_from_args(parser.parse_args(["--tls-cert-file", "c.pem"]))
+    tls = health.tls_from_args(parser.parse_args(["--tls", "--tls-server-name", "x.svc"]))
+    assert tls is not None and tls.server_name_override == "x.svc"
+    assert tls.root_certificates is None
+    assert health.default_target({}) == "127.0.0.1:8001"
+    assert health.default_target({"HARDSCORE_PORT": "9000"}) == "127.0.0.1:9000"
+    both = {"HARDSCORE_PORT": "9000", "HARDSCORE_HEALTH_PORT": "9001"}
+    assert health.default_target(both) == "127.0.0.1:9001", "the plaintext health port first"
+    off = {"HARDSCORE_PORT": "9000", "HARDSCORE_HEALTH_PORT": "-1"}
+    assert health.default_target(off) == "127.0.0.1:9000"
+
+
+# ---- Kubernetes objects against the API types ---------------------------------------------------
+
+K8S_KINDS = {
+    ("v1", "ConfigMap"): "V1ConfigMap",
+    ("v1", "Service"): "V1Service",
+    ("v1", "ServiceAccount"): "V1ServiceAccount",
+    ("apps/v1", "Deployment"): "V1Deployment",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "V2HorizontalPodAutoscaler",
+    ("policy/v1", "PodDisruptionBudget"): "V1PodDisruptionBudget",
+}
+_LIST = re.compile(r"^[Ll]ist\[(.+)\]$")
+_DICT = re.compile(r"^[Dd]ict[\[(]str, (.+)[\])]$")
+
+
+def api_type_errors(value: Any, type_name: str, path: str = "") -> list[str]:
+    """Fields unknown to the Kubernetes type, or of the wrong JSON kind, recursively."""
+    if match := _LIST.match(type_name):
+        if not isinstance(value, list):
+            return [f"{path}: expected a list, got {value!r}"]
+        return [e for i, item in enumerate(value)
+                for e in api_type_errors(item, match[1], f"{path}[{i}]")]
+    if match := _DICT.match(type_name):
+        if not isinstance(value, dict):
+            return [f"{path}: expected a map, got {value!r}"]
+        return [e for key, item in value.items()
+                for e in api_type_errors(item, match[1], f"{path}.{key}")]
+    checks: dict[str, Any] = {
+        "str": lambda v: isinstance(v, str),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "object": lambda v: True,
+        "bytes": lambda v: isinstance(v, str),
+        "datetime": lambda v: isinstance(v, str),
+    }
+    if type_name in checks:
+        return [] if checks[type_name](value) else [f"{path}: expected {type_name}, got {value!r}"]
+    model = getattr(k8s, type_name)
+    if not isinstance(value, dict):
+        return [f"{path}: expected a {type_name} object, got {value!r}"]
+    by_json = {json_name: attr for attr, json_name in model.attribute_map.items()}
+    errors = []
+    for key, item in value.items():
+        if key not in by_json:
+            errors.append(f"{path}.{key}: not a field of {type_name}")
+        else:
+            errors += api_type_errors(item, model.openapi_types[by_json[key]], f"{path}.{key}")
+    return errors
+
+
+def check_api_object(obj: dict[str, Any]) -> None:
+    """Known fields of the right kinds, and the required ones present (the client's models)."""
+    type_name = K8S_KINDS[(obj["apiVersion"], obj["kind"])]
+    errors = api_type_errors(obj, type_name, obj["kind"])
+    assert not errors, "\n".join(errors)
+    getattr(k8s, type_name).from_dict(obj)  # raises on a missing required field or bad value
+
+
+# ---- Helm chart --------------------------------------------------------------------------------
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The chart rendered by Helm's engine: every object, NOTES excluded."""
+    with helm_python.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(values)
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    objects = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        objects += [doc for doc in yaml.safe_load_all(text) if doc]
+    return objects
+
+
+def notes(values: dict[str, Any] | None = None) -> str:
+    with helm_python.Chart.load(str(CHART)) as chart:
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+
+def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind
+             and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"{len(found)} {kind} {name or ''}"
+    return found[0]
+
+
+def kinds(objects: list[dict[str, Any]]) -> list[str]:
+    return sorted(o["kind"] for o in objects)
+
+
+def server_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    return next(c for c in pod["containers"] if c["name"] == "hardscore")  # type: ignore[no-any-return]
+
+
+def settings(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    config_map = one(objects, "ConfigMap", FULLNAME)
+    return tomllib.loads(config_map["data"]["hardscore.toml"])
+
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "gpu": {"gpu": {"enabled": True, "runtimeClassName": "nvidia"}},
+    "pvc": {"model": {"source": "pvc", "pvc": {"claimName": "models"}, "subPath": "cifar10"}},
+    "hostPath": {"model": {"source": "hostPath", "hostPath": {"path": "/srv/models/cifar10"}}},
+    "emptyDir": {"model": {"source": "emptyDir", "subPath": "m", "initContainer": {
+        "image": "amazon/aws-cli:2.17.0",
+        "command": ["aws", "s3", "cp", "--recursive", "s3://bucket/cifar10", "/models/m"]}}},
+    "image-dir": {"model": {"source": "image", "dir": "/opt/models/cifar10"}},
+    "autoscaling": {"autoscaling": {
+        "enabled": True, "targetMemoryUtilizationPercentage": 80,
+        "extraMetrics": [{"type": "Pods", "pods": {
+            "metric": {"name": "hardscore_queue_depth"},
+            "target": {"type": "AverageValue", "averageValue": "64"}}}]}},
+    "monitoring": {"metrics": {"serviceMonitor": {"enabled": True,
+                                                  "labels": {"release": "prometheus"}}},
+                   "dashboards": {"namespace": "monitoring",
+                                  "annotations": {"grafana_folder": "ML"}}},
+    "tls-auth": {"tls": {"enabled": True, "secretName": "hardscore-tls",
+                         "clientCA": {"enabled": True}},
+                 "auth": {"enabled": True, "secretName": "hardscore-tokens"}},
+    "tls-exec": {"tls": {"enabled": True, "secretName": "hardscore-tls",
+                         "clientCA": {"enabled": True}},
+                 "probes": {"mode": "exec"}},
+    "tls-only": {"tls": {"enabled": True, "secretName": "hardscore-tls",
+                         "probe": {"serverName": "scoring.example.com"}},
+                 "probes": {"mode": "exec"}},
+    "minimal": {"service": {"headless": False}, "podDisruptionBudget": {"enabled": False},
+                "dashboards": {"enabled": False}, "serviceAccount": {"create": False},
+                "drain": {"preStopSleepSeconds": 0, "marginSeconds": 0},
+                "topologySpread": {"enabled": False}, "metrics": {"podAnnotations": False},
+                "resources": None, "probes": {"mode": "tcp"}},
+    "settings": {"config": {"max_batch_size": 64, "preferred_batch_sizes": [16, 32, 64],
+                            "max_queue_delay_ms": 4.5, "grace_period_s": 12.5,
+                            "allow_spinning": True, "log_level": "DEBUG",
+                            "max_message_bytes": 134217728, "instances": 2},
+                 "env": [{"name": "OMP_WAIT_POLICY", "value": "PASSIVE"}],
+                 "podDisruptionBudget": {"minAvailable": 1}},
+}
+
+
+def merged(overrides: dict[str, Any]) -> dict[str, Any]:
+    """values.yaml with overrides, as Helm merges them (maps deeply; null deletes a key)."""
+    def merge(base: Any, over: Any) -> Any:
+        if isinstance(base, dict) and isinstance(over, dict):
+            out = {**base, **{k: merge(base.get(k), v) for k, v in over.items()}}
+            return {k: v for k, v in out.items() if v is not None or k not in over}
+        return over
+    return merge(default_values(), overrides)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module", params=sorted(SCENARIOS))
+def scenario(request: pytest.FixtureRequest) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    yield request.param, render(SCENARIOS[request.param])
+
+
+def test_chart_metadata() -> None:
+    meta = chart_meta()
+    assert meta["apiVersion"] == "v2" and meta["name"] == "hardscore"
+    assert meta["appVersion"] == pyproject_version(), "the chart deploys this release"
+    expected = {"_helpers.tpl", "NOTES.txt", "configmap.yaml", "deployment.yaml", "service.yaml",
+                "hpa.yaml", "pdb.yaml", "servicemonitor.yaml", "dashboards.yaml",
+                "serviceaccount.yaml"}
+    assert {p.name for p in (CHART / "templates").iterdir()} == expected
+
+
+def test_every_yaml_file_parses() -> None:
+    files = [CHART / "Chart.yaml", CHART / "values.yaml", *KSERVE.glob("*.yaml")]
+    assert len(files) == 4
+    for path in files:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        assert docs and all(isinstance(d, dict) for d in docs), path
+
+
+def test_values_match_the_schema() -> None:
+    validator = jsonschema.Draft7Validator(schema())
+    jsonschema.Draft7Validator.check_schema(schema())
+    errors = [e.message for e in validator.iter_errors(default_values())]
+    assert not errors, errors
+    for name, overrides in SCENARIOS.items():
+        errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(merged(overrides))]
+        assert not errors, (name, errors)
+
+
+REFUSED: dict[str, dict[str, Any]] = {
+    "unknown value": {"replicas": 3},
+    "negative replicas": {"replicaCount": -1},
+    "model source": {"model": {"source": "s3"}},
+    "pvc without a claim": {"model": {"source": "pvc"}},
+    "hostPath without a path": {"model": {"source": "hostPath"}},
+    "emptyDir without a fetcher": {"model": {"source": "emptyDir"}},
+    "relative mount": {"model": {"source": "pvc", "pvc": {"claimName": "m"},
+                                 "mountPath": "models"}},
+    "chart-owned setting": {"config": {"port": 9000}},
+    "chart-owned model_dir": {"config": {"model_dir": "/m"}},
+    "bad provider": {"config": {"execution_provider": "tpu"}},
+    "zero batch": {"config": {"max_batch_size": 0}},
+    "fractional batch": {"config": {"max_batch_size": 2.5}},
+    "nested setting": {"config": {"extra": {"a": 1}}},
+    "zero GPUs": {"gpu": {"enabled": True, "count": 0}},
+    "probe mode": {"probes": {"mode": "http"}},
+    "tls without a secret": {"tls": {"enabled": True}},
+    "auth without a secret": {"auth": {"enabled": True}},
+    "port range": {"ports": {"grpc": 70000}},
+    "pull policy": {"image": {"pullPolicy": "Sometimes"}},
+    "bad quantity": {"resources": {"limits": {"cpu": "two"}}},
+    "scrape interval": {"metrics": {"serviceMonitor": {"interval": "often"}}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_schema_refuses_bad_values(case: str) -> None:
+    values = merged(REFUSED[case])
+    assert list(jsonschema.Draft7Validator(schema()).iter_errors(values)), case
+    with helm_python.Chart.load(str(CHART)) as chart, pytest.raises(helm_python.HelmValuesError):
+        chart.validate_schema(REFUSED[case])
+
+
+def test_schema_settings_are_server_settings() -> None:
+    config_schema = schema()["properties"]["config"]
+    fields = {f.name: f for f in dataclasses.fields(ServerConfig)}
+    json_types = {"str": {"string"}, "int": {"integer"}, "float": {"number"},
+                  "bool": {"boolean"}, "tuple[int, ...]": {"array"}}
+    for name, spec in config_schema["properties"].items():
+        assert name in fields, f"config.{name} is not a server setting"
+        assert {spec["type"]} <= json_types[str(fields[name].type)], name
+    owned = set(config_schema["propertyNames"]["not"]["enum"])
+    secrets = {name for name, f in fields.items() if f.metadata.get("env_only")}
+    assert secrets == {"auth_tokens"}
+    assert owned == CHART_SETTINGS | secrets
+    assert set(fields) - set(config_schema["properties"]) == owned, \
+        "every other server setting is described by the schema"
+    # Every default in values.yaml is the server's default, except where the chart says why.
+    for name, value in default_values()["config"].items():
+        if name != "intra_op_threads":
+            assert value == fields[name].default, name
+
+
+def test_helm_lint_strict() -> None:
+    report = helm_python.lint(str(CHART), strict=True)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not report["errors"] and not problems, report
+
+
+def test_rendered_objects_are_valid_api_objects(
+    scenario: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, objects = scenario
+    report = helm_python.lint(str(CHART), SCENARIOS[name], strict=True)
+    assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2]
+    for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) in K8S_KINDS:
+            check_api_object(obj)
+        else:
+            assert obj["kind"] == "ServiceMonitor", obj["kind"]
+        assert obj["metadata"]["name"].startswith(FULLNAME)
+        assert len(obj["metadata"]["name"]) <= 63
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/version"] == pyproject_version()
+
+
+def test_rendered_deployment_keeps_its_promises(
+    scenario: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, objects = scenario
+    values = merged(SCENARIOS[name])
+    deployment = one(objects, "Deployment", FULLNAME)
+    pod_template = deployment["spec"]["template"]
+    pod = pod_template["spec"]
+    container = server_container(objects)
+    pod_labels = pod_template["metadata"]["labels"]
+
+    # Selectors of every object select these pods.
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    for service in (o for o in objects if o["kind"] == "Service"):
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        port_names = {p["name"] for p in container["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+    for pdb in (o for o in objects if o["kind"] == "PodDisruptionBudget"):
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+    # Ports and probes: with TLS on, the native gRPC probes check the plaintext health port.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    config = settings(objects)
+    assert (config["port"], config["metrics_port"]) == (GRPC_PORT, METRICS_PORT)
+    health_port_on = values["tls"]["enabled"] and values["probes"]["mode"] == "grpc"
+    if health_port_on:
+        assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT, "health": HEALTH_PORT}
+        assert config["health_port"] == HEALTH_PORT
+    else:
+        assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+        assert "health_port" not in config
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        handler = container[probe]
+        if "grpc" in handler:
+            assert handler["grpc"] == {"port": HEALTH_PORT if health_port_on else GRPC_PORT}
+        elif "exec" in handler:
+            command = handler["exec"]["command"]
+            assert command[:5] == ["python", "-m", "hardscore_client.health", "--server",
+                                   f"127.0.0.1:{GRPC_PORT}"]
+        else:
+            assert handler["tcpSocket"] == {"port": "grpc"}
+    grace = config.get("grace_period_s", 30)
+    liveness = container["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] > grace, \
+        "liveness must not cut a drain short"
+
+    # Drain: preStop pause + the server's grace period + margin.
+    drain = values["drain"]
+    expected = drain["preStopSleepSeconds"] + math.ceil(grace) + drain["marginSeconds"]
+    assert pod["terminationGracePeriodSeconds"] == expected
+    assert pod["terminationGracePeriodSeconds"] >= grace
+    if drain["preStopSleepSeconds"]:
+        assert container["lifecycle"]["preStop"]["exec"]["command"] == [
+            "sleep", str(drain["preStopSleepSeconds"])]
+    else:
+        assert "lifecycle" not in container
+
+    # Security: non-root, read-only root filesystem, nothing privileged, /tmp writable.
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] > 0
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    for mount in container["volumeMounts"]:
+        assert mount["name"] in volumes
+        assert mount.get("readOnly") or mount["mountPath"] == "/tmp", mount
+    for init in pod.get("initContainers", []):
+        assert init["securityContext"]["readOnlyRootFilesystem"] is True
+        assert all(m["name"] in volumes for m in init["volumeMounts"])
+
+    # Configuration file: mounted where HARDSCORE_CONFIG points, with the chart's file name.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    config_path = Path(env["HARDSCORE_CONFIG"])
+    config_mount = mounts[str(config_path.parent)]
+    assert volumes[config_mount["name"]]["configMap"]["name"] == FULLNAME
+    assert env["HARDSCORE_PORT"] == str(GRPC_PORT)
+    annotations = pod_template["metadata"]["annotations"]
+    assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/config"])
+
+    # Replicas belong to the HPA when it is on.
+    if values["autoscaling"]["enabled"]:
+        assert "replicas" not in deployment["spec"]
+        hpa = one(objects, "HorizontalPodAutoscaler")
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1", "kind": "Deployment", "name": FULLNAME}
+    else:
+        assert deployment["spec"]["replicas"] == values["replicaCount"]
+        assert not [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
+
+
+def loadable(config: dict[str, Any], tmp_path: Path) -> ServerConfig:
+    """The rendered settings through the server's own loader (files that exist only in the pod
+    left out)."""
+    config = {k: v for k, v in config.items() if k not in POD_FILE_SETTINGS}
+    lines = [f"{key} = {json.dumps(value)}" for key, value in config.items()]
+    path = tmp_path / "hardscore.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return load_config(None, {"HARDSCORE_CONFIG": str(path)})
+
+
+def test_rendered_configuration_loads_in_the_server(
+    scenario: tuple[str, list[dict[str, Any]]], tmp_path: Path,
+) -> None:
+    name, objects = scenario
+    values = merged(SCENARIOS[name])
+    text = one(objects, "ConfigMap", FULLNAME)["data"]["hardscore.toml"]
+    config = tomllib.loads(text)
+    known = {f.name for f in dataclasses.fields(ServerConfig)}
+    assert set(config) <= known, set(config) - known
+    in_image = {"model_dir"} if values["model"]["source"] == "image" else set()
+    in_volumes = POD_FILE_SETTINGS - in_image
+    for name in in_volumes & set(config):  # each file lies in a volume of the pod
+        mounts = server_container(objects)["volumeMounts"]
+        assert any(config[name].startswith(m["mountPath"].rstrip("/") + "/")
+                   or config[name] == m["mountPath"] for m in mounts), name
+    loaded = loadable(config, tmp_path)
+    for key, value in values["config"].items():
+        if key != "intra_op_threads":
+            expected = tuple(value) if isinstance(value, list) else value
+            assert getattr(loaded, key) == expected, key
+    assert loaded.host == "0.0.0.0" and loaded.metrics_host == "0.0.0.0"
+
+
+def test_cpu_defaults() -> None:
+    objects = render()
+    assert kinds(objects) == ["ConfigMap", "ConfigMap", "Deployment", "PodDisruptionBudget",
+                              "Service", "Service", "ServiceAccount"]
+    container = server_container(objects)
+    assert container["image"] == f"hardscore:{pyproject_version()}"
+    config = settings(objects)
+    assert config["execution_provider"] == "cpu"
+    assert "model_dir" not in config, "the embedded default model"
+    assert config["intra_op_threads"] == 2, "the CPU limit, not the node's cores"
+    assert not any("gpu" in key for key in container["resources"].get("limits", {}))
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in pod and "tolerations" not in pod
+    assert pod["terminationGracePeriodSeconds"] == 5 + 30 + 10
+    headless = one(objects, "Service", f"{FULLNAME}-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]
+    pdb = one(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+
+
+def test_gpu_switch() -> None:
+    objects = render(SCENARIOS["gpu"])
+    container = server_container(objects)
+    assert container["image"] == f"hardscore:{pyproject_version()}-gpu"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["limits"]["memory"] == "2Gi"
+    assert settings(objects)["execution_provider"] == "cuda"
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+        pod["tolerations"]
+    explicit = render({"gpu": {"enabled": True, "count": 2}, "image": {"gpuTag": "cu12"},
+                       "config": {"execution_provider": "auto"}})
+    assert server_container(explicit)["image"] == "hardscore:cu12"
+    assert server_container(explicit)["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert settings(explicit)["execution_provider"] == "auto"
+
+
+def test_model_volumes() -> None:
+    pvc = render(SCENARIOS["pvc"])
+    pod = one(pvc, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    assert settings(pvc)["model_dir"] == "/models/cifar10"
+    host = render(SCENARIOS["hostPath"])
+    pod = one(host, "Deployment")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["model"]["hostPath"] == {
+        "path": "/srv/models/cifar10", "type": "Directory"}
+    assert settings(host)["model_dir"] == "/models"
+    fetched = render(SCENARIOS["emptyDir"])
+    pod = one(fetched, "Deployment")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["image"] == "amazon/aws-cli:2.17.0"
+    assert {"name": "model", "mountPath": "/models"} in init["volumeMounts"], "writable there"
+    assert {"name": "MODEL_DIR", "value": "/models/m"} in init["env"]
+    assert settings(fetched)["model_dir"] == "/models/m"
+    assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}["model"]
+    baked = render(SCENARIOS["image-dir"])
+    assert settings(baked)["model_dir"] == "/opt/models/cifar10"
+    assert "model" not in {v["name"] for v in one(baked, "Deployment")["spec"]["template"]
+                           ["spec"]["volumes"]}
+
+
+def test_tls_and_auth_mount_secrets() -> None:
+    objects = render(SCENARIOS["tls-auth"])
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    container = server_container(objects)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    config = settings(objects)
+    for setting, volume, secret, key in (
+        ("tls_cert_file", "tls", "hardscore-tls", "tls.crt"),
+        ("tls_key_file", "tls", "hardscore-tls", "tls.key"),
+        ("tls_client_ca_file", "client-ca", "hardscore-tls", "ca.crt"),
+        ("auth_tokens_file", "auth", "hardscore-tokens", "tokens"),
+    ):
+        assert volumes[volume]["secret"]["secretName"] == secret
+        assert config[setting] == f"{mounts[volume]}/{key}"
+    # Native probes on the plaintext health-only port (the kubelet cannot do TLS).
+    assert config["health_port"] == HEALTH_PORT
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": HEALTH_PORT}
+    assert {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"} in \
+        container["ports"]
+    service_ports = {p["port"] for o in objects if o["kind"] == "Service"
+                     for p in o["spec"]["ports"]}
+    assert HEALTH_PORT not in service_ports, "probes reach the pod directly"
+
+
+def test_exec_probes_check_the_tls_endpoint() -> None:
+    objects = render(SCENARIOS["tls-exec"])
+    container = server_container(objects)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert "health_port" not in settings(objects)
+    command = container["readinessProbe"]["exec"]["command"]
+    flags = dict(zip(command[5::2], command[6::2], strict=True))
+    assert flags == {
+        "--tls-ca-file": f"{mounts['tls']}/ca.crt",
+        "--tls-server-name": f"{FULLNAME}.{NAMESPACE}.svc",
+        "--tls-cert-file": f"{mounts['tls']}/tls.crt",
+        "--tls-key-file": f"{mounts['tls']}/tls.key",
+    }
+    # The flags are the health check's own.
+    from hardscore_client import health
+
+    parser = argparse.ArgumentParser()
+    health.add_arguments(parser)
+    parser.parse_args(command[3:])
+
+    tls_only = render(SCENARIOS["tls-only"])
+    command = server_container(tls_only)["livenessProbe"]["exec"]["command"]
+    assert "--tls-cert-file" not in command
+    assert command[command.index("--tls-server-name") + 1] == "scoring.example.com"
+    assert "tls_client_ca_file" not in settings(tls_only)
+    assert "auth_tokens_file" not in settings(tls_only)
+    plain = render({"probes": {"mode": "exec"}})
+    assert server_container(plain)["readinessProbe"]["exec"]["command"] == [
+        "python", "-m", "hardscore_client.health", "--server", f"127.0.0.1:{GRPC_PORT}"]
+
+
+def test_threads_follow_the_cpu_limit() -> None:
+    def threads(values: dict[str, Any]) -> int:
+        return int(settings(render(values))["intra_op_threads"])
+
+    assert threads({"resources": {"limits": {"cpu": "1500m"}}}) == 1
+    assert threads({"resources": {"limits": {"cpu": "250m"}}}) == 1
+    assert threads({"resources": {"limits": {"cpu": 8}, "requests": {"cpu": "1"}},
+                    "config": {"instances": 2}}) == 4
+    assert threads({"resources": {"requests": {"cpu": "6"}, "limits": {"cpu": None}}}) == 6
+    assert threads({"resources": None}) == 0, "no CPU figure: the server decides"
+    assert threads({"config": {"intra_op_threads": 3}}) == 3
+
+
+def test_optional_objects() -> None:
+    assert kinds(render(SCENARIOS["minimal"])) == ["ConfigMap", "Deployment", "Service"]
+    monitoring = render(SCENARIOS["monitoring"])
+    monitor = one(monitoring, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    # It selects the main Service only (the headless one has no metrics port anyway).
+    services = [o for o in monitoring if o["kind"] == "Service"]
+    wanted = monitor["spec"]["selector"]["matchLabels"].items()
+    selected = [s for s in services if wanted <= s["metadata"]["labels"].items()]
+    assert [s["metadata"]["name"] for s in selected] == [FULLNAME]
+    dashboards = one(monitoring, "ConfigMap", f"{FULLNAME}-dashboards")
+    assert dashboards["metadata"]["namespace"] == "monitoring"
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboards["metadata"]["annotations"] == {"grafana_folder": "ML"}
+    assert json.loads(dashboards["data"]["hardscore.json"]) == json.loads(DASHBOARD.read_text())
+    hpa = one(render(SCENARIOS["autoscaling"]), "HorizontalPodAutoscaler")
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Resource", "Resource", "Pods"]
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    pdb = one(render(SCENARIOS["settings"]), "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": pdb["spec"]["selector"]}
+
+
+def test_notes() -> None:
+    text = notes()
+    assert f"dns:///{FULLNAME}-headless.{NAMESPACE}.svc:{GRPC_PORT}" in text
+    assert "round_robin" in text and "embedded default model" in text
+    text = notes(SCENARIOS["gpu"] | SCENARIOS["tls-auth"] | SCENARIOS["pvc"])
+    assert "GPU image" in text and "TLS is on" in text and "/models/cifar10 (pvc)" in text
+
+
+def test_readme_documents_every_value() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Deployment"):]
+    section = section[:section.index("\n## ", 5)]
+    missing = []
+    for key, value in default_values().items():
+        paths = [key]
+        if isinstance(value, dict) and key not in ("config", "podSecurityContext",
+                                                   "securityContext", "affinity"):
+            paths = [f"{key}.{sub}" for sub in value] or [key]
+        missing += [p for p in paths if f"`{p}" not in section]
+    assert not missing, f"README Deployment section does not describe: {missing}"
+
+
+# ---- Grafana dashboard ---------------------------------------------------------------------------
+
+TARGET_LABELS = {"namespace", "instance", "pod", "job", "service", "container", "endpoint"}
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m",
+                     "$namespace": ".*", "$instance": ".*", "$model": ".*"}
+
+
+def exposition() -> dict[str, set[str]]:
+    """Every sample name the server exports, with its label names (each metric touched once)."""
+    metrics = ServerMetrics()
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            child = value.labels(*["x"] * len(value._labelnames)) if value._labelnames else value
+            for method in ("inc", "observe", "set"):
+                if hasattr(child, method):
+                    getattr(child, method)(1)
+                    break
+        elif isinstance(value, BulkHistogram):
+            value.observe_many("x", np.array([0.5]))
+    text = generate_latest(metrics.registry).decode()
+    names: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            names.setdefault(sample.name, set()).update(sample.labels)
+    return names
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    return [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] != "row"]
+
+
+def selectors(node: Any) -> Iterator[tuple[str | None, set[str], set[str]]]:
+    """(metric name, labels matched, labels grouped by above it) for each vector selector."""
+    def walk(n: Any, grouping: set[str]) -> Iterator[tuple[str | None, set[str], set[str]]]:
+        if isinstance(n, promql_parser.VectorSelector):
+            yield n.name, {m.name for m in n.matchers.matchers}, grouping
+        elif isinstance(n, promql_parser.MatrixSelector):
+            yield from walk(n.vector_selector, grouping)
+        elif isinstance(n, promql_parser.AggregateExpr):
+            labels = set(n.modifier.labels) if n.modifier is not None else set()
+            yield from walk(n.expr, grouping | labels)
+        elif isinstance(n, promql_parser.BinaryExpr):
+            yield from walk(n.lhs, grouping)
+            yield from walk(n.rhs, grouping)
+        elif isinstance(n, promql_parser.Call):
+            for arg in n.args:
+                yield from walk(arg, grouping)
+        elif isinstance(n, promql_parser.ParenExpr | promql_parser.UnaryExpr
+                        | promql_parser.SubqueryExpr):
+            yield from walk(n.expr, grouping)
+    yield from walk(node, set())
+
+
+def expressions() -> list[tuple[str, str]]:
+    out = []
+    for panel in dashboard_panels():
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            out.append((panel["title"], expr))
+    return out
+
+
+def test_dashboard_queries_use_exported_metrics_and_labels() -> None:
+    exported = exposition()
+    used = set()
+    for title, expr in expressions():
+        tree = promql_parser.parse(expr)
+        for name, matched, grouped in selectors(tree):
+            assert name in exported, f"{title}: {name} is not exported"
+            used.add(name)
+            labels = exported[name] | TARGET_LABELS
+            assert matched <= labels, f"{title}: {name} has no label {matched - labels}"
+            assert grouped <= labels | {"le"}, f"{title}: {name} has no label {grouped - labels}"
+    # Every metric of the README's table is on the dashboard.
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## Metrics"):].split("\n## ")[0]
+    documented = set(re.findall(r"^\| `(hardscore_[a-z_]+)`", table, re.MULTILINE))
+    assert len(documented) >= 13
+    families = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
+    assert documented <= families, documented - families
+
+
+def test_dashboard_covers_the_operational_questions() -> None:
+    panels = dashboard_panels()
+    titles = " | ".join(p["title"].lower() for p in panels)
+    for topic in ("requests / s", "p50, p90, p99", "batch size", "queue depth", "rejections",
+                  "hardness distribution", "mistakenness distribution"):
+        assert topic in titles, topic
+    by_metric = {re.search(r"hardscore_[a-z_]+", t["expr"])[0]  # type: ignore[index]
+                 for p in panels for t in p["targets"]}
+    assert {"hardscore_hardness_bucket", "hardscore_mistakenness_bucket",
+            "hardscore_rejections_total", "hardscore_queue_depth"} <= by_metric
+    heatmaps = [p for p in panels if p["type"] == "heatmap"]
+    assert all(t["format"] == "heatmap" for p in heatmaps for t in p["targets"])
+
+
+def test_dashboard_layout_and_datasource() -> None:
+    board = json.loads(DASHBOARD.read_text())
+    assert board["uid"] == "hardscore" and board["title"] == "hardscore"
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    cells: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
+        area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"])
+                for y in range(pos["y"], pos["y"] + pos["h"])}
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert all(t["datasource"] == panel["datasource"] for t in panel["targets"])
+            assert panel.get("description"), panel["title"]
+    for name in ("namespace", "instance", "model"):
+        assert variables[name]["allValue"] == ".*" and variables[name]["includeAll"]
+        query = variables[name]["definition"]
+        assert promql_parser.parse(query[query.index("(") + 1:query.rindex(",")]
+                                   .replace("$namespace", ".*").replace("$instance", ".*"))
+
+
+# ---- KServe --------------------------------------------------------------------------------------
+
+
+def kserve(name: str) -> dict[str, Any]:
+    return yaml.safe_load((KSERVE / name).read_text())  # type: ignore[no-any-return]
+
+
+def test_kserve_runtime_and_inference_service_agree() -> None:
+    runtime = kserve("servingruntime.yaml")
+    service = kserve("inferenceservice.yaml")
+    assert (runtime["apiVersion"], runtime["kind"]) == ("serving.kserve.io/v1alpha1",
+                                                        "ServingRuntime")
+    assert (service["apiVersion"], service["kind"]) == ("serving.kserve.io/v1beta1",
+                                                        "InferenceService")
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    formats = {(f["name"], f.get("version")) for f in runtime["spec"]["supportedModelFormats"]}
+    assert (model["modelFormat"]["name"], model["modelFormat"].get("version")) in formats
+    assert runtime["spec"]["protocolVersions"] == ["grpc-v2"], "gRPC only: no V2 REST"
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    h2c = {"name": "h2c", "containerPort": GRPC_PORT, "protocol": "TCP"}
+    (container,) = runtime["spec"]["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["ports"] == [h2c] and model["ports"] == [h2c]
+    assert container["image"] == f"hardscore:{pyproject_version()}"
+    errors = api_type_errors(container, "V1Container", "container")
+    errors += api_type_errors(model["resources"], "V1ResourceRequirements", "resources")
+    assert not errors, errors
+    k8s.V1Container.from_dict(container)
+    assert container["readinessProbe"]["grpc"] == {"port": GRPC_PORT}
+    annotations = runtime["spec"]["annotations"]
+    assert annotations["prometheus.kserve.io/port"] == str(METRICS_PORT)
+
+
+def test_kserve_container_configures_the_server() -> None:
+    (container,) = kserve("servingruntime.yaml")["spec"]["containers"]
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser)
+    args = parser.parse_args(container["args"])
+    assert args.model_dir == "/mnt/models", "where KServe's storage initializer puts the model"
+    assert int(args.port) == GRPC_PORT
+    environ = {e["name"]: e["value"] for e in container["env"]}
+    args.model_dir = None  # exists only in the pod
+    config = load_config(args, environ)
+    assert config.port == GRPC_PORT and config.execution_provider == "cpu"
+    assert config.intra_op_threads == int(float(container["resources"]["limits"]["cpu"]))
+    assert config.grace_period_s < 30, "inside the pod's default terminationGracePeriodSeconds"
+    known = {"HARDSCORE_" + f.name.upper() for f in dataclasses.fields(ServerConfig)}
+    assert set(environ) <= known
+
+
+def test_kserve_documented() -> None:
+    readme = (REPO / "README.md").read_text()
+    for needed in ("helm/kserve/servingruntime.yaml", "grpc-v2", "h2c", "/mnt/models"):
+        assert needed in readme, needed
