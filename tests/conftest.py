@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -48,6 +49,16 @@ def logits_client(logits_server: ServerProcess) -> Iterator[ScoringClient]:
 def image_client(image_server: ServerProcess) -> Iterator[ScoringClient]:
     with ScoringClient(image_server.target) as client:
         yield client
+
+
+def served_oip_methods() -> frozenset[str]:
+    """The RPCs of inference.GRPCInferenceService that hardscore serves, read from its .proto.
+
+    Tests build Open Inference Protocol messages with tritonclient's stubs (the two sets of
+    generated code cannot share one process); Triton's service has more RPCs than hardscore's.
+    """
+    text = (REPO / "proto" / "inference" / "grpc_service.proto").read_text()
+    return frozenset(re.findall(r"^\s*rpc\s+(\w+)\s*\(", text, re.MULTILINE))
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -31,11 +31,12 @@ from grpc_reflection.v1alpha import reflection_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from tritonclient.grpc import service_pb2 as oip  # wire-identical; see test_inference_protocol
 
 from hardscore_client import ScoringClient
-from hardscore_client.proto import grpc_service_pb2 as oip
 from hardscore_client.proto import scoring_pb2 as pb
 
+from conftest import served_oip_methods
 from server_process import ServerProcess, start_server
 
 MAX_MESSAGE = 4 * 1024 * 1024
@@ -389,8 +390,10 @@ def _service_methods() -> dict[str, MethodDescriptor]:
         reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
         health_pb2.DESCRIPTOR.services_by_name["Health"],
     ]
+    served = served_oip_methods()
     return {f"{s.name}.{m.name}": m for s in services for m in s.methods
-            if m.name != "Watch"}  # Watch streams until cancelled: not a request/reply
+            if m.name != "Watch"  # Watch streams until cancelled: not a request/reply
+            and (s.name != "GRPCInferenceService" or m.name in served)}
 
 
 METHODS = _service_methods()

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2 as oip  # wire-identical; see test_inference_protocol
+from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
 from hardscore_client import ScoringClient
-from hardscore_client.proto import grpc_service_pb2 as oip
-from hardscore_client.proto import grpc_service_pb2_grpc as oip_grpc
 from hardscore_client.proto import scoring_pb2 as pb
 from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
 from hardscore_client.tensors import from_tensor

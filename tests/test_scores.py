@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hardscore_server import scores as S
+import hardscore_server.scores as S
 
 from conftest import FIXTURES
 

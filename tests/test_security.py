@@ -27,9 +27,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tritonclient.grpc import service_pb2 as oip  # wire-identical; see test_inference_protocol
 
 from hardscore_client import ScoringClient, TLSConfig
-from hardscore_client.proto import grpc_service_pb2 as oip
 from hardscore_client.proto import scoring_pb2 as pb
 from hardscore_server.config import ConfigError, ServerConfig, load_config
 from hardscore_server.security import (
@@ -41,7 +41,7 @@ from hardscore_server.security import (
     check_authorization,
 )
 
-from conftest import metric, scrape
+from conftest import metric, scrape, served_oip_methods
 from server_process import ServerProcess, start_server
 
 FILE_TOKEN = "file-token-0123456789abcdef"
@@ -198,7 +198,9 @@ def _methods() -> list[tuple[str, Any]]:
         oip.DESCRIPTOR.services_by_name["GRPCInferenceService"],
         reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
     ]
-    return [(f"{s.name}.{m.name}", m) for s in services for m in s.methods]
+    served = served_oip_methods()
+    return [(f"{s.name}.{m.name}", m) for s in services for m in s.methods
+            if s.name != "GRPCInferenceService" or m.name in served]
 
 
 METHODS = dict(_methods())
