@@ -110,6 +110,19 @@ class BatcherStats:
     by_batch_size: dict[int, BatchSizeStats] = field(default_factory=dict)
 
 
+class Reservation:
+    """Queue room held by DynamicBatcher.reserve() for a request still being preprocessed."""
+
+    def __init__(self, batcher: DynamicBatcher, samples: int) -> None:
+        self._batcher = batcher
+        self.samples = samples
+
+    def release(self) -> None:
+        """Gives the room back (idempotent)."""
+        self._batcher._reserved -= self.samples
+        self.samples = 0
+
+
 class _ModelSeries:
     """The batcher's metric series for one model, looked up once."""
 
@@ -163,6 +176,7 @@ class DynamicBatcher:
         self._m = None if metrics is None else _ModelSeries(metrics, model)
         self._queue: collections.deque[_Segment] = collections.deque()
         self._queued = 0
+        self._reserved = 0  # admitted samples still being preprocessed
         self._queued_requests = 0
         self._free = list(range(instances))
         self._running: set[asyncio.Task[None]] = set()
@@ -192,28 +206,35 @@ class DynamicBatcher:
     def start(self) -> None:
         """Kept for symmetry with close(): scheduling is event-driven and needs no task."""
 
-    async def infer(self, inputs: Array, deadline: float | None = None) -> Array:
+    def reserve(self, n: int) -> Reservation:
+        """Holds queue room for ``n`` samples while they are still being preprocessed.
+
+        Admission is decided here, on arrival, so a request that will not fit is refused at once
+        instead of after decoding its images. Raises QueueFull or ShuttingDown. Pass the
+        reservation to infer(); release it if the request ends before that.
+        """
+        self._admit(n)
+        self._reserved += n
+        return Reservation(self, n)
+
+    async def infer(
+        self, inputs: Array, deadline: float | None = None, reservation: Reservation | None = None
+    ) -> Array:
         """Computes the model's outputs for ``inputs`` [n, ...]; returns them in input order.
 
-        ``deadline`` is a ``time.monotonic()`` instant. Raises QueueFull (nothing queued),
-        DeadlineExpired, ShuttingDown, or the model's own exception.
+        ``deadline`` is a ``time.monotonic()`` instant; ``reservation`` (from reserve(), for at
+        least n samples) means admission was already granted. Raises QueueFull (nothing
+        queued), DeadlineExpired, ShuttingDown, or the model's own exception.
         """
         n = len(inputs)
         if n == 0:
             raise ValueError("infer needs at least one sample")
-        if self._closing:
-            raise ShuttingDown("the server is shutting down and accepts no new work")
-        if n > self.max_queue_size:
-            raise QueueFull(
-                f"request of {n} samples can never fit the queue (max_queue_size "
-                f"{self.max_queue_size}); send smaller requests"
-            )
-        if self._queued + n > self.max_queue_size:
-            self._count_rejection("queue_full", n)
-            raise QueueFull(
-                f"queue full: {self._queued} samples waiting, {n} more would exceed "
-                f"max_queue_size {self.max_queue_size}; retry later"
-            )
+        if reservation is None:
+            self._admit(n)
+        elif n > reservation.samples:
+            raise ValueError(f"{n} samples exceed the reservation of {reservation.samples}")
+        else:
+            reservation.release()  # its room becomes these queued samples
         now = time.monotonic()
         request = _Request(
             inputs=inputs, deadline=deadline, enqueued_at=now,
@@ -231,6 +252,23 @@ class DynamicBatcher:
             expired = deadline is not None and time.monotonic() >= deadline
             self._drop(request, "deadline" if expired else "cancelled")
             raise
+
+    def _admit(self, n: int) -> None:
+        """Raises unless ``n`` more samples fit the queue now (queued + reserved)."""
+        if self._closing:
+            raise ShuttingDown("the server is shutting down and accepts no new work")
+        if n > self.max_queue_size:
+            raise QueueFull(
+                f"request of {n} samples can never fit the queue (max_queue_size "
+                f"{self.max_queue_size}); send smaller requests"
+            )
+        waiting = self._queued + self._reserved
+        if waiting + n > self.max_queue_size:
+            self._count_rejection("queue_full", n)
+            raise QueueFull(
+                f"queue full: {waiting} samples waiting, {n} more would exceed "
+                f"max_queue_size {self.max_queue_size}; retry later"
+            )
 
     async def close(self) -> None:
         """Refuses new requests, finishes every accepted one, then releases the threads."""

@@ -20,11 +20,17 @@ import numpy.typing as npt
 
 from hardscore_client.proto import scoring_pb2 as pb
 from hardscore_client.tensors import TensorError, from_tensor
-from hardscore_server.batcher import DynamicBatcher
+from hardscore_server.batcher import DynamicBatcher, Reservation
 from hardscore_server.config import ServerConfig
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model_runner import ModelRunner
-from hardscore_server.preprocess import InputSpec, SampleError, decode_image, from_pixels
+from hardscore_server.preprocess import (
+    InputSpec,
+    SampleError,
+    decode_image,
+    from_pixels,
+    header_pixels,
+)
 from hardscore_server.responses import encode_scores
 from hardscore_server.scores import NO_LABEL, ScoreBatch, score_logits
 from hardscore_server.validation import InvalidRequest, check_temperature
@@ -34,6 +40,20 @@ Float32Array = npt.NDArray[np.float32]
 
 INLINE_PREPROCESS_BYTES = 16 * 1024
 """A lone sample up to this size is preprocessed on the event loop, not in the thread pool."""
+
+
+INLINE_PREPROCESS_PIXELS = 256 * 256
+"""... and, when encoded, decodes to at most this many pixels (the header says, before decoding:
+a few KiB of PNG can hold a 4000 x 4000 image)."""
+
+
+def _cheap_to_prepare(sample: pb.ImageSample) -> bool:
+    if sample.ByteSize() > INLINE_PREPROCESS_BYTES:
+        return False
+    if sample.WhichOneof("image") != "encoded":
+        return True
+    pixels = header_pixels(sample.encoded)
+    return pixels is not None and pixels <= INLINE_PREPROCESS_PIXELS
 
 
 class UnknownModel(LookupError):
@@ -168,7 +188,7 @@ class ImageScorer:
         A single small sample (the usual online call) is done on the event loop: decoding a few
         KiB costs less than the hand-off to a worker thread and back.
         """
-        if len(samples) == 1 and samples[0].ByteSize() <= INLINE_PREPROCESS_BYTES:
+        if len(samples) == 1 and _cheap_to_prepare(samples[0]):
             return self._prepare(samples)
         loop = asyncio.get_running_loop()
         slices = min(self._config.preprocess_threads, len(samples))
@@ -192,6 +212,18 @@ class ImageScorer:
                 "send chunks with ScoreImagesStream"
             )
         temperature = check_temperature(request.options, self.manifest.temperature)
+        reservation = self.batcher.reserve(n) if n else None  # refuse early, before decoding
+        try:
+            return await self._score_admitted(request, temperature, deadline, reservation)
+        finally:
+            if reservation is not None:
+                reservation.release()
+
+    async def _score_admitted(
+        self, request: pb.ScoreImagesRequest, temperature: float, deadline: float | None,
+        reservation: Reservation | None,
+    ) -> pb.ScoreImagesResponse:
+        n = len(request.samples)
         m = self.manifest
         response = pb.ScoreImagesResponse(model_name=m.name, model_version=m.version)
         prepared = await self._prepare_all(list(request.samples)) if n else []
@@ -203,7 +235,7 @@ class ImageScorer:
         has_labels = any(s.WhichOneof("label") is not None for s in request.samples)
         if len(rows):
             inputs = np.stack([prepared[i][0] for i in rows])  # type: ignore[misc]
-            logits = await self.batcher.infer(inputs, deadline)
+            logits = await self.batcher.infer(inputs, deadline, reservation)
         else:
             logits = np.zeros((0, m.num_classes), dtype=np.float32)
         labels = np.array([prepared[i][1] for i in rows], dtype=np.int64) if has_labels else None

@@ -344,8 +344,13 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         async def work() -> oip.ModelInferResponse:
             self._check_model(request.model_name, request.model_version)
             parsed = await asyncio.to_thread(self._parse, request)
-            inputs = await self._model_input(parsed)
-            logits = await self._images.batcher.infer(inputs, deadline_of(context))
+            reservation = self._images.batcher.reserve(parsed.n)  # refuse before decoding
+            try:
+                inputs = await self._model_input(parsed)
+                logits = await self._images.batcher.infer(
+                    inputs, deadline_of(context), reservation)
+            finally:
+                reservation.release()
             return await asyncio.to_thread(self._respond, request, parsed, logits)
 
         return await self._call("ModelInfer", context, work)

@@ -173,6 +173,16 @@ def decode_image(data: bytes, spec: InputSpec) -> Float32Array:
         raise SampleError("decode", f"image: cannot decode: {type(e).__name__}: {e}") from None
 
 
+def header_pixels(data: bytes) -> int | None:
+    """Width x height read from an encoded image's header (no pixel is decoded); None when
+    the bytes are not a readable image of an allowed format."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            return int(image.width) * int(image.height)
+    except Exception:  # any unreadable input: the caller decodes it properly later
+        return None
+
+
 def from_pixels(pixels: np.ndarray, spec: InputSpec) -> Float32Array:
     """A decoded array -> float32 [spec.channels, spec.height, spec.width], normalised.
 
