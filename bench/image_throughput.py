@@ -33,6 +33,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -123,26 +124,44 @@ def ensure_model(refresh: bool, timeout: float) -> Path:
 # --------------------------------------------------------------------------- (a) raw
 
 
+def _run_until(runner: ModelRunner, instance: int, batch: np.ndarray, stop_at: float,
+               latencies: list[float]) -> None:
+    """Runs ``batch`` on ``instance`` back to back until ``stop_at`` (3 runs at least)."""
+    while time.perf_counter() < stop_at or len(latencies) < 3:
+        t0 = time.perf_counter()
+        runner.run(instance, batch)
+        latencies.append(time.perf_counter() - t0)
+
+
 def raw_bench(runner: ModelRunner, batch_sizes: list[int], duration: float) -> list[Row]:
+    """Back-to-back runs per batch size: one caller per instance, all instances at once (so
+    the baseline has the served configuration's parallelism); latency is per run."""
     rng = np.random.default_rng(0)
     shape = runner.input_shape
+    instances = len(runner.sessions)
     rows = []
     for size in batch_sizes:
         batch = rng.standard_normal((size, *shape), dtype=np.float32)
-        for _ in range(2):  # warm-up: first runs at a new shape are slower
-            runner.run(0, batch)
-        latencies: list[float] = []
+        for instance in range(instances):
+            for _ in range(2):  # warm-up: first runs at a new shape are slower
+                runner.run(instance, batch)
+        per_instance: list[list[float]] = [[] for _ in range(instances)]
         cpu_started = time.process_time()
         started = time.perf_counter()
         stop_at = started + duration
-        while time.perf_counter() < stop_at or len(latencies) < 3:
-            t0 = time.perf_counter()
-            runner.run(0, batch)
-            latencies.append(time.perf_counter() - t0)
+
+        threads = [threading.Thread(target=_run_until, args=(runner, i, batch, stop_at,
+                                                            per_instance[i]))
+                   for i in range(instances)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu_started
-        total = sum(latencies)
-        row = Row(f"raw batch {size}", size * len(latencies) / total,
+        latencies = [t for lat in per_instance for t in lat]
+        rate = sum(size * len(lat) / sum(lat) for lat in per_instance)
+        row = Row(f"raw batch {size}", rate,
                   1e3 * median(latencies), 1e3 * percentile(latencies, 99), float(size),
                   len(latencies), client_cpu=100.0 * cpu / elapsed)
         print(f"  {row.name}: {row.images_per_s:,.0f} images/s, p50 {row.p50_ms:.2f} ms, "
@@ -407,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="given to ModelRunner and the server (auto)")
     parser.add_argument("--intra-op-threads", type=int, default=0,
                         help="ORT threads, given to ModelRunner and the server (0 = cores)")
+    parser.add_argument("--allow-spinning", action="store_true",
+                        help="let ORT threads spin-wait, in ModelRunner and the server (off)")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="model instances, given to ModelRunner and the server (1)")
     parser.add_argument("--model-dir", type=Path,
                         help=f"use this model directory (default: export once into "
                              f"{CACHE_DIR / MODEL_CACHE_NAME})")
@@ -448,14 +471,18 @@ def main(argv: list[str] | None = None) -> int:
     error = ""
     common_args = ["--model-dir", str(model_dir), "--execution-provider",
                    args.execution_provider, "--intra-op-threads", str(args.intra_op_threads),
-                   "--max-queue-delay-ms", "2", "--max-queue-size", "1024", "--instances", "1"]
+                   "--max-queue-delay-ms", "2", "--max-queue-size", "1024",
+                   "--instances", str(args.instances),
+                   "--allow-spinning", "true" if args.allow_spinning else "false"]
     try:
         with time_limit(max_seconds):
             print("(a) raw ONNX Runtime through ModelRunner", flush=True)
             runner = ModelRunner(model_dir, execution_provider=args.execution_provider,
-                                 intra_op_threads=args.intra_op_threads)
-            notes.append(f"raw: ModelRunner on {runner.provider}, "
-                         f"{runner.intra_op_threads} intra-op thread(s)")
+                                 intra_op_threads=args.intra_op_threads,
+                                 instances=args.instances, allow_spinning=args.allow_spinning)
+            notes.append(f"raw: ModelRunner on {runner.provider}, {args.instances} instance(s) "
+                         f"of {runner.intra_op_threads} intra-op thread(s), one caller each, "
+                         f"spinning {'on' if args.allow_spinning else 'off'}")
             runner.warm_up((1, max(args.batch_sizes)))
             raw = raw_bench(runner, args.batch_sizes, raw_duration)
             del runner
