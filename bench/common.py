@@ -9,12 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from importlib import metadata
@@ -22,101 +17,25 @@ from types import FrameType
 
 import numpy as np
 
-SERVING = re.compile(r"serving gRPC on [^ ]+:(\d+), metrics on [^ ]+:(-?\d+)")
-
-# Runs ``python -m hardscore_server.main ARGS`` after asking Linux to SIGTERM the server when
-# the benchmark process dies (even by SIGKILL), so no server outlives its benchmark.
-_LAUNCHER = """\
-import os, runpy, signal, sys
-try:
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
-except (OSError, AttributeError):
-    pass
-if os.getppid() != int(os.environ.get("HARDSCORE_BENCH_PARENT", os.getppid())):
-    sys.exit(1)  # the benchmark died before prctl took effect
-sys.argv = ["hardscore_server.main", *sys.argv[1:]]
-runpy.run_module("hardscore_server.main", run_name="__main__", alter_sys=True)
-"""
+from hardscore_client.local_server import ServerProcess
 
 
 class BenchTimeout(Exception):
     """The benchmark ran past its overall time limit."""
 
 
-class Server:
-    """``hardscore_server.main`` in a subprocess on 127.0.0.1 with free ports (port 0)."""
+class Server(ServerProcess):
+    """The benchmarks' server: a short drain and the given log level."""
 
     def __init__(self, *args: str, log_level: str = "INFO") -> None:
-        self.args = [
-            sys.executable, "-c", _LAUNCHER,
-            "--host", "127.0.0.1", "--port", "0",
-            "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-            "--grace-period-s", "5", "--log-level", log_level,
-            *args,
-        ]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
-                    "HARDSCORE_BENCH_PARENT": str(os.getpid())}
-        self.proc: subprocess.Popen[str] | None = None
-        self.port = 0
-        self.metrics_port = -1
-        self.lines: list[str] = []
-        self._reader: threading.Thread | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        super().__init__("--grace-period-s", "5", "--log-level", log_level, *args)
 
     def start(self, timeout: float = 120.0) -> Server:
-        self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env)
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip())
-                match = SERVING.search(line)
-                if match:
-                    self.port, self.metrics_port = int(match[1]), int(match[2])
-                    ready.set()
-
-        self._reader = threading.Thread(target=read, daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + timeout
-        while not ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("server did not start:\n" + self.output())
+        super().start(timeout)
         return self
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM (graceful drain), then SIGKILL if it has not exited within ``timeout``."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
-        if self._reader is not None:
-            self._reader.join(5)
-        return code
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def __enter__(self) -> Server:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return super().stop(timeout)
 
 
 @contextlib.contextmanager

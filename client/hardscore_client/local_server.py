@@ -17,22 +17,39 @@ from collections.abc import Sequence
 
 SERVING = re.compile(r"serving gRPC on [^ ]+:(\d+), metrics on [^ ]+:(-?\d+)")
 
+# Runs ``python -m hardscore_server.main ARGS`` after asking Linux to SIGTERM the server when
+# its parent dies (even by SIGKILL), so no server outlives the test run or benchmark behind it.
+_LAUNCHER = """\
+import os, runpy, signal, sys
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(os.environ.get("HARDSCORE_PARENT_PID", os.getppid())):
+    sys.exit(1)  # the parent died before prctl took effect
+sys.argv = ["hardscore_server.main", *sys.argv[1:]]
+runpy.run_module("hardscore_server.main", run_name="__main__", alter_sys=True)
+"""
+
 
 class ServerProcess:
     """A server subprocess; ``target`` and ``metrics_url`` are set once it serves.
 
     ``args`` are extra ``hardscore-server`` flags; ``stop()`` sends SIGTERM (graceful drain)
-    and kills the process if it has not exited within the timeout.
+    and kills the process if it has not exited within the timeout. The server gets SIGTERM by
+    itself if this process dies first.
     """
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.args = [
-            sys.executable, "-m", "hardscore_server.main",
+            sys.executable, "-c", _LAUNCHER,
             "--host", "127.0.0.1", "--port", "0",
             "--metrics-host", "127.0.0.1", "--metrics-port", "0",
             *args,
         ]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
+                    "HARDSCORE_PARENT_PID": str(os.getpid()), **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.metrics_port = -1
@@ -94,6 +111,12 @@ class ServerProcess:
 
     def output(self) -> str:
         return "\n".join(self.lines)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def start_server(args: Sequence[str] = (), env: dict[str, str] | None = None) -> ServerProcess:
