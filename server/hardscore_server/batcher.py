@@ -11,11 +11,13 @@ Guarantees, each proven by tests/test_batcher.py:
 - **Sample batching.** A request larger than ``max_batch_size`` spans several batches; many
   small requests share one. Outputs come back to each request complete and in input order.
 - **When a batch runs.** As soon as a model instance is free and one of: a full batch is
-  queued (``max_batch_size``, or the largest preferred batch size); the oldest queued sample
-  has waited ``max_queue_delay``; or no batch is running and the queue holds a single request
-  (a lone request at low load pays no batching delay). So the added wait is at most
-  ``max_queue_delay`` beyond the time an instance is busy. Batches are cut at the largest
-  preferred size that fits, else take all queued samples up to ``max_batch_size``.
+  queued (``max_batch_size``, or the largest preferred batch size); ``max_queue_delay`` has
+  passed since the batch could first have run (its oldest sample arrived, or the instance
+  freed up, whichever is later); or no batch is running and the queue holds a single request
+  (a lone request at low load pays no batching delay). So batching adds at most
+  ``max_queue_delay`` to a sample's wait beyond the time every instance is busy. Batches are
+  cut at the largest preferred size that fits, else take all queued samples up to
+  ``max_batch_size``.
 - **Bounded queue.** At most ``max_queue_size`` samples wait. A request that does not fit is
   refused at once with QueueFull and nothing of it is queued (first come, first served).
 - **Deadlines.** A request whose deadline has passed when its samples reach the head of the
@@ -179,6 +181,7 @@ class DynamicBatcher:
         self._reserved = 0  # admitted samples still being preprocessed
         self._queued_requests = 0
         self._free = list(range(instances))
+        self._freed_at = [0.0] * instances  # time.monotonic() each instance last became free
         self._running: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
@@ -304,10 +307,14 @@ class DynamicBatcher:
             return None
         if self._queued >= self._full_at or self._closing:
             return 0.0
-        if not self._running and self._queued_requests == 1:
+        if len(self._free) == self.instances and self._queued_requests == 1:
             return 0.0  # a lone request on an idle model: nothing to wait for
-        age = time.monotonic() - self._queue[0].request.enqueued_at
-        return max(0.0, self.max_queue_delay_s - age)
+        # Wait for company at most max_queue_delay, counted from when this batch could first
+        # have run: its oldest sample's arrival or the instance freeing up, whichever is later.
+        # (Callers whose batch just finished come back within milliseconds: waiting for them
+        # turns batches of k, n-k, k, ... into full ones.)
+        could_run_since = max(self._queue[0].request.enqueued_at, self._freed_at[self._free[-1]])
+        return max(0.0, self.max_queue_delay_s - (time.monotonic() - could_run_since))
 
     def _batch_size_for(self, queued: int) -> int:
         if queued >= self.max_batch_size:
@@ -355,6 +362,7 @@ class DynamicBatcher:
             error = exc
         finally:
             self._free.append(instance)
+            self._freed_at[instance] = time.monotonic()
             self._pump()
         for seg in batch.segments:
             request = seg.request
