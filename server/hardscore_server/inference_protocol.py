@@ -62,7 +62,7 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -77,7 +77,7 @@ from hardscore_server.image_scoring import ImageScorer, UnknownModel
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.preprocess import SampleError, decode_image
 from hardscore_server.scores import NO_LABEL, ScoreBatch, score_logits
-from hardscore_server.servicer import deadline_of, status_of
+from hardscore_server.servicer import CallRecorder, deadline_of
 from hardscore_server.validation import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -265,6 +265,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         self._config = config
         self._metrics = metrics
+        self._calls = CallRecorder(metrics)
         self._images = images
         self._m = images.manifest
         self._version = importlib.metadata.version("hardscore")
@@ -274,7 +275,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ServerLive(
         self, request: oip.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> oip.ServerLiveResponse:
-        return await self._call("ServerLive", context,
+        return await self._calls.unary("ServerLive", context,
                                 lambda: _done(oip.ServerLiveResponse(live=True)))
 
     async def ServerReady(
@@ -283,7 +284,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         # The port is bound only after the model is loaded and warmed up; ready turns false
         # when the server starts draining.
         ready = self._images.batcher.accepting
-        return await self._call("ServerReady", context,
+        return await self._calls.unary("ServerReady", context,
                                 lambda: _done(oip.ServerReadyResponse(ready=ready)))
 
     async def ModelReady(
@@ -291,7 +292,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
     ) -> oip.ModelReadyResponse:
         ready = (request.name == self._m.name and request.version in ("", self._m.version)
                  and self._images.batcher.accepting)
-        return await self._call("ModelReady", context,
+        return await self._calls.unary("ModelReady", context,
                                 lambda: _done(oip.ModelReadyResponse(ready=ready)))
 
     async def ServerMetadata(
@@ -299,7 +300,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
     ) -> oip.ServerMetadataResponse:
         response = oip.ServerMetadataResponse(
             name=SERVER_NAME, version=self._version, extensions=EXTENSIONS)
-        return await self._call("ServerMetadata", context, lambda: _done(response))
+        return await self._calls.unary("ServerMetadata", context, lambda: _done(response))
 
     async def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -315,7 +316,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
                          for o in OUTPUTS],
             )
 
-        return await self._call("ModelMetadata", context, work)
+        return await self._calls.unary("ModelMetadata", context, work)
 
     async def ModelConfig(
         self, request: oip.ModelConfigRequest, context: grpc.aio.ServicerContext
@@ -324,7 +325,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
             self._check_model(request.name, request.version)
             return oip.ModelConfigResponse(config=self._model_config())
 
-        return await self._call("ModelConfig", context, work)
+        return await self._calls.unary("ModelConfig", context, work)
 
     async def ModelStatistics(
         self, request: oip.ModelStatisticsRequest, context: grpc.aio.ServicerContext
@@ -334,7 +335,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
                 self._check_model(request.name, request.version)
             return oip.ModelStatisticsResponse(model_stats=[self._statistics()])
 
-        return await self._call("ModelStatistics", context, work)
+        return await self._calls.unary("ModelStatistics", context, work)
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -353,7 +354,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
                 reservation.release()
             return await asyncio.to_thread(self._respond, request, parsed, logits)
 
-        return await self._call("ModelInfer", context, work)
+        return await self._calls.unary("ModelInfer", context, work)
 
     def _parse(self, request: oip.ModelInferRequest) -> ParsedRequest:
         """Checks the request's inputs and outputs and reads the tensors' data (worker thread)."""
@@ -626,36 +627,6 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
                 for size, s in by_size
             ],
         )
-
-    # -- plumbing -----------------------------------------------------------------------------
-
-    def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
-        self._metrics.requests.labels(method, code.name).inc()
-        self._metrics.request_duration.labels(method).observe(time.perf_counter() - started)
-
-    async def _call(
-        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
-    ) -> T:
-        """Runs one call: records it, answers failures with their status code, never crashes."""
-        started = time.perf_counter()
-        try:
-            result = await work()
-        except asyncio.CancelledError:
-            self._record(method, grpc.StatusCode.CANCELLED, started)
-            raise
-        except Exception as exc:
-            code = status_of(exc)
-            if code is None:
-                log.exception("%s failed unexpectedly", method, exc_info=exc)
-                code = grpc.StatusCode.INTERNAL
-                detail = f"internal error: {type(exc).__name__}: {exc}"
-            else:
-                detail = str(exc)
-            self._record(method, code, started)
-            await context.abort(code, detail)
-            raise AssertionError("unreachable: abort raises") from exc
-        self._record(method, grpc.StatusCode.OK, started)
-        return result
 
 
 async def _done(value: T) -> T:

@@ -49,6 +49,47 @@ def status_of(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+class CallRecorder:
+    """Runs calls for a servicer: records each call's status code and duration, answers a
+    failure with the status its exception maps to (INTERNAL, logged, for unexpected ones)."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
+    def record(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self._metrics.requests.labels(method, code.name).inc()
+        self._metrics.request_duration.labels(method).observe(time.perf_counter() - started)
+
+    async def fail(
+        self, method: str, context: grpc.aio.ServicerContext, exc: Exception, started: float
+    ) -> None:
+        """Records and answers a failed call with the status its exception maps to."""
+        code = status_of(exc)
+        if code is None:
+            log.exception("%s failed unexpectedly", method, exc_info=exc)
+            code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        else:
+            detail = str(exc)
+        self.record(method, code, started)
+        await context.abort(code, detail)
+
+    async def unary(
+        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Awaits ``work()``: its result, or the call aborted with the mapped status code."""
+        started = time.perf_counter()
+        try:
+            result = await work()
+        except asyncio.CancelledError:
+            self.record(method, grpc.StatusCode.CANCELLED, started)
+            raise
+        except Exception as exc:  # every failure gets a status, none takes the server down
+            await self.fail(method, context, exc, started)
+            raise AssertionError("unreachable: abort raises") from exc
+        self.record(method, grpc.StatusCode.OK, started)
+        return result
+
+
 class ScoringServicer(pb_grpc.ScoringServiceServicer):
     """Serves ScoreLogits(Stream), ScoreImages(Stream) and GetModelInfo."""
 
@@ -58,6 +99,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self._config = config
         self._metrics = metrics
         self._images = images
+        self._calls = CallRecorder(metrics)
         # numpy releases the GIL in its kernels: scoring off the event loop keeps it responsive.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
 
@@ -80,7 +122,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             scores = await self._in_pool(self._score_logits, request)
             return pb.ScoreLogitsResponse(scores=scores)
 
-        return await self._unary("ScoreLogits", context, work)
+        return await self._calls.unary("ScoreLogits", context, work)
 
     async def ScoreLogitsStream(
         self,
@@ -118,7 +160,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         async def work() -> pb.ScoreImagesResponse:
             return await self._image_scorer().score(request, deadline_of(context))
 
-        return await self._unary("ScoreImages", context, work)
+        return await self._calls.unary("ScoreImages", context, work)
 
     async def ScoreImagesStream(
         self,
@@ -145,44 +187,12 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         async def work() -> pb.GetModelInfoResponse:
             return self._image_scorer().model_info(request.model_name)
 
-        return await self._unary("GetModelInfo", context, work)
+        return await self._calls.unary("GetModelInfo", context, work)
 
     # -- plumbing -----------------------------------------------------------------------------
 
     async def _in_pool(self, fn: Callable[[Any], T], arg: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, arg)
-
-    def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
-        self._metrics.requests.labels(method, code.name).inc()
-        self._metrics.request_duration.labels(method).observe(time.perf_counter() - started)
-
-    async def _fail(
-        self, method: str, context: grpc.aio.ServicerContext, exc: Exception, started: float
-    ) -> None:
-        """Records and answers a failed call with the status its exception maps to."""
-        code = status_of(exc)
-        if code is None:
-            log.exception("%s failed unexpectedly", method, exc_info=exc)
-            code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-        else:
-            detail = str(exc)
-        self._record(method, code, started)
-        await context.abort(code, detail)
-
-    async def _unary(
-        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
-    ) -> T:
-        started = time.perf_counter()
-        try:
-            result = await work()
-        except asyncio.CancelledError:
-            self._record(method, grpc.StatusCode.CANCELLED, started)
-            raise
-        except Exception as exc:  # every failure gets a status, none takes the server down
-            await self._fail(method, context, exc, started)
-            raise AssertionError("unreachable: abort raises") from exc
-        self._record(method, grpc.StatusCode.OK, started)
-        return result
 
     async def _stream(
         self,
@@ -215,17 +225,17 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 yield await task
             await reader  # surfaces a failure to read the request stream
         except asyncio.CancelledError:
-            self._record(method, grpc.StatusCode.CANCELLED, started)
+            self._calls.record(method, grpc.StatusCode.CANCELLED, started)
             raise
         except Exception as exc:
-            await self._fail(method, context, exc, started)
+            await self._calls.fail(method, context, exc, started)
         finally:
             reader.cancel()
             while not pending.empty():
                 leftover = pending.get_nowait()
                 if leftover is not None:
                     leftover.cancel()
-        self._record(method, grpc.StatusCode.OK, started)
+        self._calls.record(method, grpc.StatusCode.OK, started)
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
