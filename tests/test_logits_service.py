@@ -168,6 +168,14 @@ def test_health_reports_serving(logits_server):
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_health_list_reports_every_service(logits_server):
+    with grpc.insecure_channel(logits_server.target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=5)
+    statuses = {name: s.status for name, s in reply.statuses.items()}
+    assert statuses == {"": health_pb2.HealthCheckResponse.SERVING,
+                        "hardscore.v1.ScoringService": health_pb2.HealthCheckResponse.SERVING}
+
+
 def test_reflection_lists_services(logits_server):
     with grpc.insecure_channel(logits_server.target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)

@@ -176,14 +176,16 @@ def test_after_the_burst_the_queue_is_empty_and_the_server_serves(burst, small_q
     assert result.predicted_class.tolist() == ref.predicted[:PER_REQUEST].tolist()
 
 
-def test_refusals_come_faster_than_accepted_results(burst):
-    _, outcomes, _, _ = burst
+def test_refused_calls_are_refused_on_arrival_before_any_decoding(burst):
+    _, outcomes, before, after = burst
+    accepted = [o for o in outcomes if o.code == grpc.StatusCode.OK]
+    # admission is decided on arrival: only the accepted calls' images were ever decoded, so a
+    # refusal costs the server nothing and comes without waiting for the decode pool
+    decoded = (metric(after, "hardscore_preprocess_seconds_count", model=MODEL)
+               - metric(before, "hardscore_preprocess_seconds_count", model=MODEL))
+    assert decoded == len(accepted) * PER_REQUEST
     refused = [o.seconds for o in outcomes if o.code == grpc.StatusCode.RESOURCE_EXHAUSTED]
-    accepted = [o.seconds for o in outcomes if o.code == grpc.StatusCode.OK]
-    # refusal is decided on arrival, before any decoding: a refused call waits only for the
-    # burst's own arrival, an accepted one also for decoding and inference
-    assert statistics.median(refused) < statistics.median(accepted)
-    assert statistics.median(refused) < 1.0
+    assert statistics.median(refused) <= statistics.median(o.seconds for o in accepted) * 1.5
 
 
 # -- graceful drain ----------------------------------------------------------------------------

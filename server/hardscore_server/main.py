@@ -36,6 +36,32 @@ log = logging.getLogger("hardscore_server")
 SCORING_SERVICE = pb.DESCRIPTOR.services_by_name["ScoringService"].full_name
 
 
+class HealthService(health.aio.HealthServicer):  # type: ignore[name-defined,misc]
+    """The standard gRPC health service, with the List method that grpcio-health-checking's
+    asyncio servicer lacks (it would answer UNKNOWN and log a traceback on every call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._statuses: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}
+
+    async def set(self, service: str, status: int) -> None:
+        self._statuses[service] = status
+        await super().set(service, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        for service in self._statuses:
+            self._statuses[service] = health_pb2.HealthCheckResponse.NOT_SERVING
+        await super().enter_graceful_shutdown()
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(statuses={
+            service: health_pb2.HealthCheckResponse(status=status)  # type: ignore[arg-type]
+            for service, status in self._statuses.items()
+        })
+
+
 class HardscoreServer:
     """One running service: gRPC server, its servicers, the model pipeline and /metrics."""
 
@@ -45,7 +71,7 @@ class HardscoreServer:
         self.images: ImageScorer | None = None
         self.port = 0
         self.metrics_port = -1
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.health = HealthService()
         self.security = ServerSecurity(config)  # TLS files and tokens: ConfigError if bad
         self.health_port = -1
         self._health_server: grpc.aio.Server | None = None
