@@ -249,7 +249,9 @@ class DynamicBatcher:
         self._update_depth()
         self._pump()
         try:
-            return await asyncio.shield(request.future)
+            # not shielded: a cancelled caller cancels this future too, and _deliver skips
+            # futures that are already done
+            return await request.future
         except asyncio.CancelledError:
             # gRPC cancels the handler both when the client cancels and when the deadline passes
             expired = deadline is not None and time.monotonic() >= deadline
