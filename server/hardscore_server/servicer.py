@@ -130,13 +130,9 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ScoreLogitsStreamResponse]:
         async def score_chunk(
-            index: int, first_row: int, msg: pb.ScoreLogitsStreamRequest
+            first_row: int, msg: pb.ScoreLogitsStreamRequest
         ) -> pb.ScoreLogitsStreamResponse:
-            try:
-                scores = await self._in_pool(self._score_logits, msg.chunk)
-            except InvalidRequest as exc:
-                raise InvalidRequest(
-                    f"chunk {index} (stream rows from {first_row}): {exc}") from None
+            scores = await self._in_pool(self._score_logits, msg.chunk)
             return pb.ScoreLogitsStreamResponse(scores=scores, first_row=first_row)
 
         def rows_of(msg: pb.ScoreLogitsStreamRequest) -> int:
@@ -144,7 +140,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             return int(shape[0]) if len(shape) else 0
 
         async for response in self._stream("ScoreLogitsStream", request_iterator, context,
-                                           score_chunk, rows_of):
+                                           score_chunk, rows_of, "rows"):
             yield response
 
     # -- images -------------------------------------------------------------------------------
@@ -168,17 +164,14 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ScoreImagesStreamResponse]:
         async def score_chunk(
-            index: int, first_row: int, msg: pb.ScoreImagesStreamRequest
+            first_row: int, msg: pb.ScoreImagesStreamRequest
         ) -> pb.ScoreImagesStreamResponse:
-            try:
-                result = await self._image_scorer().score(msg.chunk, deadline_of(context))
-            except InvalidRequest as exc:
-                raise InvalidRequest(
-                    f"chunk {index} (stream samples from {first_row}): {exc}") from None
+            result = await self._image_scorer().score(msg.chunk, deadline_of(context))
             return pb.ScoreImagesStreamResponse(result=result, first_row=first_row)
 
         async for response in self._stream("ScoreImagesStream", request_iterator, context,
-                                           score_chunk, lambda m: len(m.chunk.samples)):
+                                           score_chunk, lambda m: len(m.chunk.samples),
+                                           "samples"):
             yield response
 
     async def GetModelInfo(
@@ -199,20 +192,32 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         method: str,
         requests: AsyncIterator[Any],
         context: grpc.aio.ServicerContext,
-        handle: Callable[[int, int, Any], Awaitable[T]],
+        handle: Callable[[int, Any], Awaitable[T]],
         rows_of: Callable[[Any], int],
+        unit: str,
         read_ahead: int = 2,
     ) -> AsyncIterator[T]:
-        """Handles chunks concurrently (up to ``read_ahead`` ahead) and yields results in order."""
+        """Handles chunks concurrently (up to ``read_ahead`` ahead) and yields results in order.
+
+        ``handle(first_row, message)`` scores one chunk; an InvalidRequest it raises is answered
+        naming the chunk and where it starts in the stream (in ``unit``, e.g. rows).
+        """
         started = time.perf_counter()
         pending: asyncio.Queue[asyncio.Task[T] | None] = asyncio.Queue(maxsize=read_ahead)
+
+        async def located(index: int, first_row: int, msg: Any) -> T:
+            try:
+                return await handle(first_row, msg)
+            except InvalidRequest as exc:
+                raise InvalidRequest(
+                    f"chunk {index} (stream {unit} from {first_row}): {exc}") from None
 
         async def read_all() -> None:
             first_row = 0
             index = 0
             try:
                 async for msg in requests:
-                    task = asyncio.ensure_future(handle(index, first_row, msg))
+                    task = asyncio.ensure_future(located(index, first_row, msg))
                     await pending.put(task)
                     first_row += rows_of(msg)
                     index += 1
