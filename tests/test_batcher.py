@@ -39,12 +39,11 @@ class RecordingModel:
 
 
 def run(test: Callable[..., Awaitable[Any]], model: RecordingModel, **settings: Any) -> Any:
-    """Runs ``test(batcher)`` on a fresh event loop with a started batcher, then drains it."""
+    """Runs ``test(batcher)`` on a fresh event loop with a new batcher, then drains it."""
     options = {"max_batch_size": 8, "max_queue_delay_s": 0.05, "max_queue_size": 64, **settings}
 
     async def main() -> Any:
         batcher = DynamicBatcher(model, **options)
-        batcher.start()
         try:
             return await test(batcher)
         finally:
@@ -262,7 +261,6 @@ def test_close_drains_accepted_requests_and_refuses_new_ones():
     async def main() -> tuple[list[np.ndarray], BaseException | None]:
         batcher = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0.0,
                                  max_queue_size=64)
-        batcher.start()
         accepted = [asyncio.ensure_future(batcher.infer(samples(10 * i, 3))) for i in range(5)]
         await asyncio.sleep(0)
         closing = asyncio.ensure_future(batcher.close())

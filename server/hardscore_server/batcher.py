@@ -206,9 +206,6 @@ class DynamicBatcher:
         """Samples waiting for a batch (not yet running)."""
         return self._queued
 
-    def start(self) -> None:
-        """Kept for symmetry with close(): scheduling is event-driven and needs no task."""
-
     def reserve(self, n: int) -> Reservation:
         """Holds queue room for ``n`` samples while they are still being preprocessed.
 

@@ -32,7 +32,13 @@ from hardscore_server.preprocess import (
     header_pixels,
 )
 from hardscore_server.responses import encode_scores
-from hardscore_server.scores import NO_LABEL, ScoreBatch, score_logits
+from hardscore_server.scores import (
+    LABEL_SCORES,
+    MODEL_SCORES,
+    NO_LABEL,
+    ScoreBatch,
+    score_logits,
+)
 from hardscore_server.validation import InvalidRequest, check_temperature
 
 Float32Array = npt.NDArray[np.float32]
@@ -108,9 +114,7 @@ def expand(batch: ScoreBatch, rows: npt.NDArray[np.intp], n: int) -> ScoreBatch:
 
     fields = {
         name: spread(getattr(batch, name), np.nan)
-        for name in ("confidence", "margin", "hardness", "hardness_normalized", "probabilities",
-                     "mistakenness", "mistakenness_confidence", "label_issue_score",
-                     "margin_issue_score")
+        for name in (*MODEL_SCORES, *LABEL_SCORES, "probabilities")
     }
     return replace(
         batch,
@@ -150,9 +154,6 @@ class ImageScorer:
         metrics.model_info.labels(m.name, m.version, runner.provider).set(1)
         self._preprocess_time = metrics.preprocess_time.labels(m.name)
         self._images_scored = metrics.samples.labels("images")
-
-    def start(self) -> None:
-        self.batcher.start()
 
     async def close(self) -> None:
         """Finishes every accepted request, then releases the threads."""

@@ -129,8 +129,6 @@ class HardscoreServer:
             if self.health_port == 0:
                 raise OSError(f"cannot bind health port {health_address}")
             await self._health_server.start()
-        if self.images is not None:
-            self.images.start()
         await self._server.start()
         if c.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
