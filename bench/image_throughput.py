@@ -219,6 +219,31 @@ def check_reply(reply: bytes) -> None:
                            f"errors {[e.message for e in response.errors]}")
 
 
+async def call_window(
+    send: Callable[[], Awaitable[object]], concurrency: int, seconds: float
+) -> tuple[list[float], Counter[str], float]:
+    """``concurrency`` callers calling ``send()`` back to back for ``seconds``: the latency of
+    each successful call, the error codes, and the seconds it took."""
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    started = time.perf_counter()
+    stop_at = started + seconds
+
+    async def caller() -> None:
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                await send()
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+                await asyncio.sleep(0.01)
+                continue
+            latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return latencies, errors, time.perf_counter() - started
+
+
 async def drive(
     target: str,
     payload: Payload,
@@ -252,33 +277,13 @@ async def drive(
             def send() -> Awaitable[object]:
                 return call(request, timeout=CALL_TIMEOUT_S)
 
-        async def window(seconds: float) -> tuple[list[float], Counter[str], float]:
-            latencies: list[float] = []
-            errors: Counter[str] = Counter()
-            started = time.perf_counter()
-            stop_at = started + seconds
-
-            async def caller() -> None:
-                while time.perf_counter() < stop_at:
-                    t0 = time.perf_counter()
-                    try:
-                        await send()
-                    except grpc.aio.AioRpcError as exc:
-                        errors[exc.code().name] += 1
-                        await asyncio.sleep(0.01)
-                        continue
-                    latencies.append(time.perf_counter() - t0)
-
-            await asyncio.gather(*(caller() for _ in range(concurrency)))
-            return latencies, errors, time.perf_counter() - started
-
         try:
-            await window(warmup)
+            await call_window(send, concurrency, warmup)
             before = await asyncio.to_thread(scrape, server.metrics_url)
             assert server.proc is not None
             server_cpu0 = process_cpu_seconds(server.proc.pid)
             client_cpu0 = time.process_time()
-            latencies, errors, elapsed = await window(duration)
+            latencies, errors, elapsed = await call_window(send, concurrency, duration)
             client_cpu = time.process_time() - client_cpu0
             server_cpu = process_cpu_seconds(server.proc.pid) - server_cpu0
             after = await asyncio.to_thread(scrape, server.metrics_url)
@@ -344,6 +349,143 @@ def served_bench(
     return rows
 
 
+# --------------------------------------------------------------------------- (d) conc 1, paired
+
+
+class FloorServer:
+    """``grpc_floor_server.py`` in a subprocess: gRPC with no work behind it (its docstring)."""
+
+    def __init__(self, reply_bytes: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH_DIR / "grpc_floor_server.py"),
+             "--reply-bytes", str(reply_bytes)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on "):
+            self.stop()
+            raise RuntimeError(f"gRPC floor server did not start: {line!r}")
+        self.target = f"127.0.0.1:{int(line.split()[-1])}"
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # its signal to stop
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def one_caller(target: str, request: bytes, warmup: float, seconds: float
+                     ) -> tuple[float, float]:
+    """p50 latency (s) and calls/s of one caller sending ``request`` back to back."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            SCORE_IMAGES, request_serializer=None, response_deserializer=None)
+        await call(request, timeout=CALL_TIMEOUT_S, wait_for_ready=True)
+
+        def send() -> Awaitable[object]:
+            return call(request, timeout=CALL_TIMEOUT_S)
+
+        await call_window(send, 1, warmup)
+        latencies, errors, elapsed = await call_window(send, 1, seconds)
+    if errors:
+        raise RuntimeError(f"{target}: errors at concurrency 1: {dict(errors)}")
+    return median(latencies), len(latencies) / elapsed
+
+
+@dataclass
+class PairedRound:
+    """One round of the concurrency-1 comparison: raw batch 1, served, gRPC floor, back to back
+    (calls/s and p50 seconds), so that all three see the same state of a noisy machine."""
+
+    raw_rate: float
+    raw_p50: float
+    served_rate: float
+    served_p50: float
+    floor_rate: float
+    floor_p50: float
+
+    @property
+    def ratio(self) -> float:
+        return self.served_rate / self.raw_rate
+
+    @property
+    def extra_ms(self) -> float:
+        return 1e3 * (self.served_p50 - self.raw_p50)
+
+    @property
+    def attainable(self) -> float:
+        """The best served/raw ratio a server with the floor's per-call cost could reach."""
+        model_s = 1.0 / self.raw_rate
+        return model_s / (model_s + 1.0 / self.floor_rate)
+
+
+def paired_bench(runner: ModelRunner, server_args: list[str], payload: Payload, rounds: int,
+                 seconds: float, warmup: float) -> list[PairedRound]:
+    """Alternates raw batch 1, the served path and the gRPC floor at concurrency 1."""
+    batch = np.asarray(payload.image, dtype=np.float32)[None]
+    request = payload.request
+    server = Server(*server_args)
+    floor: FloorServer | None = None
+    out = []
+    try:
+        server.start()
+        channel = grpc.insecure_channel(server.target)
+        reply = channel.unary_unary(SCORE_IMAGES, None, None)(request, timeout=CALL_TIMEOUT_S)
+        channel.close()
+        check_reply(reply)
+        floor = FloorServer(len(reply))
+        for index in range(rounds):
+            for _ in range(3):
+                runner.run(0, batch)
+            latencies: list[float] = []
+            _run_until(runner, 0, batch, time.perf_counter() + seconds, latencies)
+            raw_p50, raw_rate = median(latencies), len(latencies) / sum(latencies)
+            served_p50, served_rate = asyncio.run(
+                one_caller(server.target, request, warmup, seconds))
+            floor_p50, floor_rate = asyncio.run(
+                one_caller(floor.target, request, warmup, seconds))
+            r = PairedRound(raw_rate, raw_p50, served_rate, served_p50, floor_rate, floor_p50)
+            print(f"  round {index + 1}: raw {raw_rate:,.0f}/s p50 {1e3 * raw_p50:.2f} ms; "
+                  f"served {served_rate:,.0f}/s p50 {1e3 * served_p50:.2f} ms; gRPC floor "
+                  f"p50 {1e3 * floor_p50:.2f} ms; ratio {r.ratio:.2f}, extra "
+                  f"{r.extra_ms:+.2f} ms", flush=True)
+            out.append(r)
+    finally:
+        if floor is not None:
+            floor.stop()
+        server.stop()
+    return out
+
+
+PAIRED_COLUMNS = (
+    # header, value of a round, decimals
+    ("raw b1 /s", lambda r: r.raw_rate, 0),
+    ("raw p50 ms", lambda r: 1e3 * r.raw_p50, 2),
+    ("served /s", lambda r: r.served_rate, 0),
+    ("served p50 ms", lambda r: 1e3 * r.served_p50, 2),
+    ("gRPC floor p50 ms", lambda r: 1e3 * r.floor_p50, 2),
+    ("served/raw", lambda r: r.ratio, 2),
+    ("p50 extra ms", lambda r: r.extra_ms, 2),
+    ("attainable ratio", lambda r: r.attainable, 2),
+)
+
+
+def paired_medians(rounds: list[PairedRound]) -> dict[str, float]:
+    """Each column's median over the rounds (ratios are per-round ratios, then the median)."""
+    return {name: median([value(r) for r in rounds]) for name, value, _ in PAIRED_COLUMNS}
+
+
+def paired_table(rounds: list[PairedRound], markdown: bool) -> str:
+    body = [[str(i + 1), *(fmt(value(r), digits) for _, value, digits in PAIRED_COLUMNS)]
+            for i, r in enumerate(rounds)]
+    medians = paired_medians(rounds)
+    body.append(["median", *(fmt(medians[name], digits) for name, _, digits in PAIRED_COLUMNS)])
+    return format_table(["round", *(name for name, _, _ in PAIRED_COLUMNS)], body, markdown)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -361,22 +503,40 @@ def table(rows: list[Row], markdown: bool) -> str:
     return format_table(headers, body, markdown)
 
 
-def target_checks(raw: list[Row], served: list[Row], concurrencies: list[int]) -> list[str]:
+def target_checks(raw: list[Row], served: list[Row], concurrencies: list[int],
+                  rounds: list[PairedRound]) -> list[str]:
+    """PASS/MISS per target. The concurrency-1 targets use the paired rounds when there are
+    any (medians of per-round figures), else the sweep's rows."""
     by_name = {r.name: r for r in raw + served}
     raw1 = by_name.get("raw batch 1")
     best = max(raw, key=lambda r: r.images_per_s) if raw else None
     conc1 = by_name.get("served batched conc 1")
     top = max(concurrencies)
     conc_top = by_name.get(f"served batched conc {top}")
+    ratio1 = extra1 = None
+    if rounds:
+        medians = paired_medians(rounds)
+        ratio1, extra1 = medians["served/raw"], medians["p50 extra ms"]
+        source = f"median of {len(rounds)} paired rounds"
+    elif raw1 and conc1:
+        ratio1 = conc1.images_per_s / raw1.images_per_s
+        extra1 = conc1.p50_ms - raw1.p50_ms
+        source = "sweep rows"
     checks = []
-    if raw1 and conc1:
-        ratio = conc1.images_per_s / raw1.images_per_s
-        checks.append(
-            f"{verdict(ratio >= TARGET_THROUGHPUT_RATIO)}  served conc 1 / raw batch 1 = "
-            f"{conc1.images_per_s:,.0f} / {raw1.images_per_s:,.0f} = {ratio:.2f} "
-            f"(target >= {TARGET_THROUGHPUT_RATIO})")
+    if ratio1 is not None and extra1 is not None:
+        checks.append(f"{verdict(ratio1 >= TARGET_THROUGHPUT_RATIO)}  served conc 1 / raw "
+                      f"batch 1 = {ratio1:.2f} ({source}; target >= {TARGET_THROUGHPUT_RATIO})")
+        checks.append(f"{verdict(extra1 <= TARGET_P50_SLACK_MS)}  served conc 1 p50 - raw "
+                      f"batch 1 p50 = {extra1:+.2f} ms ({source}; target <= "
+                      f"{TARGET_P50_SLACK_MS} ms)")
     else:
         checks.append("n/a   served conc 1 vs raw batch 1 (not measured)")
+    if rounds:
+        medians = paired_medians(rounds)
+        checks.append(
+            f"info  gRPC floor (no work behind it) p50 {medians['gRPC floor p50 ms']:.2f} ms: "
+            f"a server costing only that could reach {medians['attainable ratio']:.2f} of raw "
+            f"batch 1 at concurrency 1")
     if best and conc_top and top > 1:
         ratio = conc_top.images_per_s / best.images_per_s
         checks.append(
@@ -390,14 +550,6 @@ def target_checks(raw: list[Row], served: list[Row], concurrencies: list[int]) -
                 f"callers can form) = {conc_top.images_per_s / same.images_per_s:.2f}")
     else:
         checks.append("n/a   served high concurrency vs best raw (not measured)")
-    if raw1 and conc1:
-        extra = conc1.p50_ms - raw1.p50_ms
-        checks.append(
-            f"{verdict(extra <= TARGET_P50_SLACK_MS)}  served conc 1 p50 - raw batch 1 p50 = "
-            f"{conc1.p50_ms:.2f} - {raw1.p50_ms:.2f} = {extra:+.2f} ms "
-            f"(target <= {TARGET_P50_SLACK_MS} ms)")
-    else:
-        checks.append("n/a   served conc 1 p50 vs raw batch 1 p50 (not measured)")
     return checks
 
 
@@ -439,6 +591,9 @@ def main(argv: list[str] | None = None) -> int:
                              "sdk: AsyncScoringClient.score_images")
     parser.add_argument("--png", action="store_true",
                         help="also drive the batched server with a PNG per request")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="paired concurrency-1 rounds: raw batch 1, served, gRPC floor "
+                             "back to back (5; --quick 1; 0 = skip)")
     parser.add_argument("--skip-unbatched", action="store_true",
                         help="do not measure the --max-batch-size 1 server")
     parser.add_argument("--max-seconds", type=float, default=None,
@@ -449,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     raw_duration = args.raw_duration or (0.5 if args.quick else 3.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
     max_seconds = args.max_seconds or (240.0 if args.quick else 1200.0)
+    rounds_wanted = args.rounds if args.rounds is not None else (1 if args.quick else 5)
+    round_seconds = 1.0 if args.quick else 4.0
     concurrencies: list[int] = args.concurrency
 
     header = machine_header(PACKAGES)
@@ -468,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
 
     raw: list[Row] = []
     served: list[Row] = []
+    rounds: list[PairedRound] = []
     error = ""
     common_args = ["--model-dir", str(model_dir), "--execution-provider",
                    args.execution_provider, "--intra-op-threads", str(args.intra_op_threads),
@@ -485,14 +643,22 @@ def main(argv: list[str] | None = None) -> int:
                          f"spinning {'on' if args.allow_spinning else 'off'}")
             runner.warm_up((1, max(args.batch_sizes)))
             raw = raw_bench(runner, args.batch_sizes, raw_duration)
-            del runner
-            gc.collect()
 
             payloads = [pixels_payload(shape)]
             if args.png:
                 payloads.append(png_payload(shape))
+            batched_args = [*common_args, "--max-batch-size", "64"]
+            if rounds_wanted:
+                print("(d) concurrency 1, paired: raw batch 1, served, gRPC floor", flush=True)
+                notes.append(f"paired rounds: {round_seconds:g} s each of raw batch 1 (instance "
+                             f"0), the batched server and the gRPC floor "
+                             f"(bench/grpc_floor_server.py), one caller")
+                rounds = paired_bench(runner, batched_args, payloads[0], rounds_wanted,
+                                      round_seconds, warmup)
+            del runner
+            gc.collect()
             print("(b) served, batched", flush=True)
-            served += served_bench("batched", [*common_args, "--max-batch-size", "64"],
+            served += served_bench("batched", batched_args,
                                    payloads, concurrencies, warmup, duration, args.client, notes)
             if not args.skip_unbatched:
                 print("(c) served, unbatched", flush=True)
@@ -510,11 +676,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = raw + served
     if not rows:
         return 0
-    checks = target_checks(raw, served, concurrencies)
+    checks = target_checks(raw, served, concurrencies, rounds)
     print()
     print("\n".join(notes))
     print(table(rows, markdown=False))
     print()
+    if rounds:
+        print(paired_table(rounds, markdown=False))
+        print()
     print("\n".join(checks))
     print(f"load average after: {load_after} (nproc {os.cpu_count()})")
     if args.output:
@@ -522,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
             "# Image scoring throughput", "", *(f"- {line}" for line in header),
             f"- load average before: {load_before}; after: {load_after}",
             *(f"- {n}" for n in notes), "", table(rows, markdown=True), "",
+            *([paired_table(rounds, markdown=True), ""] if rounds else []),
             *(f"- {c}" for c in checks), "",
         ])
         args.output.write_text(text)

@@ -14,6 +14,7 @@ from hardscore_client import ScoringClient
 from hardscore_client.proto import scoring_pb2 as pb
 from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
 from hardscore_client.tensors import to_tensor
+from hardscore_server.metrics import FEW_VALUES, HARDNESS_BUCKETS, BulkHistogram
 
 from conftest import FIXTURES, metric, scrape
 
@@ -202,6 +203,29 @@ def test_metrics_count_requests_samples_and_scores(logits_server, logits_client)
     # two agreeing rows have mistakenness < 0.5, the disagreeing one > 0.5
     assert delta("hardscore_mistakenness_bucket", model="logits", le="0.5") == 2
     assert delta("hardscore_request_duration_seconds_count", method="ScoreLogits") == 2
+
+
+def test_bulk_histogram_counts_the_same_a_few_at_a_time_and_in_bulk():
+    # edges themselves (counted in their own bucket: le is inclusive), NaN and inf skipped
+    values = np.array([0.0, 0.01, 0.0100001, 0.5, 2.0, 6.9, 7.0, 7.5, 1e9, np.nan, np.inf,
+                       -np.inf, 0.2, 0.35, 3.0, 1.0, 0.05])
+    bulk = BulkHistogram("h", "doc", "model", HARDNESS_BUCKETS)
+    bulk.observe_many("m", values)
+    few = BulkHistogram("h", "doc", "model", HARDNESS_BUCKETS)
+    for start in range(0, len(values), FEW_VALUES):
+        few.observe_many("m", values[start:start + FEW_VALUES])
+    assert len(values) > FEW_VALUES  # the bulk call took the numpy path
+
+    def samples(histogram: BulkHistogram) -> dict[tuple[str, str], float]:
+        (family,) = histogram.collect()
+        return {(s.name, s.labels.get("le", "")): s.value for s in family.samples}
+
+    got = samples(few)
+    assert got == pytest.approx(samples(bulk))
+    assert got[("h_bucket", "0.01")] == 2  # 0.0 and 0.01
+    assert got[("h_bucket", "7.0")] == 12  # all but 7.5 and 1e9
+    assert got[("h_bucket", "+Inf")] == got[("h_count", "")] == 14
+    assert got[("h_sum", "")] == pytest.approx(np.nansum(values[np.isfinite(values)]))
 
 
 def test_graceful_shutdown_finishes_the_request_in_flight():

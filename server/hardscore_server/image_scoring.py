@@ -235,7 +235,9 @@ class ImageScorer:
                 self._metrics.sample_errors.labels(error.reason).inc()
         has_labels = any(s.WhichOneof("label") is not None for s in request.samples)
         if len(rows):
-            inputs = np.stack([prepared[i][0] for i in rows])  # type: ignore[misc]
+            # one image (the usual online call) needs no copy: a view with a batch axis
+            inputs = (prepared[0][0][None] if n == 1  # type: ignore[index]
+                      else np.stack([prepared[i][0] for i in rows]))  # type: ignore[misc]
             logits = await self.batcher.infer(inputs, deadline, reservation)
         else:
             logits = np.zeros((0, m.num_classes), dtype=np.float32)
@@ -247,13 +249,14 @@ class ImageScorer:
         if request.options.include_logits:
             full_logits = np.full((n, m.num_classes), np.nan, dtype=np.float32)
             full_logits[rows] = logits
-        response.scores.CopyFrom(encode_scores(
+        encode_scores(
             expand(batch, rows, n),
             ids=[s.id for s in request.samples] if any(s.id for s in request.samples) else (),
             class_names=m.class_names,
             include_probabilities=request.options.include_probabilities,
             logits=full_logits,
-        ))
+            into=response.scores,
+        )
         return response
 
     def model_info(self, name: str) -> pb.GetModelInfoResponse:

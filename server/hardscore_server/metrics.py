@@ -7,6 +7,8 @@ a million-row request costs one vectorised bucket count, not a million Python ca
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 from collections.abc import Iterator
 
@@ -24,6 +26,10 @@ HARDNESS_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5
 UNIT_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
+FEW_VALUES = 8
+"""BulkHistogram counts at most this many values in plain Python: cheaper than numpy's calls."""
+
+
 class BulkHistogram(Collector):
     """A labelled histogram fed whole arrays at once; NaN values are skipped."""
 
@@ -32,23 +38,40 @@ class BulkHistogram(Collector):
         self._doc = documentation
         self._label = label
         self._edges = np.asarray(buckets, dtype=np.float64)
+        self._edge_list = [float(e) for e in buckets]
         self._lock = threading.Lock()
         self._counts: dict[str, npt.NDArray[np.int64]] = {}
         self._sums: dict[str, float] = {}
 
     def observe_many(self, label_value: str, values: npt.NDArray[np.floating]) -> None:
         """Counts every finite value of ``values`` into the series ``label_value``."""
+        if len(values) <= FEW_VALUES:
+            self._observe_few(label_value, values.tolist())
+            return
         finite = values[np.isfinite(values)]
         # bucket i counts values <= edge i (cumulative later); the last slot is +Inf.
         slots = np.searchsorted(self._edges, finite, side="left")
         counts = np.bincount(slots, minlength=len(self._edges) + 1)
         total = float(finite.sum())
         with self._lock:
-            if label_value not in self._counts:
-                self._counts[label_value] = np.zeros(len(self._edges) + 1, dtype=np.int64)
-                self._sums[label_value] = 0.0
-            self._counts[label_value] += counts
+            self._series(label_value)[:] += counts
             self._sums[label_value] += total
+
+    def _observe_few(self, label_value: str, values: list[float]) -> None:
+        """The same for a handful of values, without numpy's per-call cost (online calls)."""
+        with self._lock:
+            counts = self._series(label_value)
+            for value in values:
+                if math.isfinite(value):
+                    counts[bisect.bisect_left(self._edge_list, value)] += 1
+                    self._sums[label_value] += value
+
+    def _series(self, label_value: str) -> npt.NDArray[np.int64]:
+        """The bucket counts of ``label_value`` (created empty); call with the lock held."""
+        if label_value not in self._counts:
+            self._counts[label_value] = np.zeros(len(self._edges) + 1, dtype=np.int64)
+            self._sums[label_value] = 0.0
+        return self._counts[label_value]
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self._name, self._doc, labels=[self._label])

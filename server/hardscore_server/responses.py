@@ -18,10 +18,17 @@ def encode_scores(
     class_names: Sequence[str] = (),
     include_probabilities: bool = False,
     logits: npt.NDArray[np.floating] | None = None,
+    into: pb.Scores | None = None,
 ) -> pb.Scores:
-    """Scores message for ``batch``: float64 scores, int32 classes, float32 probabilities/logits."""
+    """Scores message for ``batch``: float64 scores, int32 classes, float32 probabilities/logits.
+
+    Written into ``into`` (an empty message, e.g. a response's field) when given, else a new one.
+    """
     n = len(batch.predicted_class)
-    msg = pb.Scores(num_rows=n, ids=ids, class_names=class_names)
+    msg = pb.Scores() if into is None else into
+    msg.num_rows = n
+    msg.ids[:] = ids
+    msg.class_names[:] = class_names
     fill_tensor(msg.predicted_class, batch.predicted_class, np.int32)
     for name in MODEL_SCORES:
         fill_tensor(getattr(msg, name), getattr(batch, name), np.float64)
