@@ -83,3 +83,25 @@ def test_info_prints_the_model(image_server):
     assert proc.returncode == 0, proc.stderr
     assert 'name: "digits-resnet"' in proc.stdout
     assert 'execution_provider: "CPUExecutionProvider"' in proc.stdout
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_tables_keep_number_like_class_names_as_text(tmp_path, suffix):
+    from hardscore_client.tables import write_table
+
+    out = tmp_path / f"t{suffix}"
+    write_table(out, {
+        "path": np.array(["a.png", "b.png", "c.png"], dtype=object),
+        "label": np.array(["007", "1e3", ""], dtype=object),
+        "prediction": np.array(["7", "007", "1.50"], dtype=object),
+        "predicted_class": np.array([3, -1, 0]),
+        "hardness": np.array([0.5, np.nan, 2.0]),
+        "extra": np.array([1, 2, 3]),
+    })
+    table = read_table(out)
+    assert table["label"].tolist() == ["007", "1e3", ""]
+    assert table["prediction"].tolist() == ["7", "007", "1.50"]
+    assert table["predicted_class"].dtype == np.int64
+    assert table["predicted_class"].tolist() == [3, -1, 0]
+    np.testing.assert_array_equal(table["hardness"], [0.5, np.nan, 2.0])
+    assert table["extra"].tolist() == [1, 2, 3]  # unknown columns: typed from their values

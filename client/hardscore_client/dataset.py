@@ -18,15 +18,13 @@ skips every path already in it. Unreadable or undecodable images are reported an
 from __future__ import annotations
 
 import asyncio
-import csv
-import json
 import math
 import os
 import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,11 +35,10 @@ from tqdm import tqdm
 
 from hardscore_client.client import AsyncScoringClient
 from hardscore_client.messages import SCORE_NAMES, ScoreResult
-from hardscore_client.tables import Columns, write_table
+from hardscore_client.tables import INT_COLUMNS, Columns, read_table, write_table
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-TEXT_COLUMNS = ("path", "label", "prediction")
-INT_COLUMNS = ("predicted_class", "given_label")
+TEXT_COLUMNS = ("path", "label", "prediction")  # the score-dir table's first columns
 BATCH_SIZE = 32
 CONCURRENCY = 4
 CHECKPOINT_S = 60.0
@@ -187,53 +184,9 @@ def _rows(columns: Columns) -> int:
     return len(next(iter(columns.values()))) if columns else 0
 
 
-def _text(values: Iterable[object]) -> npt.NDArray[np.object_]:
-    return np.array(["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-                     for v in values], dtype=object)
-
-
-def _typed_column(name: str, values: list[object]) -> npt.NDArray[np.generic]:
-    """A column read back from text, typed by its name (text, int with -1 for empty, float)."""
-    if name in TEXT_COLUMNS or name == "id":
-        return _text(values)
-    if name in INT_COLUMNS:
-        return np.array([-1 if v in ("", None) else int(float(v)) for v in values],  # type: ignore[arg-type]
-                        dtype=np.int64)
-    try:
-        return np.array([math.nan if v in ("", None) else float(v) for v in values],  # type: ignore[arg-type]
-                        dtype=np.float64)
-    except (TypeError, ValueError):
-        return _text(values)
-
-
 def load_scores(path: Path) -> Columns:
-    """Reads a score table (.parquet, .csv or .jsonl), typing columns by name so that class
-    names that look like numbers ("0".."9") stay text."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise SystemExit("reading .parquet needs pyarrow: pip install pyarrow") from None
-        table = pq.read_table(path)
-        out: Columns = {}
-        for name in table.column_names:
-            values = table[name].to_numpy(zero_copy_only=False)
-            out[name] = _text(values) if values.dtype == object else values
-            if name in INT_COLUMNS:
-                out[name] = np.asarray(values, dtype=np.int64)
-        return out
-    if suffix == ".csv":
-        with path.open(newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, [])
-            rows = list(reader)
-        return {name: _typed_column(name, [r[i] for r in rows]) for i, name in enumerate(header)}
-    if suffix == ".jsonl":
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        keys = list(records[0]) if records else []
-        return {k: _typed_column(k, [r.get(k) for r in records]) for k in keys}
-    raise ValueError(f"{path}: unknown table format {suffix!r}; use .parquet, .csv or .jsonl")
+    """Reads a score table (.parquet, .csv or .jsonl); see tables.read_table for its typing."""
+    return read_table(path)
 
 
 def save_scores(path: Path, columns: Columns) -> None:

@@ -78,23 +78,54 @@ def write_table(path: Path, columns: Columns) -> None:
                 f.write(json.dumps(dict(zip(keys, map(_cell, row), strict=True))) + "\n")
 
 
+TEXT_COLUMNS = ("id", "path", "label", "prediction")
+"""Columns read back as text even when every value looks like a number (class names "0".."9")."""
+
+INT_COLUMNS = ("row", "predicted_class", "given_label")
+"""Columns read back as int64; an empty cell becomes -1 (no class, no label)."""
+
+
 def read_table(path: Path) -> Columns:
-    """Reads a table written by write_table (or any CSV/JSONL/Parquet of the same columns)."""
+    """Reads a table written by write_table (or any CSV/JSONL/Parquet of the same columns).
+
+    Known columns are typed by name (TEXT_COLUMNS, INT_COLUMNS, the rest float64); columns of
+    other names become int64 or float64 when every value is a number, text otherwise.
+    """
     kind = _format(path)
     if kind == ".parquet":
-        import pyarrow.parquet as pq
-
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SystemExit("reading .parquet needs pyarrow: pip install pyarrow") from None
         table = pq.read_table(path)
-        return {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
+        out: Columns = {}
+        for name in table.column_names:
+            values = table[name].to_numpy(zero_copy_only=False)  # typed already: no parsing
+            known = name in TEXT_COLUMNS or name in INT_COLUMNS
+            out[name] = _column(name, values.tolist()) if known else values
+        return out
     if kind == ".csv":
         with path.open(newline="") as f:
             reader = csv.reader(f)
-            header = next(reader)
+            header = next(reader, [])
             raw = list(zip(*reader, strict=True)) or [() for _ in header]
-        return {name: _typed(list(values)) for name, values in zip(header, raw, strict=True)}
+        return {name: _column(name, list(values)) for name, values in zip(header, raw, strict=True)}
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     keys = list(records[0]) if records else []
-    return {k: _typed([r.get(k) for r in records]) for k in keys}
+    return {k: _column(k, [r.get(k) for r in records]) for k in keys}
+
+
+def _missing(value: object) -> bool:
+    return value in ("", None) or (isinstance(value, float) and math.isnan(value))
+
+
+def _column(name: str, values: list[object]) -> npt.NDArray[np.generic]:
+    if name in TEXT_COLUMNS:
+        return np.array(["" if _missing(v) else str(v) for v in values], dtype=object)
+    if name in INT_COLUMNS:
+        return np.array([-1 if _missing(v) else int(float(v)) for v in values],  # type: ignore[arg-type]
+                        dtype=np.int64)
+    return _typed(values)
 
 
 def _typed(values: list[object]) -> npt.NDArray[np.generic]:
