@@ -176,6 +176,21 @@ def test_after_the_burst_the_queue_is_empty_and_the_server_serves(burst, small_q
     assert result.predicted_class.tolist() == ref.predicted[:PER_REQUEST].tolist()
 
 
+def test_a_lone_stream_of_large_chunks_is_not_refused_by_its_own_read_ahead(
+        burst, small_queue_server):
+    # Chunks of half the queue: the server reads ahead, but only starts a chunk early when the
+    # queue has room for it, so a stream never gets RESOURCE_EXHAUSTED because of itself.
+    ref = burst[0]
+    before = scrape(small_queue_server.metrics_url)
+    with ScoringClient(small_queue_server.target, timeout=60) as client:
+        result = client.score_images(ref.pngs, chunk_size=QUEUE // 2)
+    after = scrape(small_queue_server.metrics_url)
+    assert not result.errors
+    assert result.predicted_class.tolist() == ref.predicted.tolist()
+    assert metric(after, "hardscore_rejections_total", model=MODEL, reason="queue_full") == \
+        metric(before, "hardscore_rejections_total", model=MODEL, reason="queue_full")
+
+
 def test_refused_calls_are_refused_on_arrival_before_any_decoding(burst):
     _, outcomes, before, after = burst
     accepted = [o for o in outcomes if o.code == grpc.StatusCode.OK]

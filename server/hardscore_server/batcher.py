@@ -268,6 +268,10 @@ class DynamicBatcher:
             self._drop(request, "deadline" if expired else "cancelled")
             raise
 
+    def has_room(self, n: int) -> bool:
+        """Whether a request of ``n`` samples would be admitted now (reserve() would succeed)."""
+        return not self._closing and self._queued + self._reserved + n <= self.max_queue_size
+
     def _admit(self, n: int) -> None:
         """Raises unless ``n`` more samples fit the queue now (queued + reserved)."""
         if self._closing:

@@ -171,8 +171,11 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
         async for response in self._stream("ScoreImagesStream", request_iterator, context,
                                            score_chunk, lambda m: len(m.chunk.samples),
-                                           "samples"):
+                                           "samples", has_room=self._image_queue_has_room):
             yield response
+
+    def _image_queue_has_room(self, samples: int) -> bool:
+        return self._images is None or self._images.batcher.has_room(samples)
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
@@ -196,11 +199,15 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         rows_of: Callable[[Any], int],
         unit: str,
         read_ahead: int = 2,
+        has_room: Callable[[int], bool] | None = None,
     ) -> AsyncIterator[T]:
         """Handles chunks concurrently (up to ``read_ahead`` ahead) and yields results in order.
 
         ``handle(first_row, message)`` scores one chunk; an InvalidRequest it raises is answered
         naming the chunk and where it starts in the stream (in ``unit``, e.g. rows).
+        ``has_room(rows)`` says whether a chunk of that size would be admitted now: a chunk is
+        started while earlier ones are in flight only then, else once they are done, so a
+        stream is never refused because of its own read-ahead.
         """
         started = time.perf_counter()
         pending: asyncio.Queue[asyncio.Task[T] | None] = asyncio.Queue(maxsize=read_ahead)
@@ -215,11 +222,17 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         async def read_all() -> None:
             first_row = 0
             index = 0
+            in_flight: list[asyncio.Task[T]] = []
             try:
                 async for msg in requests:
+                    rows = rows_of(msg)
+                    in_flight = [t for t in in_flight if not t.done()]
+                    if in_flight and has_room is not None and not has_room(rows):
+                        await asyncio.wait(in_flight)  # admission now sees only other callers
                     task = asyncio.ensure_future(located(index, first_row, msg))
+                    in_flight.append(task)
                     await pending.put(task)
-                    first_row += rows_of(msg)
+                    first_row += rows
                     index += 1
             finally:
                 await pending.put(None)
