@@ -6,14 +6,19 @@ exported once with ``hardscore export`` and cached in ``bench/.cache/`` (or ``--
 (a) raw: ``ModelRunner`` (the server's own class, so the ONNX Runtime session options are the
     server's) called in-process at batch sizes 1..64 for a bounded time each: images/s and
     p50/p99 latency of one batch call.
-(b) served, batched: the server started with ``--max-batch-size 64 --max-queue-delay-ms 2``,
+(b) paired rounds (``--rounds``, 5): windows run back to back, so that the served path and
+    its baselines see the same state of this noisy shared machine: raw batch 1, the batched
+    server and the gRPC floor (``grpc_floor_server.py``: same request and reply bytes, no work
+    behind it) with one caller; then raw batch k and the server with k callers (k = the top
+    concurrency). The concurrency-1 targets are judged on the medians of these rounds.
+(c) served, batched: the server started with ``--max-batch-size 64 --max-queue-delay-ms 2``,
     driven by N concurrent callers (asyncio, one gRPC channel) that each send ONE image per
     ScoreImages request, a pre-normalised float32 [3,32,32] pixels tensor, so preprocessing is
     minimal and the run measures serving plus batching. The request is serialised once and sent
     as bytes (``--client raw``, the cheapest client, as the client shares the cores with the
     server); ``--client sdk`` sends through ``AsyncScoringClient.score_images`` instead.
     The mean batch size comes from the server's /metrics (hardscore_batch_size_sum / _count).
-(c) served, unbatched: the same with ``--max-batch-size 1``.
+(d) served, unbatched: the same with ``--max-batch-size 1``.
 
 Targets (batched server): images/s at concurrency 1 >= 0.9 x raw batch-1 images/s; at the
 highest concurrency (16) >= 0.9 x the best raw images/s; p50 latency at concurrency 1 within
@@ -170,7 +175,7 @@ def raw_bench(runner: ModelRunner, batch_sizes: list[int], duration: float) -> l
     return rows
 
 
-# --------------------------------------------------------------------------- (b), (c) served
+# --------------------------------------------------------------------------- (c), (d) served
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -349,7 +354,7 @@ def served_bench(
     return rows
 
 
-# --------------------------------------------------------------------------- (d) conc 1, paired
+# --------------------------------------------------------------------------- (b) paired rounds
 
 
 class FloorServer:
@@ -377,9 +382,9 @@ class FloorServer:
             self.proc.wait()
 
 
-async def one_caller(target: str, request: bytes, warmup: float, seconds: float
-                     ) -> tuple[float, float]:
-    """p50 latency (s) and calls/s of one caller sending ``request`` back to back."""
+async def callers(target: str, request: bytes, concurrency: int, warmup: float, seconds: float
+                  ) -> tuple[float, float]:
+    """p50 latency (s) and calls/s of ``concurrency`` callers sending ``request`` back to back."""
     async with grpc.aio.insecure_channel(target) as channel:
         call = channel.unary_unary(
             SCORE_IMAGES, request_serializer=None, response_deserializer=None)
@@ -388,17 +393,28 @@ async def one_caller(target: str, request: bytes, warmup: float, seconds: float
         def send() -> Awaitable[object]:
             return call(request, timeout=CALL_TIMEOUT_S)
 
-        await call_window(send, 1, warmup)
-        latencies, errors, elapsed = await call_window(send, 1, seconds)
+        await call_window(send, concurrency, warmup)
+        latencies, errors, elapsed = await call_window(send, concurrency, seconds)
     if errors:
-        raise RuntimeError(f"{target}: errors at concurrency 1: {dict(errors)}")
+        raise RuntimeError(f"{target}: errors at concurrency {concurrency}: {dict(errors)}")
     return median(latencies), len(latencies) / elapsed
+
+
+def raw_window(runner: ModelRunner, batch: npt.NDArray[np.float32], seconds: float
+               ) -> tuple[float, float]:
+    """p50 latency (s) of one run and images/s of instance 0 running ``batch`` back to back."""
+    for _ in range(2):
+        runner.run(0, batch)
+    latencies: list[float] = []
+    _run_until(runner, 0, batch, time.perf_counter() + seconds, latencies)
+    return median(latencies), len(batch) * len(latencies) / sum(latencies)
 
 
 @dataclass
 class PairedRound:
-    """One round of the concurrency-1 comparison: raw batch 1, served, gRPC floor, back to back
-    (calls/s and p50 seconds), so that all three see the same state of a noisy machine."""
+    """One round of back-to-back windows, so that the served path and its baselines see the
+    same state of a noisy machine: at concurrency 1, raw batch 1, served and the gRPC floor;
+    at the top concurrency k, raw batch k and served (images/s, p50 seconds)."""
 
     raw_rate: float
     raw_p50: float
@@ -406,6 +422,8 @@ class PairedRound:
     served_p50: float
     floor_rate: float
     floor_p50: float
+    raw_top_rate: float
+    served_top_rate: float
 
     @property
     def ratio(self) -> float:
@@ -422,10 +440,11 @@ class PairedRound:
         return model_s / (model_s + 1.0 / self.floor_rate)
 
 
-def paired_bench(runner: ModelRunner, server_args: list[str], payload: Payload, rounds: int,
-                 seconds: float, warmup: float) -> list[PairedRound]:
-    """Alternates raw batch 1, the served path and the gRPC floor at concurrency 1."""
-    batch = np.asarray(payload.image, dtype=np.float32)[None]
+def paired_bench(runner: ModelRunner, server_args: list[str], payload: Payload, top: int,
+                 rounds: int, seconds: float, warmup: float) -> list[PairedRound]:
+    """Rounds of raw batch 1, served, gRPC floor (one caller); raw batch ``top``, served
+    (``top`` callers)."""
+    image = np.asarray(payload.image, dtype=np.float32)
     request = payload.request
     server = Server(*server_args)
     floor: FloorServer | None = None
@@ -438,20 +457,20 @@ def paired_bench(runner: ModelRunner, server_args: list[str], payload: Payload, 
         check_reply(reply)
         floor = FloorServer(len(reply))
         for index in range(rounds):
-            for _ in range(3):
-                runner.run(0, batch)
-            latencies: list[float] = []
-            _run_until(runner, 0, batch, time.perf_counter() + seconds, latencies)
-            raw_p50, raw_rate = median(latencies), len(latencies) / sum(latencies)
+            raw_p50, raw_rate = raw_window(runner, image[None], seconds)
             served_p50, served_rate = asyncio.run(
-                one_caller(server.target, request, warmup, seconds))
+                callers(server.target, request, 1, warmup, seconds))
             floor_p50, floor_rate = asyncio.run(
-                one_caller(floor.target, request, warmup, seconds))
-            r = PairedRound(raw_rate, raw_p50, served_rate, served_p50, floor_rate, floor_p50)
+                callers(floor.target, request, 1, warmup, seconds))
+            _, raw_top_rate = raw_window(runner, np.repeat(image[None], top, axis=0), seconds)
+            _, served_top_rate = asyncio.run(
+                callers(server.target, request, top, warmup, seconds))
+            r = PairedRound(raw_rate, raw_p50, served_rate, served_p50, floor_rate, floor_p50,
+                            raw_top_rate, served_top_rate)
             print(f"  round {index + 1}: raw {raw_rate:,.0f}/s p50 {1e3 * raw_p50:.2f} ms; "
                   f"served {served_rate:,.0f}/s p50 {1e3 * served_p50:.2f} ms; gRPC floor "
-                  f"p50 {1e3 * floor_p50:.2f} ms; ratio {r.ratio:.2f}, extra "
-                  f"{r.extra_ms:+.2f} ms", flush=True)
+                  f"p50 {1e3 * floor_p50:.2f} ms; raw batch {top} {raw_top_rate:,.0f}/s, "
+                  f"served conc {top} {served_top_rate:,.0f}/s", flush=True)
             out.append(r)
     finally:
         if floor is not None:
@@ -470,6 +489,9 @@ PAIRED_COLUMNS = (
     ("served/raw", lambda r: r.ratio, 2),
     ("p50 extra ms", lambda r: r.extra_ms, 2),
     ("attainable ratio", lambda r: r.attainable, 2),
+    ("raw b-top /s", lambda r: r.raw_top_rate, 0),
+    ("served c-top /s", lambda r: r.served_top_rate, 0),
+    ("c-top/raw b-top", lambda r: r.served_top_rate / r.raw_top_rate, 2),
 )
 
 
@@ -478,12 +500,13 @@ def paired_medians(rounds: list[PairedRound]) -> dict[str, float]:
     return {name: median([value(r) for r in rounds]) for name, value, _ in PAIRED_COLUMNS}
 
 
-def paired_table(rounds: list[PairedRound], markdown: bool) -> str:
+def paired_table(rounds: list[PairedRound], top: int, markdown: bool) -> str:
     body = [[str(i + 1), *(fmt(value(r), digits) for _, value, digits in PAIRED_COLUMNS)]
             for i, r in enumerate(rounds)]
     medians = paired_medians(rounds)
     body.append(["median", *(fmt(medians[name], digits) for name, _, digits in PAIRED_COLUMNS)])
-    return format_table(["round", *(name for name, _, _ in PAIRED_COLUMNS)], body, markdown)
+    headers = [name.replace("top", str(top)) for name, _, _ in PAIRED_COLUMNS]
+    return format_table(["round", *headers], body, markdown)
 
 
 # --------------------------------------------------------------------------- report
@@ -537,6 +560,9 @@ def target_checks(raw: list[Row], served: list[Row], concurrencies: list[int],
             f"info  gRPC floor (no work behind it) p50 {medians['gRPC floor p50 ms']:.2f} ms: "
             f"a server costing only that could reach {medians['attainable ratio']:.2f} of raw "
             f"batch 1 at concurrency 1")
+        checks.append(
+            f"info  served conc {top} / raw batch {top}, paired = "
+            f"{medians['c-top/raw b-top']:.2f} (median of {len(rounds)} rounds)")
     if best and conc_top and top > 1:
         ratio = conc_top.images_per_s / best.images_per_s
         checks.append(
@@ -649,19 +675,20 @@ def main(argv: list[str] | None = None) -> int:
                 payloads.append(png_payload(shape))
             batched_args = [*common_args, "--max-batch-size", "64"]
             if rounds_wanted:
-                print("(d) concurrency 1, paired: raw batch 1, served, gRPC floor", flush=True)
+                print("(b) paired rounds: raw, served and the gRPC floor back to back", flush=True)
                 notes.append(f"paired rounds: {round_seconds:g} s each of raw batch 1 (instance "
                              f"0), the batched server and the gRPC floor "
-                             f"(bench/grpc_floor_server.py), one caller")
-                rounds = paired_bench(runner, batched_args, payloads[0], rounds_wanted,
-                                      round_seconds, warmup)
+                             f"(bench/grpc_floor_server.py) with one caller, then raw batch "
+                             f"{max(concurrencies)} and the server with {max(concurrencies)}")
+                rounds = paired_bench(runner, batched_args, payloads[0], max(concurrencies),
+                                      rounds_wanted, round_seconds, warmup)
             del runner
             gc.collect()
-            print("(b) served, batched", flush=True)
+            print("(c) served, batched", flush=True)
             served += served_bench("batched", batched_args,
                                    payloads, concurrencies, warmup, duration, args.client, notes)
             if not args.skip_unbatched:
-                print("(c) served, unbatched", flush=True)
+                print("(d) served, unbatched", flush=True)
                 served += served_bench("unbatched", [*common_args, "--max-batch-size", "1"],
                                        payloads[:1], concurrencies, warmup, duration,
                                        args.client, notes)
@@ -682,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, markdown=False))
     print()
     if rounds:
-        print(paired_table(rounds, markdown=False))
+        print(paired_table(rounds, max(concurrencies), markdown=False))
         print()
     print("\n".join(checks))
     print(f"load average after: {load_after} (nproc {os.cpu_count()})")
@@ -691,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
             "# Image scoring throughput", "", *(f"- {line}" for line in header),
             f"- load average before: {load_before}; after: {load_after}",
             *(f"- {n}" for n in notes), "", table(rows, markdown=True), "",
-            *([paired_table(rounds, markdown=True), ""] if rounds else []),
+            *([paired_table(rounds, max(concurrencies), markdown=True), ""] if rounds else []),
             *(f"- {c}" for c in checks), "",
         ])
         args.output.write_text(text)
