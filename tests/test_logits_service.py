@@ -249,3 +249,19 @@ def test_graceful_shutdown_finishes_the_request_in_flight():
         assert "draining" in server.output()
     finally:
         server.stop()
+
+
+def test_metrics_endpoint_closes_and_frees_its_port():
+    import socket
+
+    from hardscore_server.metrics import ServerMetrics
+
+    metrics = ServerMetrics()
+    port = metrics.serve("127.0.0.1", 0)
+    metrics.requests.labels("ScoreLogits", "OK").inc()
+    samples = scrape(f"http://127.0.0.1:{port}/metrics")
+    assert metric(samples, "hardscore_requests_total", method="ScoreLogits", code="OK") == 1
+    metrics.close()
+    metrics.close()  # idempotent
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()

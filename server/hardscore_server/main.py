@@ -153,6 +153,7 @@ class HardscoreServer:
             self._servicer.close()
         if self._health_server is not None:
             await self._health_server.stop(None)
+        self.metrics.close()  # last: a scrape during the drain still sees it progress
         self._stopped.set()
         log.info("stopped")
 

@@ -11,6 +11,7 @@ import bisect
 import math
 import threading
 from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 import numpy.typing as npt
@@ -89,6 +90,7 @@ class ServerMetrics:
     """Every metric the server exports. One instance per server; tests may build several."""
 
     def __init__(self) -> None:
+        self._http: WSGIServer | None = None
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -145,5 +147,12 @@ class ServerMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Starts the /metrics HTTP endpoint in a daemon thread; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_address[1])
+        self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_address[1])
+
+    def close(self) -> None:
+        """Stops the /metrics endpoint and frees its port (no-op when it was never started)."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
