@@ -1,0 +1,89 @@
+"""The benchmark scripts run end to end (tiny settings, the embedded model): they measure every
+path they promise, report no call errors, stop every server they started, and write their
+markdown. No timing is asserted here: the figures are the scripts' output, not a test's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "server" / "hardscore_server" / "default_model"
+
+
+def run_bench(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "benchmark stopped early" not in proc.stderr, proc.stderr
+    return proc.stdout
+
+
+def markdown_rows(text: str, first_header: str) -> list[dict[str, str]]:
+    """The rows of the markdown table whose first column is ``first_header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")),
+                             strict=True)))
+    return rows
+
+
+def floor_servers_running() -> list[str]:
+    """Command lines of running grpc_floor_server.py processes (from /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process exited meanwhile
+            continue
+        if "grpc_floor_server.py" in args:
+            found.append(args)
+    return found
+
+
+def test_image_bench_measures_every_path_and_leaves_no_server(tmp_path):
+    out = tmp_path / "images.md"
+    stdout = run_bench("image_throughput.py", "--quick", "--model-dir", str(DEFAULT_MODEL),
+                       "--batch-sizes", "1,4", "--concurrency", "1,4", "--duration", "1",
+                       "--rounds", "2", "--output", str(out))
+    text = out.read_text()
+    sweep = {row["path"]: row for row in markdown_rows(text, "path")}
+    assert set(sweep) == {
+        "raw batch 1", "raw batch 4", "served batched conc 1", "served batched conc 4",
+        "served unbatched conc 1", "served unbatched conc 4"}
+    for name, row in sweep.items():
+        assert row["errors"] == "0", name
+        assert float(row["images/s"].replace(",", "")) > 0, name
+    assert float(sweep["served unbatched conc 4"]["mean batch"]) == pytest.approx(1.0)
+    assert float(sweep["served batched conc 4"]["mean batch"]) >= 1.0
+
+    rounds = markdown_rows(text, "round")
+    assert [r["round"] for r in rounds] == ["1", "2", "median"]
+    for r in rounds:
+        assert float(r["gRPC floor p50 ms"]) > 0
+        assert 0 < float(r["attainable ratio"]) < 1  # a floor above zero caps the ratio
+
+    for check in ("served conc 1 / raw batch 1 =", "served conc 1 p50 - raw batch 1 p50 =",
+                  "gRPC floor (no work behind it)", "served conc 4 / raw batch 4, paired =",
+                  "served conc 4 / best raw"):
+        assert check in stdout, check
+    assert not floor_servers_running()
+
+
+def test_logits_bench_gets_equal_results_end_to_end(tmp_path):
+    out = tmp_path / "logits.md"
+    stdout = run_bench("logits_throughput.py", "--cases", "10:20000,100:2000", "--repeats", "1",
+                       "--output", str(out))
+    rows = markdown_rows(out.read_text(), "C")
+    assert [(r["C"], r["N"]) for r in rows] == [("10", "20,000"), ("100", "2,000")]
+    for row in rows:
+        assert float(row["max abs diff"]) == 0.0  # served scores equal the in-process ones
+    assert "ratio end-to-end / in-process" in stdout
