@@ -185,7 +185,7 @@ class DynamicBatcher:
         self._queued_requests = 0
         self._free = list(range(instances))
         self._running = 0  # batches dispatched and not yet delivered
-        self._all_delivered: asyncio.Event | None = None  # set by close(), waited on there
+        self._all_delivered: asyncio.Event | None = None  # made by close(), set by _deliver
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self.stats = BatcherStats()
@@ -280,9 +280,9 @@ class DynamicBatcher:
                 f"request of {n} samples can never fit the queue (max_queue_size "
                 f"{self.max_queue_size}); send smaller requests"
             )
-        waiting = self._queued + self._reserved
-        if waiting + n > self.max_queue_size:
+        if not self.has_room(n):
             self._count_rejection("queue_full", n)
+            waiting = self._queued + self._reserved
             raise QueueFull(
                 f"queue full: {waiting} samples waiting, {n} more would exceed "
                 f"max_queue_size {self.max_queue_size}; retry later"
