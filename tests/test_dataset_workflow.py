@@ -16,7 +16,6 @@ from hardscore_client import cli
 from hardscore_client.analysis import ScoreTable, analyse
 from hardscore_client.dataset import (
     Item,
-    load_scores,
     path_from_entry,
     read_list,
     scan_folder,
@@ -27,6 +26,7 @@ from hardscore_client.dataset import (
 from hardscore_client.messages import SCORE_NAMES
 from hardscore_client.report import write_report
 from hardscore_client.selection import CSV_COLUMNS, per_class_quota, select, write_queue
+from hardscore_client.tables import read_table
 from hardscore_client.workflow_demo import TRUTH_FILE, write_digits_example
 
 CLASSES = [str(k) for k in range(10)]
@@ -75,7 +75,7 @@ def test_score_dir_class_folders_two_servers(scored, digits_folder):
     reasons = {Path(f.path).name: f.reason for f in summary.failures}
     assert reasons == {"broken.png": "decode", "gone.png": "read"}
     assert all(n > 0 for n in summary.per_server.values()) and len(summary.per_server) == 2
-    columns = load_scores(out)
+    columns = read_table(out)
     assert list(columns) == table_columns(CLASSES)
     assert len(columns["path"]) == 540
     assert list(columns["path"]) == sorted(columns["path"])
@@ -101,11 +101,11 @@ def test_resume_skips_scored_paths_and_csv_roundtrip(digits_folder, image_server
     out = tmp_path / "scores.csv"
     first = score_dir(folder, [image_server.target], out, progress=False)
     assert first.scored == 58 and first.already_scored == 0
-    before = load_scores(out)
+    before = read_table(out)
     shutil.copytree(digits_folder / "1", folder / "1")
     second = score_dir(folder, [image_server.target], out, progress=False, checkpoint_s=0.0)
     assert second.scored == 56 and second.already_scored == 58
-    after = load_scores(out)
+    after = read_table(out)
     assert len(after["path"]) == 114
     # Earlier rows are kept exactly (labels that look like numbers stay text).
     old = {p: i for i, p in enumerate(before["path"])}
@@ -141,11 +141,11 @@ def test_interrupted_run_keeps_its_rows_and_resumes(digits_folder, image_server,
             await task
 
     asyncio.run(interrupted())
-    saved = len(load_scores(out)["path"])
+    saved = len(read_table(out)["path"])
     assert 0 < saved <= 540
     summary = score_dir(digits_folder, [image_server.target], out, progress=False)
     assert summary.already_scored == saved and summary.scored == 540 - saved
-    assert len(load_scores(out)["path"]) == 540
+    assert len(read_table(out)["path"]) == 540
 
 
 def test_flat_folder_and_from_list(digits_folder, image_server, tmp_path, monkeypatch):
@@ -157,7 +157,7 @@ def test_flat_folder_and_from_list(digits_folder, image_server, tmp_path, monkey
     out = tmp_path / "flat.jsonl"
     summary = score_dir(flat, [image_server.target], out, progress=False)
     assert summary.scored == 5
-    columns = load_scores(out)
+    columns = read_table(out)
     assert set(columns["label"]) == {""}
     assert (columns["given_label"] == -1).all() and np.isnan(columns["label_issue_score"]).all()
 
@@ -179,12 +179,12 @@ def test_flat_folder_and_from_list(digits_folder, image_server, tmp_path, monkey
     summary = score_items(items, [image_server.target], out, progress=False, failures=failures)
     assert summary.scored == 3
     assert sorted(f.reason for f in summary.failures) == ["read", "uri"]
-    columns = load_scores(out)
+    columns = read_table(out)
     assert sorted(columns["label"]) == ["", "2", "3"]
     assert path_from_entry("file:///tmp/a%20b.png") == "/tmp/a b.png"
     assert cli.main(["score-dir", "--from-list", str(listing), "--server", image_server.target,
                      "--out", str(tmp_path / "cli.csv"), "--no-progress"]) == 0
-    assert len(load_scores(tmp_path / "cli.csv")["path"]) == 3
+    assert len(read_table(tmp_path / "cli.csv")["path"]) == 3
 
 
 def test_unknown_folder_labels_are_refused(image_server, digits_folder, tmp_path):

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_client.dataset import load_scores
 from hardscore_client.label_issues import LabelIssues, find_label_issues
-from hardscore_client.tables import Columns
+from hardscore_client.tables import Columns, read_table
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -57,7 +56,7 @@ class ScoreTable:
 
     @classmethod
     def load(cls, path: Path) -> ScoreTable:
-        return cls.from_columns(load_scores(path))
+        return cls.from_columns(read_table(path))
 
     @classmethod
     def from_columns(cls, columns: Columns) -> ScoreTable:

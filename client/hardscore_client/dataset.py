@@ -35,10 +35,11 @@ from tqdm import tqdm
 
 from hardscore_client.client import AsyncScoringClient
 from hardscore_client.messages import SCORE_NAMES, ScoreResult
-from hardscore_client.tables import INT_COLUMNS, Columns, read_table, write_table
+from hardscore_client.tables import INT_COLUMNS, TEXT_COLUMNS, Columns, read_table, write_table
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-TEXT_COLUMNS = ("path", "label", "prediction")  # the score-dir table's first columns
+FIRST_COLUMNS = ("path", "label", "prediction")
+"""The score-dir table's text columns, before the scores."""
 BATCH_SIZE = 32
 CONCURRENCY = 4
 CHECKPOINT_S = 60.0
@@ -132,10 +133,11 @@ def read_list(list_file: Path) -> tuple[list[Item], list[Failure]]:
 
 def table_columns(class_names: Sequence[str]) -> list[str]:
     """The columns of a score-dir table, in order."""
-    return [*TEXT_COLUMNS, *SCORE_NAMES, *(f"p_{c}" for c in class_names)]
+    return [*FIRST_COLUMNS, *SCORE_NAMES, *(f"p_{c}" for c in class_names)]
 
 
 def _empty(name: str, n: int) -> npt.NDArray[np.generic]:
+    """``n`` empty cells of column ``name``, typed as tables.read_table types it."""
     if name in TEXT_COLUMNS:
         return np.full(n, "", dtype=object)
     if name in INT_COLUMNS:
@@ -182,11 +184,6 @@ def concat_columns(parts: Sequence[Columns], order: Sequence[str]) -> Columns:
 
 def _rows(columns: Columns) -> int:
     return len(next(iter(columns.values()))) if columns else 0
-
-
-def load_scores(path: Path) -> Columns:
-    """Reads a score table (.parquet, .csv or .jsonl); see tables.read_table for its typing."""
-    return read_table(path)
 
 
 def save_scores(path: Path, columns: Columns) -> None:
@@ -301,7 +298,7 @@ async def score_items_async(
         raise ValueError("at least one server is needed")
     started = time.perf_counter()
     summary = ScoreDirSummary(out=out, found=len(items), failures=list(failures))
-    existing: Columns = load_scores(out) if out.exists() else {}
+    existing: Columns = read_table(out) if out.exists() else {}
     done = set(existing["path"].tolist()) if "path" in existing else set()
     todo: list[Item] = []
     seen: set[str] = set()
