@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -148,6 +149,12 @@ def _plots(analysis: Analysis, folder: Path) -> list[tuple[str, str]]:
     hardness = t.score("hardness")
     out: list[tuple[str, str]] = []
 
+    def save(fig: Any, name: str, alt: str) -> None:
+        fig.tight_layout()
+        fig.savefig(folder / name)
+        plt.close(fig)
+        out.append((f"plots/{name}", alt))
+
     fig, ax = plt.subplots(figsize=(5.4, 3.5), dpi=110)
     finite = np.isfinite(hardness)
     top = float(np.nanmax(hardness)) if finite.any() else 1.0
@@ -167,10 +174,7 @@ def _plots(analysis: Analysis, folder: Path) -> list[tuple[str, str]]:
     ax.set_xlabel("hardness (entropy of the prediction)")
     ax.set_ylabel("images (log scale)")
     ax.set_title("Hardness: correct vs incorrect predictions", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(folder / "hardness.png")
-    plt.close(fig)
-    out.append(("plots/hardness.png", "hardness histogram, correct vs incorrect predictions"))
+    save(fig, "hardness.png", "hardness histogram, correct vs incorrect predictions")
 
     stats = [s for s in analysis.class_stats() if s.count and not math.isnan(s.accuracy)]
     if stats:
@@ -186,10 +190,7 @@ def _plots(analysis: Analysis, folder: Path) -> list[tuple[str, str]]:
         ax.set_ylabel("accuracy against the given label")
         ax.set_title("Classes: accuracy vs mean hardness (size = count)", fontsize=11)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(folder / "classes.png")
-        plt.close(fig)
-        out.append(("plots/classes.png", "class accuracy against mean hardness"))
+        save(fig, "classes.png", "class accuracy against mean hardness")
 
     if analysis.issues is not None:
         joint = analysis.issues.calibrated_joint
@@ -210,10 +211,7 @@ def _plots(analysis: Analysis, folder: Path) -> list[tuple[str, str]]:
         ax.set_xlabel("likely true label")
         ax.set_ylabel("given label")
         ax.set_title("Estimated joint of given and true labels", fontsize=11)
-        fig.tight_layout()
-        fig.savefig(folder / "joint.png")
-        plt.close(fig)
-        out.append(("plots/joint.png", "confident joint of given and likely true labels"))
+        save(fig, "joint.png", "confident joint of given and likely true labels")
     return out
 
 
