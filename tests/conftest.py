@@ -18,7 +18,7 @@ from hardscore_client import ScoringClient
 from server_process import ServerProcess, start_server
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
