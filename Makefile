@@ -52,7 +52,7 @@ serve: install
 
 # Starts the server, runs the digits demo against it, stops the server.
 demo: install
-	$(PY) -m hardscore_client.demo --start-server
+	$(PY) examples/demo.py --start-server
 
 bench: install
 	$(PY) bench/logits_throughput.py

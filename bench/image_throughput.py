@@ -66,9 +66,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hardscore_client import AsyncScoringClient
 from hardscore_client.messages import image_sample
-from hardscore_client.proto import scoring_pb2 as pb
 from hardscore_server.model_dir import load_manifest
 from hardscore_server.model_runner import ModelRunner
+from hardscore_wire import scoring_pb2 as pb
 
 BENCH_DIR = Path(__file__).resolve().parent
 CACHE_DIR = BENCH_DIR / ".cache"

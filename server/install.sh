@@ -42,7 +42,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 case "$flavor" in
-    cpu) keep=onnxruntime; drop=onnxruntime-gpu ;;
+    cpu) keep=onnxruntime; drop=onnxruntime-gpu; extras="${extras:+$extras,}server" ;;
     gpu) keep=onnxruntime-gpu; drop=onnxruntime; extras="${extras:+$extras,}gpu" ;;
     *) echo "install.sh: --flavor must be cpu or gpu, got '$flavor'" >&2; exit 2 ;;
 esac

@@ -179,7 +179,7 @@ def healthcheck_command() -> list[str]:
 
 def test_healthcheck_command_reports_a_serving_server(logits_server: ServerProcess) -> None:
     command = healthcheck_command()
-    assert command[:3] == ["python", "-m", "hardscore_client.health"]
+    assert command[:3] == ["python", "-m", "hardscore_server.health"]
     env = {**os.environ, "HARDSCORE_PORT": str(logits_server.port)}
     result = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True,
                             text=True, timeout=30)
@@ -313,7 +313,7 @@ def test_wheel_holds_the_default_model_and_the_health_check(tmp_path: Path) -> N
 
 
 def test_health_check_flags() -> None:
-    from hardscore_client import health
+    from hardscore_server import health
 
     parser = argparse.ArgumentParser()
     health.add_arguments(parser)
@@ -631,7 +631,7 @@ def test_rendered_deployment_keeps_its_promises(
             assert handler["grpc"] == {"port": HEALTH_PORT if health_port_on else GRPC_PORT}
         elif "exec" in handler:
             command = handler["exec"]["command"]
-            assert command[:5] == ["python", "-m", "hardscore_client.health", "--server",
+            assert command[:5] == ["python", "-m", "hardscore_server.health", "--server",
                                    f"127.0.0.1:{GRPC_PORT}"]
         else:
             assert handler["tcpSocket"] == {"port": "grpc"}
@@ -826,7 +826,7 @@ def test_exec_probes_check_the_tls_endpoint() -> None:
         "--tls-key-file": f"{mounts['tls']}/tls.key",
     }
     # The flags are the health check's own.
-    from hardscore_client import health
+    from hardscore_server import health
 
     parser = argparse.ArgumentParser()
     health.add_arguments(parser)
@@ -840,7 +840,7 @@ def test_exec_probes_check_the_tls_endpoint() -> None:
     assert "auth_tokens_file" not in settings(tls_only)
     plain = render({"probes": {"mode": "exec"}})
     assert server_container(plain)["readinessProbe"]["exec"]["command"] == [
-        "python", "-m", "hardscore_client.health", "--server", f"127.0.0.1:{GRPC_PORT}"]
+        "python", "-m", "hardscore_server.health", "--server", f"127.0.0.1:{GRPC_PORT}"]
 
 
 def test_threads_follow_the_cpu_limit() -> None:

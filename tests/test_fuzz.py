@@ -34,7 +34,7 @@ from PIL import Image
 from tritonclient.grpc import service_pb2 as oip  # wire-identical; see test_inference_protocol
 
 from hardscore_client import ScoringClient
-from hardscore_client.proto import scoring_pb2 as pb
+from hardscore_wire import scoring_pb2 as pb
 
 from conftest import served_oip_methods
 from server_process import ServerProcess, start_server

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from hardscore_client import AsyncScoringClient
-from hardscore_client.proto import scoring_pb2 as pb
-from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
 from hardscore_server.digits import heldout_split
 from hardscore_server.preprocess import encode_png
+from hardscore_wire import scoring_pb2 as pb
+from hardscore_wire import scoring_pb2_grpc as pb_grpc
 
 from conftest import metric, scrape
 

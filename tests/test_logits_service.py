@@ -11,10 +11,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from hardscore_client import ScoringClient
-from hardscore_client.proto import scoring_pb2 as pb
-from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
-from hardscore_client.tensors import to_tensor
 from hardscore_server.metrics import FEW_VALUES, HARDNESS_BUCKETS, BulkHistogram
+from hardscore_wire import scoring_pb2 as pb
+from hardscore_wire import scoring_pb2_grpc as pb_grpc
+from hardscore_wire.tensors import to_tensor
 
 from conftest import FIXTURES, metric, scrape
 

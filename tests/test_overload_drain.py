@@ -25,11 +25,11 @@ from tritonclient.grpc import service_pb2 as oip  # wire-identical; see test_inf
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
 from hardscore_client import ScoringClient
-from hardscore_client.proto import scoring_pb2 as pb
-from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
-from hardscore_client.tensors import from_tensor
 from hardscore_server.digits import heldout_split
 from hardscore_server.preprocess import encode_png
+from hardscore_wire import scoring_pb2 as pb
+from hardscore_wire import scoring_pb2_grpc as pb_grpc
+from hardscore_wire.tensors import from_tensor
 
 from conftest import metric, scrape
 from server_process import ServerProcess, start_server

@@ -30,7 +30,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2 as oip  # wire-identical; see test_inference_protocol
 
 from hardscore_client import ScoringClient, TLSConfig
-from hardscore_client.proto import scoring_pb2 as pb
 from hardscore_server.config import ConfigError, ServerConfig, load_config
 from hardscore_server.security import (
     INVALID,
@@ -40,6 +39,7 @@ from hardscore_server.security import (
     TokenStore,
     check_authorization,
 )
+from hardscore_wire import scoring_pb2 as pb
 
 from conftest import metric, scrape, served_oip_methods
 from server_process import ServerProcess, start_server

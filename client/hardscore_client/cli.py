@@ -3,14 +3,11 @@
     hardscore score-logits --logits X.npy [--labels Y.npy] --out scores.csv
     hardscore score-images IMAGE... --out scores.csv
     hardscore top --by label_issue_score -k 20 scores.csv
-    hardscore health [--server HOST:PORT]   (exit 0 when SERVING: container probes)
     hardscore info
     hardscore score-dir FOLDER --server HOST:PORT [--server ...] --out scores.parquet
     hardscore report scores.parquet --out report/
     hardscore select --budget 100 --strategy per-class scores.parquet --out queue
     hardscore label-issues scores.parquet
-    hardscore export ...            (needs the 'export' extra)
-    hardscore demo                  (the digits label-QA demo)
 """
 
 from __future__ import annotations
@@ -25,10 +22,9 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from hardscore_client import health
 from hardscore_client.client import ScoringClient, TLSConfig
-from hardscore_client.messages import SCORE_NAMES
 from hardscore_client.tables import read_table, result_columns, write_table
+from hardscore_wire.scores import SCORE_NAMES
 
 DEFAULT_SERVER = "127.0.0.1:8001"
 TOKEN_ENV = "HARDSCORE_TOKEN"
@@ -114,18 +110,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from hardscore_server.export import run_export
-
-    return run_export(args)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from hardscore_client import demo
-
-    return demo.main(["--server", args.server] if args.server else ["--start-server"])
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hardscore", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,25 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ascending", action="store_true", help="lowest first")
     p.set_defaults(func=cmd_top)
 
-    p = sub.add_parser("health", help="exit 0 when the server reports SERVING (probes)")
-    health.add_arguments(p)
-    p.set_defaults(func=health.run)
-
     p = with_server(sub.add_parser("info", help="describe the served model"))
     p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("export", help="export a ResNet50 checkpoint to a model directory")
-    try:
-        from hardscore_server.export import add_export_arguments
-    except ImportError:  # the server package is always installed with the client
-        pass
-    else:
-        add_export_arguments(p)
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("demo", help="label QA on scikit-learn's digits (needs scikit-learn)")
-    p.add_argument("--server", default=None, help="use this server instead of starting one")
-    p.set_defaults(func=cmd_demo)
 
     from hardscore_client.workflow_cli import add_workflow_commands
 

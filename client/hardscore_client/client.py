@@ -27,8 +27,8 @@ from hardscore_client.messages import (
     logits_chunks,
     options_message,
 )
-from hardscore_client.proto import scoring_pb2 as pb
-from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
+from hardscore_wire import scoring_pb2 as pb
+from hardscore_wire import scoring_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 IMAGE_CHUNK = 64

@@ -34,8 +34,9 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from hardscore_client.client import AsyncScoringClient
-from hardscore_client.messages import SCORE_NAMES, ScoreResult
+from hardscore_client.messages import ScoreResult
 from hardscore_client.tables import INT_COLUMNS, TEXT_COLUMNS, Columns, read_table, write_table
+from hardscore_wire.scores import SCORE_NAMES
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 FIRST_COLUMNS = ("path", "label", "prediction")

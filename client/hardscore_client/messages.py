@@ -8,14 +8,9 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_client.proto import scoring_pb2 as pb
-from hardscore_client.tensors import fill_tensor, from_tensor
-
-SCORE_NAMES = (
-    "predicted_class", "confidence", "margin", "hardness", "hardness_normalized", "given_label",
-    "mistakenness", "mistakenness_confidence", "label_issue_score", "margin_issue_score",
-)
-"""Per-row result arrays, in the order tables print them."""
+from hardscore_wire import scoring_pb2 as pb
+from hardscore_wire.scores import SCORE_NAMES
+from hardscore_wire.tensors import fill_tensor, from_tensor
 
 MAX_CHUNK_ROWS = 65_536
 

@@ -1,5 +1,5 @@
-"""The data-set subcommands of ``hardscore``: score-dir, select, label-issues, report,
-example-data (registered on the main parser by cli.build_parser)."""
+"""The data-set subcommands of ``hardscore``: score-dir, select, label-issues, report
+(registered on the main parser by cli.build_parser)."""
 
 from __future__ import annotations
 
@@ -114,15 +114,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_example_data(args: argparse.Namespace) -> int:
-    from hardscore_client.workflow_demo import write_digits_example
-
-    corrupted = write_digits_example(Path(args.out), args.noise, args.seed)
-    print(f"wrote 540 digit images to {Path(args.out) / '<label>'}/ ({corrupted} in a wrong "
-          "folder; the truth is in TRUE_LABELS.csv)", file=sys.stderr)
-    return 0
-
-
 def add_workflow_commands(sub: Any) -> None:
     """Registers the data-set subcommands on ``sub`` (argparse subparsers)."""
     p = sub.add_parser("score-dir", help="score every image of a folder (or list) into a table")
@@ -166,8 +157,3 @@ def add_workflow_commands(sub: Any) -> None:
     p.add_argument("--title", default="hardscore data-set report")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("example-data", help="write the digits example folder (needs scikit-learn)")
-    p.add_argument("out", help="folder to write (class subfolders)")
-    p.add_argument("--noise", type=float, default=0.10, help="share of labels to corrupt")
-    p.add_argument("--seed", type=int, default=1)
-    p.set_defaults(func=cmd_example_data)

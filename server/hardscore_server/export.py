@@ -1,4 +1,4 @@
-"""``hardscore export``: turn a PyTorch classifier into a hardscore model directory.
+"""``hardscore-export``: turn a PyTorch classifier into a hardscore model directory.
 
 Pipeline: build the model (torchvision ResNet50 in the ImageNet or CIFAR layout, or any
 ``torch.nn.Module`` through :func:`export_model`), load the checkpoint, export to ONNX with a
@@ -43,7 +43,7 @@ from hardscore_server.model_dir import (
 if TYPE_CHECKING:
     import torch
 
-MISSING_EXTRA = "hardscore export needs the 'export' extra: pip install 'hardscore[export]'"
+MISSING_EXTRA = "hardscore-export needs the 'export' extra: pip install 'hardscore[export]'"
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -473,7 +473,7 @@ def export_model(
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``hardscore export`` options to ``parser``."""
+    """Add the ``hardscore-export`` options to ``parser``."""
     parser.add_argument("--arch", choices=["resnet50"], default="resnet50", help="architecture")
     parser.add_argument(
         "--layout",
@@ -543,7 +543,7 @@ def _class_names_from_args(args: argparse.Namespace) -> list[str] | None:
 
 
 def export_resnet50(args: argparse.Namespace, log: Any = print) -> ExportResult:
-    """Run the ``hardscore export`` pipeline for parsed ``args`` (see
+    """Run the ``hardscore-export`` pipeline for parsed ``args`` (see
     :func:`add_export_arguments`)."""
     torch = _import_torch()
     layout = args.layout
@@ -608,12 +608,12 @@ def export_resnet50(args: argparse.Namespace, log: Any = print) -> ExportResult:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """CLI entry point for parsed ``hardscore export`` arguments; returns the exit status
+    """CLI entry point for parsed ``hardscore-export`` arguments; returns the exit status
     (0 success, 1 failure with the reason printed to stderr)."""
     try:
         result = export_resnet50(args)
     except (ExportError, ModelDirError) as exc:
-        print(f"hardscore export: error: {exc}", file=sys.stderr)
+        print(f"hardscore-export: error: {exc}", file=sys.stderr)
         return 1
     m = result.manifest
     print(
@@ -623,3 +623,15 @@ def run_export(args: argparse.Namespace) -> int:
     if m.random_weights:
         print("note: random weights; use this model for benchmarking only")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``hardscore-export``: exports a ResNet50 checkpoint to a model directory."""
+    parser = argparse.ArgumentParser(
+        prog="hardscore-export", description="Export a ResNet50 checkpoint to a model directory")
+    add_export_arguments(parser)
+    return run_export(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

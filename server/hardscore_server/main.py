@@ -18,18 +18,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hardscore_client.proto import grpc_service_pb2_grpc as oip_grpc
-from hardscore_client.proto import scoring_pb2 as pb
-from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
 from hardscore_server.config import ConfigError, ServerConfig, parse_args
-from hardscore_server.image_scoring import ImageScorer
-from hardscore_server.inference_protocol import SERVICE_NAME as INFERENCE_SERVICE
-from hardscore_server.inference_protocol import InferenceProtocolServicer
+from hardscore_server.image_pipeline import ImagePipeline
+from hardscore_server.inference_protocol import grpc_service_pb2_grpc as oip_grpc
+from hardscore_server.inference_protocol.servicer import SERVICE_NAME as INFERENCE_SERVICE
+from hardscore_server.inference_protocol.servicer import InferenceProtocolServicer
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model_dir import DEFAULT_MODEL_DIR, ModelDirError
 from hardscore_server.model_runner import ModelLoadError, ModelRunner
 from hardscore_server.security import ServerSecurity
 from hardscore_server.servicer import ScoringServicer
+from hardscore_wire import scoring_pb2 as pb
+from hardscore_wire import scoring_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hardscore_server")
 
@@ -68,7 +68,7 @@ class HardscoreServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = ServerMetrics()
-        self.images: ImageScorer | None = None
+        self.images: ImagePipeline | None = None
         self.port = 0
         self.metrics_port = -1
         self.health = HealthService()
@@ -95,7 +95,7 @@ class HardscoreServer:
         log.info("model %s v%s from %s on %s (%d instance(s), %d thread(s) each), warm-up %.2fs",
                  runner.manifest.name, runner.manifest.version, model_dir, runner.provider,
                  len(runner.sessions), runner.intra_op_threads, seconds)
-        self.images = ImageScorer(runner, self.config, self.metrics)
+        self.images = ImagePipeline(runner, self.config, self.metrics)
 
     async def start(self) -> None:
         """Binds the ports and starts serving; health turns SERVING once everything is up."""

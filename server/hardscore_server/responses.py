@@ -1,4 +1,5 @@
-"""Packs score arrays into the wire ``Scores`` message (one tensor per score)."""
+"""hardscore.v1 replies: score arrays packed into the wire ``Scores`` message (one tensor per
+score), image results and the model description."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_client.proto import scoring_pb2 as pb
-from hardscore_client.tensors import fill_tensor
+from hardscore_server.image_pipeline import ImagePipeline, ImageScores
 from hardscore_server.scores import LABEL_SCORES, MODEL_SCORES, ScoreBatch
+from hardscore_wire import scoring_pb2 as pb
+from hardscore_wire.tensors import fill_tensor
 
 
 def encode_scores(
@@ -41,3 +43,43 @@ def encode_scores(
     if logits is not None:
         fill_tensor(msg.logits, logits, np.float32)
     return msg
+
+
+def image_response(
+    result: ImageScores, request: pb.ScoreImagesRequest, pipeline: ImagePipeline
+) -> pb.ScoreImagesResponse:
+    """The ScoreImages reply: scores of every sample, in order, and the failed samples' errors."""
+    m = pipeline.manifest
+    response = pb.ScoreImagesResponse(model_name=m.name, model_version=m.version)
+    for index, error in result.errors:
+        response.errors.add(index=index, reason=error.reason, message=error.message)
+    samples = request.samples
+    encode_scores(
+        result.scores,
+        ids=[s.id for s in samples] if any(s.id for s in samples) else (),
+        class_names=m.class_names,
+        include_probabilities=request.options.include_probabilities,
+        logits=result.logits if request.options.include_logits else None,
+        into=response.scores,
+    )
+    return response
+
+
+def model_info(pipeline: ImagePipeline) -> pb.GetModelInfoResponse:
+    """The GetModelInfo reply: the served model, its input and its batching settings."""
+    m = pipeline.manifest
+    b = pipeline.batcher
+    return pb.GetModelInfoResponse(
+        name=m.name, version=m.version, class_names=m.class_names,
+        input_channels=m.input_channels, input_height=m.input_height,
+        input_width=m.input_width, mean=m.mean, std=m.std, resize=m.resize,
+        temperature=m.temperature, execution_provider=pipeline.provider,
+        batching=pb.BatchingSettings(
+            max_batch_size=b.max_batch_size,
+            max_queue_delay_microseconds=round(b.max_queue_delay_s * 1e6),
+            preferred_batch_sizes=b.preferred_batch_sizes,
+            max_queue_size=b.max_queue_size, instances=b.instances,
+        ),
+        weights_provenance=", ".join(f"{k}={v}" for k, v in m.provenance.items()),
+        random_weights=m.random_weights,
+    )

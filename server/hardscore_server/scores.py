@@ -34,16 +34,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
+from hardscore_wire.scores import LABEL_SCORES, MODEL_SCORES, NO_LABEL
+
+__all__ = ["LABEL_SCORES", "MODEL_SCORES", "NO_LABEL", "ScoreBatch", "score_logits"]
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-NO_LABEL = -1
-"""Label value meaning "this row has no given label"."""
-
-LABEL_SCORES = (
-    "mistakenness", "mistakenness_confidence", "label_issue_score", "margin_issue_score"
-)
-MODEL_SCORES = ("confidence", "margin", "hardness", "hardness_normalized")
 
 
 def log_softmax(logits: npt.ArrayLike, temperature: float = 1.0) -> FloatArray:

@@ -16,15 +16,16 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from hardscore_client.proto import scoring_pb2 as pb
-from hardscore_client.proto import scoring_pb2_grpc as pb_grpc
 from hardscore_server.batcher import DeadlineExpired, QueueFull
 from hardscore_server.config import ServerConfig
-from hardscore_server.image_scoring import ImageScorer, UnknownModel
+from hardscore_server.errors import InvalidRequest, UnknownModel
+from hardscore_server.image_pipeline import ImagePipeline
 from hardscore_server.metrics import ServerMetrics
-from hardscore_server.responses import encode_scores
+from hardscore_server.responses import encode_scores, image_response, model_info
 from hardscore_server.scores import score_logits
-from hardscore_server.validation import InvalidRequest, LogitsInput, parse_logits_request
+from hardscore_server.validation import LogitsInput, image_batch, parse_logits_request
+from hardscore_wire import scoring_pb2 as pb
+from hardscore_wire import scoring_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,7 +95,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     """Serves ScoreLogits(Stream), ScoreImages(Stream) and GetModelInfo."""
 
     def __init__(
-        self, config: ServerConfig, metrics: ServerMetrics, images: ImageScorer | None
+        self, config: ServerConfig, metrics: ServerMetrics, images: ImagePipeline | None
     ) -> None:
         self._config = config
         self._metrics = metrics
@@ -145,16 +146,25 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     # -- images -------------------------------------------------------------------------------
 
-    def _image_scorer(self) -> ImageScorer:
+    def _pipeline(self) -> ImagePipeline:
         if self._images is None:
             raise UnknownModel("this server runs with --no-model: only ScoreLogits is served")
         return self._images
+
+    async def _score_images(
+        self, request: pb.ScoreImagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScoreImagesResponse:
+        pipeline = self._pipeline()
+        pipeline.check_model(request.model_name)
+        batch = image_batch(request, pipeline.max_samples)
+        result = await pipeline.score(batch, deadline_of(context))
+        return image_response(result, request, pipeline)
 
     async def ScoreImages(
         self, request: pb.ScoreImagesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScoreImagesResponse:
         async def work() -> pb.ScoreImagesResponse:
-            return await self._image_scorer().score(request, deadline_of(context))
+            return await self._score_images(request, context)
 
         return await self._calls.unary("ScoreImages", context, work)
 
@@ -166,7 +176,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         async def score_chunk(
             first_row: int, msg: pb.ScoreImagesStreamRequest
         ) -> pb.ScoreImagesStreamResponse:
-            result = await self._image_scorer().score(msg.chunk, deadline_of(context))
+            result = await self._score_images(msg.chunk, context)
             return pb.ScoreImagesStreamResponse(result=result, first_row=first_row)
 
         async for response in self._stream("ScoreImagesStream", request_iterator, context,
@@ -181,7 +191,9 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
         async def work() -> pb.GetModelInfoResponse:
-            return self._image_scorer().model_info(request.model_name)
+            pipeline = self._pipeline()
+            pipeline.check_model(request.model_name)
+            return model_info(pipeline)
 
         return await self._calls.unary("GetModelInfo", context, work)
 

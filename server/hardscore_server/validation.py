@@ -1,4 +1,5 @@
-"""Checks requests and turns them into numpy inputs, or raises InvalidRequest naming the field.
+"""Checks hardscore.v1 requests and turns them into domain inputs, or raises InvalidRequest
+naming the field.
 
 Every message names the offending field and, for per-row problems, the first offending row, so
 a caller can find the bad sample in a million-row upload without bisecting.
@@ -13,13 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_client.proto import scoring_pb2 as pb
-from hardscore_client.tensors import TensorError, dtype_name, from_tensor
+from hardscore_server.errors import InvalidRequest
+from hardscore_server.image_pipeline import ImageBatch, Label
+from hardscore_server.preprocess import SampleError
 from hardscore_server.scores import NO_LABEL
-
-
-class InvalidRequest(ValueError):
-    """The request as a whole cannot be scored (answered with INVALID_ARGUMENT)."""
+from hardscore_wire import scoring_pb2 as pb
+from hardscore_wire.tensors import TensorError, dtype_name, from_tensor
 
 
 @dataclass(frozen=True)
@@ -147,3 +147,38 @@ def parse_logits_request(request: pb.ScoreLogitsRequest, max_rows: int) -> Logit
         temperature=check_temperature(request.options, 1.0),
         include_probabilities=request.options.include_probabilities,
     )
+
+
+def image_batch(request: pb.ScoreImagesRequest, max_samples: int) -> ImageBatch:
+    """A ScoreImages request as the image pipeline's input.
+
+    A sample's problems that the message itself shows (no image, a pixels tensor that cannot be
+    read) become that sample's error; the pipeline reports them in its place.
+    """
+    n = len(request.samples)
+    if n > max_samples:
+        raise InvalidRequest(
+            f"samples has {n} images, more than this server takes in one message "
+            f"({max_samples}); send chunks with ScoreImagesStream"
+        )
+    temperature = (check_temperature(request.options, 1.0)
+                   if request.options.HasField("temperature") else None)
+    images: list[bytes | np.ndarray | SampleError] = []
+    labels: list[Label] = []
+    for sample in request.samples:
+        kind = sample.WhichOneof("image")
+        if kind == "encoded":
+            images.append(sample.encoded)
+        elif kind == "pixels":
+            try:
+                images.append(from_tensor(sample.pixels, "pixels"))
+            except TensorError as exc:
+                images.append(SampleError("shape", str(exc)))
+        else:
+            images.append(SampleError("empty", "sample has neither encoded bytes nor pixels"))
+        label = sample.WhichOneof("label")
+        labels.append(sample.label_index if label == "label_index"
+                      else sample.label_name if label == "label_name" else None)
+    has_labels = any(label is not None for label in labels)
+    return ImageBatch(images=images, labels=labels if has_labels else None,
+                      temperature=temperature, model_name=request.model_name)

@@ -151,7 +151,7 @@ exec:
   command:
     - python
     - -m
-    - hardscore_client.health
+    - hardscore_server.health
     - --server
     - {{ printf "127.0.0.1:%v" .Values.ports.grpc | quote }}
     {{- if .Values.tls.enabled }}

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from hardscore_client.proto import grpc_service_pb2 as hardscore__client_dot_proto_dot_grpc__service__pb2
+from hardscore_server.inference_protocol import grpc_service_pb2 as hardscore__client_dot_proto_dot_grpc__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from hardscore_client.proto import scoring_pb2 as hardscore__client_dot_proto_dot_scoring__pb2
+from hardscore_wire import scoring_pb2 as hardscore__client_dot_proto_dot_scoring__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -1,10 +1,5 @@
-"""The data-set workflow on the bundled example: scikit-learn's digits as an image folder.
-
-``write_digits_example`` writes the 540 held-out digits (the split the embedded model did not
-train on) as PNG files in the class-folder layout, with 10% of the images put in a wrong class
-folder (seeded; the same corruption as the demo's image part). ``dataset_part`` runs
-score-dir -> report -> select on it against a server, as ``make demo`` does at its end.
-"""
+"""The data-set workflow on the digits example folder (``digits_example``): ``dataset_part``
+runs score-dir -> report -> select on it against a server, as ``make demo`` does at its end."""
 
 from __future__ import annotations
 
@@ -20,31 +15,7 @@ from hardscore_client.dataset import score_dir
 from hardscore_client.report import write_report
 from hardscore_client.selection import select, write_queue
 
-NOISE_RATE = 0.10
-SEED = 1
-TRUTH_FILE = "TRUE_LABELS.csv"
-
-
-def write_digits_example(out: Path, noise_rate: float = NOISE_RATE, seed: int = SEED) -> int:
-    """Writes ``out/<given label>/digit-NNNN.png`` and ``out/TRUE_LABELS.csv`` (file, given,
-    true) for the held-out digits; returns how many labels were corrupted."""
-    from hardscore_client.demo import corrupt_labels
-    from hardscore_server.digits import heldout_split
-    from hardscore_server.preprocess import encode_png
-
-    _, _, images, labels = heldout_split()
-    noisy, flipped = corrupt_labels(labels, 10, noise_rate, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / TRUTH_FILE).open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "given_label", "true_label", "corrupted"])
-        for i, (image, given, true) in enumerate(zip(images, noisy, labels, strict=True)):
-            folder = out / str(int(given))
-            folder.mkdir(exist_ok=True)
-            name = f"digit-{i:04d}.png"
-            (folder / name).write_bytes(encode_png(image))
-            writer.writerow([f"{int(given)}/{name}", int(given), int(true), int(given != true)])
-    return int(flipped.sum())
+from digits_example import TRUTH_FILE, write_digits_example
 
 
 def _table_suffix() -> str:

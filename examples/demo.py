@@ -14,7 +14,7 @@ labels), and the class-wise table of mean hardness and agreement with the given 
 with the data-set workflow on the held-out images written as a class-folder data set
 (score-dir, select, and the HTML report, whose path it prints).
 
-    python -m hardscore_client.demo --start-server      # or: --server HOST:PORT
+    python examples/demo.py --start-server      # or: --server HOST:PORT
 """
 
 from __future__ import annotations
@@ -30,25 +30,16 @@ import numpy as np
 import numpy.typing as npt
 
 from hardscore_client.client import ScoringClient
-from hardscore_client.local_server import start_server
 from hardscore_client.messages import ScoreResult
+from hardscore_server.digits import heldout_split
+from hardscore_server.local_server import start_server
+from hardscore_server.preprocess import encode_png
+
+from dataset_demo import dataset_part
+from digits_example import corrupt_labels
 
 NOISE_RATE = 0.10
 SEED = 0
-
-
-def corrupt_labels(
-    labels: npt.NDArray[np.int64], n_classes: int, rate: float, seed: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    """Flips ``rate`` of the labels to a uniformly random *other* class; returns (noisy, mask)."""
-    rng = np.random.default_rng(seed)
-    n = len(labels)
-    flip = np.zeros(n, dtype=bool)
-    flip[rng.choice(n, size=round(rate * n), replace=False)] = True
-    noisy = labels.copy()
-    shift = rng.integers(1, n_classes, size=int(flip.sum()))
-    noisy[flip] = (labels[flip] + shift) % n_classes
-    return noisy, flip
 
 
 def out_of_fold_logits(
@@ -122,9 +113,6 @@ def logits_part(client: ScoringClient) -> float:
 
 
 def image_part(client: ScoringClient) -> float:
-    from hardscore_server.digits import heldout_split
-    from hardscore_server.preprocess import encode_png
-
     _, _, images, labels = heldout_split()
     noisy, flipped = corrupt_labels(labels, 10, NOISE_RATE, SEED + 1)
     pngs = [encode_png(img) for img in images]
@@ -167,8 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             logits_part(client)
             image_part(client)
         # Last: the data-set workflow (score-dir -> report -> select) on the held-out digits.
-        from hardscore_client.workflow_demo import dataset_part
-
         dataset_part(target, args.workdir)
 
     if args.start_server:

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_client.proto import scoring_pb2 as pb
+from hardscore_wire import scoring_pb2 as pb
 
 _TO_NUMPY: dict[int, np.dtype] = {
     pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),

@@ -1,6 +1,6 @@
 """One gRPC health check (``grpc.health.v1.Health/Check``) of a hardscore server, as a command.
 
-    python -m hardscore_client.health [--server HOST:PORT] [--service NAME] [--timeout S]
+    python -m hardscore_server.health [--server HOST:PORT] [--service NAME] [--timeout S]
                                       [--tls-ca-file F [--tls-cert-file F --tls-key-file F]
                                        [--tls-server-name NAME]]
 
@@ -12,7 +12,6 @@ the reason on stderr: 0 and 1 are the only codes Docker's HEALTHCHECK gives a me
 The default server is ``127.0.0.1:$HARDSCORE_HEALTH_PORT`` when that plaintext health-only port
 is on (so the check works whatever TLS the gRPC port requires), else ``127.0.0.1:$HARDSCORE_PORT``
 (8001 when unset): a container configured through the environment is checked on the right port.
-``add_arguments`` and ``run`` let a ``hardscore health`` subcommand reuse this module.
 """
 
 from __future__ import annotations
@@ -21,16 +20,26 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hardscore_client.client import TLSConfig
-
 HEALTHY = 0
 UNHEALTHY = 1
 DEFAULT_PORT = 8001
+
+
+@dataclass(frozen=True)
+class ProbeTLS:
+    """TLS of the probe's channel: PEM bytes of the CA roots (None = the system's), for mutual
+    TLS a key and chain, and the name expected in the server certificate (None = the host)."""
+
+    root_certificates: bytes | None = None
+    private_key: bytes | None = None
+    certificate_chain: bytes | None = None
+    server_name_override: str | None = None
 
 
 def default_target(environ: Mapping[str, str] | None = None) -> str:
@@ -46,7 +55,7 @@ def default_target(environ: Mapping[str, str] | None = None) -> str:
 
 
 def check(
-    target: str, service: str = "", timeout: float = 3.0, tls: TLSConfig | None = None
+    target: str, service: str = "", timeout: float = 3.0, tls: ProbeTLS | None = None
 ) -> str:
     """The serving status of ``service`` ("" = the whole server) as its enum name.
 
@@ -70,13 +79,13 @@ def check(
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
-def tls_from_args(args: argparse.Namespace) -> TLSConfig | None:
+def tls_from_args(args: argparse.Namespace) -> ProbeTLS | None:
     """The TLS settings the flags ask for, or None for plaintext."""
     if bool(args.tls_cert_file) != bool(args.tls_key_file):
         raise ValueError("--tls-cert-file and --tls-key-file go together")
     if not (args.tls or args.tls_ca_file or args.tls_cert_file):
         return None
-    return TLSConfig(
+    return ProbeTLS(
         root_certificates=Path(args.tls_ca_file).read_bytes() if args.tls_ca_file else None,
         private_key=Path(args.tls_key_file).read_bytes() if args.tls_key_file else None,
         certificate_chain=Path(args.tls_cert_file).read_bytes() if args.tls_cert_file else None,
@@ -85,7 +94,7 @@ def tls_from_args(args: argparse.Namespace) -> TLSConfig | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The health check's flags, for this module's ``main`` and a ``hardscore health`` command."""
+    """The health check's flags (this module's ``main``; the Helm chart's exec probe sets them)."""
     parser.add_argument("--server", default=None,
                         help="HOST:PORT (default: 127.0.0.1 at $HARDSCORE_HEALTH_PORT, else "
                              "$HARDSCORE_PORT, else 8001)")
@@ -122,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hardscore_client.health",
+        prog="python -m hardscore_server.health",
         description="gRPC health check of a hardscore server: exit 0 if SERVING, else 1.",
     )
     add_arguments(parser)

@@ -1,0 +1,15 @@
+"""Errors of a request as a whole, raised by the domain code and mapped to a status by servicers.
+
+Per-sample problems are not errors of the request: see ``preprocess.SampleError``. The batcher
+raises its own (QueueFull, DeadlineExpired).
+"""
+
+from __future__ import annotations
+
+
+class InvalidRequest(ValueError):
+    """The request as a whole cannot be scored (INVALID_ARGUMENT); the message names the field."""
+
+
+class UnknownModel(LookupError):
+    """The request names a model this server does not serve (NOT_FOUND)."""

@@ -1,0 +1,365 @@
+"""The image pipeline, the same for every protocol: check -> admit -> preprocess -> batch -> score.
+
+Servicers (hardscore.v1, the Open Inference Protocol) translate their messages into an
+``ImageBatch`` and the ``ImageScores`` back into their replies; everything between is here:
+the model check, the per-request sample limit, admission to the batcher's queue (before any
+decoding, so a full queue refuses at once), decoding, resizing and normalising in one bounded
+thread pool, the model run through the dynamic batcher, and the scores.
+
+One bad sample (undecodable bytes, a wrong tensor shape, an unknown label) is reported in
+``ImageScores.errors`` and gets predicted_class -1 and NaN scores; its neighbours are scored.
+A caller that cannot report per-sample errors asks for ``on_sample_error="raise"``: the first
+bad sample then fails the request with ``SampleFailed`` before the model runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from hardscore_server.batcher import DynamicBatcher, Reservation
+from hardscore_server.config import ServerConfig
+from hardscore_server.errors import InvalidRequest, UnknownModel
+from hardscore_server.metrics import ServerMetrics
+from hardscore_server.model_dir import ModelManifest
+from hardscore_server.model_runner import ModelRunner
+from hardscore_server.preprocess import (
+    InputSpec,
+    SampleError,
+    decode_image,
+    from_pixels,
+    header_pixels,
+)
+from hardscore_server.scores import LABEL_SCORES, MODEL_SCORES, NO_LABEL, ScoreBatch, score_logits
+
+Float32Array = npt.NDArray[np.float32]
+
+Image = bytes | np.ndarray | SampleError
+"""One image: encoded file bytes (JPEG, PNG, WebP, BMP, GIF, TIFF); uint8 pixels [H, W] or
+[H, W, C] (resized like a decoded file); float32 [C, H, W], the model input itself (must be
+finite); or a SampleError a translator already found (reported in its place)."""
+
+Label = int | str | None
+"""A given label: a class index, a class name, or None for none."""
+
+INLINE_PREPROCESS_BYTES = 16 * 1024
+"""A lone sample up to this size is preprocessed on the event loop, not in the thread pool."""
+
+INLINE_PREPROCESS_PIXELS = 256 * 256
+"""... and, when encoded, decodes to at most this many pixels (the header says, before decoding:
+a few KiB of PNG can hold a 4000 x 4000 image)."""
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """The images of one request and what to do with them.
+
+    ``images`` is a sequence of ``Image`` (forms may be mixed), or one array of the whole batch
+    at the model's size [N, C, H, W]: float32 is the model input taken as is (NaN and infinity
+    give NaN scores, never an error), uint8 is pixels 0..255, normalised with the model's mean
+    and std. ``labels`` (one per image, or None for no label scores at all) turns the label
+    scores on; rows whose label is None get NaN label scores. ``temperature`` (> 0) replaces
+    the model's own.
+    """
+
+    images: Sequence[Image] | np.ndarray
+    labels: Sequence[Label] | None = None
+    temperature: float | None = None
+    model_name: str = ""
+    on_sample_error: Literal["report", "raise"] = "report"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """The result of one ImageBatch, N rows in input order.
+
+    ``scores`` holds every score (label scores None when the batch had no labels); ``logits``
+    float32 [N, K] is the model output. Rows in ``errors`` have predicted_class -1 and NaN
+    scores and logits; so do rows whose logits are not finite.
+    """
+
+    scores: ScoreBatch
+    logits: Float32Array
+    errors: list[tuple[int, SampleError]] = field(default_factory=list)
+
+
+class SampleFailed(InvalidRequest):
+    """A sample could not be used and the batch asked for ``on_sample_error="raise"``."""
+
+    def __init__(self, index: int, error: SampleError) -> None:
+        super().__init__(f"sample {index}: {error}")
+        self.index = index
+        self.error = error
+
+
+def _nbytes(image: Image) -> int:
+    return len(image) if isinstance(image, bytes) else getattr(image, "nbytes", 0)
+
+
+def _cheap_to_prepare(image: Image) -> bool:
+    """Whether decoding ``image`` on the event loop costs less than a thread hand-off."""
+    if _nbytes(image) > INLINE_PREPROCESS_BYTES:
+        return False
+    if not isinstance(image, bytes):
+        return True
+    pixels = header_pixels(image)
+    return pixels is not None and pixels <= INLINE_PREPROCESS_PIXELS
+
+
+def expand(batch: ScoreBatch, rows: npt.NDArray[np.intp], n: int) -> ScoreBatch:
+    """Scores for all ``n`` samples from those of the scored ``rows``; the rest get -1 / NaN."""
+    if len(rows) == n:
+        return batch
+
+    def spread(values: Any, fill: float) -> Any:
+        if values is None:
+            return None
+        out = np.full((n, *values.shape[1:]), fill, dtype=values.dtype)
+        out[rows] = values
+        return out
+
+    fields = {
+        name: spread(getattr(batch, name), np.nan)
+        for name in (*MODEL_SCORES, *LABEL_SCORES, "probabilities")
+    }
+    return replace(
+        batch,
+        predicted_class=spread(batch.predicted_class, -1),
+        given_label=spread(batch.given_label, NO_LABEL),
+        **fields,
+    )
+
+
+class ImagePipeline:
+    """Scores ImageBatches with the served model through one dynamic batcher and one pool."""
+
+    def __init__(
+        self, runner: ModelRunner, config: ServerConfig, metrics: ServerMetrics
+    ) -> None:
+        self.manifest: ModelManifest = runner.manifest
+        self.provider = runner.provider
+        self._config = config
+        self._metrics = metrics
+        m = self.manifest
+        self.spec = InputSpec(
+            channels=m.input_channels, height=m.input_height, width=m.input_width,
+            mean=tuple(m.mean), std=tuple(m.std), resize=m.resize,
+        )
+        self._mean = np.asarray(m.mean, dtype=np.float32)[:, np.newaxis, np.newaxis]
+        self._std = np.asarray(m.std, dtype=np.float32)[:, np.newaxis, np.newaxis]
+        self.batcher = DynamicBatcher(
+            runner.run,
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_s=config.max_queue_delay_ms / 1000.0,
+            max_queue_size=config.max_queue_size,
+            instances=config.instances,
+            preferred_batch_sizes=config.preferred_batch_sizes,
+            metrics=metrics,
+            model=m.name,
+        )
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.preprocess_threads, thread_name_prefix="preprocess")
+        metrics.model_info.labels(m.name, m.version, runner.provider).set(1)
+        self._preprocess_time = metrics.preprocess_time.labels(m.name)
+        self._images_scored = metrics.samples.labels("images")
+
+    @property
+    def max_samples(self) -> int:
+        """The most images one request may hold (the row limit, at most the queue's size)."""
+        return min(self._config.max_rows_per_request, self._config.max_queue_size)
+
+    async def close(self) -> None:
+        """Finishes every accepted request, then releases the threads."""
+        await self.batcher.close()
+        self._pool.shutdown(wait=True)
+
+    def serves(self, name: str, version: str = "") -> bool:
+        """Whether requests for model ``name`` ("" = the served one) at ``version`` come here."""
+        m = self.manifest
+        return name in ("", m.name) and version in ("", m.version)
+
+    def check_model(self, name: str) -> None:
+        """Raises UnknownModel unless ``name`` ("" = any) is the served model."""
+        if not self.serves(name):
+            raise UnknownModel(f"model {name!r} is not served here; this server serves "
+                               f"{self.manifest.name!r}")
+
+    async def score(self, batch: ImageBatch, deadline: float | None) -> ImageScores:
+        """Scores every image of ``batch``; ``deadline`` is a time.monotonic() instant.
+
+        Raises UnknownModel, InvalidRequest (more than ``max_samples`` images, labels that do
+        not match the images, a bad temperature), SampleFailed, and the batcher's QueueFull and
+        DeadlineExpired.
+        """
+        self.check_model(batch.model_name)
+        n = len(batch)
+        if n > self.max_samples:
+            raise InvalidRequest(
+                f"the request holds {n} images, more than this server takes in one request "
+                f"({self.max_samples})")
+        if batch.labels is not None and len(batch.labels) != n:
+            raise InvalidRequest(f"{len(batch.labels)} labels for {n} images (one per image)")
+        temperature = self.manifest.temperature if batch.temperature is None else (
+            batch.temperature)
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise InvalidRequest(f"temperature must be finite and > 0, got {temperature}")
+        reservation = self.batcher.reserve(n) if n else None  # refuse early, before decoding
+        try:
+            return await self._score_admitted(batch, temperature, deadline, reservation)
+        finally:
+            if reservation is not None:
+                reservation.release()
+
+    async def _score_admitted(
+        self, batch: ImageBatch, temperature: float, deadline: float | None,
+        reservation: Reservation | None,
+    ) -> ImageScores:
+        n = len(batch)
+        m = self.manifest
+        inputs, labels, errors = await self._prepare(batch)
+        if errors and batch.on_sample_error == "raise":
+            raise SampleFailed(*errors[0])
+        failed = {i for i, _ in errors}
+        rows = np.array([i for i in range(n) if i not in failed], dtype=np.intp)
+        if len(rows):
+            logits = np.asarray(await self.batcher.infer(inputs, deadline, reservation),
+                                dtype=np.float32)
+        else:
+            logits = np.zeros((0, m.num_classes), dtype=np.float32)
+        with np.errstate(all="ignore"):  # non-finite logits give NaN scores, quietly
+            scores = score_logits(logits, None if labels is None else labels[rows], temperature)
+        scores = replace(scores, predicted_class=np.where(
+            np.isfinite(scores.confidence), scores.predicted_class, -1))
+        self._images_scored.inc(len(rows))
+        self._metrics.observe_scores(m.name, scores.hardness, scores.mistakenness)
+        if len(rows) != n:
+            full = np.full((n, m.num_classes), np.nan, dtype=np.float32)
+            full[rows] = logits
+            logits = full
+        return ImageScores(scores=expand(scores, rows, n), logits=logits, errors=errors)
+
+    # -- preprocessing ------------------------------------------------------------------------
+
+    async def _prepare(
+        self, batch: ImageBatch
+    ) -> tuple[Float32Array, npt.NDArray[np.int64] | None, list[tuple[int, SampleError]]]:
+        """The model input [M, C, H, W] of the M good samples, every sample's label index
+        (None without labels), and the errors, in input order. A sample whose label is unknown
+        is not decoded."""
+        n = len(batch)
+        labels, label_errors = self._label_indices(batch.labels, n)
+        bad = dict(label_errors)
+        images = batch.images
+        if isinstance(images, np.ndarray):
+            if images.dtype == np.uint8:
+                inputs = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._normalise, images)
+            else:
+                inputs = np.ascontiguousarray(images, dtype=np.float32)
+            if bad:
+                inputs = inputs[[i for i in range(n) if i not in bad]]
+        else:
+            prepared = await self._preprocess_all(
+                [bad.get(i, image) for i, image in enumerate(images)])
+            good: list[Float32Array] = []
+            for i, item in enumerate(prepared):
+                if isinstance(item, SampleError):
+                    bad[i] = item
+                else:
+                    good.append(item)
+            if len(good) == 1:
+                inputs = good[0][None]  # the usual online call: a view with a batch axis
+            elif good:
+                inputs = np.stack(good)
+            else:
+                inputs = np.zeros((0, *self._chw), dtype=np.float32)
+        for error in bad.values():
+            self._metrics.sample_errors.labels(error.reason).inc()
+        return inputs, labels, sorted(bad.items())
+
+    @property
+    def _chw(self) -> tuple[int, int, int]:
+        return (self.spec.channels, self.spec.height, self.spec.width)
+
+    def _label_indices(
+        self, labels: Sequence[Label] | None, n: int
+    ) -> tuple[npt.NDArray[np.int64] | None, list[tuple[int, SampleError]]]:
+        """Each label as a class index (NO_LABEL for None), and the labels that are unknown."""
+        if labels is None:
+            return None, []
+        names = self.manifest.class_names
+        out = np.full(n, NO_LABEL, dtype=np.int64)
+        errors: list[tuple[int, SampleError]] = []
+        for i, label in enumerate(labels):
+            if label is None:
+                continue
+            if isinstance(label, str):
+                if label not in names:
+                    errors.append((i, SampleError(
+                        "label", f"label_name {label!r} is not one of the model's classes")))
+                    continue
+                out[i] = names.index(label)
+            elif 0 <= label < len(names):
+                out[i] = label
+            else:
+                errors.append((i, SampleError(
+                    "label", f"label_index {label} is out of range 0..{len(names) - 1}")))
+        return out, errors
+
+    def _normalise(self, pixels: npt.NDArray[np.uint8]) -> Float32Array:
+        """uint8 [N, C, H, W] pixels -> (pixel / 255 - mean) / std in float32, as a decoded
+        file's pixels are."""
+        x = pixels.astype(np.float32)
+        x /= np.float32(255)
+        x -= self._mean
+        x /= self._std
+        return x
+
+    def _preprocess(self, images: Sequence[Image]) -> list[Float32Array | SampleError]:
+        """Worker thread: each image's model input [C, H, W], or the SampleError saying why not."""
+        out: list[Float32Array | SampleError] = []
+        observe = self._preprocess_time.observe
+        for image in images:
+            if isinstance(image, SampleError):
+                out.append(image)
+                continue
+            started = time.perf_counter()
+            try:
+                if isinstance(image, bytes):
+                    out.append(decode_image(image, self.spec))
+                else:
+                    out.append(from_pixels(image, self.spec))
+            except SampleError as exc:
+                out.append(exc)
+            observe(time.perf_counter() - started)
+        return out
+
+    async def _preprocess_all(self, images: Sequence[Image]) -> list[Float32Array | SampleError]:
+        """Preprocesses in up to ``preprocess_threads`` slices in parallel, keeping order.
+
+        A single small image (the usual online call) is done on the event loop: decoding a few
+        KiB costs less than the hand-off to a worker thread and back.
+        """
+        if len(images) == 1 and _cheap_to_prepare(images[0]):
+            return self._preprocess(images)
+        if not images:
+            return []
+        loop = asyncio.get_running_loop()
+        slices = min(self._config.preprocess_threads, len(images))
+        bounds = np.linspace(0, len(images), slices + 1).astype(int)
+        parts = await asyncio.gather(*[
+            loop.run_in_executor(self._pool, self._preprocess, images[a:b])
+            for a, b in itertools.pairwise(bounds)
+        ])
+        return [item for part in parts for item in part]
