@@ -43,6 +43,7 @@ FROM base AS builder
 ARG FLAVOR
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
+COPY proto/hardscore_wire/ proto/hardscore_wire/
 COPY server/ server/
 COPY client/ client/
 RUN python3 -m venv /opt/hardscore \

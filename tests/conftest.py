@@ -12,6 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
+# The examples (the digits data, the demo) are scripts, not packages: tests import them by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 from hardscore_client import ScoringClient
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
 
 from hardscore_client.analysis import Analysis, ScoreTable, analyse
 
@@ -103,7 +102,9 @@ def _pct(value: float) -> str:
 
 def make_thumbnail(source: str, target: Path, size: int) -> bool:
     """A PNG thumbnail fitting size x size (small images enlarged by whole pixels); False when
-    the source cannot be read."""
+    the source cannot be read. Needs Pillow (the ``report`` extra)."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(source) as im:
             im.load()

@@ -2,8 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -60,7 +59,7 @@ class ScoringOptions(_message.Message):
     temperature: float
     include_probabilities: bool
     include_logits: bool
-    def __init__(self, class_names: _Optional[_Iterable[str]] = ..., temperature: _Optional[float] = ..., include_probabilities: _Optional[bool] = ..., include_logits: _Optional[bool] = ...) -> None: ...
+    def __init__(self, class_names: _Optional[_Iterable[str]] = ..., temperature: _Optional[float] = ..., include_probabilities: bool = ..., include_logits: bool = ...) -> None: ...
 
 class ScoreLogitsRequest(_message.Message):
     __slots__ = ("logits", "labels", "ids", "options")
@@ -238,4 +237,4 @@ class GetModelInfoResponse(_message.Message):
     batching: BatchingSettings
     weights_provenance: str
     random_weights: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input_channels: _Optional[int] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., resize: _Optional[str] = ..., temperature: _Optional[float] = ..., execution_provider: _Optional[str] = ..., batching: _Optional[_Union[BatchingSettings, _Mapping]] = ..., weights_provenance: _Optional[str] = ..., random_weights: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input_channels: _Optional[int] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., resize: _Optional[str] = ..., temperature: _Optional[float] = ..., execution_provider: _Optional[str] = ..., batching: _Optional[_Union[BatchingSettings, _Mapping]] = ..., weights_provenance: _Optional[str] = ..., random_weights: bool = ...) -> None: ...

@@ -1,7 +1,9 @@
 """Runs a real ``hardscore-server`` as a subprocess on 127.0.0.1, on ephemeral ports.
 
 Used by the demo (``--start-server``), the benchmarks and the end-to-end tests: the server binds
-port 0 and the ports it got are read from its "serving gRPC on ..." log line.
+port 0 and the ports it got are read from its "serving gRPC on ..." log line. The server runs
+under this interpreter, or under ``$HARDSCORE_SERVER_PYTHON`` when set (a client-only
+environment testing against a server installed elsewhere).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+
+SERVER_PYTHON_ENV = "HARDSCORE_SERVER_PYTHON"
+"""Names the interpreter the server runs under (default: this one)."""
 
 SERVING = re.compile(r"serving gRPC on [^ ]+:(\d+), metrics on [^ ]+:(-?\d+)")
 
@@ -42,8 +47,9 @@ class ServerProcess:
     """
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        python = os.environ.get(SERVER_PYTHON_ENV) or sys.executable
         self.args = [
-            sys.executable, "-c", _LAUNCHER,
+            python, "-c", _LAUNCHER,
             "--host", "127.0.0.1", "--port", "0",
             "--metrics-host", "127.0.0.1", "--metrics-port", "0",
             *args,

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from hardscore_client.demo import corrupt_labels
+from digits_example import corrupt_labels
 from hardscore_client.label_issues import find_label_issues, round_keeping_total
 
 cleanlab_count = pytest.importorskip("cleanlab.count")

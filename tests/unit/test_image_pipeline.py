@@ -7,8 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from hardscore_client.messages import image_sample
-from hardscore_server.image_scoring import _cheap_to_prepare, expand
+from hardscore_server.image_pipeline import _cheap_to_prepare, expand
 from hardscore_server.preprocess import encode_png, header_pixels
 from hardscore_server.scores import score_logits
 
@@ -25,14 +24,13 @@ def test_header_pixels_reads_the_size_without_decoding():
 
 
 def test_only_small_images_are_preprocessed_on_the_event_loop():
-    small = image_sample(encode_png(np.zeros((8, 8), dtype=np.uint8)))
-    assert _cheap_to_prepare(small)
+    assert _cheap_to_prepare(encode_png(np.zeros((8, 8), dtype=np.uint8)))
     bomb = _png(4000, 4000)  # a few KiB that decode to 16 million pixels
     assert len(bomb) < 16 * 1024
-    assert not _cheap_to_prepare(image_sample(bomb))
-    assert _cheap_to_prepare(image_sample(np.zeros((3, 32, 32), dtype=np.float32)))
-    assert not _cheap_to_prepare(image_sample(np.zeros((3, 224, 224), dtype=np.float32)))
-    assert not _cheap_to_prepare(image_sample(b"garbage"))  # decoded (and refused) in the pool
+    assert not _cheap_to_prepare(bomb)
+    assert _cheap_to_prepare(np.zeros((3, 32, 32), dtype=np.float32))
+    assert not _cheap_to_prepare(np.zeros((3, 224, 224), dtype=np.float32))
+    assert not _cheap_to_prepare(b"garbage")  # decoded (and refused) in the pool
 
 
 def test_failed_rows_get_minus_one_and_nan():

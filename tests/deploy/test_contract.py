@@ -18,9 +18,13 @@ def test_proto_passes_buf_lint():
 
 
 def test_generated_stubs_are_up_to_date():
-    proc = subprocess.run([sys.executable, str(REPO / "proto" / "generate.py"), "--check"],
+    # grpcio-tools 1.62 lives in a venv of its own (make's protoc venv): see the Makefile
+    protoc_python = REPO / ".tools" / "protoc-venv" / "bin" / "python"
+    assert protoc_python.is_file(), "the protoc venv is missing: run `make protos-check`"
+    proc = subprocess.run([str(protoc_python), str(REPO / "proto" / "generate.py"), "--check"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "up to date" in proc.stdout
 
 
 def test_ruff_and_mypy_are_clean():

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from hardscore_server.config import ConfigError, ServerConfig, load_config, parse_args
@@ -71,20 +68,3 @@ def test_unknown_key_in_file_is_refused(tmp_path):
     file.write_text("max_batch = 3\n")
     with pytest.raises(ConfigError, match="unknown setting 'max_batch'"):
         load_config(environ={"HARDSCORE_CONFIG": str(file)})
-
-
-def test_server_exits_2_with_the_message_on_bad_config():
-    proc = subprocess.run(
-        [sys.executable, "-m", "hardscore_server.main", "--max-batch-size", "-3"],
-        capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert "configuration error: max_batch_size must be an integer >= 1, got -3" in proc.stderr
-
-
-def test_server_exits_3_on_a_bad_model_directory(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "hardscore_server.main", "--model-dir", str(tmp_path),
-         "--port", "0", "--metrics-port", "-1"],
-        capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 3
-    assert "cannot serve the model: manifest.json not found in model directory" in proc.stderr

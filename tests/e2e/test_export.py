@@ -1,4 +1,4 @@
-"""hardscore export: ResNet50 export with a dynamic batch axis, checkpoints, parity, refusals."""
+"""hardscore-export: ResNet50 export with a dynamic batch axis, checkpoints, parity, refusals."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ torch.set_num_threads(2)
 
 
 def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hardscore export")
+    parser = argparse.ArgumentParser(prog="hardscore-export")
     add_export_arguments(parser)
     return parser.parse_args(list(argv))
 
@@ -49,7 +49,7 @@ def _session(model_dir: Path) -> ort.InferenceSession:
 
 def test_missing_extra_message() -> None:
     assert MISSING_EXTRA == (
-        "hardscore export needs the 'export' extra: pip install 'hardscore[export]'"
+        "hardscore-export needs the 'export' extra: pip install 'hardscore[export]'"
     )
 
 
@@ -151,7 +151,7 @@ def test_refuses_without_weights(tmp_path: Path, capsys: pytest.CaptureFixture) 
         export_resnet50(_args("--layout", "cifar", "--out", str(out)))
     assert str(exc.value) == message
     assert run_export(_args("--layout", "cifar", "--out", str(out))) == 1
-    assert capsys.readouterr().err == f"hardscore export: error: {message}\n"
+    assert capsys.readouterr().err == f"hardscore-export: error: {message}\n"
     assert not out.exists()
 
 
