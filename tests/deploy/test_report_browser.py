@@ -21,6 +21,7 @@ from PIL import Image
 from hardscore_client.analysis import ScoreTable
 from hardscore_client.dataset import score_dir
 from hardscore_client.report import write_report
+
 from digits_example import write_digits_example
 
 WIDTH, HEIGHT = 1280, 3000

@@ -26,8 +26,9 @@ from hardscore_client.dataset import (
 from hardscore_client.report import write_report
 from hardscore_client.selection import CSV_COLUMNS, per_class_quota, select, write_queue
 from hardscore_client.tables import read_table
-from digits_example import TRUTH_FILE, write_digits_example
 from hardscore_wire.scores import SCORE_NAMES
+
+from digits_example import TRUTH_FILE, write_digits_example
 
 CLASSES = [str(k) for k in range(10)]
 

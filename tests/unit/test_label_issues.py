@@ -12,8 +12,9 @@ import warnings
 import numpy as np
 import pytest
 
-from digits_example import corrupt_labels
 from hardscore_client.label_issues import find_label_issues, round_keeping_total
+
+from digits_example import corrupt_labels
 
 cleanlab_count = pytest.importorskip("cleanlab.count")
 cleanlab_filter = pytest.importorskip("cleanlab.filter")
