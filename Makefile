@@ -63,18 +63,22 @@ lint: install $(BUF) protos-check
 # The lowest protobuf and grpcio the client supports, in a venv of their own: the client's
 # end-to-end tests run there against servers started from the main venv.
 MIN_VENV := .venv-min
-MIN_PINS := protobuf==5.26.1 grpcio==1.62.3 grpcio-health-checking==1.62.3
+MIN_PINS := protobuf==5.26.1 grpcio==1.62.3
+# What the tests themselves use beside the client (reference values, health and reflection calls).
+MIN_TEST_DEPS := pytest pytest-timeout prometheus-client pillow scikit-learn \
+	grpcio-health-checking==1.62.3 grpcio-reflection==1.62.3
 $(MIN_VENV)/.installed: pyproject.toml $(VENV)/.installed
 	rm -rf $(MIN_VENV)
 	$(PYTHON) -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e . $(MIN_PINS) \
-		pytest pytest-timeout prometheus-client pillow scikit-learn
+		$(MIN_TEST_DEPS)
 	touch $@
 
 CLIENT_E2E := tests/e2e/test_logits_service.py tests/e2e/test_image_service.py tests/e2e/test_cli.py
 client-range: $(MIN_VENV)/.installed
 	$(MIN_VENV)/bin/python -c "import google.protobuf as p, grpc; print('client range:', \
 		'protobuf', p.__version__, 'grpcio', grpc.__version__)"
+	$(MIN_VENV)/bin/hardscore-server 2>&1 | grep -q "needs the server extra: pip install"
 	HARDSCORE_SERVER_PYTHON="$(CURDIR)/$(PY)" $(MIN_VENV)/bin/pytest -q -p no:cacheprovider \
 		$(CLIENT_E2E)
 

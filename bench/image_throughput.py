@@ -1,7 +1,7 @@
 """Image scoring throughput: raw ONNX Runtime versus the served path, with and without batching.
 
 Model: the CIFAR-layout ResNet50 (3x32x32 input, 10 classes) with seeded random weights,
-exported once with ``hardscore export`` and cached in ``bench/.cache/`` (or ``--model-dir``).
+exported once with ``hardscore-export`` and cached in ``bench/.cache/`` (or ``--model-dir``).
 
 (a) raw: ``ModelRunner`` (the server's own class, so the ONNX Runtime session options are the
     server's) called in-process at batch sizes 1..64 for a bounded time each: images/s and
@@ -112,7 +112,7 @@ def ensure_model(refresh: bool, timeout: float) -> Path:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     partial = CACHE_DIR / (MODEL_CACHE_NAME + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    command = [sys.executable, "-m", "hardscore_client.cli", "export", "--arch", "resnet50",
+    command = [sys.executable, "-m", "hardscore_server.export", "--arch", "resnet50",
                "--layout", "cifar", "--random-weights", "--seed", "0", "--out", str(partial)]
     print(f"model: exporting to {model_dir} (once; later runs reuse it)", flush=True)
     started = time.perf_counter()

@@ -21,6 +21,8 @@ from server_process import ServerProcess, start_server
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PROTOC_PYTHON = REPO / ".tools" / "protoc-venv" / "bin" / "python"
+"""The interpreter of the venv with grpcio-tools 1.62 that generates the stubs (make protos)."""
 
 
 @pytest.fixture(scope="session")

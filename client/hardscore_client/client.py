@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import hardscore_client.health_check as health_check
 from hardscore_client.messages import (
     ScoreResult,
     chunk_rows_for,
@@ -152,7 +152,7 @@ class _ClientCore:
         else:
             self._channel = grpc_api.insecure_channel(target, options=options)
         self._stub = pb_grpc.ScoringServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._health = self._channel.unary_unary(health_check.METHOD)
         self._max_message_bytes = max_message_bytes
         # Every call waits for the channel to connect (bounded by the timeout) instead of
         # failing at once while the server starts.
@@ -233,9 +233,8 @@ class ScoringClient(_ClientCore):
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Blocks until the server's health check says SERVING (or raises grpc.RpcError)."""
-        response = self._health.Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True)
-        _check_serving(response)
+        reply = self._health(health_check.request(), timeout=timeout, wait_for_ready=True)
+        health_check.check_serving(health_check.status_of(reply))
 
     def score_logits(
         self,
@@ -312,9 +311,8 @@ class AsyncScoringClient(_ClientCore):
         await self._channel.close(grace=None)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        response = await self._health.Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True)
-        _check_serving(response)
+        reply = await self._health(health_check.request(), timeout=timeout, wait_for_ready=True)
+        health_check.check_serving(health_check.status_of(reply))
 
     async def score_logits(
         self,
@@ -364,8 +362,3 @@ class AsyncScoringClient(_ClientCore):
     async def get_model_info(self, model_name: str = "") -> pb.GetModelInfoResponse:
         return await self._stub.GetModelInfo(pb.GetModelInfoRequest(model_name=model_name),
                                              **self._call)
-
-
-def _check_serving(response: health_pb2.HealthCheckResponse) -> None:
-    if response.status != health_pb2.HealthCheckResponse.SERVING:
-        raise RuntimeError(f"server is not serving: status {response.status}")

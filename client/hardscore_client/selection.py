@@ -11,7 +11,7 @@ Strategies (rows with a missing score are never selected):
   flagged set first (when the table has probabilities), then the other rows, each by
   label_issue_score (1 - p(given label)).
 
-The queue is written as CSV and as a JSON task list (format in README, "Data-set workflow").
+The queue is written as CSV and as a JSON task list (format in docs/dataset-workflow.md).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-SERVER_MODULES = ("onnxruntime", "PIL", "prometheus_client", "grpc_reflection")
+SERVER_MODULES = ("onnxruntime", "PIL", "prometheus_client", "grpc_health", "grpc_reflection")
 """Modules of the ``server`` (or ``gpu``) extra, by their import names."""
 
 

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import PROTOC_PYTHON, REPO
 
 
 def test_proto_passes_buf_lint():
@@ -18,10 +18,8 @@ def test_proto_passes_buf_lint():
 
 
 def test_generated_stubs_are_up_to_date():
-    # grpcio-tools 1.62 lives in a venv of its own (make's protoc venv): see the Makefile
-    protoc_python = REPO / ".tools" / "protoc-venv" / "bin" / "python"
-    assert protoc_python.is_file(), "the protoc venv is missing: run `make protos-check`"
-    proc = subprocess.run([str(protoc_python), str(REPO / "proto" / "generate.py"), "--check"],
+    assert PROTOC_PYTHON.is_file(), "the protoc venv is missing: run `make protos-check`"
+    proc = subprocess.run([str(PROTOC_PYTHON), str(REPO / "proto" / "generate.py"), "--check"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "up to date" in proc.stdout

@@ -12,7 +12,6 @@ import importlib.metadata
 import math
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -25,7 +24,8 @@ try:
 except TypeError as exc:  # "duplicate symbol 'inference.DataType'"
     raise ImportError(
         "tritonclient cannot be imported: this process already imported "
-        "hardscore_client.proto.grpc_service_pb2 (or the server), which registers the same "
+        "hardscore_server.inference_protocol.grpc_service_pb2 (or the server), which registers "
+        "the same "
         "inference.* protobuf names in the default descriptor pool. Tests running in the pytest "
         "process must build Open Inference Protocol messages with tritonclient.grpc.service_pb2 "
         "(wire-identical, see test_proto_matches_tritons_field_numbers_and_types)") from exc
@@ -36,7 +36,7 @@ from hardscore_server.digits import heldout_split, to_model_input, upscale_rgb
 from hardscore_server.preprocess import encode_png
 from hardscore_server.scores import score_logits
 
-from conftest import REPO, metric, scrape
+from conftest import PROTOC_PYTHON, REPO, metric, scrape
 
 MODEL = "digits-resnet"
 MEAN = STD = (0.5, 0.5, 0.5)
@@ -85,7 +85,7 @@ def _infer_error(client, *args, **kwargs) -> InferenceServerException:
 def _compile_descriptor_set(tmp_path: Path) -> descriptor_pb2.FileDescriptorSet:
     out = tmp_path / "inference.pb"
     proc = subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO / 'proto'}",
+        [str(PROTOC_PYTHON), "-m", "grpc_tools.protoc", f"-I{REPO / 'proto'}",
          f"--descriptor_set_out={out}", "inference/grpc_service.proto"],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -29,7 +29,8 @@ FORBIDDEN = {
     "hardscore_wire": {"hardscore_client", "hardscore_server", "onnxruntime", "PIL",
                        "prometheus_client", "grpc_reflection", "torch", "grpc_health"},
     "hardscore_client": {"hardscore_server", "onnxruntime", "prometheus_client",
-                         "grpc_reflection", "torch", "torchvision", "onnx", "sklearn"},
+                         "grpc_reflection", "grpc_health", "torch", "torchvision", "onnx",
+                         "sklearn"},
     "hardscore_server": {"hardscore_client"},
 }
 EXTRAS_AT_TOP = {"PIL", "matplotlib", "pyarrow"}
