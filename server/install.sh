@@ -5,9 +5,9 @@
 #   server/install.sh [--python PY] [--flavor cpu|gpu] [--editable] [--extras a,b] [--dry-run]
 #
 #   --python PY     the environment's interpreter (default: python3)
-#   --flavor cpu    ONNX Runtime's CPU build (default)
-#   --flavor gpu    ONNX Runtime's CUDA build, onnxruntime-gpu, in place of the CPU one: both
-#                   ship the module `onnxruntime`, so only one of the two may be installed
+#   --flavor cpu    the server extra, with ONNX Runtime's CPU build (default)
+#   --flavor gpu    the gpu extra: ONNX Runtime's CUDA build, onnxruntime-gpu, in place of the
+#                   CPU one: both ship the module `onnxruntime`, so only one may be installed
 #   --editable      install the working tree in development mode (pip install -e)
 #   --extras a,b    optional dependency groups of pyproject.toml (dev, export, demo, ...)
 #   --dry-run       print the commands instead of running them
@@ -83,8 +83,9 @@ else
     run "${pip[@]}" install -c constraints.txt "$target"
 fi
 
-# The package depends on `onnxruntime` (CPU). Both builds write the same module directory, so
-# removing the unwanted one deletes files of the wanted one: reinstall the wanted one after.
+# An environment may hold the other build from an earlier install. Both builds write the same
+# module directory, so removing the unwanted one deletes files of the wanted one: reinstall the
+# wanted one after.
 [[ $dry_run -eq 1 ]] && echo "# only when $drop is installed:"
 dropped_version="$(installed_version "$drop")"
 if [[ -n "$dropped_version" ]]; then

@@ -207,7 +207,8 @@ def install_commands(*args: str) -> list[str]:
 
 def test_install_script_commands_per_flavor() -> None:
     cpu = install_commands("--python", "PY")
-    assert "+ PY -m pip --quiet --disable-pip-version-check install -c constraints.txt ." in cpu
+    assert "+ PY -m pip --quiet --disable-pip-version-check install -c constraints.txt .[server]" \
+        in cpu
     assert not any("onnxruntime-gpu==" in c for c in cpu)
     gpu = install_commands("--python", "PY", "--flavor", "gpu", "--extras", "dev")
     assert any(c.endswith("install -c constraints.txt .[dev,gpu]") for c in gpu)
@@ -216,7 +217,7 @@ def test_install_script_commands_per_flavor() -> None:
     assert reinstall > uninstall and "onnxruntime-gpu==" in gpu[reinstall]
     assert gpu[-1] == "+ PY - gpu", "the environment is checked last"
     dev = install_commands("--editable", "--extras", "dev,export,demo")
-    assert any(c.endswith("install -c constraints.txt -e .[dev,export,demo]") for c in dev)
+    assert any(c.endswith("install -c constraints.txt -e .[dev,export,demo,server]") for c in dev)
     bad = subprocess.run(["bash", str(INSTALL), "--flavor", "tpu"], capture_output=True,
                          text=True, timeout=30)
     assert bad.returncode == 2 and "cpu or gpu" in bad.stderr
