@@ -66,12 +66,13 @@ class ImageBatch:
     at the model's size [N, C, H, W]: float32 is the model input taken as is (NaN and infinity
     give NaN scores, never an error), uint8 is pixels 0..255, normalised with the model's mean
     and std. ``labels`` (one per image, or None for no label scores at all) turns the label
-    scores on; rows whose label is None get NaN label scores. ``temperature`` (> 0) replaces
+    scores on; rows whose label is None (or NO_LABEL, in an integer array of class indices) get
+    NaN label scores. ``temperature`` (> 0) replaces
     the model's own.
     """
 
     images: Sequence[Image] | np.ndarray
-    labels: Sequence[Label] | None = None
+    labels: Sequence[Label] | npt.NDArray[np.integer] | None = None
     temperature: float | None = None
     model_name: str = ""
     on_sample_error: Literal["report", "raise"] = "report"
@@ -293,14 +294,21 @@ class ImagePipeline:
         return (self.spec.channels, self.spec.height, self.spec.width)
 
     def _label_indices(
-        self, labels: Sequence[Label] | None, n: int
+        self, labels: Sequence[Label] | npt.NDArray[np.integer] | None, n: int
     ) -> tuple[npt.NDArray[np.int64] | None, list[tuple[int, SampleError]]]:
         """Each label as a class index (NO_LABEL for None), and the labels that are unknown."""
         if labels is None:
             return None, []
         names = self.manifest.class_names
-        out = np.full(n, NO_LABEL, dtype=np.int64)
         errors: list[tuple[int, SampleError]] = []
+        if isinstance(labels, np.ndarray):  # class indices already, NO_LABEL for none
+            out = labels.astype(np.int64)
+            for row in np.flatnonzero((out < NO_LABEL) | (out >= len(names))):
+                errors.append((int(row), SampleError(
+                    "label", f"label_index {out[row]} is out of range 0..{len(names) - 1}")))
+                out[row] = NO_LABEL
+            return out, errors
+        out = np.full(n, NO_LABEL, dtype=np.int64)
         for i, label in enumerate(labels):
             if label is None:
                 continue

@@ -111,12 +111,8 @@ def test_the_checker_sees_a_crossing(tmp_path: Path) -> None:
 
 
 def test_no_import_circles() -> None:
-    graph: dict[str, set[str]] = {}
-    for package in PACKAGES:
-        for name, path in modules(package):
-            graph[name] = set()
-            for target in imports(name, path):
-                graph[name].add(target)
+    graph = {name: imports(name, path) for package in PACKAGES
+             for name, path in modules(package)}
     for name in graph:  # keep only edges to our own modules
         graph[name] = {t for t in graph[name] if t in graph and t != name}
 

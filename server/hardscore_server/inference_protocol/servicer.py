@@ -13,7 +13,6 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_server.config import ServerConfig
 from hardscore_server.errors import InvalidRequest, UnknownModel
 from hardscore_server.image_pipeline import ImageBatch, ImagePipeline, ImageScores, SampleFailed
 from hardscore_server.inference_protocol import grpc_service_pb2 as oip
@@ -62,10 +61,8 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
     """Serves ``inference.GRPCInferenceService`` for the one model of an ImagePipeline."""
 
     def __init__(
-        self, config: ServerConfig, metrics: ServerMetrics, pipeline: ImagePipeline
+        self, metrics: ServerMetrics, pipeline: ImagePipeline
     ) -> None:
-        self._config = config
-        self._metrics = metrics
         self._calls = CallRecorder(metrics)
         self._pipeline = pipeline
         self._m = pipeline.manifest
@@ -139,9 +136,8 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         async def work() -> oip.ModelInferResponse:
             self._check_model(request.model_name, request.model_version)
             parsed = await asyncio.to_thread(self._parse, request)
-            labels = None if parsed.labels is None else [
-                None if v == NO_LABEL else int(v) for v in parsed.labels]
-            batch = ImageBatch(images=parsed.images, labels=labels, on_sample_error="raise")
+            batch = ImageBatch(images=parsed.images, labels=parsed.labels,
+                               on_sample_error="raise")
             try:
                 result = await self._pipeline.score(batch, deadline_of(context))
             except SampleFailed as exc:
