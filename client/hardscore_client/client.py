@@ -176,7 +176,9 @@ class _ClientCore:
         arr, label_arr = _prepare_logits(logits, labels)
         options = options_message(class_names, temperature, include_probabilities)
         rows = chunk_rows or chunk_rows_for(
-            arr.shape[-1] if arr.ndim == 2 else 2, self._max_message_bytes, include_probabilities)
+            arr.shape[-1] if arr.ndim == 2 else 2, self._max_message_bytes, include_probabilities,
+            logits_itemsize=arr.dtype.itemsize, labels=label_arr, ids=ids,
+            class_names=class_names)
         return max(1, -(-len(arr) // rows)), logits_chunks(arr, label_arr, ids, options, rows)
 
     @staticmethod

@@ -149,11 +149,52 @@ def logits_request(
     return request
 
 
-def chunk_rows_for(n_classes: int, max_message_bytes: int, with_probabilities: bool) -> int:
-    """Rows per message that keep both the request and the response well under the limit."""
-    request_bytes = 4 * n_classes + 8 + 16  # logits, label, a short id
-    response_bytes = 8 * 8 + 4 * 2 + 16 + (4 * n_classes if with_probabilities else 0)
-    rows = (max_message_bytes // 2) // max(request_bytes, response_bytes)
+MESSAGE_OVERHEAD_BYTES = 1024
+"""Room left in every message for its framing (tags, lengths, shapes, options)."""
+
+
+def _max_utf8_bytes(values: Sequence[str]) -> int:
+    """The longest of ``values`` in UTF-8 bytes (0 for none)."""
+    if not values:
+        return 0
+    longest = max(map(len, values))
+    if len("".join(values).encode()) == sum(map(len, values)):  # all ASCII
+        return longest
+    return max(len(v.encode()) for v in values)
+
+
+def chunk_rows_for(
+    n_classes: int,
+    max_message_bytes: int,
+    with_probabilities: bool,
+    *,
+    logits_itemsize: int = 4,
+    labels: npt.NDArray[np.generic] | None = None,
+    ids: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> int:
+    """Rows per message that keep both the request and its reply within the message limit.
+
+    Per row, the request carries the logits (``logits_itemsize`` bytes per class), a label (up
+    to 10 bytes as an index: -1 is a 10-byte varint; a name's bytes) and an id; the reply an
+    int32 class, 4 float64 scores, with labels another int32 and 4 float64, the id again, and
+    with probabilities 4 bytes per class. Both carry the class names once. Sizes are upper
+    bounds (the longest id and name), so every chunk fits; at most MAX_CHUNK_ROWS rows.
+    """
+    id_bytes = 0 if not ids else 6 + _max_utf8_bytes(ids)  # tag, length varint, text
+    names = list(class_names or ())
+    labelled = labels is not None
+    if not labelled:
+        label_bytes = 0
+    elif labels.dtype.kind in "US":  # type: ignore[union-attr]
+        label_bytes = 6 + _max_utf8_bytes([str(v) for v in set(labels.tolist())])  # type: ignore[union-attr]
+    else:
+        label_bytes = 10
+    request_row = logits_itemsize * n_classes + label_bytes + id_bytes
+    reply_row = 4 + 8 * 4 + (4 + 8 * 4 if labelled else 0) + id_bytes
+    reply_row += 4 * n_classes if with_probabilities else 0
+    fixed = MESSAGE_OVERHEAD_BYTES + sum(6 + len(n.encode()) for n in names)
+    rows = (max_message_bytes - fixed) // max(request_row, reply_row)
     return int(max(1, min(MAX_CHUNK_ROWS, rows)))
 
 

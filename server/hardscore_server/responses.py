@@ -3,11 +3,13 @@ score), image results and the model description."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
+from hardscore_server.errors import InvalidRequest
 from hardscore_server.image_pipeline import ImagePipeline, ImageScores
 from hardscore_server.scores import LABEL_SCORES, MODEL_SCORES, ScoreBatch
 from hardscore_wire import scoring_pb2 as pb
@@ -83,3 +85,104 @@ def model_info(pipeline: ImagePipeline) -> pb.GetModelInfoResponse:
         weights_provenance=", ".join(f"{k}={v}" for k, v in m.provenance.items()),
         random_weights=m.random_weights,
     )
+
+
+# -- reply sizes -------------------------------------------------------------------------------
+# gRPC refuses to send a reply larger than the message limit (the caller gets RESOURCE_EXHAUSTED
+# after the work is done). These functions give the exact serialized size of a reply from the
+# request's shape, so a request whose reply cannot fit is refused before any scoring.
+
+
+class ReplyTooLarge(InvalidRequest):
+    """The reply to a request would not fit in the message limit (INVALID_ARGUMENT)."""
+
+
+def _varint_bytes(value: int) -> int:
+    """Bytes of ``value`` (>= 0) as a protobuf varint."""
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _field_bytes(payload: int) -> int:
+    """Bytes of a length-delimited field numbered below 16: tag, length, payload."""
+    return 1 + _varint_bytes(payload) + payload
+
+
+def tensor_bytes(shape: Sequence[int], itemsize: int) -> int:
+    """Serialized size of a Tensor written by ``fill_tensor`` (dtype set, packed shape, data)."""
+    data = math.prod(shape) * itemsize
+    size = 2  # dtype: tag + a one-byte enum value (never the default 0)
+    if shape:
+        size += _field_bytes(sum(_varint_bytes(d) for d in shape))
+    if data:
+        size += _field_bytes(data)
+    return size
+
+
+def strings_bytes(values: Sequence[str]) -> int:
+    """Serialized size of a repeated string field numbered below 16 holding ``values``."""
+    if not values:
+        return 0
+    total = len("".join(values).encode())
+    if max(map(len, values)) < 32:  # every value under 128 bytes: one-byte lengths
+        return 2 * len(values) + total
+    return sum(_field_bytes(len(v.encode())) for v in values)
+
+
+def scores_bytes(
+    n_rows: int,
+    n_classes: int,
+    *,
+    labelled: bool,
+    include_probabilities: bool = False,
+    include_logits: bool = False,
+    ids: Sequence[str] = (),
+    class_names: Sequence[str] = (),
+) -> int:
+    """Exact serialized size, in bytes, of the ``Scores`` message ``encode_scores`` writes."""
+    size = 0 if n_rows == 0 else 1 + _varint_bytes(n_rows)
+    size += strings_bytes(ids) + strings_bytes(class_names)
+    column = _field_bytes(tensor_bytes([n_rows], 8))  # one float64 score
+    classes = _field_bytes(tensor_bytes([n_rows], 4))  # one int32 class index
+    size += classes + len(MODEL_SCORES) * column
+    if labelled:
+        size += classes + len(LABEL_SCORES) * column
+    matrix = _field_bytes(tensor_bytes([n_rows, n_classes], 4))  # float32 [N, C]
+    size += matrix * (int(include_probabilities) + int(include_logits))
+    return size
+
+
+def scores_reply_bytes(scores: int, first_row: int | None = None) -> int:
+    """Size of a ScoreLogitsResponse holding a Scores of ``scores`` bytes; with ``first_row``
+    (a stream's reply), of a ScoreLogitsStreamResponse."""
+    size = _field_bytes(scores)
+    if first_row:
+        size += 1 + _varint_bytes(first_row)
+    return size
+
+
+def image_reply_bytes(
+    scores: int, model_name: str, model_version: str, first_row: int | None = None
+) -> int:
+    """Size of a ScoreImagesResponse (in a ScoreImagesStreamResponse with ``first_row``) holding
+    a Scores of ``scores`` bytes and no sample errors: a lower bound when some samples fail."""
+    size = _field_bytes(scores) + strings_bytes([s for s in (model_name, model_version) if s])
+    return size if first_row is None else scores_reply_bytes(size, first_row)
+
+
+def check_reply_fits(
+    reply: int, limit: int, rows: int, stream_rpc: str | None, unit: str = "rows"
+) -> None:
+    """Raises ReplyTooLarge unless a reply of ``reply`` bytes fits in ``limit`` bytes.
+
+    The message says about how many of the ``rows`` (counted in ``unit``) would fit, and names
+    ``stream_rpc``, the streaming RPC to send them with, or asks for smaller chunks when the
+    request is already a stream's chunk (``stream_rpc`` None).
+    """
+    if reply <= limit:
+        return
+    fit = max(1, rows * limit // reply)
+    where = (f"send at most about {fit} {unit} per chunk with {stream_rpc}" if stream_rpc
+             else f"send smaller chunks (at most about {fit} {unit} each)")
+    raise ReplyTooLarge(
+        f"the reply to these {rows} {unit} would be {reply} bytes, more than the server's "
+        f"max_message_bytes ({limit}); {where}")

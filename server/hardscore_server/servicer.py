@@ -21,7 +21,15 @@ from hardscore_server.config import ServerConfig
 from hardscore_server.errors import InvalidRequest, UnknownModel
 from hardscore_server.image_pipeline import ImagePipeline
 from hardscore_server.metrics import ServerMetrics
-from hardscore_server.responses import encode_scores, image_response, model_info
+from hardscore_server.responses import (
+    check_reply_fits,
+    encode_scores,
+    image_reply_bytes,
+    image_response,
+    model_info,
+    scores_bytes,
+    scores_reply_bytes,
+)
 from hardscore_server.scores import score_logits
 from hardscore_server.validation import LogitsInput, image_batch, parse_logits_request
 from hardscore_wire import scoring_pb2 as pb
@@ -109,8 +117,18 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     # -- logits -------------------------------------------------------------------------------
 
-    def _score_logits(self, request: pb.ScoreLogitsRequest) -> pb.Scores:
+    def _score_logits(
+        self, request: pb.ScoreLogitsRequest, first_row: int | None = None
+    ) -> pb.Scores:
+        """Scores one ScoreLogits request, or a stream's chunk starting at ``first_row``."""
         parsed: LogitsInput = parse_logits_request(request, self._config.max_rows_per_request)
+        n_rows, n_classes = parsed.logits.shape
+        size = scores_bytes(
+            n_rows, n_classes, labelled=parsed.labels is not None,
+            include_probabilities=parsed.include_probabilities, ids=parsed.ids,
+            class_names=parsed.class_names)
+        check_reply_fits(scores_reply_bytes(size, first_row), self._config.max_message_bytes,
+                         n_rows, "ScoreLogitsStream" if first_row is None else None)
         batch = score_logits(parsed.logits, parsed.labels, parsed.temperature)
         self._metrics.samples.labels("logits").inc(len(parsed.logits))
         self._metrics.observe_scores(LOGITS_MODEL_LABEL, batch.hardness, batch.mistakenness)
@@ -133,7 +151,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         async def score_chunk(
             first_row: int, msg: pb.ScoreLogitsStreamRequest
         ) -> pb.ScoreLogitsStreamResponse:
-            scores = await self._in_pool(self._score_logits, msg.chunk)
+            scores = await self._in_pool(
+                lambda chunk: self._score_logits(chunk, first_row), msg.chunk)
             return pb.ScoreLogitsStreamResponse(scores=scores, first_row=first_row)
 
         def rows_of(msg: pb.ScoreLogitsStreamRequest) -> int:
@@ -152,13 +171,50 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         return self._images
 
     async def _score_images(
-        self, request: pb.ScoreImagesRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ScoreImagesRequest, context: grpc.aio.ServicerContext,
+        first_row: int | None = None,
     ) -> pb.ScoreImagesResponse:
+        """Scores one ScoreImages request, or a stream's chunk starting at ``first_row``.
+
+        A reply that cannot fit in the message limit is refused before any decoding (its size
+        without sample errors is known from the request); one that sample errors push over the
+        limit is refused once scored.
+        """
         pipeline = self._pipeline()
         pipeline.check_model(request.model_name)
         batch = image_batch(request, pipeline.max_samples)
+        self._check_image_reply(request, pipeline, first_row, None)
         result = await pipeline.score(batch, deadline_of(context))
-        return image_response(result, request, pipeline)
+        response = image_response(result, request, pipeline)
+        if result.errors:
+            self._check_image_reply(request, pipeline, first_row, response)
+        return response
+
+    def _check_image_reply(
+        self, request: pb.ScoreImagesRequest, pipeline: ImagePipeline, first_row: int | None,
+        response: pb.ScoreImagesResponse | None,
+    ) -> None:
+        """Refuses a reply over the message limit: ``response`` itself, or (None) its lower
+        bound, the reply without sample errors."""
+        n = len(request.samples)
+        m = pipeline.manifest
+        if response is None:
+            samples = request.samples
+            size = image_reply_bytes(
+                scores_bytes(
+                    n, len(m.class_names),
+                    labelled=any(s.WhichOneof("label") is not None for s in samples),
+                    include_probabilities=request.options.include_probabilities,
+                    include_logits=request.options.include_logits,
+                    ids=[s.id for s in samples] if any(s.id for s in samples) else (),
+                    class_names=m.class_names),
+                m.name, m.version, first_row)
+        else:
+            size = response.ByteSize()
+            if first_row is not None:
+                size = scores_reply_bytes(size, first_row)
+        check_reply_fits(size, self._config.max_message_bytes, n,
+                         "ScoreImagesStream" if first_row is None else None, "samples")
 
     async def ScoreImages(
         self, request: pb.ScoreImagesRequest, context: grpc.aio.ServicerContext
@@ -176,7 +232,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         async def score_chunk(
             first_row: int, msg: pb.ScoreImagesStreamRequest
         ) -> pb.ScoreImagesStreamResponse:
-            result = await self._score_images(msg.chunk, context)
+            result = await self._score_images(msg.chunk, context, first_row)
             return pb.ScoreImagesStreamResponse(result=result, first_row=first_row)
 
         async for response in self._stream("ScoreImagesStream", request_iterator, context,
