@@ -44,11 +44,11 @@ class BulkHistogram(Collector):
         self._counts: dict[str, npt.NDArray[np.int64]] = {}
         self._sums: dict[str, float] = {}
 
-    def observe_many(self, label_value: str, values: npt.NDArray[np.floating]) -> None:
-        """Counts every finite value of ``values`` into the series ``label_value``."""
+    def observe_many(self, label_value: str, values: npt.NDArray[np.floating]) -> int:
+        """Counts every finite value of ``values`` into the series ``label_value``; returns how
+        many values were skipped as NaN or infinite."""
         if len(values) <= FEW_VALUES:
-            self._observe_few(label_value, values.tolist())
-            return
+            return self._observe_few(label_value, values.tolist())
         finite = values[np.isfinite(values)]
         # bucket i counts values <= edge i (cumulative later); the last slot is +Inf.
         slots = np.searchsorted(self._edges, finite, side="left")
@@ -57,15 +57,20 @@ class BulkHistogram(Collector):
         with self._lock:
             self._series(label_value)[:] += counts
             self._sums[label_value] += total
+        return len(values) - len(finite)
 
-    def _observe_few(self, label_value: str, values: list[float]) -> None:
+    def _observe_few(self, label_value: str, values: list[float]) -> int:
         """The same for a handful of values, without numpy's per-call cost (online calls)."""
+        skipped = 0
         with self._lock:
             counts = self._series(label_value)
             for value in values:
                 if math.isfinite(value):
                     counts[bisect.bisect_left(self._edge_list, value)] += 1
                     self._sums[label_value] += value
+                else:
+                    skipped += 1
+        return skipped
 
     def _series(self, label_value: str) -> npt.NDArray[np.int64]:
         """The bucket counts of ``label_value`` (created empty); call with the lock held."""
@@ -113,6 +118,10 @@ class ServerMetrics:
             "model", UNIT_BUCKETS)
         r.register(self.hardness)
         r.register(self.mistakenness)
+        self.nonfinite_scores = Counter(
+            "hardscore_nonfinite_scores", "Scored rows whose scores are NaN (non-finite logits, "
+            "e.g. from NaN or infinite input pixels), by model; the score histograms leave "
+            "them out.", ["model"], registry=r)
         # Dynamic batching and inference.
         self.batch_size = Histogram(
             "hardscore_batch_size", "Samples per inference batch.", ["model"],
@@ -140,8 +149,11 @@ class ServerMetrics:
         self, model: str, hardness: npt.NDArray[np.floating],
         mistakenness: npt.NDArray[np.floating] | None,
     ) -> None:
-        """Feeds one scored batch's hardness (and mistakenness, when labelled) to the histograms."""
-        self.hardness.observe_many(model, hardness)
+        """Feeds one scored batch's hardness (and mistakenness, when labelled) to the histograms;
+        counts its rows with a non-finite hardness (every score of such a row is NaN)."""
+        nonfinite = self.hardness.observe_many(model, hardness)
+        if nonfinite:
+            self.nonfinite_scores.labels(model).inc(nonfinite)
         if mistakenness is not None:
             self.mistakenness.observe_many(model, mistakenness)
 

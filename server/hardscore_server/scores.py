@@ -3,6 +3,12 @@
 Every function takes arrays for a whole batch (N rows, C classes) and returns one array of N
 values; nothing loops over samples and nothing keeps state. Probabilities are computed in float64
 with the log-sum-exp shift, so logits of any finite magnitude (1e6 included) give exact results.
+Every finite input gives finite scores, whatever its range and whatever the temperature (> 0):
+each row is shifted by its largest logit *before* the division by the temperature, so no shifted
+value is positive, and shifted values below ``LOG_FLOOR`` (where the shift of float64 logits near
++-1.8e308 or a temperature like 1e-308 overflows to -inf) are raised to it: their probability is
+0 either way (exp underflows below -745), and 0 * LOG_FLOOR is 0 where 0 * -inf would be NaN.
+Non-finite logits (NaN, +-inf) give NaN scores for their row.
 
 Scores that describe the model's view of a sample (no label needed):
 
@@ -41,14 +47,38 @@ __all__ = ["LABEL_SCORES", "MODEL_SCORES", "NO_LABEL", "ScoreBatch", "score_logi
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
+LOG_FLOOR = -1e4
+"""Least shifted, scaled logit used: exp(LOG_FLOOR) is 0 in float64, as is any lower value's."""
+
+
+def _shift_and_scale(z: FloatArray, top: FloatArray, temperature: float) -> None:
+    """``z = (z - top) / temperature`` in place, each value <= 0 for ``top`` the row maximum.
+
+    Where that overflows (to -inf: float64 logits near +-1.8e308, a tiny temperature), values
+    are raised to LOG_FLOOR; the check costs nothing when nothing overflows.
+    """
+    overflowed = False
+
+    def note(kind: str, flag: int) -> None:
+        nonlocal overflowed
+        overflowed = True
+
+    with np.errstate(over="call", call=note):
+        z -= top
+        if temperature != 1.0:
+            z /= temperature
+    if overflowed:
+        np.maximum(z, LOG_FLOOR, out=z)
 
 
 def log_softmax(logits: npt.ArrayLike, temperature: float = 1.0) -> FloatArray:
-    """Log-probabilities (float64, [N, C], each <= 0) of ``logits / temperature``, shift-stable."""
+    """Log-probabilities (float64, [N, C], each <= 0) of ``logits / temperature``, shift-stable.
+
+    Finite for finite logits and any temperature > 0; a class whose probability underflows to 0
+    gets at least LOG_FLOOR minus the row's log-sum (not -inf).
+    """
     z = np.array(logits, dtype=np.float64, copy=True)
-    if temperature != 1.0:
-        z /= temperature
-    z -= z.max(axis=1, keepdims=True)
+    _shift_and_scale(z, z.max(axis=1, keepdims=True), temperature)
     z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
     return z
 
@@ -176,10 +206,11 @@ def score_logits(
     """Computes every score for ``logits`` [N, C] (finite, C >= 2) and optional ``labels`` [N].
 
     Labels are class indices in [0, C) or -1 for rows without one; ``temperature`` (> 0) divides
-    the logits before anything else. Same numbers as the single-score functions above (a test
-    checks both paths). The softmax is computed once and shared. Large batches go through a
-    class-major copy, where every reduction over the classes becomes C vector operations over N
-    contiguous values; small ones (online calls) take the row-major path, which makes fewer
+    the logits once each row is shifted by its largest (finite scores for any finite input).
+    Same numbers as the single-score functions above (a test checks both paths). The softmax is
+    computed once and shared. Large batches go through a class-major copy, where every
+    reduction over the classes becomes C vector operations over N contiguous values; small ones
+    (online calls) take the row-major path, which makes fewer
     numpy calls.
     """
     logits = np.asarray(logits)
@@ -229,10 +260,8 @@ def _model_scores_class_major(
 ) -> tuple[ScoreBatch, FloatArray]:
     """The label-free scores, and the second-largest probability of each row."""
     z = logits.T.astype(np.float64, order="C")  # [C, N]
-    if temperature != 1.0:
-        z /= temperature
     predicted, top_logit = _argmax_rows(z)
-    z -= top_logit
+    _shift_and_scale(z, top_logit, temperature)
     probs = np.exp(z)
     total = probs.sum(axis=0)
     probs /= total
