@@ -30,9 +30,22 @@ class ServerConfig:
 
     host: str = field(default="0.0.0.0", metadata={"help": "gRPC listen address"})
     port: int = field(default=8001, metadata={"help": "gRPC port (0 = pick a free one)"})
-    metrics_host: str = field(default="0.0.0.0", metadata={"help": "metrics listen address"})
+    metrics_host: str = field(
+        default="0.0.0.0", metadata={"help": "bind address of the /metrics port (0.0.0.0 = every "
+                                     "IPv4 interface, so that Prometheus can scrape the pod)"}
+    )
     metrics_port: int = field(
         default=8002, metadata={"help": "Prometheus /metrics port (0 = free one, -1 = off)"}
+    )
+    metrics_tls_cert_file: str = field(
+        default="", metadata={"help": "PEM certificate chain: serve /metrics over HTTPS"}
+    )
+    metrics_tls_key_file: str = field(
+        default="", metadata={"help": "PEM private key of metrics_tls_cert_file (unencrypted)"}
+    )
+    metrics_tls_client_ca_file: str = field(
+        default="", metadata={"help": "PEM CA bundle: scrapers must present a client "
+                              "certificate it signed"}
     )
     model_dir: str = field(
         default="", metadata={"help": "model directory (model.onnx + manifest.json); "
@@ -141,7 +154,8 @@ class ServerConfig:
     def _security_checks(self) -> list[tuple[bool, str]]:
         """TLS files set together and present, tokens usable as metadata (never printed)."""
         files = [(name, getattr(self, name)) for name in
-                 ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file")]
+                 ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file",
+                  "metrics_tls_cert_file", "metrics_tls_key_file", "metrics_tls_client_ca_file")]
         return [
             (-1 <= self.health_port <= 65535,
              f"health_port must be in -1..65535, got {self.health_port}"),
@@ -149,6 +163,12 @@ class ServerConfig:
              "tls_cert_file and tls_key_file must be set together (both or neither)"),
             (not self.tls_client_ca_file or bool(self.tls_cert_file),
              "tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file"),
+            (bool(self.metrics_tls_cert_file) == bool(self.metrics_tls_key_file),
+             "metrics_tls_cert_file and metrics_tls_key_file must be set together "
+             "(both or neither)"),
+            (not self.metrics_tls_client_ca_file or bool(self.metrics_tls_cert_file),
+             "metrics_tls_client_ca_file (client certificates) needs metrics_tls_cert_file and "
+             "metrics_tls_key_file"),
             *[(not value or Path(value).is_file(), f"{name} {value!r} is not a file")
               for name, value in files],
             (all(valid_token(t) for t in self.auth_tokens),

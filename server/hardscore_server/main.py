@@ -24,6 +24,7 @@ from hardscore_server.inference_protocol import grpc_service_pb2_grpc as oip_grp
 from hardscore_server.inference_protocol.servicer import SERVICE_NAME as INFERENCE_SERVICE
 from hardscore_server.inference_protocol.servicer import InferenceProtocolServicer
 from hardscore_server.metrics import ServerMetrics
+from hardscore_server.metrics_http import metrics_tls
 from hardscore_server.model_dir import DEFAULT_MODEL_DIR, ModelDirError
 from hardscore_server.model_runner import ModelLoadError, ModelRunner
 from hardscore_server.security import ServerSecurity
@@ -73,6 +74,7 @@ class HardscoreServer:
         self.metrics_port = -1
         self.health = HealthService()
         self.security = ServerSecurity(config)  # TLS files and tokens: ConfigError if bad
+        self.metrics_tls = metrics_tls(config)  # the same for the metrics port's TLS files
         self.health_port = -1
         self._health_server: grpc.aio.Server | None = None
         self._server: grpc.aio.Server | None = None
@@ -131,12 +133,16 @@ class HardscoreServer:
             await self._health_server.start()
         await self._server.start()
         if c.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
+            self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port,
+                                                   self.metrics_tls)
         for service in ("", *services):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self._health_server is not None:
             log.info("health checks (plaintext, grpc.health.v1 only) on %s:%d", c.host,
                      self.health_port)
+        if self.metrics_tls is not None and self.metrics_port >= 0:
+            log.info("metrics over HTTPS%s", ", client certificates required"
+                     if self.metrics_tls.client_ca_file else "")
         log.info("serving gRPC on %s:%d, metrics on %s:%d (%s)", c.host, self.port, c.metrics_host,
                  self.metrics_port, self.security.describe())
 

@@ -15,9 +15,11 @@ from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from hardscore_server.metrics_http import MetricsTLS, start_metrics_server
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
@@ -157,9 +159,10 @@ class ServerMetrics:
         if mistakenness is not None:
             self.mistakenness.observe_many(model, mistakenness)
 
-    def serve(self, host: str, port: int) -> int:
-        """Starts the /metrics HTTP endpoint in a daemon thread; returns the bound port."""
-        self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, tls: MetricsTLS | None = None) -> int:
+        """Starts the /metrics endpoint (HTTPS with ``tls``) in a daemon thread; returns the
+        bound port."""
+        self._http = start_metrics_server(host, port, self.registry, tls)
         return int(self._http.server_address[1])
 
     def close(self) -> None:
