@@ -174,6 +174,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "tls-exec": {"tls": {"enabled": True, "secretName": "hardscore-tls",
                          "clientCA": {"enabled": True}},
                  "probes": {"mode": "exec"}},
+    "metrics-tls": {"tls": {"enabled": True, "secretName": "hardscore-tls",
+                            "clientCA": {"enabled": True}},
+                    "metrics": {"tls": {"enabled": True, "clientCA": True},
+                                "serviceMonitor": {"enabled": True, "tlsConfig": {
+                                    "serverName": "hardscore.scoring.svc",
+                                    "ca": {"secret": {"name": "hardscore-tls",
+                                                      "key": "ca.crt"}}}}}},
     "tls-only": {"tls": {"enabled": True, "secretName": "hardscore-tls",
                          "probe": {"serverName": "scoring.example.com"}},
                  "probes": {"mode": "exec"}},
@@ -528,6 +535,31 @@ def test_tls_and_auth_mount_secrets() -> None:
     service_ports = {p["port"] for o in objects if o["kind"] == "Service"
                      for p in o["spec"]["ports"]}
     assert HEALTH_PORT not in service_ports, "probes reach the pod directly"
+
+
+def test_metrics_tls_uses_the_grpc_certificate() -> None:
+    objects = render(SCENARIOS["metrics-tls"])
+    config = settings(objects)
+    for setting, grpc_setting in (("metrics_tls_cert_file", "tls_cert_file"),
+                                  ("metrics_tls_key_file", "tls_key_file"),
+                                  ("metrics_tls_client_ca_file", "tls_client_ca_file")):
+        assert config[setting] == config[grpc_setting], setting
+    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scheme"] == "https"
+    (endpoint,) = one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["serverName"] == "hardscore.scoring.svc"
+    plain = render(SCENARIOS["monitoring"])
+    assert "scheme" not in one(plain, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert "prometheus.io/scheme" not in one(plain, "Deployment")["spec"]["template"][
+        "metadata"]["annotations"]
+    assert not {k for k in settings(plain) if k.startswith("metrics_tls")}
+    for values, needs in (({"metrics": {"tls": {"enabled": True}}}, "needs tls.enabled"),
+                          ({"tls": {"enabled": True, "secretName": "s"},
+                            "metrics": {"tls": {"enabled": True, "clientCA": True}}},
+                           "needs tls.clientCA.enabled")):
+        with pytest.raises(Exception, match=needs):
+            render(values)
 
 
 def test_exec_probes_check_the_tls_endpoint() -> None:

@@ -118,6 +118,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $managed "tls_client_ca_file" (printf "%s/%s" (include "hardscore.clientCADir" .) .Values.tls.clientCA.key) }}
 {{- end }}
 {{- end }}
+{{- if .Values.metrics.tls.enabled }}
+{{- if not .Values.tls.enabled }}
+{{- fail "metrics.tls.enabled needs tls.enabled: the metrics port uses the gRPC port's certificate (tls.secretName)" }}
+{{- end }}
+{{- $_ := set $managed "metrics_tls_cert_file" (printf "%s/%s" (include "hardscore.tlsDir" .) .Values.tls.certKey) }}
+{{- $_ := set $managed "metrics_tls_key_file" (printf "%s/%s" (include "hardscore.tlsDir" .) .Values.tls.keyKey) }}
+{{- if .Values.metrics.tls.clientCA }}
+{{- if not .Values.tls.clientCA.enabled }}
+{{- fail "metrics.tls.clientCA needs tls.clientCA.enabled: scrapers' certificates are checked against its CA" }}
+{{- end }}
+{{- $_ := set $managed "metrics_tls_client_ca_file" (printf "%s/%s" (include "hardscore.clientCADir" .) .Values.tls.clientCA.key) }}
+{{- end }}
+{{- end }}
 {{- if .Values.auth.enabled }}
 {{- $_ := set $managed "auth_tokens_file" (printf "%s/%s" (include "hardscore.authDir" .) .Values.auth.key) }}
 {{- end }}
