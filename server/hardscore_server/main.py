@@ -114,7 +114,8 @@ class HardscoreServer:
         services = [SCORING_SERVICE]
         if self.images is not None:  # the Open Inference Protocol, for standard clients
             oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-                InferenceProtocolServicer(self.metrics, self.images), self._server)
+                InferenceProtocolServicer(self.metrics, self.images, c.max_message_bytes),
+                self._server)
             services.append(INFERENCE_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

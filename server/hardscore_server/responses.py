@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_server.errors import InvalidRequest
 from hardscore_server.image_pipeline import ImagePipeline, ImageScores
 from hardscore_server.scores import LABEL_SCORES, MODEL_SCORES, ScoreBatch
 from hardscore_wire import scoring_pb2 as pb
@@ -90,11 +89,8 @@ def model_info(pipeline: ImagePipeline) -> pb.GetModelInfoResponse:
 # -- reply sizes -------------------------------------------------------------------------------
 # gRPC refuses to send a reply larger than the message limit (the caller gets RESOURCE_EXHAUSTED
 # after the work is done). These functions give the exact serialized size of a reply from the
-# request's shape, so a request whose reply cannot fit is refused before any scoring.
-
-
-class ReplyTooLarge(InvalidRequest):
-    """The reply to a request would not fit in the message limit (INVALID_ARGUMENT)."""
+# request's shape, so a request whose reply cannot fit is refused before any scoring
+# (errors.check_reply_fits).
 
 
 def _varint_bytes(value: int) -> int:
@@ -167,22 +163,3 @@ def image_reply_bytes(
     a Scores of ``scores`` bytes and no sample errors: a lower bound when some samples fail."""
     size = _field_bytes(scores) + strings_bytes([s for s in (model_name, model_version) if s])
     return size if first_row is None else scores_reply_bytes(size, first_row)
-
-
-def check_reply_fits(
-    reply: int, limit: int, rows: int, stream_rpc: str | None, unit: str = "rows"
-) -> None:
-    """Raises ReplyTooLarge unless a reply of ``reply`` bytes fits in ``limit`` bytes.
-
-    The message says about how many of the ``rows`` (counted in ``unit``) would fit, and names
-    ``stream_rpc``, the streaming RPC to send them with, or asks for smaller chunks when the
-    request is already a stream's chunk (``stream_rpc`` None).
-    """
-    if reply <= limit:
-        return
-    fit = max(1, rows * limit // reply)
-    where = (f"send at most about {fit} {unit} per chunk with {stream_rpc}" if stream_rpc
-             else f"send smaller chunks (at most about {fit} {unit} each)")
-    raise ReplyTooLarge(
-        f"the reply to these {rows} {unit} would be {reply} bytes, more than the server's "
-        f"max_message_bytes ({limit}); {where}")

@@ -18,11 +18,10 @@ from google.protobuf.message import DecodeError
 
 from hardscore_server.batcher import DeadlineExpired, QueueFull
 from hardscore_server.config import ServerConfig
-from hardscore_server.errors import InvalidRequest, UnknownModel
+from hardscore_server.errors import InvalidRequest, UnknownModel, check_reply_fits
 from hardscore_server.image_pipeline import ImagePipeline
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.responses import (
-    check_reply_fits,
     encode_scores,
     image_reply_bytes,
     image_response,

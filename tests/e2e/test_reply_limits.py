@@ -9,8 +9,11 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
 
 from hardscore_client import ScoringClient
+from hardscore_server.preprocess import encode_png
 from hardscore_server.responses import image_reply_bytes, scores_bytes, scores_reply_bytes
 from hardscore_server.scores import score_logits
 from hardscore_wire import scoring_pb2 as pb
@@ -152,6 +155,8 @@ def test_sdk_sizes_chunks_from_long_ids_and_float64_logits(small_server):
 
 
 def test_image_replies_over_the_limit_are_refused_before_decoding():
+    # Open Inference Protocol messages are built with tritonclient's stubs (see
+    # test_inference_protocol.py)
     limit = 20_000
     pixels = np.full((8, 8), 128, dtype=np.uint8)
     samples = [pb.ImageSample(pixels=to_tensor(pixels), label_index=i % 10) for i in range(150)]
@@ -176,12 +181,27 @@ def test_image_replies_over_the_limit_are_refused_before_decoding():
                 next(stream)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert (info.value.details() or "").startswith("chunk 0 (stream samples from 0)")
-            samples_scored = metric(scrape(server.metrics_url), "hardscore_samples_scored_total",
-                                    kind="images")
-            assert samples_scored == 0  # refused before anything ran
+            # the Open Inference Protocol: 150 tiny PNGs whose default outputs cannot fit
+            pngs = np.array([encode_png(pixels)] * 150, dtype=np.object_)
+            with tc.InferenceServerClient(server.target) as client:
+                images = tc.InferInput("images", [150], "BYTES")
+                images.set_data_from_numpy(pngs)
+                with pytest.raises(InferenceServerException) as oip_info:
+                    client.infer("digits-resnet", [images])
+                assert oip_info.value.status() == "StatusCode.INVALID_ARGUMENT"
+                assert "the reply to these 150 images would be" in oip_info.value.message()
+                assert "send smaller requests" in oip_info.value.message()
+                samples_scored = metric(scrape(server.metrics_url),
+                                        "hardscore_samples_scored_total", kind="images")
+                assert samples_scored == 0  # every refusal came before anything ran
+                few = tc.InferInput("images", [10], "BYTES")
+                few.set_data_from_numpy(pngs[:10])
+                assert client.infer("digits-resnet", [few]).as_numpy("hardness").shape == (10,)
             small = pb.ScoreImagesRequest(samples=samples[:20], options=options)
             reply = stub.ScoreImages(small, timeout=30)
             assert reply.scores.num_rows == 20 and not reply.errors
             codes = _codes(server, "ScoreImages")
+            assert (codes["INVALID_ARGUMENT"], codes["OK"]) == (1, 1)
+            codes = _codes(server, "ModelInfer")
             assert (codes["INVALID_ARGUMENT"], codes["OK"]) == (1, 1)
         assert "Traceback" not in server.output()

@@ -7,9 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hardscore_server.errors import ReplyTooLarge, check_reply_fits
 from hardscore_server.responses import (
-    ReplyTooLarge,
-    check_reply_fits,
     encode_scores,
     image_reply_bytes,
     scores_bytes,

@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_server.errors import InvalidRequest, UnknownModel
+from hardscore_server.errors import InvalidRequest, UnknownModel, check_reply_fits
 from hardscore_server.image_pipeline import ImageBatch, ImagePipeline, ImageScores, SampleFailed
 from hardscore_server.inference_protocol import grpc_service_pb2 as oip
 from hardscore_server.inference_protocol import grpc_service_pb2_grpc as oip_grpc
@@ -61,8 +61,12 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
     """Serves ``inference.GRPCInferenceService`` for the one model of an ImagePipeline."""
 
     def __init__(
-        self, metrics: ServerMetrics, pipeline: ImagePipeline
+        self, metrics: ServerMetrics, pipeline: ImagePipeline,
+        max_reply_bytes: int | None = None,
     ) -> None:
+        """``max_reply_bytes``: the gRPC send limit; a ModelInfer whose reply would exceed it
+        is refused (INVALID_ARGUMENT) instead of failing in gRPC once computed."""
+        self._max_reply_bytes = max_reply_bytes
         self._calls = CallRecorder(metrics)
         self._pipeline = pipeline
         self._m = pipeline.manifest
@@ -136,6 +140,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         async def work() -> oip.ModelInferResponse:
             self._check_model(request.model_name, request.model_version)
             parsed = await asyncio.to_thread(self._parse, request)
+            self._check_reply(self._reply_floor(parsed), parsed.n)  # before decoding
             batch = ImageBatch(images=parsed.images, labels=parsed.labels,
                                on_sample_error="raise")
             try:
@@ -144,9 +149,22 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
                 raise InvalidRequest(
                     f"input '{self._m.input_name}' element {exc.index} cannot be used: "
                     f"{exc.error}") from None
-            return await asyncio.to_thread(self._respond, request, parsed, result)
+            response = await asyncio.to_thread(self._respond, request, parsed, result)
+            self._check_reply(response.ByteSize(), parsed.n)
+            return response
 
         return await self._calls.unary("ModelInfer", context, work)
+
+    def _reply_floor(self, parsed: ParsedRequest) -> int:
+        """Bytes of the requested outputs' values alone: no reply to ``parsed`` is smaller
+        (typed INT64 contents take at least 1 byte a value, raw ones 8)."""
+        itemsize = {"FP32": 4, "FP64": 8, "INT64": 8 if parsed.raw else 1}
+        return sum(parsed.n * (self._m.num_classes if o.per_class else 1) * itemsize[o.datatype]
+                   for o in parsed.outputs)
+
+    def _check_reply(self, size: int, n: int) -> None:
+        if self._max_reply_bytes is not None:
+            check_reply_fits(size, self._max_reply_bytes, n, None, "images", "requests")
 
     def _parse(self, request: oip.ModelInferRequest) -> ParsedRequest:
         """Checks the request's inputs and outputs and reads the tensors' data (worker thread)."""
