@@ -7,6 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hardscore_client.messages import (
+    MAX_CHUNK_ROWS,
+    chunk_rows_for,
+    logits_request,
+    options_message,
+)
 from hardscore_server.errors import ReplyTooLarge, check_reply_fits
 from hardscore_server.responses import (
     encode_scores,
@@ -70,3 +76,38 @@ def test_check_names_the_stream_rpc_or_asks_for_smaller_chunks():
         check_reply_fits(1001, 1000, 10, "ScoreLogitsStream")
     with pytest.raises(ReplyTooLarge, match=r"send smaller chunks \(at most about 5 samples"):
         check_reply_fits(2000, 1000, 10, None, "samples")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_classes=st.integers(2, 3000),
+    float64=st.booleans(),
+    labels=st.sampled_from(["none", "indices", "names"]),
+    id_length=st.sampled_from([0, 1, 40, 300]),
+    probabilities=st.booleans(),
+    limit=st.sampled_from([64 * 1024, 1024 * 1024]),
+)
+def test_sdk_chunks_fit_both_ways(n_classes, float64, labels, id_length, probabilities, limit):
+    """Every chunk the SDK plans fits the limit as a request and as a reply (worst case: every
+    label -1, every id as long as the longest)."""
+    names = [f"class-{i}" for i in range(n_classes)] if labels == "names" else None
+
+    def columns(n: int) -> tuple[np.ndarray | None, list[str] | None]:
+        label_arr = (None if labels == "none" else
+                     np.array([""] * n if labels == "names" else [-1] * n))
+        return label_arr, ["é" * id_length] * n if id_length else None
+
+    label_arr, ids = columns(10)  # the plan looks at the longest id and label only
+    rows = chunk_rows_for(n_classes, limit, probabilities, logits_itemsize=8 if float64 else 4,
+                          labels=label_arr, ids=ids, class_names=names)
+    label_arr, ids = columns(rows)
+    logits = np.zeros((rows, n_classes), dtype=np.float64 if float64 else np.float32)
+    options = options_message(names, None, probabilities)
+    request = logits_request(logits, None if label_arr is None else label_arr[:rows],
+                             None if ids is None else ids[:rows], options)
+    reply = scores_reply_bytes(scores_bytes(
+        rows, n_classes, labelled=label_arr is not None, include_probabilities=probabilities,
+        ids=[] if ids is None else ids[:rows], class_names=names or []), first_row=10**9)
+    if rows > 1:
+        assert request.ByteSize() <= limit and reply <= limit
+    assert rows == MAX_CHUNK_ROWS or max(request.ByteSize(), reply) > limit / 2 or rows == 1
