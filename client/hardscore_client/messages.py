@@ -184,10 +184,10 @@ def chunk_rows_for(
     id_bytes = 0 if not ids else 6 + _max_utf8_bytes(ids)  # tag, length varint, text
     names = list(class_names or ())
     labelled = labels is not None
-    if not labelled:
+    if labels is None:
         label_bytes = 0
-    elif labels.dtype.kind in "US":  # type: ignore[union-attr]
-        label_bytes = 6 + _max_utf8_bytes([str(v) for v in set(labels.tolist())])  # type: ignore[union-attr]
+    elif labels.dtype.kind in "US":
+        label_bytes = 6 + _max_utf8_bytes([str(v) for v in set(labels.tolist())])
     else:
         label_bytes = 10
     request_row = logits_itemsize * n_classes + label_bytes + id_bytes
