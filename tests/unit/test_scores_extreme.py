@@ -64,7 +64,7 @@ def scores_on_both_paths(
     return small, large
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(logits=logits_arrays(np.float64, float64s) | logits_arrays(np.float32, float32s),
        temperature=temperatures, data=st.data())
 def test_finite_logits_give_finite_scores_for_every_temperature(logits, temperature, data):
