@@ -111,6 +111,7 @@ def test_sdk_scores_a_million_labelled_rows_under_the_default_limit(default_serv
 
 def test_the_limit_is_exact_for_calls_and_stream_chunks(small_server):
     n = _largest_fitting(SMALL_LIMIT)
+    before = {m: _codes(small_server, m) for m in ("ScoreLogits", "ScoreLogitsStream")}
     channel, stub = _stub(small_server)
     with channel:
         assert stub.ScoreLogits(_request(n), timeout=30).ByteSize() <= SMALL_LIMIT
@@ -134,6 +135,11 @@ def test_the_limit_is_exact_for_calls_and_stream_chunks(small_server):
             f"chunk 1 (stream rows from 10): the reply to these {m + 1} rows would be")
         assert "send smaller chunks" in (info.value.details() or "")
         assert stub.ScoreLogits(_request(5), timeout=30).scores.num_rows == 5
+    for method, expected in (("ScoreLogits", {"OK": 2, "INVALID_ARGUMENT": 1}),
+                             ("ScoreLogitsStream", {"OK": 1, "INVALID_ARGUMENT": 1})):
+        after = _codes(small_server, method)
+        assert {k: after[k] - before[method][k] for k in after} == {
+            **expected, "RESOURCE_EXHAUSTED": 0, "INTERNAL": 0}, method
     assert "Traceback" not in small_server.output()
 
 
