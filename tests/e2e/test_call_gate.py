@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -66,7 +67,7 @@ METHODS = _methods()
 def _call_raw(channel: grpc.Channel, path: str, streaming_in: bool, streaming_out: bool,
               payload: bytes) -> grpc.RpcError:
     """Sends ``payload`` as the (first) request message; returns the error the call ended with."""
-    kind = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
+    kind: Any = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
             (True, False): channel.stream_unary, (True, True): channel.stream_stream}[
         (streaming_in, streaming_out)]
     call = kind(path, request_serializer=None, response_deserializer=None)
