@@ -6,8 +6,12 @@ Inference Protocol, grpc.health.v1, reflection), so neither concern is per-metho
 - **Drain.** The gate counts the calls whose handler has started and not yet returned. Once
   ``begin_drain()`` is called, a new call is answered UNAVAILABLE before its handler starts
   (clients retry it elsewhere; the SDK retries UNAVAILABLE), while the calls already started
-  run to the end; ``wait_idle(timeout)`` waits until none is left. Health checks are neither
-  refused nor counted: they answer NOT_SERVING during the drain and never hold it.
+  run to the end; ``wait_drained()`` waits until none is left and callers have stopped
+  arriving (closing the port while calls arrive would let grpc's shutdown cancel the ones
+  it has received but not handed to a handler yet: CANCELLED), and ``cut_off()`` ends
+  those still running when the grace period is over with UNAVAILABLE too (never CANCELLED).
+  Health checks are neither refused nor counted: they answer NOT_SERVING during the drain
+  and never hold it.
 - **Unparseable requests.** A request message that is not a valid protobuf of the method's
   request type (random bytes, a truncated message) is answered INVALID_ARGUMENT naming the
   type, with one INFO log line and no traceback, instead of grpc's UNKNOWN plus a traceback.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -31,7 +36,10 @@ from hardscore_server.metrics import ServerMetrics
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+POLL_S = 0.01
 DRAINING = "the server is shutting down and accepts no new calls; retry (another replica)"
+CUT_OFF = ("the server shut down before this call finished (its grace period ended); retry "
+           "(another replica)")
 
 
 class UnparseableMessage(InvalidRequest):
@@ -76,22 +84,37 @@ class CallGate(grpc.aio.ServerInterceptor):
         """Calls whose handler started (health checks excluded), since the server started."""
         self.refused = 0
         """Calls answered UNAVAILABLE because the server was draining."""
-        self._idle: asyncio.Event | None = None
+        self._last_arrival = 0.0  # time.monotonic() of the last call refused or ended
+        self._running: set[asyncio.Task[Any]] = set()
+        self._cut_off = False
 
     def begin_drain(self) -> None:
         """From now on new calls (except health checks) are answered UNAVAILABLE."""
         self.draining = True
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """Waits until no started call is left, at most ``timeout`` s; True if none is left."""
-        if self.in_flight == 0:
-            return True
-        self._idle = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._idle.wait(), max(timeout, 0.0))
-        except TimeoutError:
-            return self.in_flight == 0
-        return True
+    async def wait_drained(self, timeout: float, quiet: float = 0.0) -> bool:
+        """Waits until no started call is left and no call has arrived or ended for ``quiet``
+        s (the callers have moved on), at most ``timeout`` s; True if no started call is
+        left."""
+        until = time.monotonic() + max(timeout, 0.0)
+        while True:
+            now = time.monotonic()
+            if self.in_flight == 0 and now - self._last_arrival >= quiet:
+                return True
+            if now >= until:
+                return self.in_flight == 0
+            await asyncio.sleep(min(POLL_S, until - now))
+
+    async def cut_off(self, timeout: float = 0.5) -> int:
+        """Ends every call still running with UNAVAILABLE (the grace period is over): its
+        handler is cancelled and the caller told to retry. Returns how many there were."""
+        self._cut_off = True
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+        return len(running)
 
     def _record(self, service: str, method: str, code: grpc.StatusCode) -> None:
         if self._metrics is not None and service in self._recorded:
@@ -99,6 +122,9 @@ class CallGate(grpc.aio.ServerInterceptor):
 
     def _enter(self, counted: bool) -> None:
         if counted:
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.add(task)
             self.started += 1
             self.in_flight += 1
             if self._metrics is not None:
@@ -106,11 +132,13 @@ class CallGate(grpc.aio.ServerInterceptor):
 
     def _leave(self, counted: bool) -> None:
         if counted:
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.discard(task)
             self.in_flight -= 1
+            self._last_arrival = time.monotonic()  # its caller may send the next one now
             if self._metrics is not None:
                 self._metrics.calls_in_flight.dec()
-            if self.in_flight == 0 and self._idle is not None:
-                self._idle.set()
 
     async def intercept_service(
         self,
@@ -145,6 +173,7 @@ class CallGate(grpc.aio.ServerInterceptor):
         async def refuse_or_enter(context: grpc.aio.ServicerContext) -> None:
             if self.draining and counted:
                 self.refused += 1
+                self._last_arrival = time.monotonic()
                 self._record(service, method, grpc.StatusCode.UNAVAILABLE)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
             self._enter(counted)
@@ -153,6 +182,12 @@ class CallGate(grpc.aio.ServerInterceptor):
             log.info("%s from %s: %s", path, context.peer(), error)  # one line, no traceback
             self._record(service, method, grpc.StatusCode.INVALID_ARGUMENT)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+        async def cut_off(context: grpc.aio.ServicerContext) -> None:
+            """Called with the handler cancelled: UNAVAILABLE if the drain cut it off."""
+            if self._cut_off and counted:
+                self._record(service, method, grpc.StatusCode.UNAVAILABLE)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, CUT_OFF)
 
         inner: Any = (handler.unary_unary or handler.unary_stream or handler.stream_unary
                  or handler.stream_stream)
@@ -169,6 +204,9 @@ class CallGate(grpc.aio.ServerInterceptor):
                             yield response
                     except UnparseableMessage as exc:  # a stream message, read by the handler
                         await invalid(context, exc)
+                    except asyncio.CancelledError:
+                        await cut_off(context)
+                        raise
                 finally:
                     self._leave(counted)
         else:  # a coroutine: unary response, or a stream written with context.write
@@ -181,6 +219,9 @@ class CallGate(grpc.aio.ServerInterceptor):
                         return await inner(request, context)
                     except UnparseableMessage as exc:
                         await invalid(context, exc)
+                    except asyncio.CancelledError:
+                        await cut_off(context)
+                        raise
                 finally:
                     self._leave(counted)
 

@@ -37,8 +37,13 @@ from hardscore_wire import scoring_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hardscore_server")
 
+DRAIN_QUIET_S = 0.25
+"""The port closes once no call has arrived for this long (or the grace period is over):
+grpc's shutdown cancels calls it has received but not yet handed to a handler."""
 REFUSAL_GRACE_S = 0.2
 """Seconds the port stays open after the drain for refusals under way to be sent."""
+CUT_OFF_TIMEOUT_S = 0.3
+"""Longest wait for the calls cut off at the end of the grace period to be answered."""
 CLOSE_TIMEOUT_S = 0.3
 """Longest wait for the model pipeline to stop once no call needs it."""
 
@@ -202,8 +207,10 @@ class HardscoreServer:
 
         New calls are answered UNAVAILABLE from the first moment (health checks answer
         NOT_SERVING; Watch streams get NOT_SERVING and end), every call whose handler started
-        runs to its end, and the port closes once none is left, or when the grace period
-        ends (calls still running then are cancelled, and counted in the log line).
+        runs to its end, and the port closes once none is left and no call has arrived for
+        ``DRAIN_QUIET_S`` (callers that were refused have moved on). Calls still running when the
+        grace period ends are answered UNAVAILABLE (retryable, never CANCELLED) and counted in
+        the log line; decodes still running then are not waited for.
         """
         if self._server is None or self._stopped.is_set():
             return
@@ -212,10 +219,11 @@ class HardscoreServer:
         self.gate.begin_drain()
         log.info("draining: up to %.1fs for %d call(s) in flight", grace, self.gate.in_flight)
         await self.health.enter_graceful_shutdown()
-        await self.gate.wait_idle(until - time.monotonic())
-        unfinished = self.gate.in_flight
+        unfinished = 0
+        if not await self.gate.wait_drained(until - time.monotonic(), DRAIN_QUIET_S):
+            unfinished = await self.gate.cut_off(CUT_OFF_TIMEOUT_S)  # UNAVAILABLE: retried
         # The calls still arriving are being refused; grace lets those answers go out.
-        await self._server.stop(min(max(until - time.monotonic(), 0.0), REFUSAL_GRACE_S))
+        await self._server.stop(REFUSAL_GRACE_S)
         if self.images is not None:  # nothing waits on it now; bounded whatever still decodes
             try:
                 await asyncio.wait_for(self.images.close(), CLOSE_TIMEOUT_S)
@@ -227,7 +235,7 @@ class HardscoreServer:
             await self._health_server.stop(None)
         self.metrics.close()  # last: a scrape during the drain still sees it progress
         self._stopped.set()
-        log.info("stopped: %d call(s) served, %d refused while draining, %d unfinished at the "
+        log.info("stopped: %d call(s) served, %d refused while draining, %d cut off at the "
                  "end of the grace period", self.gate.started - unfinished, self.gate.refused,
                  unfinished)
 
