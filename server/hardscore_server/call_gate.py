@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 POLL_S = 0.01
+PUSHBACK = "grpc-retry-pushback-ms"
+"""Trailing metadata telling a client's gRPC retry policy when to retry (milliseconds)."""
 DRAINING = "the server is shutting down and accepts no new calls; retry (another replica)"
 CUT_OFF = ("the server shut down before this call finished (its grace period ended); retry "
            "(another replica)")
@@ -85,12 +87,16 @@ class CallGate(grpc.aio.ServerInterceptor):
         self.refused = 0
         """Calls answered UNAVAILABLE because the server was draining."""
         self._last_arrival = 0.0  # time.monotonic() of the last call refused or ended
+        self._closing_at = 0.0
         self._running: set[asyncio.Task[Any]] = set()
         self._cut_off = False
 
-    def begin_drain(self) -> None:
-        """From now on new calls (except health checks) are answered UNAVAILABLE."""
+    def begin_drain(self, closing_at: float = 0.0) -> None:
+        """From now on new calls (except health checks) are answered UNAVAILABLE, telling
+        gRPC's retry to wait until ``closing_at`` (a ``time.monotonic()`` instant: when the
+        port is expected to close, so the retry goes to a new connection) plus 0.1 s."""
         self.draining = True
+        self._closing_at = closing_at
 
     async def wait_drained(self, timeout: float, quiet: float = 0.0) -> bool:
         """Waits until no started call is left and no call has arrived or ended for ``quiet``
@@ -175,7 +181,9 @@ class CallGate(grpc.aio.ServerInterceptor):
                 self.refused += 1
                 self._last_arrival = time.monotonic()
                 self._record(service, method, grpc.StatusCode.UNAVAILABLE)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
+                wait_ms = int((max(self._closing_at - self._last_arrival, 0.0) + 0.1) * 1000)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING,
+                                    trailing_metadata=((PUSHBACK, str(wait_ms)),))
             self._enter(counted)
 
         async def invalid(context: grpc.aio.ServicerContext, error: UnparseableMessage) -> None:

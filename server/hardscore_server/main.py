@@ -38,8 +38,11 @@ from hardscore_wire import scoring_pb2_grpc as pb_grpc
 log = logging.getLogger("hardscore_server")
 
 DRAIN_QUIET_S = 0.25
-"""The port closes once no call has arrived for this long (or the grace period is over):
-grpc's shutdown cancels calls it has received but not yet handed to a handler."""
+"""The port closes once no call is running and none has arrived or ended for this long..."""
+REFUSAL_WINDOW_S = 1.0
+"""...or after this long (at most the grace period): grpc's shutdown cancels the calls it has
+received but not yet handed to a handler, so it waits for callers to move on, but clients with
+a connection open go on sending to it until the port closes (GOAWAY)."""
 REFUSAL_GRACE_S = 0.2
 """Seconds the port stays open after the drain for refusals under way to be sent."""
 CUT_OFF_TIMEOUT_S = 0.3
@@ -207,8 +210,9 @@ class HardscoreServer:
 
         New calls are answered UNAVAILABLE from the first moment (health checks answer
         NOT_SERVING; Watch streams get NOT_SERVING and end), every call whose handler started
-        runs to its end, and the port closes once none is left and no call has arrived for
-        ``DRAIN_QUIET_S`` (callers that were refused have moved on). Calls still running when the
+        runs to its end. The port closes (GOAWAY: clients reconnect elsewhere) once none is
+        left and no call has arrived for ``DRAIN_QUIET_S``, or after ``REFUSAL_WINDOW_S``,
+        while longer calls go on. Calls still running when the
         grace period ends are answered UNAVAILABLE (retryable, never CANCELLED) and counted in
         the log line; decodes still running then are not waited for.
         """
@@ -216,14 +220,21 @@ class HardscoreServer:
             return
         grace = self.config.grace_period_s
         until = time.monotonic() + grace
-        self.gate.begin_drain()
+        self.gate.begin_drain(time.monotonic() + min(grace, REFUSAL_WINDOW_S))
         log.info("draining: up to %.1fs for %d call(s) in flight", grace, self.gate.in_flight)
         await self.health.enter_graceful_shutdown()
+        # Refusals first: the port stays open while started calls finish and refused callers
+        # move on, so grpc's shutdown, which cancels calls it holds but has not handed to a
+        # handler (CANCELLED), finds none. Calls that take longer keep running after it.
+        await self.gate.wait_drained(min(grace, REFUSAL_WINDOW_S), DRAIN_QUIET_S)
+        # GOAWAY: clients open new connections (to other replicas) for their next calls.
+        margin = CUT_OFF_TIMEOUT_S + REFUSAL_GRACE_S
+        stopping = asyncio.ensure_future(
+            self._server.stop(max(until - time.monotonic(), 0.0) + margin))
         unfinished = 0
-        if not await self.gate.wait_drained(until - time.monotonic(), DRAIN_QUIET_S):
+        if not await self.gate.wait_drained(until - time.monotonic()):
             unfinished = await self.gate.cut_off(CUT_OFF_TIMEOUT_S)  # UNAVAILABLE: retried
-        # The calls still arriving are being refused; grace lets those answers go out.
-        await self._server.stop(REFUSAL_GRACE_S)
+        await stopping
         if self.images is not None:  # nothing waits on it now; bounded whatever still decodes
             try:
                 await asyncio.wait_for(self.images.close(), CLOSE_TIMEOUT_S)

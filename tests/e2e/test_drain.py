@@ -18,6 +18,7 @@ grace + 1 s, and the calls cut off are answered UNAVAILABLE (retryable), never C
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import io
 import random
@@ -33,6 +34,7 @@ from PIL import Image
 from tritonclient.grpc import service_pb2 as oip  # wire-identical; see test_inference_protocol
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
+from hardscore_client import ScoringClient
 from hardscore_server.digits import heldout_split
 from hardscore_server.preprocess import encode_png
 from hardscore_wire import scoring_pb2 as pb
@@ -347,3 +349,48 @@ def test_the_process_exits_within_grace_plus_one_second_while_decodes_run():
     match = STOPPED.search(log)
     assert match and int(match[3]) == SLOW_CALLS, log
     assert "Traceback" not in log, log
+
+
+# -- the SDK's retry -----------------------------------------------------------------------------
+
+def test_the_sdk_retries_a_call_refused_by_a_draining_server_on_another_one():
+    """Two servers behind one target (A first): once A drains with a long call in flight, the
+    SDK's calls are refused by A with UNAVAILABLE and a retry pushback past the moment A's port
+    closes, and its retry policy sends them again, to B. Every one succeeds."""
+    slow = pb.ScoreImagesRequest(samples=[pb.ImageSample(encoded=p) for p in _slow_pngs(240)])
+    a = start_server(["--grace-period-s", "10", "--preprocess-threads", "1",
+                      "--max-queue-size", "1024"])
+    b = start_server([])
+    results: list[list[int]] = []
+    try:
+        with ScoringClient(f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}", timeout=30) as client:
+            logits, expected = _logits(0)
+            assert client.score_logits(logits).predicted_class.tolist() == expected  # on A
+
+            def long_call() -> None:
+                with grpc.insecure_channel(a.target) as channel:
+                    pb_grpc.ScoringServiceStub(channel).ScoreImages(slow, timeout=60)
+
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                long = pool.submit(long_call)
+                while not metric(scrape(a.metrics_url), "hardscore_calls_in_flight"):
+                    time.sleep(0.02)
+                a.terminate()
+                time.sleep(0.1)  # A is draining: refuses new calls, its long call goes on
+                for number in range(1, 6):
+                    logits, expected = _logits(number)
+                    results.append(client.score_logits(logits).predicted_class.tolist())
+                    assert results[-1] == expected
+                on_b = metric(scrape(b.metrics_url), "hardscore_requests_total",
+                              method="ScoreLogits", code="OK")
+                long.result()  # A's call in flight finished with its result
+        assert a.wait(30) == 0
+    finally:
+        a.stop()
+        b.stop()
+    match = STOPPED.search(a.output())
+    assert match, a.output()
+    served_on_a, refused_on_a = int(match[1]), int(match[2])
+    assert served_on_a == 2  # the first SDK call and the long one
+    assert refused_on_a >= 1  # the SDK's first attempt after the signal
+    assert on_b == 5  # every call after the signal, retried, was served by B
