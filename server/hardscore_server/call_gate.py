@@ -25,6 +25,7 @@ import asyncio
 import inspect
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -42,6 +43,16 @@ PUSHBACK = "grpc-retry-pushback-ms"
 DRAINING = "the server is shutting down and accepts no new calls; retry (another replica)"
 CUT_OFF = ("the server shut down before this call finished (its grace period ended); retry "
            "(another replica)")
+
+
+_CUT_OFF_TASKS: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+def was_cut_off() -> bool:
+    """Whether the running call (the current task) is being cut off by a drain: its caller
+    gets UNAVAILABLE, whatever cancelled its handler."""
+    task = asyncio.current_task()
+    return task is not None and task in _CUT_OFF_TASKS
 
 
 class UnparseableMessage(InvalidRequest):
@@ -117,6 +128,7 @@ class CallGate(grpc.aio.ServerInterceptor):
         self._cut_off = True
         running = list(self._running)
         for task in running:
+            _CUT_OFF_TASKS.add(task)
             task.cancel()
         if running:
             await asyncio.wait(running, timeout=timeout)
@@ -193,8 +205,7 @@ class CallGate(grpc.aio.ServerInterceptor):
 
         async def cut_off(context: grpc.aio.ServicerContext) -> None:
             """Called with the handler cancelled: UNAVAILABLE if the drain cut it off."""
-            if self._cut_off and counted:
-                self._record(service, method, grpc.StatusCode.UNAVAILABLE)
+            if self._cut_off and counted:  # its servicer counted it (cancelled_code)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, CUT_OFF)
 
         inner: Any = (handler.unary_unary or handler.unary_stream or handler.stream_unary

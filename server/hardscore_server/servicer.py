@@ -17,7 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from hardscore_server.batcher import DeadlineExpired, QueueFull
-from hardscore_server.call_gate import UnparseableMessage
+from hardscore_server.call_gate import UnparseableMessage, was_cut_off
 from hardscore_server.config import ServerConfig
 from hardscore_server.errors import InvalidRequest, UnknownModel
 from hardscore_server.image_pipeline import ImagePipeline
@@ -286,8 +286,11 @@ async def _located_messages(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
-    """What the caller of a call cancelled under its handler sees: DEADLINE_EXCEEDED when its
-    deadline has passed (gRPC cancels the handler then too), else CANCELLED."""
+    """What the caller of a call cancelled under its handler sees: UNAVAILABLE when a drain
+    cut it off, DEADLINE_EXCEEDED when its deadline has passed (gRPC cancels the handler then
+    too), else CANCELLED."""
+    if was_cut_off():
+        return grpc.StatusCode.UNAVAILABLE
     remaining = context.time_remaining()
     expired = remaining is not None and remaining <= 0
     return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
