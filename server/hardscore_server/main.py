@@ -1,8 +1,10 @@
 """``hardscore-server``: builds the gRPC server, serves until SIGTERM/SIGINT, then drains.
 
 Start-up order: configuration -> model (load, validate, warm up) -> gRPC port and metrics port
--> health SERVING. On SIGTERM or SIGINT the health status turns NOT_SERVING, the port stops
-accepting calls, accepted calls get up to ``grace_period_s`` to finish, and the process exits 0.
+-> health SERVING. On SIGTERM or SIGINT new calls get UNAVAILABLE, the health status turns
+NOT_SERVING, calls already started get up to ``grace_period_s`` to finish (then UNAVAILABLE),
+and the process exits 0 within ``grace_period_s`` + 1 s (``HardscoreServer.stop``; the
+guarantee is in docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ class HardscoreServer:
                  self.metrics_port, self.security.describe())
 
     async def stop(self) -> None:
-        """Drains, then stops; returns within ``grace_period_s`` + ~0.5 s, whatever is running.
+        """Drains, then stops; returns within ``grace_period_s`` + 1 s, whatever is running.
 
         New calls are answered UNAVAILABLE from the first moment (health checks answer
         NOT_SERVING; Watch streams get NOT_SERVING and end), every call whose handler started
