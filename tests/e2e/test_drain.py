@@ -72,6 +72,8 @@ class Run:
     exit_s: float = 0.0
     watch: list[str] = field(default_factory=list)
     watch_code: grpc.StatusCode | None = None
+    late_watch: list[str] = field(default_factory=list)  # opened after the signal
+    late_watch_code: grpc.StatusCode | None = None
     served: int = -1
     refused: int = -1
     cut_off: int = -1
@@ -213,19 +215,25 @@ async def _drive_on(server: ServerProcess, digits: Digits, run: Run, seed: int,
 
         not_serving = asyncio.Event()
 
-        async def watch() -> None:
+        async def watch(late: bool = False) -> None:
+            seen = run.late_watch if late else run.watch
             try:
                 async for reply in health.Watch(health_pb2.HealthCheckRequest(), timeout=60):
-                    run.watch.append(health_pb2.HealthCheckResponse.ServingStatus.Name(
-                        reply.status))
-                run.watch_code = OK
+                    seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+                code = OK
             except grpc.aio.AioRpcError as exc:
-                run.watch_code = exc.code()
+                code = exc.code()
+            if late:
+                run.late_watch_code = code
+            else:
+                run.watch_code = code
 
         async def signal_under_load() -> None:
             await asyncio.sleep(random.Random(seed).uniform(0.4, 0.9))
             run.signalled = time.monotonic()
             server.terminate()
+            await asyncio.sleep(0.05)
+            await watch(late=True)
             await asyncio.to_thread(server.wait, GRACE_S + 10)
             run.exit_s = time.monotonic() - run.signalled
 
@@ -266,6 +274,9 @@ def test_sigterm_under_load_loses_no_call_over_every_rpc_kind():
         # a call answered UNAVAILABLE came after the signal
         assert all(o.ended > run.signalled for o in run.outcomes if o.code == UNAVAILABLE)
         assert run.watch == ["SERVING", "NOT_SERVING"] and run.watch_code == OK, run.watch
+        # a Watch opened during the drain: NOT_SERVING and the end, or refused once closed
+        assert (run.late_watch, run.late_watch_code) in (
+            (["NOT_SERVING"], OK), ([], UNAVAILABLE)), (run.late_watch, run.late_watch_code)
         assert run.exit_s < GRACE_S, run.exit_s  # the drain waited for calls, not the grace
         assert "Traceback" not in log, log
 
@@ -277,6 +288,7 @@ def test_sigterm_under_load_loses_no_call_over_every_rpc_kind():
                      "ModelInfer", "Check"}
     assert {o.kind for o in in_flight} - {"Check"}, "no call was in flight at a signal"
     assert sum(run.refused for run in runs) > 0, "no call arrived during a drain"
+    assert any(run.late_watch == ["NOT_SERVING"] for run in runs)
     print(f"\n{RUNS} runs x {CALLERS} callers: {sum(r.served for r in runs)} calls accepted, "
           f"{sum(r.ok() for r in runs)} completed OK, {len(in_flight)} of them in flight at "
           f"the signal, {sum(r.refused for r in runs)} refused UNAVAILABLE by the drain, "
