@@ -143,7 +143,7 @@ SLOW_IMAGES = 160
 
 def _slow_pngs(n: int, side: int = 1024) -> list[bytes]:
     """Grey PNGs of ~3 KB that take ~10 ms each to decode and resize: SLOW_IMAGES of them
-    keep the server's one decode thread busy for seconds, past the tests' deadline of 0.5 s."""
+    keep the server's one decode thread busy for seconds, past the tests' deadline of 0.25 s."""
     y, x = np.mgrid[0:side, 0:side]
     out = []
     for k in range(n):
@@ -168,7 +168,7 @@ def test_an_expired_deadline_is_counted_as_deadline_exceeded(server, slow_reques
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.ScoringServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
-            stub.ScoreImages(slow_request, timeout=0.5)
+            stub.ScoreImages(slow_request, timeout=0.25)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     after = _settled(server, before, "ScoreImages")
     assert _delta(before, after, "hardscore_requests_total", method="ScoreImages",
@@ -207,6 +207,24 @@ def test_a_call_the_client_cancels_is_counted_as_cancelled(server, slow_request)
     _still_serves(server)
 
 
+def test_an_expired_stream_is_counted_as_deadline_exceeded(server, slow_request):
+    before = scrape(server.metrics_url)
+    with grpc.insecure_channel(server.target) as channel:
+        stream = pb_grpc.ScoringServiceStub(channel).ScoreImagesStream(
+            iter([pb.ScoreImagesStreamRequest(chunk=slow_request)]), timeout=0.25)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stream)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    after = _settled(server, before, "ScoreImagesStream")
+    assert _delta(before, after, "hardscore_requests_total", method="ScoreImagesStream",
+                  code="DEADLINE_EXCEEDED") == 1
+    assert _delta(before, after, "hardscore_requests_total", method="ScoreImagesStream",
+                  code="CANCELLED") == 0
+    assert _delta(before, after, "hardscore_rejections_total", model=MODEL,
+                  reason="deadline") == SLOW_IMAGES
+    _still_serves(server)
+
+
 def test_an_expired_open_inference_protocol_call_is_counted_as_deadline_exceeded(
         server, slow_request):
     request = oip.ModelInferRequest(model_name=MODEL)
@@ -215,7 +233,7 @@ def test_an_expired_open_inference_protocol_call_is_counted_as_deadline_exceeded
     before = scrape(server.metrics_url)
     with grpc.insecure_channel(server.target) as channel:
         with pytest.raises(grpc.RpcError) as caught:
-            oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=0.5)
+            oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=0.25)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     after = _settled(server, before, "ModelInfer")
     assert _delta(before, after, "hardscore_requests_total", method="ModelInfer",

@@ -299,7 +299,7 @@ def test_sigterm_under_load_loses_no_call_over_every_rpc_kind():
 # -- long decodes ------------------------------------------------------------------------------
 
 SLOW_IMAGES = 160
-SLOW_CALLS = 3
+SLOW_CALLS = 4
 
 
 def _slow_pngs(n: int, side: int = 1024) -> list[bytes]:
@@ -355,11 +355,14 @@ def test_the_process_exits_within_grace_plus_one_second_while_decodes_run():
     print(f"\nexit {exit_s:.2f}s after SIGTERM with {SLOW_CALLS} calls of {SLOW_IMAGES} "
           f"slow images decoding, grace {grace}s")
     assert exit_s <= grace + 1.0, (exit_s, log)
-    # the decodes take far longer than the grace period: each call is cut off, retryably
-    assert [code for code, _ in outcomes] == [UNAVAILABLE] * SLOW_CALLS, outcomes
-    assert all("grace period ended" in details for _, details in outcomes), outcomes
+    # the decodes (one thread, seconds of them) outlast the grace period: the calls still
+    # running then are cut off, retryably; none is cancelled
+    cut = [details for code, details in outcomes if code == UNAVAILABLE]
+    assert len(outcomes) == SLOW_CALLS and len(cut) >= 1, outcomes
+    assert all(code in (OK, UNAVAILABLE) for code, _ in outcomes), outcomes
+    assert all("grace period ended" in details for details in cut), outcomes
     match = STOPPED.search(log)
-    assert match and int(match[3]) == SLOW_CALLS, log
+    assert match and int(match[3]) == len(cut), log
     assert "Traceback" not in log, log
 
 
