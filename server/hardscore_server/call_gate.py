@@ -188,7 +188,8 @@ class CallGate(grpc.aio.ServerInterceptor):
                     raise error from None  # raised where the handler reads the stream
                 return _Unparseable(error)
 
-        async def refuse_or_enter(context: grpc.aio.ServicerContext) -> None:
+        async def refuse_or_enter(request: Any, context: grpc.aio.ServicerContext) -> None:
+            """Refuses the call (draining, or an unparseable unary request), else counts it."""
             if self.draining and counted:
                 self.refused += 1
                 self._last_arrival = time.monotonic()
@@ -196,6 +197,8 @@ class CallGate(grpc.aio.ServerInterceptor):
                 wait_ms = int((max(self._closing_at - self._last_arrival, 0.0) + 0.1) * 1000)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING,
                                     trailing_metadata=((PUSHBACK, str(wait_ms)),))
+            if isinstance(request, _Unparseable):
+                await invalid(context, request.error)
             self._enter(counted)
 
         async def invalid(context: grpc.aio.ServicerContext, error: UnparseableMessage) -> None:
@@ -203,43 +206,39 @@ class CallGate(grpc.aio.ServerInterceptor):
             self._record(service, method, grpc.StatusCode.INVALID_ARGUMENT)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
-        async def cut_off(context: grpc.aio.ServicerContext) -> None:
+        async def answer_cut_off(context: grpc.aio.ServicerContext) -> None:
             """Called with the handler cancelled: UNAVAILABLE if the drain cut it off."""
             if self._cut_off and counted:  # its servicer counted it (cancelled_code)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, CUT_OFF)
 
         inner: Any = (handler.unary_unary or handler.unary_stream or handler.stream_unary
-                 or handler.stream_stream)
+                      or handler.stream_stream)
         behavior: Callable[..., Any]
         if handler.response_streaming and inspect.isasyncgenfunction(inner):
             async def behavior(request: Any, context: grpc.aio.ServicerContext
                                ) -> AsyncIterator[Any]:
-                await refuse_or_enter(context)
+                await refuse_or_enter(request, context)
                 try:
-                    if isinstance(request, _Unparseable):
-                        await invalid(context, request.error)
                     try:
                         async for response in inner(request, context):
                             yield response
                     except UnparseableMessage as exc:  # a stream message, read by the handler
                         await invalid(context, exc)
                     except asyncio.CancelledError:
-                        await cut_off(context)
+                        await answer_cut_off(context)
                         raise
                 finally:
                     self._leave(counted)
         else:  # a coroutine: unary response, or a stream written with context.write
             async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await refuse_or_enter(context)
+                await refuse_or_enter(request, context)
                 try:
-                    if isinstance(request, _Unparseable):
-                        await invalid(context, request.error)
                     try:
                         return await inner(request, context)
                     except UnparseableMessage as exc:
                         await invalid(context, exc)
                     except asyncio.CancelledError:
-                        await cut_off(context)
+                        await answer_cut_off(context)
                         raise
                 finally:
                     self._leave(counted)
