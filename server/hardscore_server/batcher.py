@@ -127,6 +127,15 @@ class Reservation:
         self._batcher._reserved -= self.samples
         self.samples = 0
 
+    def drop(self, deadline: float | None) -> None:
+        """Gives the room back for a request cancelled before it was queued (while its images
+        were decoded), counting its samples in rejections: ``deadline`` when its deadline (a
+        ``time.monotonic()`` instant) has passed, else ``cancelled``."""
+        if self.samples:
+            expired = deadline is not None and time.monotonic() >= deadline
+            self._batcher._count_rejection("deadline" if expired else "cancelled", self.samples)
+        self.release()
+
 
 class _ModelSeries:
     """The batcher's metric series for one model, looked up once."""

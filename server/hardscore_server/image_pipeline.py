@@ -181,9 +181,10 @@ class ImagePipeline:
         return min(self._config.max_rows_per_request, self._config.max_queue_size)
 
     async def close(self) -> None:
-        """Finishes every accepted request, then releases the threads."""
+        """Finishes every queued request, then releases the threads without waiting for
+        decodes still running or queued (their calls have ended: the server drains first)."""
         await self.batcher.close()
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def serves(self, name: str, version: str = "") -> bool:
         """Whether requests for model ``name`` ("" = the served one) at ``version`` come here."""
@@ -218,6 +219,10 @@ class ImagePipeline:
         reservation = self.batcher.reserve(n) if n else None  # refuse early, before decoding
         try:
             return await self._score_admitted(batch, temperature, deadline, reservation)
+        except asyncio.CancelledError:  # the call ended (deadline, caller gone) before queueing
+            if reservation is not None:
+                reservation.drop(deadline)
+            raise
         finally:
             if reservation is not None:
                 reservation.release()

@@ -1,16 +1,21 @@
 """``hardscore-server``: builds the gRPC server, serves until SIGTERM/SIGINT, then drains.
 
 Start-up order: configuration -> model (load, validate, warm up) -> gRPC port and metrics port
--> health SERVING. On SIGTERM or SIGINT the health status turns NOT_SERVING, the port stops
-accepting calls, accepted calls get up to ``grace_period_s`` to finish, and the process exits 0.
+-> health SERVING. On SIGTERM or SIGINT new calls get UNAVAILABLE, the health status turns
+NOT_SERVING, calls already started get up to ``grace_period_s`` to finish (then UNAVAILABLE),
+and the process exits 0 within ``grace_period_s`` + 1 s (``HardscoreServer.stop``; the
+guarantee is in docs/deployment.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hardscore_server.call_gate import CallGate
 from hardscore_server.config import ConfigError, ServerConfig, parse_args
 from hardscore_server.image_pipeline import ImagePipeline
 from hardscore_server.inference_protocol import grpc_service_pb2_grpc as oip_grpc
@@ -34,25 +40,81 @@ from hardscore_wire import scoring_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hardscore_server")
 
+DRAIN_QUIET_S = 0.25
+"""The port closes once no call is running and none has arrived or ended for this long..."""
+REFUSAL_WINDOW_S = 1.0
+"""...or after this long (at most the grace period): grpc's shutdown cancels the calls it has
+received but not yet handed to a handler, so it waits for callers to move on, but clients with
+a connection open go on sending to it until the port closes (GOAWAY)."""
+REFUSAL_GRACE_S = 0.2
+"""Seconds the port stays open after the drain for refusals under way to be sent."""
+CUT_OFF_TIMEOUT_S = 0.3
+"""Longest wait for the calls cut off at the end of the grace period to be answered."""
+CLOSE_TIMEOUT_S = 0.3
+"""Longest wait for the model pipeline to stop once no call needs it."""
+
 SCORING_SERVICE = pb.DESCRIPTOR.services_by_name["ScoringService"].full_name
 
 
 class HealthService(health.aio.HealthServicer):  # type: ignore[name-defined,misc]
     """The standard gRPC health service, with the List method that grpcio-health-checking's
-    asyncio servicer lacks (it would answer UNKNOWN and log a traceback on every call)."""
+    asyncio servicer lacks (it would answer UNKNOWN and log a traceback on every call), and a
+    Watch that ends once the server drains: it sends NOT_SERVING and returns OK at once, so an
+    open Watch never holds the drain (grpcio-health-checking's would stay open until the grace
+    period ends)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._statuses: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}
+        self._changed: asyncio.Condition | None = None
+        self._draining = False
+        self._version = 0  # bumped on every change; a Watch waits for a new one
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:  # made on the server's loop
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def _notify(self) -> None:
+        condition = self._condition()
+        async with condition:
+            self._version += 1
+            condition.notify_all()
 
     async def set(self, service: str, status: int) -> None:
+        if self._draining:
+            return
         self._statuses[service] = status
         await super().set(service, status)
+        await self._notify()
 
     async def enter_graceful_shutdown(self) -> None:
+        self._draining = True
         for service in self._statuses:
             self._statuses[service] = health_pb2.HealthCheckResponse.NOT_SERVING
         await super().enter_graceful_shutdown()
+        await self._notify()
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Sends the status now and on every change; after NOT_SERVING at the drain, ends."""
+        condition = self._condition()
+        sent = None
+        while True:
+            version = self._version
+            status = (health_pb2.HealthCheckResponse.NOT_SERVING if self._draining else
+                      self._statuses.get(request.service,
+                                         health_pb2.HealthCheckResponse.SERVICE_UNKNOWN))
+            if status != sent:
+                await context.write(health_pb2.HealthCheckResponse(
+                    status=status))  # type: ignore[arg-type]
+                sent = status
+            if self._draining:
+                return
+            async with condition:  # never misses a change made since ``version`` was read
+                while self._version == version:
+                    await condition.wait()
 
     async def List(
         self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
@@ -76,6 +138,7 @@ class HardscoreServer:
         self.security = ServerSecurity(config)  # TLS files and tokens: ConfigError if bad
         self.metrics_tls = metrics_tls(config)  # the same for the metrics port's TLS files
         self.health_port = -1
+        self.gate = CallGate()
         self._health_server: grpc.aio.Server | None = None
         self._server: grpc.aio.Server | None = None
         self._servicer: ScoringServicer | None = None
@@ -107,8 +170,11 @@ class HardscoreServer:
             ("grpc.max_send_message_length", c.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
+        recorded = frozenset({SCORING_SERVICE, INFERENCE_SERVICE})
+        self.gate = CallGate(self.metrics, recorded)  # first: refuses while draining
         self._server = grpc.aio.server(
-            options=options, interceptors=self.security.interceptors(self.metrics))
+            options=options,
+            interceptors=[self.gate, *self.security.interceptors(self.metrics)])
         self._servicer = ScoringServicer(c, self.metrics, self.images)
         pb_grpc.add_ScoringServiceServicer_to_server(self._servicer, self._server)
         services = [SCORING_SERVICE]
@@ -125,7 +191,8 @@ class HardscoreServer:
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {address}")
         if c.health_port >= 0:  # plaintext, health only: for probes that cannot do TLS
-            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            self._health_server = grpc.aio.server(
+                options=[("grpc.so_reuseport", 0)], interceptors=[CallGate()])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
             health_address = address.rpartition(":")[0] + f":{c.health_port}"
             self.health_port = self._health_server.add_insecure_port(health_address)
@@ -148,21 +215,51 @@ class HardscoreServer:
                  self.metrics_port, self.security.describe())
 
     async def stop(self) -> None:
-        """Stops accepting, lets accepted calls finish within the grace period, then stops."""
+        """Drains, then stops; returns within ``grace_period_s`` + 1 s, whatever is running.
+
+        New calls are answered UNAVAILABLE from the first moment (health checks answer
+        NOT_SERVING; Watch streams get NOT_SERVING and end), every call whose handler started
+        runs to its end. The port closes (GOAWAY: clients reconnect elsewhere) once none is
+        left and no call has arrived for ``DRAIN_QUIET_S``, or after ``REFUSAL_WINDOW_S``,
+        while longer calls go on. Calls still running when the
+        grace period ends are answered UNAVAILABLE (retryable, never CANCELLED) and counted in
+        the log line; decodes still running then are not waited for.
+        """
         if self._server is None or self._stopped.is_set():
             return
-        log.info("draining: up to %.1fs for accepted calls", self.config.grace_period_s)
+        grace = self.config.grace_period_s
+        until = time.monotonic() + grace
+        self.gate.begin_drain(time.monotonic() + min(grace, REFUSAL_WINDOW_S))
+        log.info("draining: up to %.1fs for %d call(s) in flight", grace, self.gate.in_flight)
         await self.health.enter_graceful_shutdown()
-        await self._server.stop(self.config.grace_period_s)
-        if self.images is not None:
-            await self.images.close()
+        # Refusals first: the port stays open while started calls finish and refused callers
+        # move on, so grpc's shutdown, which cancels calls it holds but has not handed to a
+        # handler (CANCELLED), finds none. Calls that take longer keep running after it.
+        await self.gate.wait_drained(min(grace, REFUSAL_WINDOW_S), DRAIN_QUIET_S)
+        # GOAWAY: clients open new connections (to other replicas) for their next calls.
+        margin = CUT_OFF_TIMEOUT_S + REFUSAL_GRACE_S
+        stopping = asyncio.ensure_future(
+            self._server.stop(max(until - time.monotonic(), 0.0) + margin))
+        unfinished = 0
+        if not await self.gate.wait_drained(until - time.monotonic()):
+            unfinished = await self.gate.cut_off(CUT_OFF_TIMEOUT_S)  # UNAVAILABLE: retried
+        await stopping
+        if self.images is not None:  # nothing waits on it now; bounded whatever still decodes
+            try:
+                await asyncio.wait_for(self.images.close(), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("the model pipeline did not stop within %.1fs", CLOSE_TIMEOUT_S)
         if self._servicer is not None:
             self._servicer.close()
         if self._health_server is not None:
             await self._health_server.stop(None)
-        self.metrics.close()  # last: a scrape during the drain still sees it progress
+        # last: a scrape during the drain still sees it progress. Not waited for: its HTTP
+        # server notices a shutdown only every 0.5 s.
+        threading.Thread(target=self.metrics.close, name="metrics-close", daemon=True).start()
         self._stopped.set()
-        log.info("stopped")
+        log.info("stopped: %d call(s) served, %d refused while draining, %d cut off at the "
+                 "end of the grace period", self.gate.started - unfinished, self.gate.refused,
+                 unfinished)
 
     async def wait(self) -> None:
         await self._stopped.wait()
@@ -185,6 +282,17 @@ async def serve(config: ServerConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     await server.wait()
+    workers = [t for t in threading.enumerate()
+               if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if workers:
+        # Pool threads, idle or finishing work of calls that have ended (a decode cannot be
+        # interrupted): joining them at exit would make the grace period no bound.
+        log.info("exiting without joining %d worker thread(s) (%s)", len(workers),
+                 ", ".join(sorted({t.name.rsplit("_", 1)[0] for t in workers})))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

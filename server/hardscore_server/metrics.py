@@ -103,6 +103,9 @@ class ServerMetrics:
         self.requests = Counter(
             "hardscore_requests", "gRPC calls finished, by method and status code.",
             ["method", "code"], registry=r)
+        self.calls_in_flight = Gauge(
+            "hardscore_calls_in_flight", "gRPC calls whose handler has started and not ended "
+            "(health checks excluded); a drain waits for them.", registry=r)
         self.request_duration = Histogram(
             "hardscore_request_duration_seconds", "gRPC call duration, by method.",
             ["method"], buckets=LATENCY_BUCKETS, registry=r)

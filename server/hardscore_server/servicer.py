@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from hardscore_server.batcher import DeadlineExpired, QueueFull
+from hardscore_server.call_gate import UnparseableMessage, was_cut_off
 from hardscore_server.config import ServerConfig
 from hardscore_server.errors import InvalidRequest, UnknownModel, check_reply_fits
 from hardscore_server.image_pipeline import ImagePipeline
@@ -89,7 +90,7 @@ class CallRecorder:
         try:
             result = await work()
         except asyncio.CancelledError:
-            self.record(method, grpc.StatusCode.CANCELLED, started)
+            self.record(method, cancelled_code(context), started)
             raise
         except Exception as exc:  # every failure gets a status, none takes the server down
             await self.fail(method, context, exc, started)
@@ -112,7 +113,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Releases the scoring threads without waiting (the calls they served have ended)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- logits -------------------------------------------------------------------------------
 
@@ -291,7 +293,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             index = 0
             in_flight: list[asyncio.Task[T]] = []
             try:
-                async for msg in requests:
+                async for msg in _located_messages(requests):
                     rows = rows_of(msg)
                     in_flight = [t for t in in_flight if not t.done()]
                     if in_flight and has_room is not None and not has_room(rows):
@@ -310,7 +312,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 yield await task
             await reader  # surfaces a failure to read the request stream
         except asyncio.CancelledError:
-            self._calls.record(method, grpc.StatusCode.CANCELLED, started)
+            self._calls.record(method, cancelled_code(context), started)
             raise
         except Exception as exc:
             await self._calls.fail(method, context, exc, started)
@@ -321,6 +323,32 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 if leftover is not None:
                     leftover.cancel()
         self._calls.record(method, grpc.StatusCode.OK, started)
+
+
+async def _located_messages(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The stream's messages; one that does not parse is reported with its index (from 0)."""
+    iterator = requests.__aiter__()
+    index = 0
+    while True:
+        try:
+            msg = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        except UnparseableMessage as exc:
+            raise UnparseableMessage(f"stream message {index}: {exc}") from None
+        index += 1
+        yield msg
+
+
+def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """What the caller of a call cancelled under its handler sees: UNAVAILABLE when a drain
+    cut it off, DEADLINE_EXCEEDED when its deadline has passed (gRPC cancels the handler then
+    too), else CANCELLED."""
+    if was_cut_off():
+        return grpc.StatusCode.UNAVAILABLE
+    remaining = context.time_remaining()
+    expired = remaining is not None and remaining <= 0
+    return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:

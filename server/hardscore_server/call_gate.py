@@ -1,0 +1,252 @@
+"""The gate every call passes on the gRPC port: drain bookkeeping and unparseable requests.
+
+One server interceptor wraps every method handler of every service (hardscore.v1, the Open
+Inference Protocol, grpc.health.v1, reflection), so neither concern is per-method code:
+
+- **Drain.** The gate counts the calls whose handler has started and not yet returned. Once
+  ``begin_drain()`` is called, a new call is answered UNAVAILABLE before its handler starts
+  (clients retry it elsewhere; the SDK retries UNAVAILABLE), while the calls already started
+  run to the end; ``wait_drained()`` waits until none is left and callers have stopped
+  arriving (closing the port while calls arrive would let grpc's shutdown cancel the ones
+  it has received but not handed to a handler yet: CANCELLED), and ``cut_off()`` ends
+  those still running when the grace period is over with UNAVAILABLE too (never CANCELLED).
+  Health checks are neither refused nor counted: they answer NOT_SERVING during the drain
+  and never hold it.
+- **Unparseable requests.** A request message that is not a valid protobuf of the method's
+  request type (random bytes, a truncated message) is answered INVALID_ARGUMENT naming the
+  type, with one INFO log line and no traceback, instead of grpc's UNKNOWN plus a traceback.
+  Unary requests are checked before the handler starts; on a stream the bad message ends the
+  call when the handler reads it (hardscore.v1 streams name the message's index).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from hardscore_server.errors import InvalidRequest
+from hardscore_server.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+POLL_S = 0.01
+PUSHBACK = "grpc-retry-pushback-ms"
+"""Trailing metadata telling a client's gRPC retry policy when to retry (milliseconds)."""
+DRAINING = "the server is shutting down and accepts no new calls; retry (another replica)"
+CUT_OFF = ("the server shut down before this call finished (its grace period ended); retry "
+           "(another replica)")
+
+
+_CUT_OFF_TASKS: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+def was_cut_off() -> bool:
+    """Whether the running call (the current task) is being cut off by a drain: its caller
+    gets UNAVAILABLE, whatever cancelled its handler."""
+    task = asyncio.current_task()
+    return task is not None and task in _CUT_OFF_TASKS
+
+
+class UnparseableMessage(InvalidRequest):
+    """A request message that does not parse as the method's request type (INVALID_ARGUMENT)."""
+
+
+class _Unparseable:
+    """What the wrapped deserializer returns for a unary request that does not parse."""
+
+    def __init__(self, error: UnparseableMessage) -> None:
+        self.error = error
+
+
+def _type_name(deserializer: Callable[[bytes], Any]) -> str:
+    """The protobuf type a deserializer builds ('the request type' when unknown)."""
+    cls = getattr(deserializer, "__self__", None)
+    descriptor = getattr(cls, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "")) or "the request type"
+
+
+def _split(path: str | bytes) -> tuple[str, str]:
+    text = path.decode("latin-1") if isinstance(path, bytes) else path or ""
+    service, _, method = text.strip("/").partition("/")
+    return service, method
+
+
+class CallGate(grpc.aio.ServerInterceptor):
+    """Counts started calls, refuses new ones while draining, answers unparseable requests.
+
+    ``recorded_services`` are the services whose calls are counted in
+    ``hardscore_requests_total`` (their servicers record every call they run); calls the gate
+    answers itself for them (unparseable, refused while draining) are counted there too.
+    """
+
+    def __init__(self, metrics: ServerMetrics | None = None,
+                 recorded_services: frozenset[str] = frozenset()) -> None:
+        self._metrics = metrics
+        self._recorded = recorded_services
+        self.draining = False
+        self.in_flight = 0
+        self.started = 0
+        """Calls whose handler started (health checks excluded), since the server started."""
+        self.refused = 0
+        """Calls answered UNAVAILABLE because the server was draining."""
+        self._last_arrival = 0.0  # time.monotonic() of the last call refused or ended
+        self._closing_at = 0.0
+        self._running: set[asyncio.Task[Any]] = set()
+        self._cut_off = False
+
+    def begin_drain(self, closing_at: float = 0.0) -> None:
+        """From now on new calls (except health checks) are answered UNAVAILABLE, telling
+        gRPC's retry to wait until ``closing_at`` (a ``time.monotonic()`` instant: when the
+        port is expected to close, so the retry goes to a new connection) plus 0.1 s."""
+        self.draining = True
+        self._closing_at = closing_at
+
+    async def wait_drained(self, timeout: float, quiet: float = 0.0) -> bool:
+        """Waits until no started call is left and no call has arrived or ended for ``quiet``
+        s (the callers have moved on), at most ``timeout`` s; True if no started call is
+        left."""
+        until = time.monotonic() + max(timeout, 0.0)
+        while True:
+            now = time.monotonic()
+            if self.in_flight == 0 and now - self._last_arrival >= quiet:
+                return True
+            if now >= until:
+                return self.in_flight == 0
+            await asyncio.sleep(min(POLL_S, until - now))
+
+    async def cut_off(self, timeout: float = 0.5) -> int:
+        """Ends every call still running with UNAVAILABLE (the grace period is over): its
+        handler is cancelled and the caller told to retry. Returns how many there were."""
+        self._cut_off = True
+        running = list(self._running)
+        for task in running:
+            _CUT_OFF_TASKS.add(task)
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+        return len(running)
+
+    def _record(self, service: str, method: str, code: grpc.StatusCode) -> None:
+        if self._metrics is not None and service in self._recorded:
+            self._metrics.requests.labels(method, code.name).inc()
+
+    def _enter(self, counted: bool) -> None:
+        if counted:
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.add(task)
+            self.started += 1
+            self.in_flight += 1
+            if self._metrics is not None:
+                self._metrics.calls_in_flight.inc()
+
+    def _leave(self, counted: bool) -> None:
+        if counted:
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.discard(task)
+            self.in_flight -= 1
+            self._last_arrival = time.monotonic()  # its caller may send the next one now
+            if self._metrics is not None:
+                self._metrics.calls_in_flight.dec()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler  # unknown method: grpc answers UNIMPLEMENTED
+        service, method = _split(handler_call_details.method)
+        return self._wrap(handler, service, method)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, service: str,
+              method: str) -> grpc.RpcMethodHandler:
+        counted = service != HEALTH_SERVICE
+        path = f"/{service}/{method}"
+        deserializer: Any = handler.request_deserializer
+        type_name = _type_name(deserializer) if deserializer is not None else ""
+        streaming_in = handler.request_streaming
+
+        def parse(raw: bytes) -> Any:
+            try:
+                return deserializer(raw)
+            except Exception as exc:  # DecodeError, RecursionError...: never a traceback
+                error = UnparseableMessage(
+                    f"the request is not a valid {type_name} message ({type(exc).__name__}: "
+                    f"{exc}); send a serialized {type_name}")
+                if streaming_in:
+                    raise error from None  # raised where the handler reads the stream
+                return _Unparseable(error)
+
+        async def refuse_or_enter(request: Any, context: grpc.aio.ServicerContext) -> None:
+            """Refuses the call (draining, or an unparseable unary request), else counts it."""
+            if self.draining and counted:
+                self.refused += 1
+                self._last_arrival = time.monotonic()
+                self._record(service, method, grpc.StatusCode.UNAVAILABLE)
+                wait_ms = int((max(self._closing_at - self._last_arrival, 0.0) + 0.1) * 1000)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING,
+                                    trailing_metadata=((PUSHBACK, str(wait_ms)),))
+            if isinstance(request, _Unparseable):
+                await invalid(context, request.error)
+            self._enter(counted)
+
+        async def invalid(context: grpc.aio.ServicerContext, error: UnparseableMessage) -> None:
+            log.info("%s from %s: %s", path, context.peer(), error)  # one line, no traceback
+            self._record(service, method, grpc.StatusCode.INVALID_ARGUMENT)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+        async def answer_cut_off(context: grpc.aio.ServicerContext) -> None:
+            """Called with the handler cancelled: UNAVAILABLE if the drain cut it off."""
+            if self._cut_off and counted:  # its servicer counted it (cancelled_code)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, CUT_OFF)
+
+        inner: Any = (handler.unary_unary or handler.unary_stream or handler.stream_unary
+                      or handler.stream_stream)
+        behavior: Callable[..., Any]
+        if handler.response_streaming and inspect.isasyncgenfunction(inner):
+            async def behavior(request: Any, context: grpc.aio.ServicerContext
+                               ) -> AsyncIterator[Any]:
+                await refuse_or_enter(request, context)
+                try:
+                    try:
+                        async for response in inner(request, context):
+                            yield response
+                    except UnparseableMessage as exc:  # a stream message, read by the handler
+                        await invalid(context, exc)
+                    except asyncio.CancelledError:
+                        await answer_cut_off(context)
+                        raise
+                finally:
+                    self._leave(counted)
+        else:  # a coroutine: unary response, or a stream written with context.write
+            async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await refuse_or_enter(request, context)
+                try:
+                    try:
+                        return await inner(request, context)
+                    except UnparseableMessage as exc:
+                        await invalid(context, exc)
+                    except asyncio.CancelledError:
+                        await answer_cut_off(context)
+                        raise
+                finally:
+                    self._leave(counted)
+
+        kind = {(False, False): grpc.unary_unary_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler}[
+            (streaming_in, handler.response_streaming)]
+        return kind(behavior, request_deserializer=parse if deserializer else None,
+                    response_serializer=handler.response_serializer)

@@ -1,0 +1,264 @@
+"""Unparseable requests and deadline accounting, against a real server.
+
+- **Unparseable requests**: random bytes and truncated messages, sent with identity
+  (de)serializers to every method of every service on the port (hardscore.v1, the Open
+  Inference Protocol, grpc.health.v1, reflection), unary and streaming, get INVALID_ARGUMENT
+  naming the request type, one log line each and no traceback; normal calls work afterwards.
+- **Deadlines**: a call whose deadline expires while its images are decoded is counted as
+  DEADLINE_EXCEEDED (not CANCELLED) in ``hardscore_requests_total`` and its samples in
+  ``hardscore_rejections_total{reason="deadline"}``; a call the client cancels is counted as
+  CANCELLED and ``reason="cancelled"``; all scraped over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from tritonclient.grpc import service_pb2 as oip
+from tritonclient.grpc import service_pb2_grpc as oip_grpc
+
+from hardscore_client import ScoringClient
+from hardscore_wire import scoring_pb2 as pb
+from hardscore_wire import scoring_pb2_grpc as pb_grpc
+from hardscore_wire.tensors import to_tensor
+
+from conftest import metric, scrape, served_oip_methods
+from server_process import ServerProcess, start_server
+
+MODEL = "digits-resnet"
+GARBAGE = b"\xff\xff\xff\xff"  # an unterminated varint: no protobuf message parses it
+TRUNCATED = b"\x0a\x05ab"  # field 1, 5 bytes announced, 2 sent
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    server = start_server(["--max-queue-size", "1024", "--max-batch-size", "16",
+                           "--preprocess-threads", "1"])
+    yield server
+    server.stop()
+
+
+def _methods() -> list[tuple[str, bool, bool]]:
+    """(path, request streaming, response streaming) of every method served on the port."""
+    found = []
+    scoring = pb.DESCRIPTOR.services_by_name["ScoringService"]
+    for m in scoring.methods:
+        found.append((f"/{scoring.full_name}/{m.name}", m.client_streaming, m.server_streaming))
+    for name in sorted(served_oip_methods()):
+        found.append((f"/inference.GRPCInferenceService/{name}", False, False))
+    health = health_pb2.DESCRIPTOR.services_by_name["Health"]
+    for m in health.methods:
+        found.append((f"/{health.full_name}/{m.name}", m.client_streaming, m.server_streaming))
+    found.append(("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True, True))
+    return found
+
+
+METHODS = _methods()
+
+
+def _call_raw(channel: grpc.Channel, path: str, streaming_in: bool, streaming_out: bool,
+              payload: bytes) -> grpc.RpcError:
+    """Sends ``payload`` as the (first) request message; returns the error the call ended with."""
+    kind: Any = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
+            (True, False): channel.stream_unary, (True, True): channel.stream_stream}[
+        (streaming_in, streaming_out)]
+    call = kind(path, request_serializer=None, response_deserializer=None)
+    request = iter([payload]) if streaming_in else payload
+    with pytest.raises(grpc.RpcError) as caught:
+        result = call(request, timeout=30)
+        if streaming_out:
+            list(result)
+    return caught.value
+
+
+@pytest.mark.parametrize("payload", [GARBAGE, TRUNCATED], ids=["random", "truncated"])
+def test_unparseable_requests_get_invalid_argument_on_every_method(server, payload):
+    assert len(METHODS) >= 15
+    lines_before = len(server.lines)
+    before = scrape(server.metrics_url)
+    with grpc.insecure_channel(server.target) as channel:
+        for path, streaming_in, streaming_out in METHODS:
+            error = _call_raw(channel, path, streaming_in, streaming_out, payload)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (path, error)
+            details = error.details() or ""
+            assert "is not a valid" in details and "message" in details, (path, details)
+            assert "DecodeError" in details, (path, details)
+            if path.endswith("Stream"):  # hardscore.v1 streams name the message
+                assert details.startswith("chunk") or "stream message 0" in details, details
+    after = scrape(server.metrics_url)
+    log = server.lines[lines_before:]
+    assert not [line for line in log if "Traceback" in line or "Unexpected" in line], log
+    for path, *_ in METHODS:  # one quiet line per call; hardscore.v1 streams answer it as
+        # any invalid chunk (counted, not logged)
+        lines = 0 if path.startswith("/hardscore.v1") and path.endswith("Stream") else 1
+        assert sum(path in line and "is not a valid" in line for line in log) == lines, (
+            path, log)
+    # counted, as the client saw them, for the services that count their calls
+    for name in ("ScoreLogits", "ScoreImages", "ScoreImagesStream", "ModelInfer"):
+        assert (metric(after, "hardscore_requests_total", method=name, code="INVALID_ARGUMENT")
+                - metric(before, "hardscore_requests_total", method=name,
+                         code="INVALID_ARGUMENT")) == 1, name
+
+
+def test_a_truncated_real_request_names_its_type_and_the_server_still_serves(server):
+    request = pb.ScoreLogitsRequest(logits=to_tensor(np.zeros((64, 10), np.float32)))
+    raw = request.SerializeToString()
+    with grpc.insecure_channel(server.target) as channel:
+        error = _call_raw(channel, "/hardscore.v1.ScoringService/ScoreLogits", False, False,
+                          raw[: len(raw) // 2])
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid hardscore.v1.ScoreLogitsRequest message" in (error.details() or "")
+        # a stream whose second message is cut: the first is scored, the second named
+        stream = channel.stream_stream("/hardscore.v1.ScoringService/ScoreLogitsStream",
+                                       request_serializer=None, response_deserializer=None)
+        chunk = pb.ScoreLogitsStreamRequest(chunk=request).SerializeToString()
+        replies = []
+        with pytest.raises(grpc.RpcError) as caught:
+            for reply in stream(iter([chunk, chunk[:-7]]), timeout=30):
+                replies.append(reply)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "stream message 1:" in (caught.value.details() or "")
+        assert len(replies) <= 1
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        infer = oip_grpc.GRPCInferenceServiceStub(channel).ServerLive(oip.ServerLiveRequest())
+        assert infer.live
+    with ScoringClient(server.target) as client:
+        result = client.score_logits(np.eye(10, dtype=np.float32) * 5)
+    assert result.predicted_class.tolist() == list(range(10))
+
+
+# -- deadlines ---------------------------------------------------------------------------------
+
+SLOW_IMAGES = 160
+
+
+def _slow_pngs(n: int, side: int = 1024) -> list[bytes]:
+    """Grey PNGs of ~3 KB that take ~10 ms each to decode and resize: SLOW_IMAGES of them
+    keep the server's one decode thread busy for seconds, past the tests' deadline of 0.25 s."""
+    y, x = np.mgrid[0:side, 0:side]
+    out = []
+    for k in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(((x * 7 + y * 3 + k) % 256).astype(np.uint8)).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+@pytest.fixture(scope="module")
+def slow_request() -> pb.ScoreImagesRequest:
+    return pb.ScoreImagesRequest(samples=[pb.ImageSample(encoded=png)
+                                          for png in _slow_pngs(SLOW_IMAGES)])
+
+
+def _delta(before: dict, after: dict, name: str, **labels: str) -> float:
+    return metric(after, name, **labels) - metric(before, name, **labels)
+
+
+def test_an_expired_deadline_is_counted_as_deadline_exceeded(server, slow_request):
+    before = scrape(server.metrics_url)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ScoringServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ScoreImages(slow_request, timeout=0.25)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    after = _settled(server, before, "ScoreImages")
+    assert _delta(before, after, "hardscore_requests_total", method="ScoreImages",
+                  code="DEADLINE_EXCEEDED") == 1
+    assert _delta(before, after, "hardscore_requests_total", method="ScoreImages",
+                  code="CANCELLED") == 0
+    assert _delta(before, after, "hardscore_rejections_total", model=MODEL,
+                  reason="deadline") == SLOW_IMAGES
+    assert _delta(before, after, "hardscore_rejections_total", model=MODEL,
+                  reason="cancelled") == 0
+    _still_serves(server)
+
+
+def test_a_call_the_client_cancels_is_counted_as_cancelled(server, slow_request):
+    before = scrape(server.metrics_url)
+
+    async def cancel_midway() -> None:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            call = pb_grpc.ScoringServiceStub(channel).ScoreImages(slow_request, timeout=60)
+            while not metric(scrape(server.metrics_url), "hardscore_calls_in_flight"):
+                await asyncio.sleep(0.01)  # its handler has started: its images are decoding
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+
+    asyncio.run(cancel_midway())
+    after = _settled(server, before, "ScoreImages")
+    assert _delta(before, after, "hardscore_requests_total", method="ScoreImages",
+                  code="CANCELLED") == 1
+    assert _delta(before, after, "hardscore_requests_total", method="ScoreImages",
+                  code="DEADLINE_EXCEEDED") == 0
+    assert _delta(before, after, "hardscore_rejections_total", model=MODEL,
+                  reason="cancelled") == SLOW_IMAGES
+    assert _delta(before, after, "hardscore_rejections_total", model=MODEL,
+                  reason="deadline") == 0
+    _still_serves(server)
+
+
+def test_an_expired_stream_is_counted_as_deadline_exceeded(server, slow_request):
+    before = scrape(server.metrics_url)
+    with grpc.insecure_channel(server.target) as channel:
+        stream = pb_grpc.ScoringServiceStub(channel).ScoreImagesStream(
+            iter([pb.ScoreImagesStreamRequest(chunk=slow_request)]), timeout=0.25)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stream)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    after = _settled(server, before, "ScoreImagesStream")
+    assert _delta(before, after, "hardscore_requests_total", method="ScoreImagesStream",
+                  code="DEADLINE_EXCEEDED") == 1
+    assert _delta(before, after, "hardscore_requests_total", method="ScoreImagesStream",
+                  code="CANCELLED") == 0
+    assert _delta(before, after, "hardscore_rejections_total", model=MODEL,
+                  reason="deadline") == SLOW_IMAGES
+    _still_serves(server)
+
+
+def test_an_expired_open_inference_protocol_call_is_counted_as_deadline_exceeded(
+        server, slow_request):
+    request = oip.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="images", datatype="BYTES", shape=[SLOW_IMAGES]
+                       ).contents.bytes_contents[:] = [s.encoded for s in slow_request.samples]
+    before = scrape(server.metrics_url)
+    with grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=0.25)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    after = _settled(server, before, "ModelInfer")
+    assert _delta(before, after, "hardscore_requests_total", method="ModelInfer",
+                  code="DEADLINE_EXCEEDED") == 1
+    assert _delta(before, after, "hardscore_requests_total", method="ModelInfer",
+                  code="CANCELLED") == 0
+    _still_serves(server)
+
+
+def _settled(server: ServerProcess, before: dict, method: str) -> dict:
+    """The metrics once the server has recorded the call's end (it may lag the client's)."""
+    import time
+    deadline = time.monotonic() + 30
+    while True:
+        after = scrape(server.metrics_url)
+        ended = sum(v for (name, labels), v in after.items()
+                    if name == "hardscore_requests_total" and ("method", method) in labels) - \
+            sum(v for (name, labels), v in before.items()
+                if name == "hardscore_requests_total" and ("method", method) in labels)
+        if ended >= 1 or time.monotonic() > deadline:
+            return after
+        time.sleep(0.05)
+
+
+def _still_serves(server: ServerProcess) -> None:
+    with ScoringClient(server.target) as client:
+        result = client.score_images([_slow_pngs(1, 32)[0]])
+    assert not result.errors and result.predicted_class.shape == (1,)
