@@ -10,7 +10,7 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 
 .PHONY: all install test unit e2e deploy client-range demo lint protos protos-check bench clean \
-	serve default-model
+	serve default-model gpu-deps
 
 all: test
 
@@ -82,6 +82,15 @@ client-range: $(MIN_VENV)/.installed
 	HARDSCORE_SERVER_PYTHON="$(CURDIR)/$(PY)" $(MIN_VENV)/bin/pytest -q -p no:cacheprovider \
 		$(CLIENT_E2E)
 
+# The gpu extra resolved against the package index's metadata (no wheel download), cached for
+# tests/deploy/test_gpu_install.py: its CUDA must match onnxruntime-gpu's build.
+GPU_DEPS_STAMP := .cache/gpu-deps/.checked
+$(GPU_DEPS_STAMP): pyproject.toml Dockerfile server/gpu_consistency.py $(VENV)/.installed
+	$(PY) server/gpu_consistency.py --resolve
+	touch $@
+
+gpu-deps: $(GPU_DEPS_STAMP)
+
 TEST_PATH := PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH"
 
 # No server, no subprocess, no network: the score math, batcher, preprocessing, import rules.
@@ -93,10 +102,10 @@ e2e: install
 	$(VENV)/bin/pytest -q tests/e2e
 
 # Docker, Helm, dashboards, the browser, the contract (buf, stale stubs, ruff, mypy).
-deploy: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP)
+deploy: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP)
 	$(TEST_PATH) $(VENV)/bin/pytest -q tests/deploy
 
-test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP)
+test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP)
 	$(TEST_PATH) $(VENV)/bin/pytest -q
 	$(MAKE) client-range
 
@@ -113,7 +122,7 @@ bench: install
 	$(PY) bench/image_throughput.py
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MIN_VENV) $(TOOLS) .cache .pytest_cache .mypy_cache .ruff_cache
 
 # Retrains the embedded default model (deterministic; about a minute on 2 cores).
 default-model: install
