@@ -35,7 +35,7 @@ def small(classes: int = 5) -> Any:
     """A small 3-channel CNN: conv, batch norm, relu, residual add, pooling, linear."""
     nn = torch.nn
 
-    class Small(nn.Module):
+    class Small(nn.Module):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8),
@@ -118,7 +118,7 @@ def test_float16_arithmetic_stays_within_tolerance(exported: tuple[Path, Path, A
     fp32_dir, fp16_dir, _ = exported
     model = onnx.load(str(fp16_dir / MODEL_FILE))
     x = np.random.default_rng(6).standard_normal((2, 3, 16, 16)).astype(np.float32)
-    (got,) = ReferenceEvaluator(model).run(None, {"images": x})
+    got = np.asarray(ReferenceEvaluator(model).run(None, {"images": x})[0])
     session = ort.InferenceSession(str(fp32_dir / MODEL_FILE),
                                    providers=["CPUExecutionProvider"])
     want = session.run(None, {"images": x})[0]
@@ -144,7 +144,7 @@ def test_large_weights_saturate_instead_of_overflowing() -> None:
 def test_unconvertible_graph_is_refused_and_nothing_written(tmp_path: Path) -> None:
     nn = torch.nn
 
-    class Upsampling(nn.Module):
+    class Upsampling(nn.Module):  # type: ignore[name-defined]
         def forward(self, x: Any) -> Any:
             y = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
             return y.mean(dim=(2, 3))
