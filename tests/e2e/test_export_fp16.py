@@ -118,7 +118,8 @@ def test_float16_arithmetic_stays_within_tolerance(exported: tuple[Path, Path, A
     fp32_dir, fp16_dir, _ = exported
     model = onnx.load(str(fp16_dir / MODEL_FILE))
     x = np.random.default_rng(6).standard_normal((2, 3, 16, 16)).astype(np.float32)
-    got = np.asarray(ReferenceEvaluator(model).run(None, {"images": x})[0])
+    outputs: Any = ReferenceEvaluator(model).run(None, {"images": x})
+    got = np.asarray(outputs[0])
     session = ort.InferenceSession(str(fp32_dir / MODEL_FILE),
                                    providers=["CPUExecutionProvider"])
     want = session.run(None, {"images": x})[0]
