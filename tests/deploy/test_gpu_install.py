@@ -29,9 +29,19 @@ FROM ${CUDA_IMAGE} AS base-gpu
 
 
 @pytest.fixture(scope="module")
-def report() -> dict[str, Any]:
-    data: dict[str, Any] = gc.load_report(PYPROJECT, DOCKERFILE)
+def resolved() -> tuple[dict[str, Any], dict[str, Any]]:
+    data: tuple[dict[str, Any], dict[str, Any]] = gc.load_report(PYPROJECT, DOCKERFILE)
     return data
+
+
+@pytest.fixture(scope="module")
+def report(resolved: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+    return resolved[0]
+
+
+@pytest.fixture(scope="module")
+def facts(resolved: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+    return resolved[1]
 
 
 def with_version(report: dict[str, Any], name: str, version: str) -> dict[str, Any]:
@@ -42,14 +52,24 @@ def with_version(report: dict[str, Any], name: str, version: str) -> dict[str, A
     return changed
 
 
-def failure(pyproject: str, dockerfile: str, report: dict[str, Any]) -> str:
+FACTS: dict[str, Any] = {}
+
+
+def failure(pyproject: str, dockerfile: str, report: dict[str, Any],
+            facts: dict[str, Any] | None = None) -> str:
     with pytest.raises(gc.ConsistencyError) as exc:
-        gc.check(pyproject, dockerfile, report)
+        gc.check(pyproject, dockerfile, report, FACTS if facts is None else facts)
     return str(exc.value)
 
 
-def test_the_repository_agrees(report: dict[str, Any]) -> None:
-    stack = gc.check(PYPROJECT, DOCKERFILE, report)
+@pytest.fixture(autouse=True)
+def real_facts(facts: dict[str, Any]) -> None:
+    FACTS.clear()
+    FACTS.update(facts)
+
+
+def test_the_repository_agrees(report: dict[str, Any], facts: dict[str, Any]) -> None:
+    stack = gc.check(PYPROJECT, DOCKERFILE, report, facts)
     assert (stack.ort_version, stack.cuda_major, stack.cudnn_major) == ("1.31.1", 13, 9)
     assert stack.python == "3.12" and stack.base_image == "python:3.12-slim-bookworm"
     assert {"nvidia-cuda-runtime", "nvidia-cublas", "nvidia-cudnn-cu13"} <= set(stack.packages)
@@ -92,13 +112,39 @@ def test_cuda_libraries_of_another_major_are_caught(report: dict[str, Any]) -> N
     )
 
 
-def test_missing_cublas_is_caught(report: dict[str, Any]) -> None:
+def test_missing_cublas_is_caught(report: dict[str, Any], facts: dict[str, Any]) -> None:
     without = copy.deepcopy(report)
     without["install"] = [i for i in without["install"]
                           if i["metadata"]["name"] != "nvidia-cublas"]
-    assert failure(PYPROJECT, DOCKERFILE, without) == (
+    no_wheel = {k: v for k, v in facts.items() if k != "nvidia-cublas"}
+    assert failure(PYPROJECT, DOCKERFILE, without, no_wheel).splitlines() == [
         "no cuBLAS in the gpu extra: the CUDA provider needs libcublas.so.13; "
-        "add nvidia-cublas~=13.0")
+        "add nvidia-cublas~=13.0",
+        "the CUDA provider needs libcublas.so.13, libcublasLt.so.13, which no package of the "
+        "gpu extra ships"]
+
+
+def test_the_wheels_facts_agree(facts: dict[str, Any]) -> None:
+    """What the range reads found in onnxruntime-gpu 1.31.1 and the nvidia-* wheels."""
+    ort = facts["onnxruntime-gpu"]
+    assert "cuda_version = '13.0'" in ort["build_info"]
+    assert set(ort["provider_libraries"]) - gc.SYSTEM_LIBS == {
+        "libcublas.so.13", "libcublasLt.so.13", "libcuda.so.1", "libcudart.so.13",
+        "libcurand.so.10", "libonnxruntime_providers_cuda.so"}
+    assert "libcudart.so.13" in facts["nvidia-cuda-runtime"]["shared_libraries"]
+    assert "libcudnn.so.9" in facts["nvidia-cudnn-cu13"]["shared_libraries"]
+
+
+def test_a_build_of_another_cuda_is_caught(report: dict[str, Any],
+                                           facts: dict[str, Any]) -> None:
+    other = copy.deepcopy(facts)
+    other["onnxruntime-gpu"]["build_info"] = "cuda_version = '12.8'\n"
+    assert failure(PYPROJECT, DOCKERFILE, report, other) == (
+        "onnxruntime-gpu 1.31.1 was built with CUDA 12 but its cuda extra asks for CUDA 13")
+    linked = copy.deepcopy(facts)
+    linked["onnxruntime-gpu"]["provider_libraries"].append("libcufft.so.11")
+    assert failure(PYPROJECT, DOCKERFILE, report, linked) == (
+        "the CUDA provider needs libcufft.so.11, which no package of the gpu extra ships")
 
 
 def test_onnxruntime_gpu_declares_cuda_13_and_cudnn_9(report: dict[str, Any]) -> None:
