@@ -19,7 +19,8 @@ Steps, each a group of rows of the table:
 4. frontend: decoding 224x224 JPEGs to model input with hardscore's CPU pipeline
    (preprocess.decode_image), in 1 process and in one process per core; then, where torch and
    torchvision are installed, ``torchvision.io.decode_jpeg`` on the CUDA device (``--dry``: on
-   the CPU) in batches, its pixels compared with Pillow's decode of the same files:
+   the CPU) in batches, then resize, crop and normalise there (images/s is that whole job, as
+   for the CPU rows); its decoded pixels compared with Pillow's decode of the same files:
    max |GPU - CPU| <= DECODE_MAX_DIFF levels and mean <= DECODE_MEAN_DIFF (JPEG decoders
    may round the inverse DCT and chroma upsampling differently).
 
@@ -320,6 +321,11 @@ def step_served(settings: Settings, model_dir: Path, cache: Path | None, work: P
     if cache is not None:
         env["PERF_ANALYZER_CACHE"] = str(cache)
         install_libb64(cache)
+        missing = perf_analyzer_missing(cache)
+        if missing:
+            table.add("served", model_dir.name, "fp32", "", None,
+                      f"FAILED: perf_analyzer cannot load: {missing}")
+            return
     for concurrency in settings.concurrency:
         if late():
             table.add("served", model_dir.name, "fp32", f"concurrency {concurrency}", None,
@@ -346,6 +352,18 @@ def step_served(settings: Settings, model_dir: Path, cache: Path | None, work: P
                   float(row["Inferences/Second"]),
                   f"p50 {int(row['p50 latency']) / 1000:.2f} ms"
                   + (f", {provider.group(1)}" if provider else ""))
+
+
+def perf_analyzer_missing(cache: Path) -> str:
+    """The libraries the carried perf_analyzer binary would not find ("" when none)."""
+    from hardscore_server.shared_libs import Resolver
+
+    binary = next(iter(cache.glob("tritonclient-*.data/data/bin/perf_analyzer")), None)
+    if binary is None:
+        return ""  # perf_analyzer.sh fetches it (needs the network)
+    cudart = [str(p.parent) for p in cache.rglob("libcudart.so.12")]
+    env = {"LD_LIBRARY_PATH": ":".join([*cudart, os.environ.get("LD_LIBRARY_PATH", "")])}
+    return ", ".join(str(m) for m in Resolver(env).missing(binary))
 
 
 def install_libb64(cache: Path) -> None:
@@ -420,6 +438,11 @@ def step_gpu_decode(settings: Settings, files: list[bytes], torch: Any, table: T
     batch = 64 if device == "cuda" else 8
     chunks = [tensors[i:i + batch] for i in range(0, len(tensors), batch)]
 
+    from hardscore_server.export import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+
     def decode() -> list[Any]:
         out: list[Any] = []
         for chunk in chunks:
@@ -428,7 +451,18 @@ def step_gpu_decode(settings: Settings, files: list[bytes], torch: Any, table: T
             torch.cuda.synchronize()
         return out
 
-    rate = timed_rate(decode, len(files), settings.decode_seconds)
+    def model_input() -> None:
+        """Decode, shorter side to 256 (bilinear, antialiased), center crop 224, normalise:
+        the CPU rows' work, batched on the device."""
+        for chunk in chunks:
+            images = torch.stack(decode_jpeg(chunk, device=device)).float()
+            resized = torch.nn.functional.interpolate(images, size=(256, 256), mode="bilinear",
+                                                      antialias=True, align_corners=False)
+            ((resized[:, :, 16:240, 16:240] - mean) / std).contiguous()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    rate = timed_rate(model_input, len(files), settings.decode_seconds)
     worst, mean = 0, 0.0
     for data, image in zip(files, decode(), strict=True):
         cpu = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
