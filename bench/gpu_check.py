@@ -26,8 +26,9 @@ Steps, each a group of rows of the table:
 
 A machine without network (the lent GPU machine): ``--wheels DIR`` installs every wheel in DIR
 (onnxruntime-gpu and the server's pure dependencies; ``*.whl.partNN`` files, made by the
-``split`` subcommand to travel in pieces, are joined first) into a virtual environment that
-sees the system's packages (torch and its CUDA libraries), and reruns this script there.
+``split`` subcommand to travel in pieces, are joined first) into ``.cache/gpu-site``
+(``pip install --target``) and reruns this script with it first on PYTHONPATH and the system's
+nvidia-* library directories (torch's CUDA) on LD_LIBRARY_PATH.
 ``--perf-analyzer-cache DIR`` is bench/perf_analyzer.sh's cache (PERF_ANALYZER_CACHE) carried
 in; a ``libb64.so.0d`` in it is installed when the system lacks one.
 """
@@ -63,7 +64,7 @@ for _sub in ("server", "client", "proto"):
 
 DECODE_MAX_DIFF = 8
 DECODE_MEAN_DIFF = 0.5
-GPU_VENV = ROOT / ".cache" / "gpu-venv"
+GPU_SITE = ROOT / ".cache" / "gpu-site"
 PART = re.compile(r"^(?P<wheel>.+\.whl)\.part(?P<index>\d+)$")
 
 
@@ -159,27 +160,39 @@ def nvidia_library_dirs() -> list[str]:
     return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
 
 
-def reexec_with_wheels(wheels: Path, argv: Sequence[str]) -> int:
-    """Installs the wheels in ``wheels`` into GPU_VENV (with the system's packages visible)
-    and reruns this script there without ``--wheels``; returns its exit status."""
+def install_wheels(wheels: Path, site: Path) -> list[str]:
+    """Joins parts, then installs every wheel of ``wheels`` into ``site`` (``pip install
+    --target``, no dependencies, no index); returns the wheel paths."""
     join_parts(wheels)
     files = sorted(str(p) for p in wheels.glob("*.whl"))
     if not files:
         raise SystemExit(f"gpu_check: no wheels in {wheels}")
-    python = GPU_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(GPU_VENV)],
-                       check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
-                    "--disable-pip-version-check", *files], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index",
+                    "--no-deps", "--disable-pip-version-check", "--upgrade", "--target",
+                    str(site), *files], check=True)
+    return files
+
+
+def rerun_env(site: Path) -> dict[str, str]:
+    """This environment with ``site`` first on PYTHONPATH (its onnxruntime-gpu shadows the
+    system's CPU build) and the nvidia-* library directories (torch's CUDA) on
+    LD_LIBRARY_PATH, where onnxruntime-gpu finds them."""
     env = dict(os.environ)
-    # The venv's onnxruntime-gpu finds the system's nvidia-* libraries (torch's) this way.
+    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
     env["LD_LIBRARY_PATH"] = ":".join(
         [*nvidia_library_dirs(), *filter(None, [env.get("LD_LIBRARY_PATH")])])
+    return env
+
+
+def reexec_with_wheels(wheels: Path, argv: Sequence[str]) -> int:
+    """Installs the wheels in ``wheels`` into GPU_SITE and reruns this script without
+    ``--wheels`` in :func:`rerun_env`; returns the rerun's exit status."""
+    install_wheels(wheels, GPU_SITE)
+    env = rerun_env(GPU_SITE)
     rest = list(argv)
     index = rest.index("--wheels")
     del rest[index:index + 2]
-    return subprocess.run([str(python), str(Path(__file__).resolve()), *rest], env=env,
+    return subprocess.run([sys.executable, str(Path(__file__).resolve()), *rest], env=env,
                           check=False).returncode
 
 
@@ -316,7 +329,8 @@ def step_served(settings: Settings, model_dir: Path, cache: Path | None, work: P
     data = input_data(work / "input.json", manifest.input_height, manifest.input_name)
     env = dict(os.environ)
     env["HARDSCORE_EXECUTION_PROVIDER"] = settings.provider
-    env["PYTHONPATH"] = os.pathsep.join(str(ROOT / s) for s in ("server", "client", "proto"))
+    env["PYTHONPATH"] = os.pathsep.join([*(str(ROOT / s) for s in ("server", "client", "proto")),
+                                         *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("PYTHON", sys.executable)
     if cache is not None:
         env["PERF_ANALYZER_CACHE"] = str(cache)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,33 @@ def test_wheel_parts_are_joined_exactly(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         gpu_check.join_parts(tmp_path / "carry")
     assert str(exc.value) == f"gpu_check: parts of {wheel.name} are missing: have [0, 2]"
+
+
+def test_carried_wheels_install_and_shadow_the_system(tmp_path: Path) -> None:
+    """A hand-made wheel, carried in two parts, installed into a site directory that the
+    rerun's interpreter imports first."""
+    wheel = tmp_path / "build" / "hs_gpu_probe-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    info = "hs_gpu_probe-1.0.dist-info"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("hs_gpu_probe.py", "ORIGIN = 'carried'\n" + "#" * 3000 + "\n")
+        z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: hs-gpu-probe\n"
+                   "Version: 1.0\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\n"
+                   "Root-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+    carry = tmp_path / "carry"
+    parts = gpu_check.split_wheel(wheel, carry, 1)
+    assert len(parts) == 1
+    # Two parts: cut the single part in the middle by hand (split works in whole MiB).
+    data = parts[0].read_bytes()
+    parts[0].write_bytes(data[:700])
+    (carry / f"{wheel.name}.part01").write_bytes(data[700:])
+    site = tmp_path / "site"
+    assert gpu_check.install_wheels(carry, site) == [str(carry / wheel.name)]
+    env = gpu_check.rerun_env(site)
+    assert env["PYTHONPATH"].split(":")[0] == str(site)
+    out = subprocess.run([sys.executable, "-c", "import hs_gpu_probe; print(hs_gpu_probe.ORIGIN,"
+                          " hs_gpu_probe.__file__)"], env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert out == ["carried", str(site / "hs_gpu_probe.py")]
