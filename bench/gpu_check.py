@@ -4,6 +4,7 @@ served path, how fast can the front end decode. Prints one table.
     python bench/gpu_check.py [--wheels DIR] [--perf-analyzer-cache DIR] [--output FILE]
     python bench/gpu_check.py --dry [--output FILE]   # every step on the CPU, tiny settings
     python bench/gpu_check.py split WHEEL --out DIR [--part-mib 60]
+    python bench/gpu_check.py prepare [--out .cache/gpu-carry]   # what a lent machine needs
 
 Steps, each a group of rows of the table:
 1. provider: a session on CUDA (``--dry``: CPU), the provider ONNX Runtime reports, and, if it
@@ -161,10 +162,11 @@ def nvidia_library_dirs() -> list[str]:
 
 
 def install_wheels(wheels: Path, site: Path) -> list[str]:
-    """Joins parts, then installs every wheel of ``wheels`` into ``site`` (``pip install
-    --target``, no dependencies, no index); returns the wheel paths."""
-    join_parts(wheels)
-    files = sorted(str(p) for p in wheels.glob("*.whl"))
+    """Joins parts, then installs every wheel in ``wheels`` and its subfolders into ``site``
+    (``pip install --target``, no dependencies, no index); returns the wheel paths."""
+    for directory in [wheels, *(p for p in wheels.rglob("*") if p.is_dir())]:
+        join_parts(directory)
+    files = sorted(str(p) for p in wheels.rglob("*.whl"))
     if not files:
         raise SystemExit(f"gpu_check: no wheels in {wheels}")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index",
@@ -202,6 +204,63 @@ _deadline = [float("inf")]
 def late() -> bool:
     """True once the run's time limit has passed."""
     return time.monotonic() > _deadline[0]
+
+
+CARRY_PACKAGES = ("flatbuffers", "protobuf", "grpcio", "grpcio-health-checking",
+                  "grpcio-reflection", "prometheus-client", "onnx", "ml-dtypes")
+"""What the lent machine lacks besides onnxruntime-gpu (it has torch, torchvision, numpy,
+Pillow): the server's and the export's pure dependencies, at this environment's versions."""
+
+
+def carry_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    return sum(p.stat().st_size for p in [path, *path.rglob("*")] if p.is_file())
+
+
+def prepare(out: Path, part_mib: int, perf_analyzer_cache: Path) -> list[list[Path]]:
+    """Fetches what the lent machine needs into ``out``: ``parts/`` (wheels over ``part_mib``
+    MiB, split), ``wheels/`` (the others; CPython 3.12, manylinux x86-64), ``perf_analyzer/``
+    (the binary, its libcudart and libb64). Returns the paths to carry, one call per group:
+    each part alone, then the two folders together with the last part if it fits."""
+    import tomllib
+    from importlib import metadata
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["gpu"]
+    ort = next(r for r in extra if r.startswith("onnxruntime-gpu"))
+    pins = [re.sub(r"\[.*\]", "", ort)]
+    pins += [f"{name}=={metadata.version(name)}" for name in CARRY_PACKAGES]
+    parts, wheels, pa = out / "parts", out / "wheels", out / "perf_analyzer"
+    for directory in (parts, wheels, pa):
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+    platforms = [a for p in ("manylinux2014_x86_64", "manylinux_2_17_x86_64",
+                             "manylinux_2_27_x86_64", "manylinux_2_28_x86_64")
+                 for a in ("--platform", p)]
+    with tempfile.TemporaryDirectory(prefix="hardscore-wheels-") as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                        "--disable-pip-version-check", "--only-binary=:all:", "--python-version",
+                        "3.12", "--implementation", "cp", *platforms, "--dest", tmp, *pins],
+                       check=True)
+        for wheel in sorted(Path(tmp).glob("*.whl")):
+            if wheel.stat().st_size > part_mib << 20:
+                split_wheel(wheel, parts, part_mib)
+            else:
+                shutil.copyfile(wheel, wheels / wheel.name)
+    for item in ("tritonclient-*.data", "nvidia"):
+        for source in perf_analyzer_cache.glob(item):
+            shutil.copytree(source, pa / source.name)
+    listed = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True,
+                            check=False).stdout
+    libb64 = re.search(r"libb64\.so\.0d .*=> (\S+)", listed)
+    if libb64:
+        shutil.copyfile(libb64.group(1), pa / "libb64.so.0d")
+
+    groups: list[list[Path]] = [[p] for p in sorted(parts.iterdir())]
+    last: list[Path] = [wheels, pa]
+    if groups and sum(carry_size(p) for p in [*last, *groups[-1]]) <= part_mib << 20:
+        last += groups.pop()
+    return [*groups, last]
 
 
 # --------------------------------------------------------------------------- models
@@ -543,6 +602,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = parser.parse_args(argv[1:])
         for part in split_wheel(split.wheel, split.out, split.part_mib):
             print(part)
+        return 0
+    if argv[:1] == ["prepare"]:
+        parser = argparse.ArgumentParser(prog="gpu_check.py prepare")
+        parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "gpu-carry")
+        parser.add_argument("--part-mib", type=int, default=60)
+        parser.add_argument("--perf-analyzer-cache", type=Path,
+                            default=ROOT / ".cache" / "perf_analyzer")
+        prep = parser.parse_args(argv[1:])
+        for i, group in enumerate(prepare(prep.out, prep.part_mib, prep.perf_analyzer_cache)):
+            total = sum(carry_size(p) for p in group) / (1 << 20)
+            print(f"carry {i + 1} ({total:.1f} MiB): "
+                  + " ".join(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+                             for p in group))
         return 0
     parser = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__.splitlines()[0])
     parser.add_argument("--dry", action="store_true", help="CPU provider, tiny settings")

@@ -21,6 +21,7 @@ wrong ELF class or machine is skipped, as ``ld.so`` does. Linux only; little-end
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import subprocess
@@ -147,15 +148,46 @@ def expand(entry: str, obj: ElfDynamic) -> str:
     return entry
 
 
+LD_CACHE = Path("/etc/ld.so.cache")
+_NEW_MAGIC = b"glibc-ld.so.cache1.1"
+
+
+def read_ld_cache(data: bytes) -> dict[str, list[str]]:
+    """soname -> paths from the bytes of an ``ld.so.cache`` in glibc's format 1.1 (alone or
+    after the old format); empty when the bytes are in no format known here."""
+    start = data.find(_NEW_MAGIC)
+    if start < 0 or len(data) < start + 48:
+        return {}
+    nlibs, = struct.unpack_from("<I", data, start + 20)
+    cache: dict[str, list[str]] = {}
+
+    def text(offset: int) -> str:
+        end = data.find(b"\0", offset)
+        return data[offset:end].decode("utf-8", "replace")
+
+    for i in range(nlibs):
+        pos = start + 48 + 24 * i
+        if pos + 24 > len(data):
+            break
+        _, key, value = struct.unpack_from("<iII", data, pos)
+        cache.setdefault(text(start + key), []).append(text(start + value))
+    return cache
+
+
 def ld_cache() -> dict[str, list[str]]:
-    """soname -> paths listed by ``ldconfig -p`` (the ld.so.cache); empty if unreadable."""
+    """soname -> paths in the loader's cache (/etc/ld.so.cache, as ``ldconfig -p`` lists it);
+    ``ldconfig -p`` when the file is in an unknown format; empty if neither is readable."""
+    with contextlib.suppress(OSError):
+        cache = read_ld_cache(LD_CACHE.read_bytes())
+        if cache:
+            return cache
     for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
         try:
             out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True,
                                  timeout=10, check=False).stdout
         except (OSError, subprocess.SubprocessError):
             continue
-        cache: dict[str, list[str]] = {}
+        cache = {}
         for line in out.splitlines()[1:]:
             name, sep, target = line.strip().partition(" => ")
             if sep:

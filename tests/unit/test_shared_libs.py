@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import shutil
+import struct
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 
-from hardscore_server.shared_libs import ElfError, Missing, Resolver, expand, read_dynamic
+from hardscore_server.shared_libs import (
+    LD_CACHE,
+    ElfError,
+    Missing,
+    Resolver,
+    expand,
+    read_dynamic,
+    read_ld_cache,
+)
 
 ORT_CAPI = Path(ort.__file__).parent / "capi"
 ORT_MODULE = next(ORT_CAPI.glob("onnxruntime_pybind11_state*.so"))
@@ -87,3 +96,22 @@ def test_non_elf_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ElfError, match="not an ELF file"):
         read_dynamic(text)
     assert str(Missing("a.so", text)) == "a.so (needed by notes.so)"
+
+
+def test_the_loader_cache_of_this_machine_is_read() -> None:
+    cache = read_ld_cache(LD_CACHE.read_bytes())
+    libc = cache["libc.so.6"][0]
+    assert read_dynamic(Path(libc)).soname == "libc.so.6"
+    assert read_ld_cache(b"not a cache") == {}
+
+
+def test_a_format_1_1_cache_is_parsed() -> None:
+    strings = b"liba.so.1\0/opt/a/liba.so.1\0libb.so.2\0/opt/b/libb.so.2\0"
+    base = 48 + 2 * 24
+    offsets = [base, base + 10, base + 27, base + 37]
+    header = b"glibc-ld.so.cache1.1" + struct.pack("<II4xI12x", 2, len(strings), 0)
+    entries = b"".join(struct.pack("<iIIIQ", 0x303, key, value, 0, 0)
+                       for key, value in ((offsets[0], offsets[1]), (offsets[2], offsets[3])))
+    old = b"ld.so-1.7.0" + b"\0" * 5  # an old-format prefix is skipped
+    assert read_ld_cache(old + header + entries + strings) == {
+        "liba.so.1": ["/opt/a/liba.so.1"], "libb.so.2": ["/opt/b/libb.so.2"]}
