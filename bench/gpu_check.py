@@ -207,9 +207,11 @@ def late() -> bool:
 
 
 CARRY_PACKAGES = ("flatbuffers", "protobuf", "grpcio", "grpcio-health-checking",
-                  "grpcio-reflection", "prometheus-client", "onnx", "ml-dtypes")
-"""What the lent machine lacks besides onnxruntime-gpu (it has torch, torchvision, numpy,
-Pillow): the server's and the export's pure dependencies, at this environment's versions."""
+                  "grpcio-reflection", "prometheus-client", "onnx", "ml-dtypes", "numpy",
+                  "pillow")
+"""What the lent machine may lack besides onnxruntime-gpu: the server's and the export's
+dependencies, at this environment's versions (installed first on PYTHONPATH, they shadow the
+system's copies). torchvision must match the machine's torch build, so it is not carried."""
 
 
 def carry_size(path: Path) -> int:
@@ -220,8 +222,8 @@ def carry_size(path: Path) -> int:
 def prepare(out: Path, part_mib: int, perf_analyzer_cache: Path) -> list[list[Path]]:
     """Fetches what the lent machine needs into ``out``: ``parts/`` (wheels over ``part_mib``
     MiB, split), ``wheels/`` (the others; CPython 3.12, manylinux x86-64), ``perf_analyzer/``
-    (the binary, its libcudart and libb64). Returns the paths to carry, one call per group:
-    each part alone, then the two folders together with the last part if it fits."""
+    (the binary, its libcudart and libb64). Returns the paths to carry, one call per group of
+    at most ``part_mib`` MiB (a folder travels whole)."""
     import tomllib
     from importlib import metadata
 
@@ -256,11 +258,16 @@ def prepare(out: Path, part_mib: int, perf_analyzer_cache: Path) -> list[list[Pa
     if libb64:
         shutil.copyfile(libb64.group(1), pa / "libb64.so.0d")
 
-    groups: list[list[Path]] = [[p] for p in sorted(parts.iterdir())]
-    last: list[Path] = [wheels, pa]
-    if groups and sum(carry_size(p) for p in [*last, *groups[-1]]) <= part_mib << 20:
-        last += groups.pop()
-    return [*groups, last]
+    # First fit, largest first, into carries of at most part_mib MiB.
+    groups: list[list[Path]] = []
+    for entry in sorted([*parts.iterdir(), wheels, pa], key=carry_size, reverse=True):
+        fits = [g for g in groups
+                if sum(map(carry_size, g)) + carry_size(entry) <= part_mib << 20]
+        if fits:
+            fits[0].append(entry)
+        else:
+            groups.append([entry])
+    return groups
 
 
 # --------------------------------------------------------------------------- models
@@ -573,7 +580,13 @@ def run_checks(args: argparse.Namespace) -> int:
         if not args.dry:
             with contextlib.suppress(ImportError):
                 import torch  # noqa: F401  (loads the CUDA libraries torch ships, if any)
-        dirs = export_models(settings, work, log)
+        try:
+            dirs = export_models(settings, work, log)
+        except Exception as exc:  # ExportError, a missing torchvision, ...
+            table.add("export", "resnet50", "", "", None,
+                      f"FAILED: {type(exc).__name__}: {exc}")
+            print(table.markdown())
+            return 1
         cifar = dirs["cifar-fp32"]
         if not step_provider(settings, cifar, table):
             print(table.markdown())
