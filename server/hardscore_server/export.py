@@ -4,8 +4,10 @@ Pipeline: build the model (torchvision ResNet50 in the ImageNet or CIFAR layout,
 ``torch.nn.Module`` through :func:`export_model`), load the checkpoint, export to ONNX with a
 dynamic batch axis (input ``images`` [N, C, H, W] float32, output ``logits`` [N, classes]),
 check ONNX Runtime against PyTorch on seeded random inputs (batch 1 and 4, max abs difference
-must be <= 1e-3), then write ``model.onnx`` and ``manifest.json``. Nothing is written to the
-output directory unless every step passes.
+must be <= 1e-3), then write ``model.onnx`` and ``manifest.json``. With ``--fp16`` the model
+written is the float16 conversion (hardscore_server.fp16; float32 inputs and outputs), checked
+against the float32 export within FP16_TOLERANCE. Nothing is written to the output directory
+unless every step passes.
 
 torch, torchvision and onnx are imported inside functions: they are the ``export`` extra and
 the server must not need them.
