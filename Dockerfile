@@ -14,19 +14,18 @@
 
 ARG FLAVOR=cpu
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 # ---- CPU base: Debian's slim Python image ------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS base-cpu
 
-# ---- GPU base: CUDA 12 + cuDNN 9 runtime (what onnxruntime-gpu's PyPI wheels link against),
-# with Ubuntu 24.04's Python 3.12. Package versions are the distribution's current ones: pinning
-# them would break the build at every Ubuntu security update (hence DL3008 is ignored here).
-FROM ${CUDA_IMAGE} AS base-gpu
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+# ---- GPU base: the same Python image, no CUDA in it. The gpu extra installs onnxruntime-gpu
+# with the CUDA runtime, cuBLAS and cuDNN it was built against (pip packages, loaded by
+# onnxruntime.preload_dlls at start-up), so the image cannot drift from ONNX Runtime's CUDA
+# major; the host's NVIDIA driver (libcuda.so.1) is mounted by the NVIDIA container toolkit.
+# server/gpu_consistency.py (make test) fails if this base ever carries another CUDA.
+FROM ${PYTHON_IMAGE} AS base-gpu
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # ---- the flavor's base, shared by the builder and the runtime (same interpreter path) --------
 # base-${FLAVOR} names one of the two stages above, not a registry image, so DL3006 (tag the

@@ -10,7 +10,7 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 
 .PHONY: all install test unit e2e deploy client-range demo lint protos protos-check bench clean \
-	serve default-model
+	serve default-model gpu-deps perf-analyzer
 
 all: test
 
@@ -82,6 +82,27 @@ client-range: $(MIN_VENV)/.installed
 	HARDSCORE_SERVER_PYTHON="$(CURDIR)/$(PY)" $(MIN_VENV)/bin/pytest -q -p no:cacheprovider \
 		$(CLIENT_E2E)
 
+# The gpu extra resolved against the package index's metadata (no wheel download), cached for
+# tests/deploy/test_gpu_install.py: its CUDA must match onnxruntime-gpu's build.
+GPU_DEPS_STAMP := .cache/gpu-deps/.checked
+$(GPU_DEPS_STAMP): pyproject.toml Dockerfile server/gpu_consistency.py $(VENV)/.installed
+	$(PY) server/gpu_consistency.py --resolve
+	touch $@
+
+gpu-deps: $(GPU_DEPS_STAMP)
+
+# Triton's perf_analyzer in the repository's cache, for bench/gpu_check.py's dry run
+# (tests/e2e/test_gpu_check.py): bench/perf_analyzer.sh fetches it there and load-tests the
+# default model for a moment.
+PERF_ANALYZER_CACHE := .cache/perf_analyzer
+PERF_ANALYZER_STAMP := $(PERF_ANALYZER_CACHE)/.fetched
+$(PERF_ANALYZER_STAMP): bench/perf_analyzer.sh $(VENV)/.installed
+	PERF_ANALYZER_CACHE="$(CURDIR)/$(PERF_ANALYZER_CACHE)" bash bench/perf_analyzer.sh \
+		--concurrency 1:1 --interval-ms 200 --max-trials 4 --stability 1000
+	touch $@
+
+perf-analyzer: $(PERF_ANALYZER_STAMP)
+
 TEST_PATH := PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH"
 
 # No server, no subprocess, no network: the score math, batcher, preprocessing, import rules.
@@ -89,14 +110,14 @@ unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
 # Real servers on 127.0.0.1.
-e2e: install
+e2e: install $(PERF_ANALYZER_STAMP)
 	$(VENV)/bin/pytest -q tests/e2e
 
 # Docker, Helm, dashboards, the browser, the contract (buf, stale stubs, ruff, mypy).
-deploy: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP)
+deploy: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP)
 	$(TEST_PATH) $(VENV)/bin/pytest -q tests/deploy
 
-test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP)
+test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP) $(PERF_ANALYZER_STAMP)
 	$(TEST_PATH) $(VENV)/bin/pytest -q
 	$(MAKE) client-range
 
@@ -113,7 +134,7 @@ bench: install
 	$(PY) bench/image_throughput.py
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MIN_VENV) $(TOOLS) .cache .pytest_cache .mypy_cache .ruff_cache
 
 # Retrains the embedded default model (deterministic; about a minute on 2 cores).
 default-model: install

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "HARDSCORE_"
-PROVIDERS = ("auto", "cpu", "cuda")
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+CONV_ALGO_SEARCHES = ("exhaustive", "heuristic", "default")
+ARENA_EXTEND_STRATEGIES = ("next_power_of_two", "same_as_requested")
 
 
 class ConfigError(ValueError):
@@ -78,7 +80,32 @@ class ServerConfig:
         default=False, metadata={"help": "let ORT threads spin-wait (fast only on idle cores)"}
     )
     execution_provider: str = field(
-        default="auto", metadata={"help": "auto (CUDA when it loads, else CPU), cpu or cuda"}
+        default="auto", metadata={"help": "auto (CUDA when it loads, else CPU), cpu, cuda or "
+                                  "tensorrt (TensorRT, then CUDA for what it cannot take)"}
+    )
+    # GPU settings (docs/configuration.md, "GPU"): used by the cuda and tensorrt providers.
+    cuda_device_id: int = field(default=0, metadata={"help": "CUDA device ordinal"})
+    cudnn_conv_algo_search: str = field(
+        default="exhaustive", metadata={"help": "cuDNN convolution algorithm choice: exhaustive "
+                                        "(time each once per shape), heuristic or default"}
+    )
+    cuda_mem_limit_bytes: int = field(
+        default=0, metadata={"help": "cap of the CUDA memory arena (0 = no cap)"}
+    )
+    cuda_arena_extend_strategy: str = field(
+        default="next_power_of_two", metadata={"help": "CUDA arena growth: next_power_of_two "
+                                               "or same_as_requested"}
+    )
+    io_binding: bool = field(
+        default=False, metadata={"help": "run through ORT IOBinding: logits written straight "
+                                 "into the host array the scores read"}
+    )
+    tensorrt_engine_cache_dir: str = field(
+        default="", metadata={"help": "directory keeping TensorRT engines across restarts "
+                              "(empty = rebuild at every start)"}
+    )
+    tensorrt_fp16: bool = field(
+        default=False, metadata={"help": "let TensorRT run layers in float16"}
     )
     preprocess_threads: int = field(
         default=2, metadata={"help": "threads decoding and resizing images"}
@@ -137,6 +164,16 @@ class ServerConfig:
             (self.execution_provider in PROVIDERS,
              f"execution_provider must be one of {', '.join(PROVIDERS)}, "
              f"got {self.execution_provider!r}"),
+            (self.cuda_device_id >= 0,
+             f"cuda_device_id must be >= 0, got {self.cuda_device_id}"),
+            (self.cudnn_conv_algo_search in CONV_ALGO_SEARCHES,
+             f"cudnn_conv_algo_search must be one of {', '.join(CONV_ALGO_SEARCHES)}, "
+             f"got {self.cudnn_conv_algo_search!r}"),
+            (self.cuda_mem_limit_bytes >= 0,
+             f"cuda_mem_limit_bytes must be >= 0, got {self.cuda_mem_limit_bytes}"),
+            (self.cuda_arena_extend_strategy in ARENA_EXTEND_STRATEGIES,
+             f"cuda_arena_extend_strategy must be one of {', '.join(ARENA_EXTEND_STRATEGIES)}, "
+             f"got {self.cuda_arena_extend_strategy!r}"),
             (self.preprocess_threads >= 1,
              f"preprocess_threads must be >= 1, got {self.preprocess_threads}"),
             (self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}"),

@@ -4,8 +4,10 @@ Pipeline: build the model (torchvision ResNet50 in the ImageNet or CIFAR layout,
 ``torch.nn.Module`` through :func:`export_model`), load the checkpoint, export to ONNX with a
 dynamic batch axis (input ``images`` [N, C, H, W] float32, output ``logits`` [N, classes]),
 check ONNX Runtime against PyTorch on seeded random inputs (batch 1 and 4, max abs difference
-must be <= 1e-3), then write ``model.onnx`` and ``manifest.json``. Nothing is written to the
-output directory unless every step passes.
+must be <= 1e-3), then write ``model.onnx`` and ``manifest.json``. With ``--fp16`` the model
+written is the float16 conversion (hardscore_server.fp16; float32 inputs and outputs), checked
+against the float32 export within FP16_TOLERANCE. Nothing is written to the output directory
+unless every step passes.
 
 torch, torchvision and onnx are imported inside functions: they are the ``export`` extra and
 the server must not need them.
@@ -51,6 +53,9 @@ DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-3
 """Max allowed |ONNX Runtime - PyTorch| over all logits of the parity check."""
 PARITY_BATCH_SIZES = (1, 4)
+FP16_TOLERANCE = 1e-2
+"""``--fp16``: max allowed |float16 model - float32 model| over all logits, as a fraction of
+the float32 logits' largest magnitude (at least 1): 1% of the logit scale."""
 MAX_SINGLE_FILE_BYTES = 2**31 - 1
 """protobuf limit; larger models would need external data files, which we do not produce."""
 
@@ -95,6 +100,8 @@ class ExportResult:
     model_dir: Path
     manifest: ModelManifest
     parity_max_abs_diff: float
+    fp16_parity_max_abs_diff: float | None = None
+    """``--fp16`` only: max |float16 - float32 export| over all logits (logit units)."""
 
 
 # --------------------------------------------------------------------------- lazy imports
@@ -366,6 +373,7 @@ def export_model(
     parity_tolerance: float = PARITY_TOLERANCE,
     seed: int = 0,
     log: Any = print,
+    fp16: bool = False,
 ) -> ExportResult:
     """Export an in-memory ``model`` (logits out) to the model directory ``out_dir``.
 
@@ -376,6 +384,8 @@ def export_model(
     :class:`ExportError` (or :class:`~hardscore_server.model_dir.ModelDirError` for an invalid
     manifest) and then writes nothing. ``out_dir`` gets ``model.onnx`` and ``manifest.json``,
     replacing existing ones. ``log`` receives progress lines (``print`` by default).
+    With ``fp16`` the written model is the float16 conversion of the float32 export (float32
+    inputs and outputs), checked against it on the same inputs within ``FP16_TOLERANCE``.
     """
     torch = _import_torch()
     onnx = _import_onnx()
@@ -453,20 +463,66 @@ def export_model(
                 f"parity check failed: max abs difference {diff:.3e} between ONNX Runtime and "
                 f"PyTorch exceeds {parity_tolerance:.0e}; nothing was written"
             )
-        manifest = replace(
-            manifest,
-            provenance={
-                **record,
-                "exporter": exporter,
-                "onnx_opset": str(actual_opset),
-                "parity_max_abs_diff": f"{diff:.3e}",
-            },
-        )
+        record.update({"exporter": exporter, "onnx_opset": str(actual_opset),
+                       "parity_max_abs_diff": f"{diff:.3e}"})
+        fp16_diff = None
+        if fp16:
+            model_path, fp16_diff, fp16_record = _fp16_model(
+                proto, session, Path(tmp), manifest, (input_channels, height, width), seed, log)
+            record.update(fp16_record)
+        manifest = replace(manifest, provenance=record)
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_path, out_dir / MODEL_FILE)
         write_manifest(out_dir, manifest)
     log(f"wrote {out_dir / MODEL_FILE} ({(out_dir / MODEL_FILE).stat().st_size} bytes)")
-    return ExportResult(model_dir=out_dir, manifest=manifest, parity_max_abs_diff=diff)
+    return ExportResult(model_dir=out_dir, manifest=manifest, parity_max_abs_diff=diff,
+                        fp16_parity_max_abs_diff=fp16_diff)
+
+
+def _fp16_model(
+    proto: Any, session32: Any, tmp: Path, manifest: ModelManifest,
+    input_shape: tuple[int, int, int], seed: int, log: Any,
+) -> tuple[Path, float, dict[str, str]]:
+    """Writes the float16 conversion of ``proto`` to ``tmp``, checks it against the float32
+    session on seeded standard-normal inputs (PARITY_BATCH_SIZES); returns its path, the max
+    abs difference and what the manifest records. Raises ExportError beyond FP16_TOLERANCE."""
+    onnx = _import_onnx()
+    from hardscore_server.fp16 import Fp16Error, convert_to_float16
+
+    try:
+        half = convert_to_float16(proto)
+    except Fp16Error as exc:
+        raise ExportError(str(exc)) from exc
+    onnx.checker.check_model(half)
+    path = tmp / "model_fp16.onnx"
+    onnx.save_model(half, str(path), save_as_external_data=False)
+    session16 = _ort_session(path)
+    check_io(manifest, session16.get_inputs(), session16.get_outputs())
+    rng = np.random.default_rng(seed)
+    worst, scale = 0.0, 1.0
+    for n in PARITY_BATCH_SIZES:
+        x = rng.standard_normal((n, *input_shape)).astype(np.float32)
+        want = session32.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float64)
+        got = session16.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        if got.dtype != np.float32 or not np.all(np.isfinite(got)):
+            raise ExportError(f"fp16 parity: the float16 model gave {got.dtype} logits, "
+                              f"finite: {bool(np.all(np.isfinite(got)))}")
+        worst = max(worst, float(np.max(np.abs(got - want))))
+        scale = max(scale, float(np.max(np.abs(want))))
+    tolerance = FP16_TOLERANCE * scale
+    log(f"fp16 parity float16 vs float32 model on ONNX Runtime CPU: max abs diff {worst:.3e} "
+        f"(tolerance {FP16_TOLERANCE:.0e} x logit scale {scale:.3g} = {tolerance:.3e}); "
+        "the CPU provider computes most float16 ops in float32 (float16 weights), "
+        "CUDA/TensorRT in float16")
+    if worst > tolerance:
+        raise ExportError(f"fp16 parity check failed: max abs difference {worst:.3e} between "
+                          f"the float16 and float32 models exceeds {tolerance:.3e}; nothing "
+                          "was written")
+    return path, worst, {
+        "precision": "float16",
+        "fp16_parity_max_abs_diff": f"{worst:.3e}",
+        "fp16_parity_tolerance": f"{tolerance:.3e}",
+    }
 
 
 # --------------------------------------------------------------------------- CLI
@@ -524,6 +580,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature > 0")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights and parity")
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="write a float16 model (float32 inputs and outputs), checked against the float32 "
+        f"export within {FP16_TOLERANCE:.0%} of the logit scale",
+    )
 
 
 def _class_names_from_args(args: argparse.Namespace) -> list[str] | None:
@@ -604,6 +666,7 @@ def export_resnet50(args: argparse.Namespace, log: Any = print) -> ExportResult:
         opset=args.opset,
         seed=args.seed,
         log=log,
+        fp16=bool(getattr(args, "fp16", False)),
     )
 
 

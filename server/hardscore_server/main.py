@@ -32,7 +32,7 @@ from hardscore_server.inference_protocol.servicer import InferenceProtocolServic
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.metrics_http import metrics_tls
 from hardscore_server.model_dir import DEFAULT_MODEL_DIR, ModelDirError
-from hardscore_server.model_runner import ModelLoadError, ModelRunner
+from hardscore_server.model_runner import ModelLoadError, ModelRunner, gpu_settings
 from hardscore_server.security import ServerSecurity
 from hardscore_server.servicer import ScoringServicer
 from hardscore_wire import scoring_pb2 as pb
@@ -155,6 +155,8 @@ class HardscoreServer:
             instances=self.config.instances,
             intra_op_threads=self.config.intra_op_threads,
             allow_spinning=self.config.allow_spinning,
+            gpu=gpu_settings(self.config),
+            io_binding=self.config.io_binding,
         )
         seconds = runner.warm_up((1, self.config.max_batch_size))
         log.info("model %s v%s from %s on %s (%d instance(s), %d thread(s) each), warm-up %.2fs",

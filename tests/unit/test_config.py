@@ -44,7 +44,7 @@ def test_flags_override_environment_override_file(tmp_path):
         (["--preferred-batch-sizes", "4,64", "--max-batch-size", "32"], {},
          "preferred_batch_sizes must lie in 1..max_batch_size (32), got [4, 64]"),
         (["--execution-provider", "tpu"], {},
-         "execution_provider must be one of auto, cpu, cuda, got 'tpu'"),
+         "execution_provider must be one of auto, cpu, cuda, tensorrt, got 'tpu'"),
         ([], {"HARDSCORE_MAX_BATCH_SIZE": "lots"},
          "max_batch_size from environment HARDSCORE_MAX_BATCH_SIZE: cannot read 'lots'"),
         ([], {"HARDSCORE_NO_MODEL": "maybe"}, "no_model from environment HARDSCORE_NO_MODEL"),
