@@ -107,7 +107,7 @@ unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
 # Real servers on 127.0.0.1.
-e2e: install
+e2e: install $(FIFTYONE_VENV)/.installed
 	$(VENV)/bin/pytest -q tests/e2e
 
 # Docker, Helm, dashboards, the browser, the contract (buf, stale stubs, ruff, mypy).
