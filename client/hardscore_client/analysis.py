@@ -129,7 +129,8 @@ class Analysis:
     flagged: BoolArray
     """Per row: in the flagged set (False for rows not analysed)."""
     analysed: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    """The rows confident learning ran on (labelled, with finite probabilities)."""
+    """The rows analysed (labelled, with finite probabilities): confident learning ran on them
+    when they hold two classes or more; the rankings score them in any case."""
     method: str = DEFAULT_METHOD
     adjust_pred_probs: bool = False
 
@@ -224,8 +225,8 @@ def analyse(
     if probs is None:
         return Analysis(table, None, flagged, method=method, adjust_pred_probs=adjust_pred_probs)
     rows = np.flatnonzero(table.labelled & np.isfinite(probs).all(axis=1))
-    if len(np.unique(table.labels[rows])) < 2:
-        return Analysis(table, None, flagged, method=method, adjust_pred_probs=adjust_pred_probs)
+    if len(np.unique(table.labels[rows])) < 2:  # no confident learning; rankings still work
+        return Analysis(table, None, flagged, rows, method, adjust_pred_probs)
     issues = find_label_issues(probs[rows], table.labels[rows], table.class_names)
     flagged[rows[issues.is_issue]] = True
     return Analysis(table, issues, flagged, rows, method, adjust_pred_probs)
