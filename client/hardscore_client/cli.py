@@ -1,6 +1,7 @@
 """``hardscore``: the command line of the client.
 
     hardscore score-logits --logits X.npy [--labels Y.npy] --out scores.csv
+    hardscore score-logits --pred-probs P.npy --labels Y.npy --out scores.csv
     hardscore score-images IMAGE... --out scores.csv
     hardscore top --by label_issue_score -k 20 scores.csv
     hardscore info
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,9 +24,9 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from hardscore_client.client import ScoringClient, TLSConfig
+from hardscore_client.client import ProbabilitiesAsLogitsWarning, ScoringClient, TLSConfig
 from hardscore_client.tables import read_table, result_columns, write_table
-from hardscore_wire.scores import SCORE_NAMES
+from hardscore_wire.scores import SCORE_NAMES, looks_like_probabilities
 
 DEFAULT_SERVER = "127.0.0.1:8001"
 TOKEN_ENV = "HARDSCORE_TOKEN"
@@ -54,19 +56,35 @@ def _client(args: argparse.Namespace) -> ScoringClient:
 
 
 def cmd_score_logits(args: argparse.Namespace) -> int:
-    logits = np.load(args.logits, mmap_mode="r")
-    if logits.ndim != 2:
-        raise SystemExit(f"{args.logits}: expected a 2-D array [N, C], got shape {logits.shape}")
+    source = args.logits or args.pred_probs
+    values = np.load(source, mmap_mode="r")
+    if values.ndim != 2:
+        raise SystemExit(f"{source}: expected a 2-D array [N, C], got shape {values.shape}")
+    values = np.asarray(values)
+    if args.pred_probs and args.temperature is not None:
+        raise SystemExit("--temperature applies to --logits only: probabilities are scored "
+                         "as given")
+    if args.logits and looks_like_probabilities(values):
+        print(f"hardscore: warning: {source} looks like predicted probabilities (every value "
+              "in [0, 1], every row summing to 1), not logits: scoring it as logits applies "
+              "a softmax on top and the scores are wrong; pass it with --pred-probs instead",
+              file=sys.stderr)
     labels = np.load(args.labels) if args.labels else None
     with _client(args) as client, tqdm(
-        total=len(logits), unit="rows", unit_scale=True, disable=len(logits) < PROGRESS_MIN_ROWS,
+        total=len(values), unit="rows", unit_scale=True, disable=len(values) < PROGRESS_MIN_ROWS,
         desc="scoring",
-    ) as bar:
-        result = client.score_logits(
-            np.asarray(logits), labels, class_names=_class_names(args),
-            temperature=args.temperature, include_probabilities=args.probabilities,
-            progress=bar.update,
-        )
+    ) as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProbabilitiesAsLogitsWarning)  # said above, once
+        if args.pred_probs:
+            result = client.score_probabilities(
+                values, labels, class_names=_class_names(args),
+                include_probabilities=args.probabilities, progress=bar.update)
+        else:
+            result = client.score_logits(
+                values, labels, class_names=_class_names(args),
+                temperature=args.temperature, include_probabilities=args.probabilities,
+                progress=bar.update,
+            )
     write_table(Path(args.out), result_columns(result))
     print(f"wrote {len(result)} rows to {args.out}", file=sys.stderr)
     return 0
@@ -128,8 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: the host in --server)")
         return p
 
-    p = with_server(sub.add_parser("score-logits", help="score a .npy file of logits"))
-    p.add_argument("--logits", required=True, help=".npy of shape [N, C]")
+    p = with_server(sub.add_parser("score-logits",
+                                   help="score a .npy file of logits (or of probabilities)"))
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--logits", help=".npy of logits, shape [N, C]")
+    source.add_argument("--pred-probs", help=".npy of predicted probabilities, shape [N, C]: "
+                        "values in [0, 1], rows summing to 1 within 1e-3 (scored as given)")
     p.add_argument("--labels", help=".npy of N class indices (-1 = none)")
     p.add_argument("--class-names", help="comma-separated class names, in index order")
     p.add_argument("--class-names-file", help="file with one class name per line")

@@ -9,6 +9,7 @@ itself with exponential backoff, as configured by the channel's service config.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from hardscore_client.messages import (
 )
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
+from hardscore_wire.scores import looks_like_probabilities
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 IMAGE_CHUNK = 64
@@ -94,6 +96,25 @@ def _credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
         private_key=tls.private_key,
         certificate_chain=tls.certificate_chain,
     )
+
+
+class ProbabilitiesAsLogitsWarning(UserWarning):
+    """An array passed as logits looks like predicted probabilities (see warn_if_probabilities)."""
+
+
+PROBABILITIES_AS_LOGITS = (
+    "the array passed as logits looks like predicted probabilities (every value in [0, 1], "
+    "every row summing to 1): scored as logits, softmax is applied on top of it and the "
+    "scores are wrong; pass it to score_probabilities() instead (CLI: --pred-probs)"
+)
+
+
+def warn_if_probabilities(logits: npt.NDArray[np.generic], stacklevel: int = 4) -> bool:
+    """Warns (ProbabilitiesAsLogitsWarning) when ``logits`` look like probabilities; True then."""
+    if not looks_like_probabilities(logits):
+        return False
+    warnings.warn(PROBABILITIES_AS_LOGITS, ProbabilitiesAsLogitsWarning, stacklevel=stacklevel)
+    return True
 
 
 def _prepare_logits(
@@ -171,15 +192,20 @@ class _ClientCore:
         temperature: float | None,
         include_probabilities: bool,
         chunk_rows: int | None,
+        probabilities: bool = False,
     ) -> tuple[int, Iterator[pb.ScoreLogitsRequest]]:
-        """(number of messages, the messages) for a score_logits call."""
+        """(number of messages, the messages) for a score_logits (or, with ``probabilities``,
+        score_probabilities) call. Logits that look like probabilities get a warning."""
         arr, label_arr = _prepare_logits(logits, labels)
+        if not probabilities:
+            warn_if_probabilities(arr, stacklevel=4)
         options = options_message(class_names, temperature, include_probabilities)
         rows = chunk_rows or chunk_rows_for(
             arr.shape[-1] if arr.ndim == 2 else 2, self._max_message_bytes, include_probabilities,
             logits_itemsize=arr.dtype.itemsize, labels=label_arr, ids=ids,
             class_names=class_names)
-        return max(1, -(-len(arr) // rows)), logits_chunks(arr, label_arr, ids, options, rows)
+        chunks = logits_chunks(arr, label_arr, ids, options, rows, probabilities)
+        return max(1, -(-len(arr) // rows)), chunks
 
     @staticmethod
     def _images_plan(
@@ -253,10 +279,38 @@ class ScoringClient(_ClientCore):
         """Scores ``logits`` [N, C] with optional ``labels`` (indices, -1 = none; or names).
 
         Inputs of more than ``chunk_rows`` rows (default: what fits the message limit) travel
-        over ScoreLogitsStream; the result is the same.
+        over ScoreLogitsStream; the result is the same. An array that looks like predicted
+        probabilities (all in [0, 1], rows summing to 1) is still scored as logits, with a
+        ProbabilitiesAsLogitsWarning: use score_probabilities for those.
         """
         n, requests = self._logits_plan(logits, labels, ids, class_names, temperature,
                                         include_probabilities, chunk_rows)
+        return self._score_rows(n, requests, progress)
+
+    def score_probabilities(
+        self,
+        probabilities: npt.ArrayLike,
+        labels: npt.ArrayLike | Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        include_probabilities: bool = False,
+        chunk_rows: int | None = None,
+        progress: Progress | None = None,
+    ) -> ScoreResult:
+        """Scores predicted ``probabilities`` [N, C] (cleanlab's ``pred_probs``: values in
+        [0, 1], rows summing to 1 within 1e-3; zeros allowed) with optional ``labels``.
+
+        The server scores them as given (no softmax, no renormalisation): the label scores
+        equal cleanlab's on the same array. A bad row is refused (INVALID_ARGUMENT naming it).
+        """
+        n, requests = self._logits_plan(probabilities, labels, ids, class_names, None,
+                                        include_probabilities, chunk_rows, probabilities=True)
+        return self._score_rows(n, requests, progress)
+
+    def _score_rows(
+        self, n: int, requests: Iterator[pb.ScoreLogitsRequest], progress: Progress | None
+    ) -> ScoreResult:
         if n == 1:
             reply = self._stub.ScoreLogits(next(requests), **self._call)
             return _finish([decode_scores(reply.scores)], progress)
@@ -331,6 +385,27 @@ class AsyncScoringClient(_ClientCore):
         """See ScoringClient.score_logits."""
         n, requests = self._logits_plan(logits, labels, ids, class_names, temperature,
                                         include_probabilities, chunk_rows)
+        return await self._score_rows(n, requests, progress)
+
+    async def score_probabilities(
+        self,
+        probabilities: npt.ArrayLike,
+        labels: npt.ArrayLike | Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        include_probabilities: bool = False,
+        chunk_rows: int | None = None,
+        progress: Progress | None = None,
+    ) -> ScoreResult:
+        """See ScoringClient.score_probabilities."""
+        n, requests = self._logits_plan(probabilities, labels, ids, class_names, None,
+                                        include_probabilities, chunk_rows, probabilities=True)
+        return await self._score_rows(n, requests, progress)
+
+    async def _score_rows(
+        self, n: int, requests: Iterator[pb.ScoreLogitsRequest], progress: Progress | None
+    ) -> ScoreResult:
         if n == 1:
             reply = await self._stub.ScoreLogits(next(requests), **self._call)
             return _finish([decode_scores(reply.scores)], progress)

@@ -140,10 +140,12 @@ def logits_request(
     labels: npt.NDArray[np.generic] | None,
     ids: Sequence[str] | None,
     options: pb.ScoringOptions,
+    probabilities: bool = False,
 ) -> pb.ScoreLogitsRequest:
+    """A ScoreLogits request; ``probabilities`` sends the array as predicted probabilities."""
     request = pb.ScoreLogitsRequest(options=options, ids=list(ids) if ids is not None else [])
     dtype = np.float64 if np.asarray(logits).dtype == np.float64 else np.float32
-    fill_tensor(request.logits, logits, dtype)
+    fill_tensor(request.probabilities if probabilities else request.logits, logits, dtype)
     if labels is not None:
         request.labels.CopyFrom(labels_message(labels))
     return request
@@ -204,6 +206,7 @@ def logits_chunks(
     ids: Sequence[str] | None,
     options: pb.ScoringOptions,
     chunk_rows: int,
+    probabilities: bool = False,
 ) -> Iterator[pb.ScoreLogitsRequest]:
     """The input cut into consecutive requests of at most ``chunk_rows`` rows."""
     for start in range(0, max(len(logits), 1), chunk_rows):
@@ -213,6 +216,7 @@ def logits_chunks(
             None if labels is None else labels[start:stop],
             None if ids is None else ids[start:stop],
             options,
+            probabilities,
         )
 
 

@@ -8,8 +8,9 @@ Strategies (rows with a missing score are never selected):
   class that is twice as hard gets twice the share, never more than it has), hardest first
   within each class. Rows are grouped by given label, unlabelled rows by prediction.
 - ``mistakes``: the most likely label errors among labelled rows: the confident-learning
-  flagged set first (when the table has probabilities), then the other rows, each by
-  label_issue_score (1 - p(given label)).
+  flagged set first (when the table has probabilities), then the other rows, each by the
+  analysis's ranking (default: label_issue_score, 1 - p(given label); another
+  ``--method`` / ``--adjust-pred-probs``: its label quality, lowest first).
 
 The queue is written as CSV and as a JSON task list (format in docs/dataset-workflow.md).
 """
@@ -30,7 +31,8 @@ from hardscore_client.analysis import Analysis
 STRATEGIES = ("hardest", "margin", "per-class", "mistakes")
 CSV_COLUMNS = (
     "rank", "path", "uri", "given_label", "predicted_label", "group", "confidence", "margin",
-    "hardness", "label_issue_score", "flagged_label_issue", "strategy",
+    "hardness", "label_issue_score", "flagged_label_issue", "strategy", "label_quality",
+    "ranking",
 )
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -87,7 +89,7 @@ def select(analysis: Analysis, budget: int, strategy: str) -> IntArray:
         rows = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
         return rows[np.argsort(-hardness[rows], kind="stable")]
     if strategy == "mistakes":
-        score = analysis.issue_score()
+        score = analysis.rank_score()
         labelled = np.flatnonzero(t.labelled)
         first = analysis.issue_rows
         rest = _descending(score, labelled[~analysis.flagged[labelled]])
@@ -112,6 +114,7 @@ def queue_records(analysis: Analysis, rows: IntArray, strategy: str) -> list[dic
     group = analysis.group()
     scores = {name: t.score(name) for name in ("confidence", "margin", "hardness")}
     issue = analysis.issue_score()
+    quality = analysis.label_quality()
     records = []
     for rank, i in enumerate(rows.tolist(), start=1):
         path = t.paths[i]
@@ -126,6 +129,8 @@ def queue_records(analysis: Analysis, rows: IntArray, strategy: str) -> list[dic
             "flagged_label_issue": (bool(analysis.flagged[i]) if analysis.issues is not None
                                     else None),
             "strategy": strategy,
+            "label_quality": _number(quality[i]),
+            "ranking": analysis.ranking,
         })
     return records
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hardscore_client.analysis import ScoreTable, analyse
+from hardscore_client.analysis import Analysis, ScoreTable, analyse
 from hardscore_client.dataset import (
     BATCH_SIZE,
     CHECKPOINT_S,
@@ -21,6 +21,7 @@ from hardscore_client.dataset import (
     scan_folder,
     score_items,
 )
+from hardscore_client.label_quality import DEFAULT_METHOD, METHODS
 from hardscore_client.report import ReportOptions, write_report
 from hardscore_client.selection import STRATEGIES, select, write_queue
 
@@ -57,8 +58,18 @@ def cmd_score_dir(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyse(args: argparse.Namespace) -> Analysis:
+    """The table of ``args.table`` analysed with the ranking of --method/--adjust-pred-probs."""
+    analysis = analyse(ScoreTable.load(Path(args.table)), args.method, args.adjust_pred_probs)
+    custom = args.method != DEFAULT_METHOD or args.adjust_pred_probs
+    if custom and analysis.table.probabilities is None:
+        raise SystemExit(f"{args.table}: --method {analysis.ranking} needs p_<class> "
+                         "probability columns")
+    return analysis
+
+
 def cmd_select(args: argparse.Namespace) -> int:
-    analysis = analyse(ScoreTable.load(Path(args.table)))
+    analysis = _analyse(args)
     if args.strategy == "mistakes" and not analysis.table.labelled.any():
         raise SystemExit(f"{args.table} has no given labels: 'mistakes' needs them")
     rows = select(analysis, args.budget, args.strategy)
@@ -73,7 +84,7 @@ def _value(v: float) -> str:
 
 
 def cmd_label_issues(args: argparse.Namespace) -> int:
-    analysis = analyse(ScoreTable.load(Path(args.table)))
+    analysis = _analyse(args)
     issues = analysis.issues
     if issues is None:
         raise SystemExit(f"{args.table}: confident learning needs p_<class> probability columns "
@@ -83,6 +94,7 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
         "samples": n, "estimated_label_issues": issues.num_issues,
         "flagged": int(analysis.flagged.sum()), "label_health_score": issues.health,
         "classes": [c.__dict__ for c in issues.class_noise()],
+        "ranking": analysis.ranking,
         "flagged_paths": [analysis.table.paths[i] for i in analysis.issue_rows],
     }
     if args.json:
@@ -96,9 +108,14 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
         print(f"{c.name:>12} {c.count:>6} {c.flagged:>7} {c.estimated_issues:>11} "
               f"{_value(c.noise_rate):>6}  {c.likely_true or '-'}"
               + (f" ({c.likely_true_count})" if c.likely_true else ""))
-    print("\nmost likely label mistakes (given -> predicted, label_issue_score):")
     t = analysis.table
-    score = analysis.issue_score()
+    if args.method == DEFAULT_METHOD and not args.adjust_pred_probs:
+        print("\nmost likely label mistakes (given -> predicted, label_issue_score):")
+        score = analysis.issue_score()
+    else:
+        print(f"\nmost likely label mistakes (given -> predicted, label quality by "
+              f"{analysis.ranking}, lowest first):")
+        score = analysis.label_quality()
     for i in analysis.issue_rows[: args.k]:
         print(f"  {t.paths[i]}  {t.name(int(t.labels[i]))} -> {t.name(int(t.predicted[i]))}"
               f"  {_value(score[i])}")
@@ -112,6 +129,14 @@ def cmd_report(args: argparse.Namespace) -> int:
                          source=str(args.table))
     print(index)
     return 0
+
+
+def _ranking_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help="label-quality score that orders likely label mistakes (cleanlab's; "
+                   "default self_confidence; which to pick: docs/dataset-workflow.md)")
+    p.add_argument("--adjust-pred-probs", action="store_true",
+                   help="correct the probabilities for class imbalance before ranking")
 
 
 def add_workflow_commands(sub: Any) -> None:
@@ -139,12 +164,14 @@ def add_workflow_commands(sub: Any) -> None:
     p.add_argument("--budget", type=int, required=True, help="how many samples to select")
     p.add_argument("--strategy", choices=STRATEGIES, default="hardest")
     p.add_argument("--out", default="selection", help="writes OUT.csv and OUT.json")
+    _ranking_options(p)
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("label-issues", help="confident learning: estimated label issues")
     p.add_argument("table", help="a table with given labels and p_<class> probabilities")
     p.add_argument("-k", type=int, default=20, help="flagged samples to list")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    _ranking_options(p)
     p.set_defaults(func=cmd_label_issues)
 
     p = sub.add_parser("report", help="write the HTML data-set report")

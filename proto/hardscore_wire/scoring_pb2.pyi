@@ -62,16 +62,18 @@ class ScoringOptions(_message.Message):
     def __init__(self, class_names: _Optional[_Iterable[str]] = ..., temperature: _Optional[float] = ..., include_probabilities: bool = ..., include_logits: bool = ...) -> None: ...
 
 class ScoreLogitsRequest(_message.Message):
-    __slots__ = ("logits", "labels", "ids", "options")
+    __slots__ = ("logits", "labels", "ids", "options", "probabilities")
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     logits: Tensor
     labels: GivenLabels
     ids: _containers.RepeatedScalarFieldContainer[str]
     options: ScoringOptions
-    def __init__(self, logits: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[GivenLabels, _Mapping]] = ..., ids: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[ScoringOptions, _Mapping]] = ...) -> None: ...
+    probabilities: Tensor
+    def __init__(self, logits: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[GivenLabels, _Mapping]] = ..., ids: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[ScoringOptions, _Mapping]] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ScoreLogitsResponse(_message.Message):
     __slots__ = ("scores",)

@@ -47,15 +47,16 @@ class ScoringServiceServicer(object):
     """
 
     def ScoreLogits(self, request, context):
-        """Scores a batch of precomputed logits. An empty batch is valid and returns empty scores.
+        """Scores a batch of precomputed logits (or predicted probabilities). An empty batch is valid
+        and returns empty scores.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ScoreLogitsStream(self, request_iterator, context):
-        """Scores a stream of logits chunks, for data sets larger than one message. One response per
-        request chunk, in the order the chunks were sent.
+        """Scores a stream of logits (or probabilities) chunks, for data sets larger than one message.
+        One response per request chunk, in the order the chunks were sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

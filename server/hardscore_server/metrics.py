@@ -110,7 +110,7 @@ class ServerMetrics:
             "hardscore_request_duration_seconds", "gRPC call duration, by method.",
             ["method"], buckets=LATENCY_BUCKETS, registry=r)
         self.samples = Counter(
-            "hardscore_samples_scored", "Samples scored, by kind (logits, images).",
+            "hardscore_samples_scored", "Samples scored, by kind (logits, probabilities, images).",
             ["kind"], registry=r)
         self.sample_errors = Counter(
             "hardscore_sample_errors", "Images refused individually, by reason (decode, shape...).",

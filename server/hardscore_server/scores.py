@@ -1,7 +1,9 @@
 """Score math: pure, vectorised numpy functions over a batch of logits.
 
 Every function takes arrays for a whole batch (N rows, C classes) and returns one array of N
-values; nothing loops over samples and nothing keeps state. Probabilities are computed in float64
+values; nothing loops over samples and nothing keeps state. ``score_logits`` starts from logits,
+``score_probabilities`` from predicted probabilities (used as given: the same scores, computed
+from the probabilities directly). Probabilities are computed in float64
 with the log-sum-exp shift, so logits of any finite magnitude (1e6 included) give exact results.
 Every finite input gives finite scores, whatever its range and whatever the temperature (> 0):
 each row is shifted by its largest logit *before* the division by the temperature, so no shifted
@@ -42,7 +44,10 @@ import numpy.typing as npt
 
 from hardscore_wire.scores import LABEL_SCORES, MODEL_SCORES, NO_LABEL
 
-__all__ = ["LABEL_SCORES", "MODEL_SCORES", "NO_LABEL", "ScoreBatch", "score_logits"]
+__all__ = [
+    "LABEL_SCORES", "MODEL_SCORES", "NO_LABEL", "ScoreBatch", "score_logits",
+    "score_probabilities",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -218,6 +223,46 @@ def score_logits(
         batch, second = _model_scores_row_major(logits, temperature)
     else:
         batch, second = _model_scores_class_major(logits, temperature)
+    return _with_label_scores(batch, second, labels)
+
+
+def score_probabilities(
+    probabilities: npt.ArrayLike, labels: npt.ArrayLike | None = None
+) -> ScoreBatch:
+    """Computes every score from predicted probabilities [N, C] (C >= 2; values in [0, 1],
+    rows summing to 1: checked by the caller) and optional ``labels`` [N] (-1 = none).
+
+    The probabilities are used as given, in float64: no renormalisation, no softmax, no log
+    then exp. Entropy counts 0 * log 0 as 0, so zeros are exact (a one-hot row has hardness 0).
+    The label scores equal cleanlab's on the same array: ``label_issue_score`` is one minus its
+    self-confidence, ``margin_issue_score`` one minus its normalized margin, and
+    ``hardness_normalized`` its normalized entropy.
+    """
+    probs = np.array(probabilities, dtype=np.float64, copy=True)
+    first, second = top_two(probs)
+    entropy = entropy_of_probabilities(probs)
+    batch = ScoreBatch(
+        predicted_class=predicted_class(probs),
+        confidence=first,
+        margin=first - second,
+        hardness=entropy,
+        hardness_normalized=entropy / np.log(probs.shape[1]),
+        probabilities=probs,
+    )
+    return _with_label_scores(batch, second, labels)
+
+
+def entropy_of_probabilities(probs: FloatArray) -> FloatArray:
+    """-sum p log p per row, natural log, with 0 * log 0 = 0 (zeros never reach the log)."""
+    positive = probs > 0.0
+    logs = np.log(probs, out=np.zeros_like(probs), where=positive)
+    return np.maximum(-np.einsum("ij,ij->i", probs, logs), 0.0)
+
+
+def _with_label_scores(
+    batch: ScoreBatch, second: FloatArray, labels: npt.ArrayLike | None
+) -> ScoreBatch:
+    """``batch`` with its label scores (``second`` = second-largest probability of each row)."""
     if labels is None:
         return batch
     given = np.asarray(labels, dtype=np.int64)

@@ -30,8 +30,13 @@ from hardscore_server.responses import (
     scores_bytes,
     scores_reply_bytes,
 )
-from hardscore_server.scores import score_logits
-from hardscore_server.validation import LogitsInput, image_batch, parse_logits_request
+from hardscore_server.scores import score_logits, score_probabilities
+from hardscore_server.validation import (
+    PROBABILITIES,
+    LogitsInput,
+    image_batch,
+    parse_logits_request,
+)
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 
@@ -130,8 +135,11 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             class_names=parsed.class_names)
         check_reply_fits(scores_reply_bytes(size, first_row), self._config.max_message_bytes,
                          n_rows, "ScoreLogitsStream" if first_row is None else None)
-        batch = score_logits(parsed.logits, parsed.labels, parsed.temperature)
-        self._metrics.samples.labels("logits").inc(len(parsed.logits))
+        if parsed.kind == PROBABILITIES:
+            batch = score_probabilities(parsed.logits, parsed.labels)
+        else:
+            batch = score_logits(parsed.logits, parsed.labels, parsed.temperature)
+        self._metrics.samples.labels(parsed.kind).inc(len(parsed.logits))
         self._metrics.observe_scores(LOGITS_MODEL_LABEL, batch.hardness, batch.mistakenness)
         return encode_scores(batch, parsed.ids, parsed.class_names, parsed.include_probabilities)
 
@@ -157,7 +165,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             return pb.ScoreLogitsStreamResponse(scores=scores, first_row=first_row)
 
         def rows_of(msg: pb.ScoreLogitsStreamRequest) -> int:
-            shape = msg.chunk.logits.shape
+            chunk = msg.chunk
+            shape = (chunk.probabilities if chunk.HasField("probabilities") else chunk.logits).shape
             return int(shape[0]) if len(shape) else 0
 
         async for response in self._stream("ScoreLogitsStream", request_iterator, context,

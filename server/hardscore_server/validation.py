@@ -19,6 +19,7 @@ from hardscore_server.image_pipeline import ImageBatch, Label
 from hardscore_server.preprocess import SampleError
 from hardscore_server.scores import NO_LABEL
 from hardscore_wire import scoring_pb2 as pb
+from hardscore_wire.scores import PROBABILITY_SUM_TOLERANCE
 from hardscore_wire.tensors import TensorError, dtype_name, from_tensor
 
 
@@ -32,6 +33,8 @@ class LogitsInput:
     class_names: Sequence[str]
     temperature: float
     include_probabilities: bool
+    kind: str = "logits"
+    """What ``logits`` holds: "logits", or "probabilities" (predicted probabilities)."""
 
 
 def check_temperature(options: pb.ScoringOptions, default: float) -> float:
@@ -107,46 +110,90 @@ def label_indices(
     return out
 
 
+LOGITS = "logits"
+PROBABILITIES = "probabilities"
+
+
 def parse_logits_request(request: pb.ScoreLogitsRequest, max_rows: int) -> LogitsInput:
-    """Validates a ScoreLogits request; raises InvalidRequest on the first problem found."""
-    if not request.HasField("logits"):
-        raise InvalidRequest("logits is required: a [N, C] FLOAT32 or FLOAT64 tensor")
-    if request.logits.dtype not in (pb.DATA_TYPE_FLOAT32, pb.DATA_TYPE_FLOAT64):
-        raise InvalidRequest(
-            "logits.dtype must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64, got "
-            + dtype_name(request.logits.dtype)
-        )
-    if len(request.logits.shape) != 2:
-        raise InvalidRequest(
-            f"logits.shape must be [N, C], got {list(request.logits.shape)}"
-        )
-    n_rows, n_classes = request.logits.shape
-    if n_rows > max_rows:
-        raise InvalidRequest(
-            f"logits has {n_rows} rows, more than max_rows_per_request ({max_rows}); "
-            "send chunks with ScoreLogitsStream"
-        )
-    if n_classes < 2:
-        raise InvalidRequest(f"logits must have at least 2 classes, got C = {n_classes}")
-    try:
-        logits = from_tensor(request.logits, "logits")
-    except TensorError as exc:
-        raise InvalidRequest(str(exc)) from None
-    finite = np.isfinite(logits)
-    if not finite.all():
-        row, col = np.argwhere(~finite)[0]
-        raise InvalidRequest(
-            f"logits row {row} has a non-finite value ({logits[row, col]} in class {col})"
-        )
+    """Validates a ScoreLogits request; raises InvalidRequest on the first problem found.
+
+    The request carries logits or (``probabilities`` field) predicted probabilities, not both.
+    """
+    has_logits, has_probs = request.HasField("logits"), request.HasField("probabilities")
+    if has_logits and has_probs:
+        raise InvalidRequest("set logits or probabilities, not both")
+    if not (has_logits or has_probs):
+        raise InvalidRequest("logits is required: a [N, C] FLOAT32 or FLOAT64 tensor "
+                             "(or probabilities, for predicted probabilities)")
+    kind = LOGITS if has_logits else PROBABILITIES
+    tensor = request.logits if has_logits else request.probabilities
+    values = _float_matrix(tensor, kind, max_rows)
+    if kind == PROBABILITIES:
+        check_probabilities(values)
+        if request.options.HasField("temperature"):
+            raise InvalidRequest("options.temperature applies to logits only: probabilities are "
+                                 "scored as given")
+    n_rows, n_classes = values.shape
     class_names = check_class_names(request.options.class_names, n_classes)
     return LogitsInput(
-        logits=logits,  # type: ignore[arg-type]  # dtype checked above: float32/64
+        logits=values,
         labels=label_indices(request.labels, n_rows, n_classes, class_names),
         ids=check_ids(request.ids, n_rows),
         class_names=class_names,
         temperature=check_temperature(request.options, 1.0),
         include_probabilities=request.options.include_probabilities,
+        kind=kind,
     )
+
+
+def _float_matrix(tensor: pb.Tensor, field: str, max_rows: int) -> npt.NDArray[np.floating]:
+    """``tensor`` as a finite float [N, C] array with C >= 2 and N <= max_rows."""
+    if tensor.dtype not in (pb.DATA_TYPE_FLOAT32, pb.DATA_TYPE_FLOAT64):
+        raise InvalidRequest(
+            f"{field}.dtype must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64, got "
+            + dtype_name(tensor.dtype)
+        )
+    if len(tensor.shape) != 2:
+        raise InvalidRequest(f"{field}.shape must be [N, C], got {list(tensor.shape)}")
+    n_rows, n_classes = tensor.shape
+    if n_rows > max_rows:
+        raise InvalidRequest(
+            f"{field} has {n_rows} rows, more than max_rows_per_request ({max_rows}); "
+            "send chunks with ScoreLogitsStream"
+        )
+    if n_classes < 2:
+        raise InvalidRequest(f"{field} must have at least 2 classes, got C = {n_classes}")
+    try:
+        values = from_tensor(tensor, field)
+    except TensorError as exc:
+        raise InvalidRequest(str(exc)) from None
+    finite = np.isfinite(values)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise InvalidRequest(
+            f"{field} row {row} has a non-finite value ({values[row, col]} in class {col})"
+        )
+    return values  # type: ignore[return-value]  # dtype checked above: float32/64
+
+
+def check_probabilities(probs: npt.NDArray[np.floating]) -> None:
+    """Every value in [0, 1] and every row summing to 1 within PROBABILITY_SUM_TOLERANCE;
+    raises InvalidRequest naming the first bad row otherwise."""
+    outside = (probs < 0.0) | (probs > 1.0)
+    if outside.any():
+        row, col = np.argwhere(outside)[0]
+        raise InvalidRequest(
+            f"probabilities row {row} has a value outside [0, 1] ({float(probs[row, col]):.9g} "
+            f"in class {col})"
+        )
+    sums = probs.sum(axis=1, dtype=np.float64)
+    off = np.flatnonzero(np.abs(sums - 1.0) > PROBABILITY_SUM_TOLERANCE)
+    if len(off):
+        row = int(off[0])
+        raise InvalidRequest(
+            f"probabilities row {row} sums to {sums[row]:.9g}, expected 1 within "
+            f"{PROBABILITY_SUM_TOLERANCE:g} (send logits as logits)"
+        )
 
 
 def image_batch(request: pb.ScoreImagesRequest, max_samples: int) -> ImageBatch:

@@ -30,7 +30,7 @@ FORBIDDEN = {
                        "prometheus_client", "grpc_reflection", "torch", "grpc_health"},
     "hardscore_client": {"hardscore_server", "onnxruntime", "prometheus_client",
                          "grpc_reflection", "grpc_health", "torch", "torchvision", "onnx",
-                         "sklearn"},
+                         "sklearn", "cleanlab"},
     "hardscore_server": {"hardscore_client"},
 }
 EXTRAS_AT_TOP = {"PIL", "matplotlib", "pyarrow"}

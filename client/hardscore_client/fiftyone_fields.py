@@ -1,0 +1,264 @@
+"""FiftyOne fields: score a FiftyOne dataset (or view) through a hardscore server and write the
+fields FiftyOne Brain's ``compute_hardness`` and ``compute_mistakenness`` write, with the same
+values, and the label-issue scores beside them (``pip install 'hardscore[fiftyone]'``).
+
+Two sources of predictions:
+
+- ``score_images``: each sample's image file goes to ScoreImages; the model's prediction is
+  written as a ``Classification`` (label, confidence, logits) in ``pred_field``. The logits
+  written are the ones the scores come from: the model's logits divided by the served model's
+  calibrated temperature (1.0 unless its manifest sets one).
+- ``score_logits``: the logits already stored on the samples' ``pred_field`` (a
+  ``Classification`` with ``logits``, e.g. from ``apply_model(..., store_logits=True)``) go to
+  ScoreLogits; ``pred_field`` is left as it is.
+
+Fields written (names are arguments), float or None per sample:
+
+- ``hardness``: entropy of softmax(logits), natural log: ``compute_hardness(samples,
+  pred_field)``'s value. None where the sample has no prediction.
+- ``mistakenness``: ``compute_mistakenness(samples, pred_field, label_field,
+  use_logits=...)``'s value, with FiftyOne's conventions: (s · c + 1) / 2 where c is the
+  prediction's confidence (default) or exp(-hardness) (``use_logits=True``), s = -1 when the
+  prediction's label equals the ground-truth label or the sample has no ground truth, +1
+  otherwise; 1.0 for a sample with ground truth but no prediction; None with neither.
+- ``label_issue_score`` (1 - p(given label)) and ``margin_issue_score`` (one minus the
+  normalized margin): hardscore's, higher = more likely mislabelled; None where the sample has
+  no ground truth, or one that is not a class of the model.
+
+FiftyOne is imported only inside these functions: the rest of the client never needs it. No
+brain run is registered (``list_brain_runs`` does not list these fields); views, sorting and
+the App work on them as on any float field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hardscore_client.client import ScoringClient
+
+FloatArray = npt.NDArray[np.float64]
+READ_CHUNK = 256
+"""Images read and scored per round (memory stays bounded whatever the dataset's size)."""
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Names of the fields written on each sample."""
+
+    hardness: str = "hardness"
+    mistakenness: str = "mistakenness"
+    label_issue: str = "label_issue_score"
+    margin_issue: str = "margin_issue_score"
+
+
+@dataclass
+class Written:
+    """What a call wrote: samples scored, samples that were not (id, reason), fields set."""
+
+    scored: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    fields: list[str] = field(default_factory=list)
+
+
+def fiftyone_mistakenness(
+    certainty: FloatArray, predicted: Sequence[str | None], given: Sequence[str | None]
+) -> FloatArray:
+    """FiftyOne Brain's classification mistakenness per sample, NaN for "None".
+
+    ``certainty`` is the prediction's confidence, or exp(-hardness) for the logits variant (NaN
+    where there is no prediction); ``predicted`` / ``given`` the predicted and ground-truth
+    label names (None = absent). In [0, 1]; higher = more likely mislabelled.
+    """
+    out = np.full(len(predicted), math.nan)
+    for i, (p, g) in enumerate(zip(predicted, given, strict=True)):
+        if p is None:
+            out[i] = math.nan if g is None else 1.0
+            continue
+        agrees = g is None or p == g  # FiftyOne counts a missing ground truth as agreeing
+        out[i] = ((-1.0 if agrees else 1.0) * certainty[i] + 1.0) / 2.0
+    return out
+
+
+def _values(array: FloatArray) -> list[float | None]:
+    """Floats for a FiftyOne field: NaN becomes None."""
+    return [None if math.isnan(v) else float(v) for v in array.tolist()]
+
+
+def _labels_of(samples: Any, label_field: str | None) -> list[str | None]:
+    if label_field is None:
+        return [None] * len(samples)
+    return list(samples.values(f"{label_field}.label"))
+
+
+def _indices(given: Sequence[str | None], class_names: Sequence[str]) -> list[int]:
+    """Class index per ground-truth label; -1 for none or a name that is not a class."""
+    index = {name: i for i, name in enumerate(class_names)}
+    return [index.get(g, -1) if g is not None else -1 for g in given]
+
+
+def _write(
+    samples: Any,
+    names: Fields,
+    hardness: FloatArray,
+    certainty: FloatArray,
+    predicted: Sequence[str | None],
+    given: Sequence[str | None],
+    label_issue: FloatArray | None,
+    margin_issue: FloatArray | None,
+    written: Written,
+) -> Written:
+    import fiftyone as fo
+
+    dataset = samples._dataset
+    for name in (names.hardness, names.mistakenness, names.label_issue, names.margin_issue):
+        if not dataset.has_sample_field(name):  # typed up front: a column may be all None
+            dataset.add_sample_field(name, fo.FloatField)
+    samples.set_values(names.hardness, _values(hardness))
+    samples.set_values(names.mistakenness,
+                       _values(fiftyone_mistakenness(certainty, predicted, given)))
+    written.fields += [names.hardness, names.mistakenness]
+    if label_issue is not None and margin_issue is not None:
+        samples.set_values(names.label_issue, _values(label_issue))
+        samples.set_values(names.margin_issue, _values(margin_issue))
+        written.fields += [names.label_issue, names.margin_issue]
+    return written
+
+
+def score_images(
+    samples: Any,
+    client: ScoringClient,
+    *,
+    label_field: str | None = "ground_truth",
+    pred_field: str = "hardscore",
+    use_logits: bool = False,
+    names: Fields = Fields(),  # frozen: a shared default is safe
+) -> Written:
+    """Scores every sample's image with the served model and writes ``pred_field`` (a
+    Classification with label, confidence and logits) and the score fields (``names``).
+
+    ``label_field`` holds the ground truth (Classification; None = no labels);
+    ``use_logits`` picks the mistakenness variant as compute_mistakenness does. A sample
+    whose file cannot be read or decoded gets no prediction (its error is in the result).
+    """
+    import fiftyone as fo  # the fiftyone extra: imported only here
+
+    info = client.get_model_info()
+    class_names = list(info.class_names)
+    temperature = float(info.temperature) or 1.0
+    ids = list(samples.values("id"))
+    paths = list(samples.values("filepath"))
+    given = _labels_of(samples, label_field)
+    label_idx = _indices(given, class_names)
+    n = len(ids)
+    hardness, certainty_conf = np.full(n, math.nan), np.full(n, math.nan)
+    label_issue, margin_issue = np.full(n, math.nan), np.full(n, math.nan)
+    predictions: list[Any] = [None] * n
+    predicted: list[str | None] = [None] * n
+    written = Written()
+    for start in range(0, n, READ_CHUNK):
+        stop = min(start + READ_CHUNK, n)
+        images, unread = [], {}
+        for i in range(start, stop):
+            try:
+                images.append(Path(paths[i]).read_bytes())
+            except OSError as exc:
+                images.append(b"")
+                unread[i] = f"read: {exc}"
+        result = client.score_images(
+            images, [label_idx[i] if label_idx[i] >= 0 else None for i in range(start, stop)],
+            include_logits=True)
+        failed = {start + e.index: f"{e.reason}: {e.message}" for e in result.errors}
+        failed.update(unread)
+        assert result.logits is not None
+        logits = np.asarray(result.logits, dtype=np.float64)
+        if temperature != 1.0:
+            logits = logits / temperature
+        for j in range(stop - start):
+            i = start + j
+            if i in failed:
+                written.failed.append((ids[i], failed[i]))
+                continue
+            label = class_names[int(result.predicted_class[j])]
+            predicted[i] = label
+            predictions[i] = fo.Classification(label=label,
+                                               confidence=float(result.confidence[j]),
+                                               logits=logits[j].tolist())
+            hardness[i] = result.hardness[j]
+            certainty_conf[i] = result.confidence[j]
+            if result.label_issue_score is not None:
+                label_issue[i] = result.label_issue_score[j]
+                margin_issue[i] = result.margin_issue_score[j]  # type: ignore[index]
+            written.scored += 1
+    samples.set_values(pred_field, predictions)
+    written.fields.append(pred_field)
+    certainty = np.exp(-hardness) if use_logits else certainty_conf
+    return _write(samples, names, hardness, certainty, predicted, given, label_issue,
+                  margin_issue, written)
+
+
+def score_logits(
+    samples: Any,
+    client: ScoringClient,
+    pred_field: str,
+    *,
+    label_field: str | None = "ground_truth",
+    class_names: Sequence[str] | None = None,
+    use_logits: bool = False,
+    names: Fields = Fields(),  # frozen: a shared default is safe
+) -> Written:
+    """Scores the logits stored on ``pred_field`` (a Classification with ``logits``) and
+    writes the score fields (``names``); ``pred_field`` is not changed.
+
+    The label-issue scores need the class of each logit: ``class_names`` (default: the
+    dataset's ``classes[pred_field]`` or ``default_classes``); without them only hardness and
+    mistakenness are written. As compute_hardness, a prediction without logits is an error.
+    """
+    ids = list(samples.values("id"))
+    logits_of = list(samples.values(f"{pred_field}.logits"))
+    predicted: list[str | None] = list(samples.values(f"{pred_field}.label"))
+    given = _labels_of(samples, label_field)
+    for sample_id, label, logits in zip(ids, predicted, logits_of, strict=True):
+        if label is not None and logits is None:
+            raise ValueError(f"sample {sample_id!r} field {pred_field!r} has no logits")
+    if class_names is None:
+        dataset = samples._dataset
+        class_names = dataset.classes.get(pred_field) or dataset.default_classes or None
+    rows = [i for i, logits in enumerate(logits_of) if logits is not None]
+    n = len(ids)
+    hardness, confidence = np.full(n, math.nan), np.full(n, math.nan)
+    label_issue = margin_issue = None
+    written = Written()
+    if rows:
+        matrix = np.array([logits_of[i] for i in rows], dtype=np.float64)
+        labels = None
+        if class_names is not None:
+            labels = np.array(_indices([given[i] for i in rows], class_names), dtype=np.int64)
+        result = client.score_logits(matrix, labels)
+        hardness[rows] = result.hardness
+        confidence[rows] = samples_confidence(samples, pred_field, rows, result.confidence)
+        if result.label_issue_score is not None and result.margin_issue_score is not None:
+            label_issue, margin_issue = np.full(n, math.nan), np.full(n, math.nan)
+            label_issue[rows] = result.label_issue_score
+            margin_issue[rows] = result.margin_issue_score
+        written.scored = len(rows)
+    certainty = np.exp(-hardness) if use_logits else confidence
+    return _write(samples, names, hardness, certainty, predicted, given, label_issue,
+                  margin_issue, written)
+
+
+def samples_confidence(
+    samples: Any, pred_field: str, rows: Sequence[int], computed: FloatArray
+) -> FloatArray:
+    """The confidence compute_mistakenness uses: the one stored on the prediction (NaN where
+    it has none: FiftyOne refuses those; the computed max probability stands in)."""
+    stored = list(samples.values(f"{pred_field}.confidence"))
+    values = np.array([stored[i] if stored[i] is not None else math.nan for i in rows],
+                      dtype=np.float64)
+    return np.where(np.isnan(values), computed, values)

@@ -1,0 +1,120 @@
+"""FiftyOne fields against FiftyOne itself: a real ``fiftyone`` install (its own venv, made by
+``make fiftyone-venv``, with its bundled MongoDB) runs tests/e2e/fiftyone_check.py, which writes
+the fields with hardscore_client.fiftyone_fields against a hardscore server started here, then
+runs FiftyOne Brain's compute_hardness / compute_mistakenness on the same samples. Every written
+value must equal FiftyOne's to 1e-12, and the label-issue scores the server's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hardscore_server.digits import heldout_split
+from hardscore_server.preprocess import encode_png
+
+ROOT = Path(__file__).resolve().parents[2]
+FIFTYONE_PYTHON = ROOT / ".venv-fiftyone" / "bin" / "python"
+CHECK = Path(__file__).resolve().parent / "fiftyone_check.py"
+TOLERANCE = 1e-12
+
+
+def mongod_pids(db_dir: Path) -> list[int]:
+    """Processes whose command line names ``db_dir`` (the mongod FiftyOne started for us)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "mongod" in cmdline and str(db_dir) in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def report(image_server, tmp_path_factory) -> dict:
+    if not FIFTYONE_PYTHON.exists():
+        pytest.fail("the FiftyOne venv is missing: make fiftyone-venv (make test makes it)")
+    work = tmp_path_factory.mktemp("fiftyone")
+    _, _, images, labels = heldout_split()
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(60):
+        path = work / f"digit-{i:03d}.png"
+        path.write_bytes(encode_png(images[i]))
+        label: str | None = str(int(labels[i]))
+        if i % 6 == 0:
+            label = str(int(rng.integers(10)))  # some labels wrong (or right by chance)
+        samples.append({"path": str(path), "label": label})
+    samples[3]["label"] = None  # no ground truth
+    samples[4]["label"] = "zebra"  # a ground truth that is no class of the model
+    (work / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    samples.append({"path": str(work / "broken.png"), "label": "7"})  # no prediction
+    spec = {"server": image_server.target, "images": samples, "seed": 1, "classes": 5,
+            "logits_rows": 300}
+    (work / "spec.json").write_text(json.dumps(spec))
+    db_dir = work / "db"
+    env = {**os.environ, "HOME": str(work), "FIFTYONE_DATABASE_DIR": str(db_dir),
+           "FIFTYONE_DO_NOT_TRACK": "true", "PYTHONPATH": os.pathsep.join(
+               str(ROOT / p) for p in ("client", "proto"))}
+    proc = subprocess.run([str(FIFTYONE_PYTHON), str(CHECK), str(work / "spec.json")],
+                          capture_output=True, text=True, timeout=420, env=env, cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    deadline = time.monotonic() + 30  # FiftyOne stops its mongod when its last client exits
+    while mongod_pids(db_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftover = mongod_pids(db_dir)
+    for pid in leftover:
+        os.kill(pid, 15)
+    assert not leftover, f"mongod still running after the check: {leftover}"
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["samples"] = samples
+    for source in ("images", "logits"):  # the figures (pytest -s shows them)
+        print(source, {k: v for k, v in out[source].items() if isinstance(v, dict | int | float)})
+    print("fiftyone", out["fiftyone"], "database ready after", out["database_ready_s"], "s;",
+          "check", out["seconds"], "s")
+    return out
+
+
+@pytest.mark.parametrize("source", ["images", "logits"])
+@pytest.mark.parametrize("name", ["hardness", "mistakenness", "mistakenness_logits"])
+def test_written_fields_equal_fiftyone_brains_own(report, source, name):
+    diff = report[source][name]
+    assert diff["none_mismatch"] == 0, diff
+    assert diff["compared"] > 0 and diff["max_abs_diff"] <= TOLERANCE, diff
+
+
+def test_images_scored_fields_and_edge_cases(report, image_client):
+    images = report["images"]
+    assert images["scored"] == 61 - 1 and len(images["failed"]) == 1
+    assert images["failed"][0].startswith("decode")
+    assert images["fields"] == ["hardscore", "hardness", "mistakenness", "label_issue_score",
+                                "margin_issue_score"]
+    assert images["hardness"]["nones"] == 1  # the broken file
+    assert images["mistakenness"]["nones"] == 0  # no prediction but a label: 1.0 (FiftyOne)
+    samples = report["samples"]
+    # The label-issue scores are the server's, where the label is a class of the model.
+    paths = [s["path"] for s in samples[:-1]]
+    labels = [int(s["label"]) if s["label"] not in (None, "zebra") else None for s in samples[:-1]]
+    direct = image_client.score_images([Path(p).read_bytes() for p in paths], labels)
+    got = np.array([np.nan if v is None else v for v in images["label_issue_score"][:-1]])
+    np.testing.assert_allclose(got, direct.label_issue_score, rtol=0, atol=TOLERANCE)
+    assert np.isnan(got[3]) and np.isnan(got[4])  # no label; a label that is no class
+    margin = np.array([np.nan if v is None else v for v in images["margin_issue_score"][:-1]])
+    np.testing.assert_allclose(margin, direct.margin_issue_score, rtol=0, atol=TOLERANCE)
+    assert images["predicted"][:-1] == [str(c) for c in direct.predicted_class]
+    assert images["predicted"][-1] is None
+
+
+def test_stored_logits_label_scores(report):
+    logits = report["logits"]
+    assert logits["scored"] == 300 - 28  # every 11th sample has no prediction
+    assert logits["label_issue_compared"] > 200
+    assert logits["label_issue_vs_numpy"] <= TOLERANCE
