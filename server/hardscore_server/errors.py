@@ -13,3 +13,8 @@ class InvalidRequest(ValueError):
 
 class UnknownModel(LookupError):
     """The request names a model this server does not serve (NOT_FOUND)."""
+
+
+class DecodeBudgetExceeded(Exception):
+    """The request's images need more decode memory than the server grants (RESOURCE_EXHAUSTED):
+    more than the whole budget at once, or the budget stayed busy past the wait limit."""

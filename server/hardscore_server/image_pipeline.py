@@ -15,18 +15,21 @@ bad sample then fails the request with ``SampleFailed`` before the model runs.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_server.batcher import DynamicBatcher, Reservation
+from hardscore_server.batcher import DeadlineExpired, DynamicBatcher, Reservation
 from hardscore_server.config import ServerConfig
+from hardscore_server.decode_budget import DecodeBudget, mib
+from hardscore_server.decode_cost import DecodeCost, estimate_array, estimate_image
 from hardscore_server.errors import InvalidRequest, UnknownModel
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model_dir import ModelManifest
@@ -174,6 +177,10 @@ class ImagePipeline:
         metrics.model_info.labels(m.name, m.version, runner.provider).set(1)
         self._preprocess_time = metrics.preprocess_time.labels(m.name)
         self._images_scored = metrics.samples.labels("images")
+        self.decode_budget = DecodeBudget(config.decode_budget_bytes, metrics)
+        self._decodes_done = metrics.decodes.labels("done")
+        self._decodes_after_cancel = metrics.decodes.labels("after_cancel")
+        self._decodes_abandoned = metrics.decodes.labels("abandoned")
 
     @property
     def max_samples(self) -> int:
@@ -228,7 +235,7 @@ class ImagePipeline:
     ) -> ImageScores:
         n = len(batch)
         m = self.manifest
-        inputs, labels, errors = await self._prepare(batch)
+        inputs, labels, errors = await self._prepare(batch, deadline)
         if errors and batch.on_sample_error == "raise":
             raise SampleFailed(*errors[0])
         failed = {i for i, _ in errors}
@@ -253,7 +260,7 @@ class ImagePipeline:
     # -- preprocessing ------------------------------------------------------------------------
 
     async def _prepare(
-        self, batch: ImageBatch
+        self, batch: ImageBatch, deadline: float | None = None
     ) -> tuple[Float32Array, npt.NDArray[np.int64] | None, list[tuple[int, SampleError]]]:
         """The model input [M, C, H, W] of the M good samples, every sample's label index
         (None without labels), and the errors, in input order. A sample whose label is unknown
@@ -272,7 +279,7 @@ class ImagePipeline:
                 inputs = inputs[[i for i in range(n) if i not in bad]]
         else:
             prepared = await self._preprocess_all(
-                [bad.get(i, image) for i, image in enumerate(images)])
+                [bad.get(i, image) for i, image in enumerate(images)], deadline)
             good: list[Float32Array] = []
             for i, item in enumerate(prepared):
                 if isinstance(item, SampleError):
@@ -334,40 +341,140 @@ class ImagePipeline:
         x /= self._std
         return x
 
+    def _preprocess_one(self, image: Image) -> Float32Array | SampleError:
+        """One image's model input [C, H, W], or the SampleError saying why not (any thread)."""
+        if isinstance(image, SampleError):
+            return image
+        started = time.perf_counter()
+        try:
+            if isinstance(image, bytes):
+                return decode_image(image, self.spec)
+            return from_pixels(image, self.spec)
+        except SampleError as exc:
+            return exc
+        finally:
+            self._preprocess_time.observe(time.perf_counter() - started)
+
     def _preprocess(self, images: Sequence[Image]) -> list[Float32Array | SampleError]:
-        """Worker thread: each image's model input [C, H, W], or the SampleError saying why not."""
-        out: list[Float32Array | SampleError] = []
-        observe = self._preprocess_time.observe
-        for image in images:
-            if isinstance(image, SampleError):
-                out.append(image)
-                continue
-            started = time.perf_counter()
-            try:
-                if isinstance(image, bytes):
-                    out.append(decode_image(image, self.spec))
-                else:
-                    out.append(from_pixels(image, self.spec))
-            except SampleError as exc:
-                out.append(exc)
-            observe(time.perf_counter() - started)
-        return out
+        """Each image's model input [C, H, W], or the SampleError saying why not, in order."""
+        return [self._preprocess_one(image) for image in images]
 
-    async def _preprocess_all(self, images: Sequence[Image]) -> list[Float32Array | SampleError]:
-        """Preprocesses in up to ``preprocess_threads`` slices in parallel, keeping order.
+    def _estimate(self, image: Image) -> DecodeCost | None:
+        """``image``'s estimated preprocessing cost (see decode_cost); None for a SampleError."""
+        if isinstance(image, bytes):
+            return estimate_image(image, self.spec)
+        if isinstance(image, np.ndarray):
+            return estimate_array(image, self.spec)
+        return None
 
-        A single small image (the usual online call) is done on the event loop: decoding a few
-        KiB costs less than the hand-off to a worker thread and back.
+    def _over_budget(self, cost: DecodeCost | None) -> SampleError | None:
+        """The "size" error of an image whose decoding alone would exceed the decode budget."""
+        capacity = self.decode_budget.capacity
+        if cost is None or cost.bytes <= capacity or cost.pixels > self.spec.max_image_pixels:
+            return None  # over the pixel limit: decode_image refuses it on its header
+        return SampleError(
+            "size", f"image ({cost.describe}): decoding it needs an estimated "
+            f"{mib(cost.bytes)}, more than this server's decode budget of {mib(capacity)}")
+
+    async def _preprocess_all(
+        self, images: Sequence[Image], deadline: float | None = None
+    ) -> list[Float32Array | SampleError]:
+        """Preprocesses every image in the decode pool, keeping order, within the decode budget.
+
+        Each image's decode cost is estimated from its header first: an image whose cost alone
+        exceeds the budget becomes a "size" error, not decoded. The call then takes from the
+        server-wide budget what its ``preprocess_threads`` costliest images need at once
+        (DecodeBudgetExceeded when that is more than the whole budget, before any decode), and
+        up to that many threads take the images one at a time. When the call is cancelled or
+        ``deadline`` passes, no further image starts (DeadlineExpired); the budget comes back
+        when the last running decode ends. A single small image (the usual online call) is
+        done on the event loop: decoding a few KiB costs less than a thread hand-off.
         """
-        if len(images) == 1 and _cheap_to_prepare(images[0]):
-            return self._preprocess(images)
         if not images:
             return []
+        estimates = [self._estimate(image) for image in images]
+        images = [self._over_budget(cost) or image
+                  for image, cost in zip(images, estimates, strict=True)]
+        costs = [0 if cost is None else cost.bytes for cost in estimates]
+        budget = self.decode_budget
+        if len(images) == 1 and _cheap_to_prepare(images[0]) and budget.try_acquire(costs[0]):
+            try:
+                return self._preprocess(images)
+            finally:
+                budget.release(costs[0])
+        todo = [i for i, image in enumerate(images) if not isinstance(image, SampleError)]
+        threads = min(self._config.preprocess_threads, len(todo))
+        if threads == 0:  # every one is an error already
+            return [image for image in images if isinstance(image, SampleError)]
+        need = sum(sorted((costs[i] for i in todo), reverse=True)[:threads])
+        await budget.acquire(need, deadline)
+        job = _DecodeJob(images, todo, deadline)
         loop = asyncio.get_running_loop()
-        slices = min(self._config.preprocess_threads, len(images))
-        bounds = np.linspace(0, len(images), slices + 1).astype(int)
-        parts = await asyncio.gather(*[
-            loop.run_in_executor(self._pool, self._preprocess, images[a:b])
-            for a, b in itertools.pairwise(bounds)
-        ])
-        return [item for part in parts for item in part]
+        running = threads
+
+        def finished() -> None:  # event loop, once per worker: the last gives the budget back
+            nonlocal running
+            running -= 1
+            if running == 0:
+                budget.release(need)
+                left = sum(1 for i in todo if job.results[i] is None)
+                if left:
+                    self._decodes_abandoned.inc(left)
+
+        def on_done(_: Future[None]) -> None:  # any thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to release
+                loop.call_soon_threadsafe(finished)
+
+        futures = [self._pool.submit(self._decode_worker, job) for _ in range(threads)]
+        for future in futures:
+            future.add_done_callback(on_done)
+        try:
+            await asyncio.wait([asyncio.wrap_future(f) for f in futures])
+        except asyncio.CancelledError:
+            job.cancelled.set()
+            for future in futures:
+                future.cancel()  # those not started yet never run
+            raise
+        for future in futures:
+            if (error := future.exception()) is not None:
+                raise error
+        results = job.results
+        if any(results[i] is None for i in todo):
+            done = sum(1 for i in todo if results[i] is not None)
+            raise DeadlineExpired(
+                f"deadline passed while decoding images ({done} of {len(todo)} decoded); "
+                "not computed")
+        return [image if isinstance(image, SampleError) else results[i]  # type: ignore[misc]
+                for i, image in enumerate(images)]
+
+    def _decode_worker(self, job: _DecodeJob) -> None:
+        """Decode thread: takes the job's next image until none is left or its call is gone."""
+        while True:
+            with job.lock:
+                if job.next >= len(job.todo):
+                    return
+                index = job.todo[job.next]
+                job.next += 1
+            if job.cancelled.is_set() or (
+                    job.deadline is not None and time.monotonic() >= job.deadline):
+                job.cancelled.set()
+                return
+            job.results[index] = self._preprocess_one(job.images[index])
+            if job.cancelled.is_set():
+                self._decodes_after_cancel.inc()
+            else:
+                self._decodes_done.inc()
+
+
+class _DecodeJob:
+    """The images of one call shared by its decode threads: ``todo`` (indices to decode) is
+    taken in order under ``lock``; ``cancelled`` stops further starts."""
+
+    def __init__(self, images: Sequence[Image], todo: list[int], deadline: float | None) -> None:
+        self.images = images
+        self.todo = todo
+        self.deadline = deadline
+        self.next = 0
+        self.lock = threading.Lock()
+        self.cancelled = threading.Event()
+        self.results: list[Float32Array | SampleError | None] = [None] * len(images)
