@@ -19,7 +19,7 @@ from hardscore_server.batcher import DeadlineExpired
 from hardscore_server.errors import DecodeBudgetExceeded
 from hardscore_server.metrics import ServerMetrics
 
-MAX_WAIT_S = 10.0
+MAX_WAIT_S = 30.0
 """The longest a call waits for decode budget (seconds) before RESOURCE_EXHAUSTED."""
 
 MIB = 1024 * 1024

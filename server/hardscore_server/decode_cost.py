@@ -135,6 +135,18 @@ def _decoder_bytes(image: Image.Image, pixels: int) -> int:
     return 0
 
 
+def _may_transpose(image: Image.Image, data: bytes) -> bool:
+    """Whether decode_image may make an EXIF-orientation copy of ``image``. A PNG's eXIf chunk
+    may follow the pixels, and Pillow's getexif() would decode them to find it: any PNG holding
+    the chunk's name anywhere counts as transposed (an upper bound, found without decoding)."""
+    if image.format == "PNG":
+        return b"eXIf" in data
+    try:
+        return image.getexif().get(_ORIENTATION_TAG, 1) not in (1, None)
+    except Exception:  # an unreadable EXIF block: assume the worst
+        return True
+
+
 def estimate_image(data: bytes, spec: InputSpec) -> DecodeCost:
     """The decode cost of encoded image ``data`` read from its header (no pixel decoded).
 
@@ -146,11 +158,7 @@ def estimate_image(data: bytes, spec: InputSpec) -> DecodeCost:
             width, height = (int(v) for v in image.size)
             mode = image.mode
             pixels = width * height
-            try:
-                orientation = image.getexif().get(_ORIENTATION_TAG, 1)
-            except Exception:  # an unreadable EXIF block: assume the worst
-                orientation = 8
-            transposed = orientation not in (1, None)
+            transposed = _may_transpose(image, data)
             cost = pixels_cost(width, height, mode, spec, _decoder_bytes(image, pixels),
                                transposed)
             return DecodeCost(cost, f"{image.format} {width}x{height} {mode}", pixels)

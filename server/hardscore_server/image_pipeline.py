@@ -19,7 +19,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -408,36 +408,21 @@ class ImagePipeline:
             return [image for image in images if isinstance(image, SampleError)]
         need = sum(sorted((costs[i] for i in todo), reverse=True)[:threads])
         await budget.acquire(need, deadline)
-        job = _DecodeJob(images, todo, deadline)
-        loop = asyncio.get_running_loop()
-        running = threads
-
-        def finished() -> None:  # event loop, once per worker: the last gives the budget back
-            nonlocal running
-            running -= 1
-            if running == 0:
-                budget.release(need)
-                left = sum(1 for i in todo if job.results[i] is None)
-                if left:
-                    self._decodes_abandoned.inc(left)
-
-        def on_done(_: Future[None]) -> None:  # any thread
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to release
-                loop.call_soon_threadsafe(finished)
-
-        futures = [self._pool.submit(self._decode_worker, job) for _ in range(threads)]
-        for future in futures:
-            future.add_done_callback(on_done)
+        job = _DecodeJob(images, todo, deadline, threads, asyncio.get_running_loop())
+        job.done.add_done_callback(lambda _: self._job_ended(job, need))
+        for _ in range(threads):
+            try:
+                self._pool.submit(self._decode_step, job)
+            except RuntimeError:  # the pool is shut down: the server is stopping
+                job.cancelled.set()
+                job.chain_ended()
         try:
-            await asyncio.wait([asyncio.wrap_future(f) for f in futures])
+            await asyncio.shield(job.done)
         except asyncio.CancelledError:
-            job.cancelled.set()
-            for future in futures:
-                future.cancel()  # those not started yet never run
+            job.cancelled.set()  # queued steps return at once; running ones are the last
             raise
-        for future in futures:
-            if (error := future.exception()) is not None:
-                raise error
+        if job.error is not None:
+            raise job.error
         results = job.results
         if any(results[i] is None for i in todo):
             done = sum(1 for i in todo if results[i] is not None)
@@ -447,34 +432,87 @@ class ImagePipeline:
         return [image if isinstance(image, SampleError) else results[i]  # type: ignore[misc]
                 for i, image in enumerate(images)]
 
-    def _decode_worker(self, job: _DecodeJob) -> None:
-        """Decode thread: takes the job's next image until none is left or its call is gone."""
-        while True:
-            with job.lock:
-                if job.next >= len(job.todo):
-                    return
-                index = job.todo[job.next]
-                job.next += 1
-            if job.cancelled.is_set() or (
-                    job.deadline is not None and time.monotonic() >= job.deadline):
-                job.cancelled.set()
+    def _job_ended(self, job: _DecodeJob, need: int) -> None:
+        """Event loop, once every decode thread of ``job`` has stopped: the budget comes back."""
+        self.decode_budget.release(need)
+        left = sum(1 for i in job.todo if job.results[i] is None)
+        if left:
+            self._decodes_abandoned.inc(left)
+
+    def _decode_step(self, job: _DecodeJob) -> None:
+        """Decode thread: one image of ``job``, then the job queues its next step behind every
+        step already waiting, so calls share the threads turn by turn (a small call is not
+        stuck behind a large one). Takes nothing once the call is gone or past its deadline."""
+        queued_next = False
+        try:
+            index = job.take()
+            if index is None:
                 return
             job.results[index] = self._preprocess_one(job.images[index])
             if job.cancelled.is_set():
                 self._decodes_after_cancel.inc()
             else:
                 self._decodes_done.inc()
+            if job.has_more():
+                try:
+                    self._pool.submit(self._decode_step, job)
+                    queued_next = True
+                except RuntimeError:  # the pool is shut down: the server is stopping
+                    job.cancelled.set()
+        except BaseException as exc:  # reported to the call, never lost in the pool
+            job.error = exc
+            job.cancelled.set()
+        finally:
+            if not queued_next:
+                job.chain_ended()
 
 
 class _DecodeJob:
-    """The images of one call shared by its decode threads: ``todo`` (indices to decode) is
-    taken in order under ``lock``; ``cancelled`` stops further starts."""
+    """The images of one call, decoded by ``chains`` sequences of pool steps.
 
-    def __init__(self, images: Sequence[Image], todo: list[int], deadline: float | None) -> None:
+    ``todo`` (indices to decode) is taken in order under ``lock``; ``cancelled`` stops further
+    takes; ``done`` (an event-loop future) completes when every chain has ended.
+    """
+
+    def __init__(self, images: Sequence[Image], todo: list[int], deadline: float | None,
+                 chains: int, loop: asyncio.AbstractEventLoop) -> None:
         self.images = images
         self.todo = todo
         self.deadline = deadline
         self.next = 0
         self.lock = threading.Lock()
         self.cancelled = threading.Event()
+        self.error: BaseException | None = None
         self.results: list[Float32Array | SampleError | None] = [None] * len(images)
+        self.done: asyncio.Future[None] = loop.create_future()
+        self._chains = chains
+        self._loop = loop
+
+    def take(self) -> int | None:
+        """The next image's index, or None: none left, the call gone or past its deadline."""
+        if self.cancelled.is_set() or (
+                self.deadline is not None and time.monotonic() >= self.deadline):
+            self.cancelled.set()
+            return None
+        with self.lock:
+            if self.next >= len(self.todo):
+                return None
+            self.next += 1
+            return self.todo[self.next - 1]
+
+    def has_more(self) -> bool:
+        with self.lock:
+            return self.next < len(self.todo) and not self.cancelled.is_set()
+
+    def chain_ended(self) -> None:
+        """Any thread: one chain is over; the last one completes ``done`` on the loop."""
+        with self.lock:
+            self._chains -= 1
+            last = self._chains == 0
+        if last:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(self._finish)
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
