@@ -10,7 +10,6 @@ resident memory from /proc (Linux).
 from __future__ import annotations
 
 import io
-import os
 import struct
 import subprocess
 import sys
@@ -102,5 +101,5 @@ def measure_peak(data: bytes, tmp: Path, channels: int = 3, height: int = 32, wi
     result = subprocess.run(
         [sys.executable, "-c", _MEASURE, str(path), str(channels), str(height), str(width),
          resize],
-        capture_output=True, text=True, timeout=120, env={**os.environ}, check=True)
+        capture_output=True, text=True, timeout=120, check=True)
     return int(result.stdout.strip())

@@ -53,8 +53,9 @@ class DecodeBudget:
             metrics.decode_budget.set(capacity)
 
     def try_acquire(self, need: int) -> bool:
-        """Takes ``need`` bytes now if they fit and nobody waits; whether it did."""
-        if self._waiters or self.in_use + need > self.capacity:
+        """Takes ``need`` bytes now if they fit and nobody waits (0 always fits); whether it
+        did."""
+        if need and (self._waiters or self.in_use + need > self.capacity):
             return False
         self._take(need)
         return True
@@ -72,7 +73,7 @@ class DecodeBudget:
                 f"the request's images need an estimated {mib(need)} of decode memory at once "
                 f"(its largest images, decoded in parallel), more than this server's decode "
                 f"budget of {mib(self.capacity)}; send the large images in separate requests")
-        if self.try_acquire(need):
+        if need == 0 or self.try_acquire(need):
             return
         waiter = _Waiter(need, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)

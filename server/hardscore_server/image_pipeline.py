@@ -3,8 +3,10 @@
 Servicers (hardscore.v1, the Open Inference Protocol) translate their messages into an
 ``ImageBatch`` and the ``ImageScores`` back into their replies; everything between is here:
 the model check, the per-request sample limit, admission to the batcher's queue (before any
-decoding, so a full queue refuses at once), decoding, resizing and normalising in one bounded
-thread pool, the model run through the dynamic batcher, and the scores.
+decoding, so a full queue refuses at once), admission to the decode budget (each image's decode
+memory estimated from its header, see decode_cost and decode_budget), decoding, resizing and
+normalising in one bounded thread pool that calls share turn by turn and that stops a call's
+decoding when the call has gone, the model run through the dynamic batcher, and the scores.
 
 One bad sample (undecodable bytes, a wrong tensor shape, an unknown label) is reported in
 ``ImageScores.errors`` and gets predicted_class -1 and NaN scores; its neighbours are scored.
@@ -367,6 +369,9 @@ class ImagePipeline:
             return estimate_array(image, self.spec)
         return None
 
+    def _estimate_all(self, images: Sequence[Image]) -> list[DecodeCost | None]:
+        return [self._estimate(image) for image in images]
+
     def _over_budget(self, cost: DecodeCost | None) -> SampleError | None:
         """The "size" error of an image whose decoding alone would exceed the decode budget."""
         capacity = self.decode_budget.capacity
@@ -381,8 +386,9 @@ class ImagePipeline:
     ) -> list[Float32Array | SampleError]:
         """Preprocesses every image in the decode pool, keeping order, within the decode budget.
 
-        Each image's decode cost is estimated from its header first: an image whose cost alone
-        exceeds the budget becomes a "size" error, not decoded. The call then takes from the
+        Each image's decode cost is estimated from its header first (one pool step for them
+        all): an image whose cost alone exceeds the budget becomes a "size" error, not decoded.
+        The call then takes from the
         server-wide budget what its ``preprocess_threads`` costliest images need at once
         (DecodeBudgetExceeded when that is more than the whole budget, before any decode), and
         up to that many threads take the images one at a time. When the call is cancelled or
@@ -392,11 +398,15 @@ class ImagePipeline:
         """
         if not images:
             return []
-        estimates = [self._estimate(image) for image in images]
+        budget = self.decode_budget
+        if len(images) == 1 and _cheap_to_prepare(images[0]):
+            estimates = [self._estimate(images[0])]  # a header of at most 16 KiB
+        else:  # header reads off the event loop: a request may hold a thousand TIFF headers
+            estimates = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._estimate_all, images)
         images = [self._over_budget(cost) or image
                   for image, cost in zip(images, estimates, strict=True)]
         costs = [0 if cost is None else cost.bytes for cost in estimates]
-        budget = self.decode_budget
         if len(images) == 1 and _cheap_to_prepare(images[0]) and budget.try_acquire(costs[0]):
             try:
                 return self._preprocess(images)
