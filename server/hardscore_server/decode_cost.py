@@ -106,8 +106,9 @@ def pixels_cost(
     total = decoded + decoder_bytes + (decoded if transposed else 0)
     if mode != target:
         if mode.startswith("I;16"):
-            # tobytes() chunks and their join, astype(uint16), >> 8, astype(uint8), fromarray
-            total += pixels * (2 + 2 + 2 + 2 + 1) + image_bytes(width, height, "L")
+            # at most three 2-byte copies at once (tobytes() and its join, then astype(uint16)
+            # and >> 8), then the high bytes as an L image
+            total += pixels * (2 + 2 + 2) + image_bytes(width, height, "L")
         elif mode == "F":
             total += pixels * 5  # the finiteness check: a float32 copy and a bool mask
         if mode in ("P", "PA", "LA", "RGBA", "I", "F"):

@@ -52,7 +52,7 @@ class Corpus:
     skinny: bytes  # 1 x 50,000,000 8-bit grey: the 97 KB file
     grey16_huge: bytes  # 7071 x 7071 16-bit grey: the 16-bit file
     grey16: bytes  # 2400 x 2400 16-bit grey
-    grey16_large: bytes  # 3000 x 3000 16-bit grey: fits alone, not two at once
+    grey16_large: bytes  # 3300 x 3300 16-bit grey: fits alone, not two at once
     rgb16: bytes  # 3000 x 3000 16-bit RGB
     webp: bytes  # 2500 x 2500 lossless WebP
     tiff: bytes  # 3 pages of 2500 x 2500 RGB, deflate
@@ -67,7 +67,7 @@ def corpus() -> Corpus:
         skinny=png(1, 50_000_000),
         grey16_huge=png(7071, 7071, "L", 16),
         grey16=png(2400, 2400, "L", 16),
-        grey16_large=png(3000, 3000, "L", 16),
+        grey16_large=png(3300, 3300, "L", 16),
         rgb16=png(3000, 3000, "RGB", 16),
         webp=encode(page, "WEBP", lossless=True, method=0, quality=0),
         tiff=encode([page, page, page], "TIFF", compression="tiff_adobe_deflate"),
