@@ -19,8 +19,8 @@ decodes nothing. From that, ``estimate_image`` adds up, in bytes, everything
   objects.
 
 Temporaries freed before the next step are still summed, so the estimate is an upper bound on
-the measured peak (tests/unit/test_decode_cost.py measures the real peak RSS of each format and
-checks estimate >= peak and estimate <= ``MAX_OVERESTIMATE`` x peak for large images).
+the measured peak (tests/e2e/test_decode_cost_peaks.py measures the real peak RSS of each
+format and checks estimate >= peak and estimate <= ``MAX_OVERESTIMATE`` x peak).
 
 Only the first frame is ever decoded (multi-page TIFF, animated GIF/PNG/WebP): later frames cost
 nothing, and the frame count is never read (reading it walks every frame of a GIF or TIFF).
