@@ -55,6 +55,10 @@ finite); or a SampleError a translator already found (reported in its place)."""
 Label = int | str | None
 """A given label: a class index, a class name, or None for none."""
 
+DECODE_STEP_S = 0.002
+"""A decode thread keeps to one call's images for this long (seconds, at least one image)
+before that call's next images queue behind other calls': small images go many to a step."""
+
 INLINE_PREPROCESS_BYTES = 16 * 1024
 """A lone sample up to this size is preprocessed on the event loop, not in the thread pool."""
 
@@ -450,19 +454,21 @@ class ImagePipeline:
             self._decodes_abandoned.inc(left)
 
     def _decode_step(self, job: _DecodeJob) -> None:
-        """Decode thread: one image of ``job``, then the job queues its next step behind every
-        step already waiting, so calls share the threads turn by turn (a small call is not
-        stuck behind a large one). Takes nothing once the call is gone or past its deadline."""
+        """Decode thread: images of ``job`` one at a time for up to ``DECODE_STEP_S`` (at least
+        one), then the job queues its next step behind every step already waiting, so calls
+        share the threads turn by turn (a small call is not stuck behind a large one). Starts
+        no image once the call is gone or past its deadline."""
         queued_next = False
         try:
-            index = job.take()
-            if index is None:
-                return
-            job.results[index] = self._preprocess_one(job.images[index])
-            if job.cancelled.is_set():
-                self._decodes_after_cancel.inc()
-            else:
-                self._decodes_done.inc()
+            started = time.perf_counter()
+            while (index := job.take()) is not None:
+                job.results[index] = self._preprocess_one(job.images[index])
+                if job.cancelled.is_set():
+                    self._decodes_after_cancel.inc()
+                else:
+                    self._decodes_done.inc()
+                if time.perf_counter() - started >= DECODE_STEP_S:
+                    break
             if job.has_more():
                 try:
                     self._pool.submit(self._decode_step, job)
