@@ -392,13 +392,13 @@ class ImagePipeline:
 
         Each image's decode cost is estimated from its header first (one pool step for them
         all): an image whose cost alone exceeds the budget becomes a "size" error, not decoded.
-        The call then takes from the
-        server-wide budget what its ``preprocess_threads`` costliest images need at once
-        (DecodeBudgetExceeded when that is more than the whole budget, before any decode), and
-        up to that many threads take the images one at a time. When the call is cancelled or
-        ``deadline`` passes, no further image starts (DeadlineExpired); the budget comes back
-        when the last running decode ends. A single small image (the usual online call) is
-        done on the event loop: decoding a few KiB costs less than a thread hand-off.
+        The call then takes from the server-wide budget what its ``preprocess_threads``
+        costliest images need at once (DecodeBudgetExceeded when that is more than the whole
+        budget, before any decode), and up to that many threads take the images one at a time.
+        When the call is cancelled or ``deadline`` passes, no further image starts
+        (DeadlineExpired); the budget comes back when the last running decode ends. A single
+        small image (the usual online call) is done on the event loop: decoding a few KiB costs
+        less than a thread hand-off.
         """
         if not images:
             return []
