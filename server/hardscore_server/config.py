@@ -110,6 +110,11 @@ class ServerConfig:
     preprocess_threads: int = field(
         default=2, metadata={"help": "threads decoding and resizing images"}
     )
+    decode_budget_bytes: int = field(
+        default=512 * 1024 * 1024,
+        metadata={"help": "estimated image-decoding memory in use at once, all calls together "
+                  "(bytes); an image over it gets a size error"}
+    )
     grace_period_s: float = field(
         default=30.0, metadata={"help": "on SIGTERM, longest wait for accepted calls to finish"}
     )
@@ -176,6 +181,8 @@ class ServerConfig:
              f"got {self.cuda_arena_extend_strategy!r}"),
             (self.preprocess_threads >= 1,
              f"preprocess_threads must be >= 1, got {self.preprocess_threads}"),
+            (self.decode_budget_bytes >= 16 * 1024 * 1024,
+             f"decode_budget_bytes must be >= 16777216 (16 MiB), got {self.decode_budget_bytes}"),
             (self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}"),
             (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"),

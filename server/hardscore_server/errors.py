@@ -37,3 +37,8 @@ def check_reply_fits(
     raise ReplyTooLarge(
         f"the reply to these {rows} {unit} would be {reply} bytes, more than the server's "
         f"max_message_bytes ({limit}); {where}")
+
+
+class DecodeBudgetExceeded(Exception):
+    """The request's images need more decode memory than the server grants (RESOURCE_EXHAUSTED):
+    more than the whole budget at once, or the budget stayed busy past the wait limit."""

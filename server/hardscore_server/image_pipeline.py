@@ -3,8 +3,10 @@
 Servicers (hardscore.v1, the Open Inference Protocol) translate their messages into an
 ``ImageBatch`` and the ``ImageScores`` back into their replies; everything between is here:
 the model check, the per-request sample limit, admission to the batcher's queue (before any
-decoding, so a full queue refuses at once), decoding, resizing and normalising in one bounded
-thread pool, the model run through the dynamic batcher, and the scores.
+decoding, so a full queue refuses at once), admission to the decode budget (each image's decode
+memory estimated from its header, see decode_cost and decode_budget), decoding, resizing and
+normalising in one bounded thread pool that calls share turn by turn and that stops a call's
+decoding when the call has gone, the model run through the dynamic batcher, and the scores.
 
 One bad sample (undecodable bytes, a wrong tensor shape, an unknown label) is reported in
 ``ImageScores.errors`` and gets predicted_class -1 and NaN scores; its neighbours are scored.
@@ -15,7 +17,8 @@ bad sample then fails the request with ``SampleFailed`` before the model runs.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +28,10 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_server.batcher import DynamicBatcher, Reservation
+from hardscore_server.batcher import DeadlineExpired, DynamicBatcher, Reservation
 from hardscore_server.config import ServerConfig
+from hardscore_server.decode_budget import DecodeBudget, mib
+from hardscore_server.decode_cost import DecodeCost, estimate_array, estimate_image
 from hardscore_server.errors import InvalidRequest, UnknownModel
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model_dir import ModelManifest
@@ -49,6 +54,10 @@ finite); or a SampleError a translator already found (reported in its place)."""
 
 Label = int | str | None
 """A given label: a class index, a class name, or None for none."""
+
+DECODE_STEP_S = 0.002
+"""A decode thread keeps to one call's images for this long (seconds, at least one image)
+before that call's next images queue behind other calls': small images go many to a step."""
 
 INLINE_PREPROCESS_BYTES = 16 * 1024
 """A lone sample up to this size is preprocessed on the event loop, not in the thread pool."""
@@ -142,6 +151,21 @@ def expand(batch: ScoreBatch, rows: npt.NDArray[np.intp], n: int) -> ScoreBatch:
     )
 
 
+
+def decode_parallelism(costs: Sequence[int], threads: int, capacity: int) -> tuple[int, int]:
+    """(threads, bytes): how many of a call's images to decode at once, and the decode budget
+    that takes. The costliest images set the need; a call whose images fit the budget only one
+    or a few at a time is decoded that many at a time rather than refused (each image left fits
+    alone: larger ones are ``size`` errors). ``costs`` are estimated bytes, at least one."""
+    largest = sorted(costs, reverse=True)[:max(1, threads)]
+    used, need = 0, 0
+    for cost in largest:
+        if used and need + cost > capacity:
+            break
+        used, need = used + 1, need + cost
+    return used, need
+
+
 class ImagePipeline:
     """Scores ImageBatches with the served model through one dynamic batcher and one pool."""
 
@@ -174,6 +198,10 @@ class ImagePipeline:
         metrics.model_info.labels(m.name, m.version, runner.provider).set(1)
         self._preprocess_time = metrics.preprocess_time.labels(m.name)
         self._images_scored = metrics.samples.labels("images")
+        self.decode_budget = DecodeBudget(config.decode_budget_bytes, metrics)
+        self._decodes_done = metrics.decodes.labels("done")
+        self._decodes_after_cancel = metrics.decodes.labels("after_cancel")
+        self._decodes_abandoned = metrics.decodes.labels("abandoned")
 
     @property
     def max_samples(self) -> int:
@@ -219,7 +247,9 @@ class ImagePipeline:
         reservation = self.batcher.reserve(n) if n else None  # refuse early, before decoding
         try:
             return await self._score_admitted(batch, temperature, deadline, reservation)
-        except asyncio.CancelledError:  # the call ended (deadline, caller gone) before queueing
+        except (asyncio.CancelledError, DeadlineExpired):
+            # the call ended (deadline, caller gone) before its samples were queued: while its
+            # headers were read, it waited for decode budget, or its images were decoded
             if reservation is not None:
                 reservation.drop(deadline)
             raise
@@ -233,7 +263,7 @@ class ImagePipeline:
     ) -> ImageScores:
         n = len(batch)
         m = self.manifest
-        inputs, labels, errors = await self._prepare(batch)
+        inputs, labels, errors = await self._prepare(batch, deadline)
         if errors and batch.on_sample_error == "raise":
             raise SampleFailed(*errors[0])
         failed = {i for i, _ in errors}
@@ -258,7 +288,7 @@ class ImagePipeline:
     # -- preprocessing ------------------------------------------------------------------------
 
     async def _prepare(
-        self, batch: ImageBatch
+        self, batch: ImageBatch, deadline: float | None = None
     ) -> tuple[Float32Array, npt.NDArray[np.int64] | None, list[tuple[int, SampleError]]]:
         """The model input [M, C, H, W] of the M good samples, every sample's label index
         (None without labels), and the errors, in input order. A sample whose label is unknown
@@ -277,7 +307,7 @@ class ImagePipeline:
                 inputs = inputs[[i for i in range(n) if i not in bad]]
         else:
             prepared = await self._preprocess_all(
-                [bad.get(i, image) for i, image in enumerate(images)])
+                [bad.get(i, image) for i, image in enumerate(images)], deadline)
             good: list[Float32Array] = []
             for i, item in enumerate(prepared):
                 if isinstance(item, SampleError):
@@ -339,40 +369,188 @@ class ImagePipeline:
         x /= self._std
         return x
 
+    def _preprocess_one(self, image: Image) -> Float32Array | SampleError:
+        """One image's model input [C, H, W], or the SampleError saying why not (any thread)."""
+        if isinstance(image, SampleError):
+            return image
+        started = time.perf_counter()
+        try:
+            if isinstance(image, bytes):
+                return decode_image(image, self.spec)
+            return from_pixels(image, self.spec)
+        except SampleError as exc:
+            return exc
+        finally:
+            self._preprocess_time.observe(time.perf_counter() - started)
+
     def _preprocess(self, images: Sequence[Image]) -> list[Float32Array | SampleError]:
-        """Worker thread: each image's model input [C, H, W], or the SampleError saying why not."""
-        out: list[Float32Array | SampleError] = []
-        observe = self._preprocess_time.observe
-        for image in images:
-            if isinstance(image, SampleError):
-                out.append(image)
-                continue
-            started = time.perf_counter()
-            try:
-                if isinstance(image, bytes):
-                    out.append(decode_image(image, self.spec))
-                else:
-                    out.append(from_pixels(image, self.spec))
-            except SampleError as exc:
-                out.append(exc)
-            observe(time.perf_counter() - started)
-        return out
+        """Each image's model input [C, H, W], or the SampleError saying why not, in order."""
+        return [self._preprocess_one(image) for image in images]
 
-    async def _preprocess_all(self, images: Sequence[Image]) -> list[Float32Array | SampleError]:
-        """Preprocesses in up to ``preprocess_threads`` slices in parallel, keeping order.
+    def _estimate(self, image: Image) -> DecodeCost | None:
+        """``image``'s estimated preprocessing cost (see decode_cost); None for a SampleError."""
+        if isinstance(image, bytes):
+            return estimate_image(image, self.spec)
+        if isinstance(image, np.ndarray):
+            return estimate_array(image, self.spec)
+        return None
 
-        A single small image (the usual online call) is done on the event loop: decoding a few
-        KiB costs less than the hand-off to a worker thread and back.
+    def _estimate_all(self, images: Sequence[Image]) -> list[DecodeCost | None]:
+        return [self._estimate(image) for image in images]
+
+    def _over_budget(self, cost: DecodeCost | None) -> SampleError | None:
+        """The "size" error of an image whose decoding alone would exceed the decode budget."""
+        capacity = self.decode_budget.capacity
+        if cost is None or cost.bytes <= capacity or cost.pixels > self.spec.max_image_pixels:
+            return None  # over the pixel limit: decode_image refuses it on its header
+        return SampleError(
+            "size", f"image ({cost.describe}): decoding it needs an estimated "
+            f"{mib(cost.bytes)}, more than this server's decode budget of {mib(capacity)}")
+
+    async def _preprocess_all(
+        self, images: Sequence[Image], deadline: float | None = None
+    ) -> list[Float32Array | SampleError]:
+        """Preprocesses every image in the decode pool, keeping order, within the decode budget.
+
+        Each image's decode cost is estimated from its header first (one pool step for them
+        all): an image whose cost alone exceeds the budget becomes a "size" error, not decoded.
+        The call then takes from the server-wide budget what its costliest images need at once
+        (as many threads as fit the whole budget, at most ``preprocess_threads``, at least one:
+        every image left fits alone), and that many threads take the images one at a time.
+        When the call is cancelled or ``deadline`` passes, no further image starts
+        (DeadlineExpired); the budget comes back when the last running decode ends. A single
+        small image (the usual online call) is done on the event loop: decoding a few KiB costs
+        less than a thread hand-off.
         """
-        if len(images) == 1 and _cheap_to_prepare(images[0]):
-            return self._preprocess(images)
         if not images:
             return []
-        loop = asyncio.get_running_loop()
-        slices = min(self._config.preprocess_threads, len(images))
-        bounds = np.linspace(0, len(images), slices + 1).astype(int)
-        parts = await asyncio.gather(*[
-            loop.run_in_executor(self._pool, self._preprocess, images[a:b])
-            for a, b in itertools.pairwise(bounds)
-        ])
-        return [item for part in parts for item in part]
+        budget = self.decode_budget
+        if len(images) == 1 and _cheap_to_prepare(images[0]):
+            estimates = [self._estimate(images[0])]  # a header of at most 16 KiB
+        else:  # header reads off the event loop: a request may hold a thousand TIFF headers
+            estimates = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._estimate_all, images)
+        images = [self._over_budget(cost) or image
+                  for image, cost in zip(images, estimates, strict=True)]
+        costs = [0 if cost is None else cost.bytes for cost in estimates]
+        if len(images) == 1 and _cheap_to_prepare(images[0]) and budget.try_acquire(costs[0]):
+            try:
+                return self._preprocess(images)
+            finally:
+                budget.release(costs[0])
+        todo = [i for i, image in enumerate(images) if not isinstance(image, SampleError)]
+        if not todo:  # every one is an error already
+            return [image for image in images if isinstance(image, SampleError)]
+        threads, need = decode_parallelism(
+            [costs[i] for i in todo], self._config.preprocess_threads, budget.capacity)
+        await budget.acquire(need, deadline)
+        job = _DecodeJob(images, todo, deadline, threads, asyncio.get_running_loop())
+        job.done.add_done_callback(lambda _: self._job_ended(job, need))
+        for _ in range(threads):
+            try:
+                self._pool.submit(self._decode_step, job)
+            except RuntimeError:  # the pool is shut down: the server is stopping
+                job.cancelled.set()
+                job.chain_ended()
+        try:
+            await asyncio.shield(job.done)
+        except asyncio.CancelledError:
+            job.cancelled.set()  # queued steps return at once; running ones are the last
+            raise
+        if job.error is not None:
+            raise job.error
+        results = job.results
+        if any(results[i] is None for i in todo):
+            done = sum(1 for i in todo if results[i] is not None)
+            raise DeadlineExpired(
+                f"deadline passed while decoding images ({done} of {len(todo)} decoded); "
+                "not computed")
+        return [image if isinstance(image, SampleError) else results[i]  # type: ignore[misc]
+                for i, image in enumerate(images)]
+
+    def _job_ended(self, job: _DecodeJob, need: int) -> None:
+        """Event loop, once every decode thread of ``job`` has stopped: the budget comes back."""
+        self.decode_budget.release(need)
+        left = sum(1 for i in job.todo if job.results[i] is None)
+        if left:
+            self._decodes_abandoned.inc(left)
+
+    def _decode_step(self, job: _DecodeJob) -> None:
+        """Decode thread: images of ``job`` one at a time for up to ``DECODE_STEP_S`` (at least
+        one), then the job queues its next step behind every step already waiting, so calls
+        share the threads turn by turn (a small call is not stuck behind a large one). Starts
+        no image once the call is gone or past its deadline."""
+        queued_next = False
+        try:
+            started = time.perf_counter()
+            while (index := job.take()) is not None:
+                job.results[index] = self._preprocess_one(job.images[index])
+                if job.cancelled.is_set():
+                    self._decodes_after_cancel.inc()
+                else:
+                    self._decodes_done.inc()
+                if time.perf_counter() - started >= DECODE_STEP_S:
+                    break
+            if job.has_more():
+                try:
+                    self._pool.submit(self._decode_step, job)
+                    queued_next = True
+                except RuntimeError:  # the pool is shut down: the server is stopping
+                    job.cancelled.set()
+        except BaseException as exc:  # reported to the call, never lost in the pool
+            job.error = exc
+            job.cancelled.set()
+        finally:
+            if not queued_next:
+                job.chain_ended()
+
+
+class _DecodeJob:
+    """The images of one call, decoded by ``chains`` sequences of pool steps.
+
+    ``todo`` (indices to decode) is taken in order under ``lock``; ``cancelled`` stops further
+    takes; ``done`` (an event-loop future) completes when every chain has ended.
+    """
+
+    def __init__(self, images: Sequence[Image], todo: list[int], deadline: float | None,
+                 chains: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.images = images
+        self.todo = todo
+        self.deadline = deadline
+        self.next = 0
+        self.lock = threading.Lock()
+        self.cancelled = threading.Event()
+        self.error: BaseException | None = None
+        self.results: list[Float32Array | SampleError | None] = [None] * len(images)
+        self.done: asyncio.Future[None] = loop.create_future()
+        self._chains = chains
+        self._loop = loop
+
+    def take(self) -> int | None:
+        """The next image's index, or None: none left, the call gone or past its deadline."""
+        if self.cancelled.is_set() or (
+                self.deadline is not None and time.monotonic() >= self.deadline):
+            self.cancelled.set()
+            return None
+        with self.lock:
+            if self.next >= len(self.todo):
+                return None
+            self.next += 1
+            return self.todo[self.next - 1]
+
+    def has_more(self) -> bool:
+        with self.lock:
+            return self.next < len(self.todo) and not self.cancelled.is_set()
+
+    def chain_ended(self) -> None:
+        """Any thread: one chain is over; the last one completes ``done`` on the loop."""
+        with self.lock:
+            self._chains -= 1
+            last = self._chains == 0
+        if last:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(self._finish)
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)

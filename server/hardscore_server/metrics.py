@@ -146,6 +146,23 @@ class ServerMetrics:
         self.rejections = Counter(
             "hardscore_rejections", "Samples refused or dropped by the batcher, by reason "
             "(queue_full, deadline, cancelled).", ["model", "reason"], registry=r)
+        # The decode budget (decode_budget.py) and decodes of calls that have gone.
+        self.decode_budget = Gauge(
+            "hardscore_decode_budget_bytes", "Decode memory the server grants at once (bytes).",
+            registry=r)
+        self.decode_budget_in_use = Gauge(
+            "hardscore_decode_budget_in_use_bytes",
+            "Decode memory granted to calls now (estimated bytes).", registry=r)
+        self.decode_budget_waiting = Gauge(
+            "hardscore_decode_budget_waiting_calls", "Calls waiting for decode memory.",
+            registry=r)
+        self.decode_budget_refusals = Counter(
+            "hardscore_decode_budget_refusals", "Calls refused decode memory, by reason "
+            "(request_too_large, busy).", ["reason"], registry=r)
+        self.decodes = Counter(
+            "hardscore_image_decodes", "Images preprocessed in the decode pool, by outcome "
+            "(done; after_cancel: finished after its call had gone; abandoned: never started "
+            "because its call had gone).", ["outcome"], registry=r)
         self.model_info = Gauge(
             "hardscore_model_info", "The served model (value 1), with its execution provider.",
             ["model", "version", "provider"], registry=r)

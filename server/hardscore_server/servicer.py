@@ -19,7 +19,12 @@ from google.protobuf.message import DecodeError
 from hardscore_server.batcher import DeadlineExpired, QueueFull
 from hardscore_server.call_gate import UnparseableMessage, was_cut_off
 from hardscore_server.config import ServerConfig
-from hardscore_server.errors import InvalidRequest, UnknownModel, check_reply_fits
+from hardscore_server.errors import (
+    DecodeBudgetExceeded,
+    InvalidRequest,
+    UnknownModel,
+    check_reply_fits,
+)
 from hardscore_server.image_pipeline import ImagePipeline
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.responses import (
@@ -49,6 +54,7 @@ LOGITS_MODEL_LABEL = "logits"
 STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DecodeBudgetExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     UnknownModel: grpc.StatusCode.NOT_FOUND,
     DecodeError: grpc.StatusCode.INVALID_ARGUMENT,  # a stream message that is not protobuf

@@ -46,7 +46,8 @@ the last bit. Rows without a label (-1) get NaN label scores; non-finite logits 
 
 Errors use the status codes and message wording of Triton, the protocol's reference server:
 unknown model or version NOT_FOUND, bad shapes, datatypes and byte sizes INVALID_ARGUMENT, a
-full queue RESOURCE_EXHAUSTED, an expired deadline DEADLINE_EXCEEDED. Unlike Triton, a request
+full queue or images over the decode budget together RESOURCE_EXHAUSTED, an expired deadline
+DEADLINE_EXCEEDED. Unlike Triton, a request
 may hold more than ``max_batch_size`` images: the batcher splits it across batches.
 
 ModelStatistics reports the batcher's cumulative counts, which include ScoreImages traffic (one
