@@ -111,6 +111,7 @@ demo: install
 bench: install
 	$(PY) bench/logits_throughput.py
 	$(PY) bench/image_throughput.py
+	$(PY) bench/frontend_capacity.py
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

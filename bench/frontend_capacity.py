@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import math
 import os
 import re
 import resource
@@ -215,7 +216,7 @@ class H2Load:
         path = work / "request.grpc"
         path.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)  # gRPC message frame
         self.args = [
-            "h2load", "-c", str(connections), "-m", "1", "-D", str(max(1, round(seconds))),
+            "h2load", "-c", str(connections), "-m", "1", "-D", str(math.ceil(seconds)),
             "-d", str(path), "-H", "content-type: application/grpc", "-H", "te: trailers",
             f"http://{target}{SCORE_IMAGES}"]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -225,9 +226,11 @@ class H2Load:
                                      stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:
+        """Stops it after the window (calls cut short then are not counted)."""
         assert self.proc is not None
+        self.proc.terminate()
         try:
-            self.proc.wait(60)
+            self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -240,7 +243,8 @@ def measure(server: Server, body: bytes, per_call: int, args: argparse.Namespace
     use_h2load = args.client == "h2load"
     load: PythonLoad | H2Load
     if use_h2load:
-        load = H2Load(server.target, body, args.connections, args.warmup + args.duration + 1,
+        # runs past the window (stopped after it), so that its end never falls inside
+        load = H2Load(server.target, body, args.connections, args.warmup + args.duration + 30,
                       work)
     else:
         load = PythonLoad(server.target, body, args.connections)

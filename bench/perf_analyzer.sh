@@ -133,6 +133,10 @@ echo "perf_analyzer -m $MODEL -i grpc -u 127.0.0.1:$PORT --concurrency-range $CO
   --stability-percentage "$STABILITY" -f "$WORK/results.csv" \
   ${EXTRA[@]+"${EXTRA[@]}"} >"$WORK/perf_analyzer.log" 2>&1 \
   || { cat "$WORK/perf_analyzer.log" >&2; echo "perf_analyzer failed" >&2; exit 5; }
+# the server's own counts (ModelStatistics), per concurrency: samples / model runs = mean batch
+awk '/^Request concurrency:/ {c=$3} /Inference count:/ {i=$3} /Execution count:/ {
+  if ($3 > 0) printf "concurrency %s: mean batch %.2f (%d inferences / %d executions)\n", c, i/$3, i, $3}' \
+  "$WORK/perf_analyzer.log"
 if grep -qE 'Traceback|ERROR' "$WORK/server.log"; then
   echo "the server logged errors:" >&2; grep -E -A3 'Traceback|ERROR' "$WORK/server.log" >&2
 fi
