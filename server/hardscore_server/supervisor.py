@@ -65,8 +65,20 @@ KILL_MARGIN_S = 10.0
 SCRAPE_TIMEOUT_S = 5.0
 POLL_S = 0.1
 
-# A worker asks Linux for SIGTERM when the supervisor dies (even by SIGKILL): no orphans.
-_PDEATHSIG = 1  # PR_SET_PDEATHSIG
+# A worker asks Linux for SIGTERM when the supervisor dies (even by SIGKILL): no orphans. It does
+# so in its own interpreter before the server starts (no preexec_fn: the supervisor has threads).
+_WORKER_LAUNCHER = """\
+import os, runpy, signal, sys
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(os.environ["HARDSCORE_SUPERVISOR_PID"]):
+    sys.exit(1)  # the supervisor died before prctl took effect
+sys.argv = ["hardscore_server.main", *sys.argv[1:]]
+runpy.run_module("hardscore_server.main", run_name="__main__", alter_sys=True)
+"""
 
 
 class ServingServer(Protocol):
@@ -187,14 +199,6 @@ class WorkerMetrics(Collector):
 
 # -- the supervisor -----------------------------------------------------------------------------
 
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 class Worker:
     """One server process: its index, process, ready file and output relay."""
 
@@ -203,10 +207,10 @@ class Worker:
         self.ready_file = ready_file
         self.ports: dict[str, Any] | None = None
         env = {**os.environ, WORKER_INDEX_ENV: str(index), READY_FILE_ENV: str(ready_file),
-               "PYTHONUNBUFFERED": "1"}
+               "HARDSCORE_SUPERVISOR_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, preexec_fn=_set_pdeathsig)
+            stderr=subprocess.STDOUT)
         self.relay = threading.Thread(target=self._relay, args=(self.proc.stdout,),
                                       name=f"worker-{index}-output", daemon=True)
         self.relay.start()
@@ -274,7 +278,7 @@ class Supervisor:
                reserved: list[socket.socket]) -> int:
         c = self.config
         worker_metrics_port = "0" if c.metrics_port >= 0 else "-1"
-        args = [sys.executable, "-m", "hardscore_server.main", *self.argv,
+        args = [sys.executable, "-c", _WORKER_LAUNCHER, *self.argv,
                 "--port", str(port), "--health-port", str(health_port),
                 "--metrics-host", "127.0.0.1", "--metrics-port", worker_metrics_port]
         for index in range(c.workers):

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -62,8 +63,11 @@ def worker_pids(server: ServerProcess) -> list[int]:
 
 
 def gone(pid: int) -> bool:
-    """True once ``pid`` has exited and was reaped by its parent (the supervisor)."""
-    return not os.path.exists(f"/proc/{pid}")
+    """True once ``pid`` has exited (reaped, or a zombie waiting for its new parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def call(target: str, pngs: list[bytes], timeout: float = 60) -> pb.ScoreImagesResponse:
@@ -157,6 +161,17 @@ def test_a_dead_worker_is_not_restarted_silently(two_workers: ServerProcess):
     assert f"worker 0 (pid {pids[0]}) exited with code -9; not restarted" in out
     assert re.search(r"worker 1 \| .*stopped", out)
     assert all(gone(pid) for pid in pids)
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(two_workers: ServerProcess):
+    pids = worker_pids(two_workers)
+    assert two_workers.proc is not None
+    two_workers.proc.kill()  # SIGKILL: no drain by the supervisor; the kernel tells the workers
+    two_workers.wait(30)
+    deadline = time.monotonic() + 60
+    while not all(gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a worker outlived its supervisor"
+        time.sleep(0.05)
 
 
 def test_workers_serve_health_on_the_shared_port(two_workers: ServerProcess):
