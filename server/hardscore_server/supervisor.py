@@ -310,8 +310,13 @@ class Supervisor:
         if c.metrics_port >= 0:
             registry = CollectorRegistry()
             registry.register(self.metrics)
-            self._http, _thread = start_http_server(c.metrics_port, addr=c.metrics_host,
-                                                    registry=registry)
+            try:
+                self._http, _thread = start_http_server(c.metrics_port, addr=c.metrics_host,
+                                                        registry=registry)
+            except OSError as exc:
+                log.error("cannot start: cannot bind metrics %s:%d: %s", c.metrics_host,
+                          c.metrics_port, exc)
+                return 4
             metrics_port = int(self._http.server_address[1])
         pids = ", ".join(str(w.proc.pid) for w in self.workers)
         log.info("serving gRPC on %s:%d, metrics on %s:%d (%d workers, pids %s)", c.host, port,

@@ -6,14 +6,19 @@
 - SIGTERM to the supervisor drains both workers: calls in flight on each finish with their
   results, every worker exits, the supervisor exits 0.
 - A worker that dies is not restarted silently: the supervisor says so, stops the other worker
-  and exits 1.
+  and exits 1; a killed supervisor leaves no worker behind; start-up failures exit with the
+  single server's codes (3 model, 4 port).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -25,6 +30,7 @@ import numpy as np
 import pytest
 
 from hardscore_server.digits import heldout_split
+from hardscore_server.model_dir import DEFAULT_MODEL_DIR
 from hardscore_server.preprocess import encode_png
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
@@ -183,3 +189,28 @@ def test_workers_serve_health_on_the_shared_port(two_workers: ServerProcess):
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     with urllib.request.urlopen(two_workers.metrics_url, timeout=10) as page:
         assert b"hardscore_workers 2.0" in page.read()
+
+
+def supervisor_exit(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hardscore_server.main", "--workers", "2", "--host", "127.0.0.1",
+         "--port", "0", "--metrics-host", "127.0.0.1", *args],
+        capture_output=True, text=True, timeout=120)
+
+
+def test_start_up_failures_give_the_single_server_exit_codes(tmp_path):
+    # a model that does not load: every worker exits 3, so does the supervisor
+    bad = tmp_path / "bad"
+    shutil.copytree(DEFAULT_MODEL_DIR, bad)
+    (bad / "model.onnx").write_bytes(b"not an onnx graph")
+    done = supervisor_exit("--model-dir", str(bad), "--metrics-port", "0")
+    assert done.returncode == 3, done.stderr
+    assert re.search(r"worker \d \(pid \d+\) exited with code 3 while starting", done.stderr)
+    # the metrics port is taken: 4, after the workers were drained
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = supervisor_exit("--metrics-port", str(taken.getsockname()[1]))
+    assert done.returncode == 4, done.stderr
+    assert "cannot bind metrics 127.0.0.1" in done.stderr
+    assert re.search(r"worker 1 \| .*stopped", done.stderr)
