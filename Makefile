@@ -151,6 +151,7 @@ demo: install
 bench: install
 	$(PY) bench/logits_throughput.py
 	$(PY) bench/image_throughput.py
+	$(PY) bench/frontend_capacity.py
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) $(FIFTYONE_VENV) $(TOOLS) .cache .pytest_cache .mypy_cache .ruff_cache

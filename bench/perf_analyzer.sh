@@ -3,6 +3,7 @@
 #
 #   bench/perf_analyzer.sh [--model-dir DIR] [--concurrency 1:16:5] [--interval-ms 2000]
 #                          [--batch-size 1] [--max-trials 10] [--stability 25] [--csv FILE]
+#                          [--fixed-inputs N]
 #                          [-- EXTRA perf_analyzer ARGS...]
 #
 # Each concurrency level is measured in windows of --interval-ms until three in a row agree
@@ -34,6 +35,7 @@ BATCH_SIZE=1
 MAX_TRIALS=10
 STABILITY=25
 CSV_OUT=""
+FIXED_INPUTS=0
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -44,8 +46,9 @@ while [[ $# -gt 0 ]]; do
     --max-trials) MAX_TRIALS="$2"; shift 2 ;;
     --stability) STABILITY="$2"; shift 2 ;;
     --csv) CSV_OUT="$2"; shift 2 ;;
+    --fixed-inputs) FIXED_INPUTS="$2"; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "perf_analyzer.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -124,6 +127,24 @@ done
 echo "server: model $MODEL on 127.0.0.1:$PORT ($(grep -o 'on [A-Za-z]*ExecutionProvider' \
   "$WORK/server.log" | head -n1 | cut -c4-))"
 
+# --fixed-inputs N: N seeded normal FP32 images of the model's input shape as --input-data
+# (perf_analyzer cycles through them) instead of its random NaN/Inf data.
+if [[ "$FIXED_INPUTS" -gt 0 ]]; then
+  "$PYTHON" - "$MODEL_DIR" "$FIXED_INPUTS" "$WORK/inputs.json" <<'EOF'
+import json, sys
+from pathlib import Path
+import numpy as np
+from hardscore_server.model_dir import DEFAULT_MODEL_DIR, load_manifest
+m = load_manifest(Path(sys.argv[1]) if sys.argv[1] else DEFAULT_MODEL_DIR)
+shape = [m.input_channels, m.input_height, m.input_width]
+rng = np.random.default_rng(0)
+data = [{m.input_name: {"content": rng.normal(size=shape).astype(np.float32).ravel().tolist(),
+                        "shape": shape}} for _ in range(int(sys.argv[2]))]
+Path(sys.argv[3]).write_text(json.dumps({"data": data}))
+EOF
+  EXTRA+=(--input-data "$WORK/inputs.json")
+fi
+
 # -- the load test ------------------------------------------------------------------------------
 echo "perf_analyzer -m $MODEL -i grpc -u 127.0.0.1:$PORT --concurrency-range $CONCURRENCY" \
   "-b $BATCH_SIZE -p $INTERVAL_MS --max-trials $MAX_TRIALS --stability-percentage $STABILITY" \
@@ -133,15 +154,21 @@ echo "perf_analyzer -m $MODEL -i grpc -u 127.0.0.1:$PORT --concurrency-range $CO
   --stability-percentage "$STABILITY" -f "$WORK/results.csv" \
   ${EXTRA[@]+"${EXTRA[@]}"} >"$WORK/perf_analyzer.log" 2>&1 \
   || { cat "$WORK/perf_analyzer.log" >&2; echo "perf_analyzer failed" >&2; exit 5; }
+# the server's own counts (ModelStatistics), per concurrency: samples / model runs = mean batch
+awk '/^Request concurrency:/ {c=$3} /Inference count:/ {i=$3} /Execution count:/ {
+  if ($3 > 0) printf "concurrency %s: mean batch %.2f (%d inferences / %d executions)\n", c, i/$3, i, $3}' \
+  "$WORK/perf_analyzer.log"
 if grep -qE 'Traceback|ERROR' "$WORK/server.log"; then
   echo "the server logged errors:" >&2; grep -E -A3 'Traceback|ERROR' "$WORK/server.log" >&2
 fi
 [[ -n "$CSV_OUT" ]] && cp "$WORK/results.csv" "$CSV_OUT"
 
-"$PYTHON" - "$WORK/results.csv" "$BATCH_SIZE" <<'EOF'
+INPUTS="perf_analyzer's default random FP32 input"
+[[ "$FIXED_INPUTS" -gt 0 ]] && INPUTS="$FIXED_INPUTS fixed seeded FP32 images (--fixed-inputs)"
+"$PYTHON" - "$WORK/results.csv" "$BATCH_SIZE" "$INPUTS" <<'EOF'
 import csv, sys
 rows = sorted(csv.DictReader(open(sys.argv[1])), key=lambda r: int(r["Concurrency"]))
-print(f"batch size {sys.argv[2]}, perf_analyzer's default random FP32 input; latencies in ms")
+print(f"batch size {sys.argv[2]}, {sys.argv[3]}; latencies in ms")
 print(f"{'concurrency':>11} {'infer/s':>9} {'p50':>7} {'p99':>7} {'avg':>7} "
       f"{'server queue':>12} {'server compute':>14}")
 for r in rows:

@@ -73,6 +73,10 @@ class ServerConfig:
         default=1024, metadata={"help": "most samples waiting; beyond it RESOURCE_EXHAUSTED"}
     )
     instances: int = field(default=1, metadata={"help": "model instances (ORT sessions)"})
+    workers: int = field(
+        default=1, metadata={"help": "server processes sharing the gRPC port (SO_REUSEPORT), "
+                             "each with its own batcher and model; > 1 adds a supervisor"}
+    )
     intra_op_threads: int = field(
         default=0, metadata={"help": "ORT threads per instance (0 = cores / instances)"}
     )
@@ -164,6 +168,7 @@ class ServerConfig:
              f"max_queue_size ({self.max_queue_size}) must be >= max_batch_size "
              f"({self.max_batch_size})"),
             (self.instances >= 1, f"instances must be >= 1, got {self.instances}"),
+            (1 <= self.workers <= 256, f"workers must be in 1..256, got {self.workers}"),
             (self.intra_op_threads >= 0,
              f"intra_op_threads must be >= 0, got {self.intra_op_threads}"),
             (self.execution_provider in PROVIDERS,

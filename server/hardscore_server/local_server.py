@@ -20,7 +20,8 @@ from collections.abc import Sequence
 SERVER_PYTHON_ENV = "HARDSCORE_SERVER_PYTHON"
 """Names the interpreter the server runs under (default: this one)."""
 
-SERVING = re.compile(r"serving gRPC on [^ ]+:(\d+), metrics on [^ ]+:(-?\d+)")
+SERVING = re.compile(r"^(?!worker \d+ \| ).*serving gRPC on [^ ]+:(\d+), metrics on [^ ]+:(-?\d+)")
+"""The server's "serving" line; a supervisor's workers (``worker I | ...`` lines) are skipped."""
 
 # Runs ``python -m hardscore_server.main ARGS`` after asking Linux to SIGTERM the server when
 # its parent dies (even by SIGKILL), so no server outlives the test run or benchmark behind it.

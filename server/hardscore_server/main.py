@@ -35,6 +35,7 @@ from hardscore_server.model_dir import DEFAULT_MODEL_DIR, ModelDirError
 from hardscore_server.model_runner import ModelLoadError, ModelRunner, gpu_settings
 from hardscore_server.security import ServerSecurity
 from hardscore_server.servicer import ScoringServicer
+from hardscore_server.supervisor import announce_ready, is_worker, supervise
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 
@@ -170,7 +171,7 @@ class HardscoreServer:
         options = [
             ("grpc.max_receive_message_length", c.max_message_bytes),
             ("grpc.max_send_message_length", c.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(c.workers > 1)),  # workers share the port
         ]
         recorded = frozenset({SCORING_SERVICE, INFERENCE_SERVICE})
         self.gate = CallGate(self.metrics, recorded)  # first: refuses while draining
@@ -194,7 +195,7 @@ class HardscoreServer:
             raise OSError(f"cannot bind gRPC port {address}")
         if c.health_port >= 0:  # plaintext, health only: for probes that cannot do TLS
             self._health_server = grpc.aio.server(
-                options=[("grpc.so_reuseport", 0)], interceptors=[CallGate()])
+                options=[("grpc.so_reuseport", int(c.workers > 1))], interceptors=[CallGate()])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
             health_address = address.rpartition(":")[0] + f":{c.health_port}"
             self.health_port = self._health_server.add_insecure_port(health_address)
@@ -272,6 +273,7 @@ async def serve(config: ServerConfig) -> None:
     server = HardscoreServer(config)
     server.load_model()
     await server.start()
+    announce_ready(server)  # a supervisor's worker: tells it the ports
     loop = asyncio.get_running_loop()
     stopping: asyncio.Task[None] | None = None
 
@@ -307,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if config.workers > 1 and not is_worker():  # N processes on one port (supervisor.py)
+        return supervise(config, sys.argv[1:] if argv is None else argv)
     try:
         asyncio.run(serve(config))
     except ConfigError as exc:  # found at start-up: TLS files, token file

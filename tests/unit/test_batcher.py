@@ -137,6 +137,54 @@ def test_full_batch_runs_without_waiting_for_the_delay():
     assert elapsed < 1.0
 
 
+@pytest.mark.parametrize(("callers", "sizes"), [(2, [1, 1, 2, 2, 2, 2, 2]),
+                                                (4, [1, 4, 4, 4, 4, 4, 3])])
+def test_returning_callers_share_one_batch_instead_of_alternating(callers, sizes):
+    # Closed-loop callers (each sends its next sample as soon as it has its answer): the
+    # batch that just finished has its callers back within microseconds, far inside the queue
+    # delay, so the freed model waits for them and every caller shares every batch. (Without
+    # the rule the callers split into groups that alternate on the model: 1, 4, 1, 4, ... or
+    # 1, 1, 1, ...) The first batches form before anything is known of the callers; the last
+    # one waits for a sample that never comes, then runs.
+    model = RecordingModel(seconds=0.02)
+
+    async def test(batcher: DynamicBatcher) -> None:
+        async def caller(c: int) -> None:
+            for i in range(6):
+                out = await batcher.infer(samples(100 * c + i, 1))
+                assert out[0, 0] == 2.0 * (100 * c + i)
+
+        await asyncio.gather(*(caller(c) for c in range(callers)))
+
+    run(test, model, max_queue_delay_s=0.05)
+    assert [len(b) for b in model.batches] == sizes
+
+
+def test_waiting_for_returning_callers_is_bounded_by_the_queue_delay():
+    model = RecordingModel(seconds=0.02)
+
+    async def test(batcher: DynamicBatcher) -> float:
+        async def a() -> float:
+            await batcher.infer(samples(0, 1))
+            started = time.perf_counter()  # queued while b's first sample runs
+            await batcher.infer(samples(1, 1))
+            elapsed = time.perf_counter() - started
+            await batcher.infer(samples(2, 1))
+            return elapsed
+
+        async def b() -> None:  # one call, never comes back
+            await batcher.infer(samples(10, 1))
+
+        waited, _ = await asyncio.gather(a(), b())
+        return waited
+
+    elapsed = run(test, model, max_queue_delay_s=0.3)
+    assert model.batches == [[0.0], [10.0], [1.0], [2.0]]
+    # a's second sample waited for b's return (a came back at once, so b was expected to),
+    # up to the 0.3 s delay after b's batch finished, and no longer
+    assert 0.25 <= elapsed < 1.0
+
+
 def test_preferred_batch_size_cuts_batches():
     model = RecordingModel()
     model.release = threading.Event()

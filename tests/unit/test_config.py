@@ -48,6 +48,7 @@ def test_flags_override_environment_override_file(tmp_path):
         ([], {"HARDSCORE_MAX_BATCH_SIZE": "lots"},
          "max_batch_size from environment HARDSCORE_MAX_BATCH_SIZE: cannot read 'lots'"),
         ([], {"HARDSCORE_NO_MODEL": "maybe"}, "no_model from environment HARDSCORE_NO_MODEL"),
+        (["--workers", "0"], {}, "workers must be in 1..256, got 0"),
         (["--model-dir", "/nonexistent/model"], {},
          "model_dir '/nonexistent/model' is not a directory"),
     ],
