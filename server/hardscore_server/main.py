@@ -21,6 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from hardscore_server.config import ConfigError, ServerConfig, parse_args
 from hardscore_server.image_pipeline import ImagePipeline
 from hardscore_server.inference_protocol import grpc_service_pb2_grpc as oip_grpc
+from hardscore_server.inference_protocol.core import InferenceCore
+from hardscore_server.inference_protocol.rest import RestServer
 from hardscore_server.inference_protocol.servicer import SERVICE_NAME as INFERENCE_SERVICE
 from hardscore_server.inference_protocol.servicer import InferenceProtocolServicer
 from hardscore_server.metrics import ServerMetrics
@@ -74,6 +76,8 @@ class HardscoreServer:
         self.health = HealthService()
         self.security = ServerSecurity(config)  # TLS files and tokens: ConfigError if bad
         self.health_port = -1
+        self.http_port = -1
+        self._rest: RestServer | None = None
         self._health_server: grpc.aio.Server | None = None
         self._server: grpc.aio.Server | None = None
         self._servicer: ScoringServicer | None = None
@@ -110,9 +114,11 @@ class HardscoreServer:
         self._servicer = ScoringServicer(c, self.metrics, self.images)
         pb_grpc.add_ScoringServiceServicer_to_server(self._servicer, self._server)
         services = [SCORING_SERVICE]
+        core = None
         if self.images is not None:  # the Open Inference Protocol, for standard clients
+            core = InferenceCore(self.images)
             oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-                InferenceProtocolServicer(self.metrics, self.images), self._server)
+                InferenceProtocolServicer(self.metrics, core), self._server)
             services.append(INFERENCE_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
@@ -129,11 +135,16 @@ class HardscoreServer:
             if self.health_port == 0:
                 raise OSError(f"cannot bind health port {health_address}")
             await self._health_server.start()
+        if core is not None and c.http_port >= 0:  # the same protocol over HTTP/REST
+            self._rest = RestServer(c, self.metrics, core, self.security.tokens)
+            self.http_port = await self._rest.start(c.host, c.http_port)
         await self._server.start()
         if c.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
         for service in ("", *services):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self._rest is not None:  # before the gRPC line: launchers wait for that one
+            log.info("serving HTTP (KServe V2 REST) on %s:%d", c.host, self.http_port)
         if self._health_server is not None:
             log.info("health checks (plaintext, grpc.health.v1 only) on %s:%d", c.host,
                      self.health_port)
@@ -146,7 +157,8 @@ class HardscoreServer:
             return
         log.info("draining: up to %.1fs for accepted calls", self.config.grace_period_s)
         await self.health.enter_graceful_shutdown()
-        await self._server.stop(self.config.grace_period_s)
+        await asyncio.gather(self._server.stop(self.config.grace_period_s),
+                             self._rest.stop() if self._rest is not None else asyncio.sleep(0))
         if self.images is not None:
             await self.images.close()
         if self._servicer is not None:

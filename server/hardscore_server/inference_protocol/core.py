@@ -1,0 +1,314 @@
+"""The transport-neutral half of the Open Inference Protocol: one inference request (inputs,
+requested outputs) checked, read and scored through the image pipeline, and the outputs handed
+back as arrays; model checks, metadata, configuration and statistics. The gRPC servicer and the
+REST server only translate their messages to and from these objects, so both answer alike."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.metadata
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hardscore_server.batcher import RequestTiming
+from hardscore_server.errors import InvalidRequest, UnknownModel
+from hardscore_server.image_pipeline import ImageBatch, ImagePipeline, SampleFailed
+from hardscore_server.inference_protocol.model_config import (
+    EXTENSIONS,
+    IMAGE_DATATYPES,
+    LABEL_DATATYPES,
+    LABEL_INPUT,
+    OUTPUTS,
+    OUTPUTS_BY_NAME,
+    SERVER_NAME,
+    OutputSpec,
+    RequestCounts,
+    input_dims,
+    model_config,
+    model_metadata,
+    model_statistics,
+)
+from hardscore_server.inference_protocol.tensors import (
+    InputTensor,
+    TensorReader,
+    output_array,
+    shape_text,
+)
+from hardscore_server.scores import NO_LABEL
+
+
+@dataclass
+class RequestedOutput:
+    """An output the request names, with its parameters (e.g. REST's ``binary_data``)."""
+
+    name: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferRequest:
+    """One inference request, whatever the transport; ``timeout_us`` is the request's own
+    time limit in the queue (microseconds, Triton's ``timeout`` parameter; None = none)."""
+
+    model_name: str
+    model_version: str = ""
+    id: str = ""
+    inputs: Sequence[InputTensor] = ()
+    outputs: Sequence[RequestedOutput] = ()
+    timeout_us: int | None = None
+
+
+@dataclass
+class OutputTensor:
+    """One output: its spec, its values (C-contiguous, the datatype's little-endian dtype) and
+    the parameters the request gave it."""
+
+    spec: OutputSpec
+    array: np.ndarray
+    parameters: Mapping[str, Any]
+
+
+@dataclass
+class InferResult:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[OutputTensor]
+
+
+@dataclass
+class _Parsed:
+    images: np.ndarray | list[bytes]
+    labels: npt.NDArray[np.int64] | None
+    outputs: list[tuple[OutputSpec, Mapping[str, Any]]]
+
+
+class InferenceCore:
+    """Serves the one model of an ImagePipeline through the Open Inference Protocol."""
+
+    def __init__(self, pipeline: ImagePipeline) -> None:
+        self.pipeline = pipeline
+        self.manifest = pipeline.manifest
+        self.server_version = importlib.metadata.version("hardscore")
+        self._counts = RequestCounts()
+        self._lock = threading.Lock()
+
+    # -- health, metadata, statistics ----------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """The model is loaded (always, once serving) and the server is not draining."""
+        return self.pipeline.batcher.accepting
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        m = self.manifest
+        return name == m.name and version in ("", m.version) and self.ready
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": self.server_version,
+                "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        self.check_model(name, version)
+        return model_metadata(self.pipeline)
+
+    def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+        self.check_model(name, version)
+        return model_config(self.pipeline)
+
+    def model_statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
+        """{"model_stats": [...]}: empty ``name`` means every model (the one served)."""
+        if name or version:
+            self.check_model(name, version)
+        with self._lock:
+            counts = dataclasses.replace(self._counts)
+        stats = model_statistics(self.pipeline, counts,
+                                 self.pipeline.batcher.stats_snapshot())
+        return {"model_stats": [stats]}
+
+    def check_model(self, name: str, version: str = "") -> None:
+        m = self.manifest
+        if name != m.name:
+            raise UnknownModel(
+                f"Request for unknown model: '{name}' is not found; this server serves "
+                f"'{m.name}'")
+        if version not in ("", m.version):
+            raise UnknownModel(
+                f"Request for unknown model: '{name}' version {version} is not found; this "
+                f"server serves version {m.version}")
+
+    # -- inference ----------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest, deadline: float | None) -> InferResult:
+        """Scores ``request``; counts it as a success or a failure (by reason) in the
+        statistics. Raises UnknownModel, InvalidRequest, QueueFull, DeadlineExpired."""
+        self.check_model(request.model_name, request.model_version)  # not this model's failure
+        started = time.perf_counter_ns()
+        try:
+            parsed = await asyncio.to_thread(self._parse, request)
+            batch = ImageBatch(images=parsed.images, labels=parsed.labels,
+                               on_sample_error="raise")
+            timing = RequestTiming()
+            try:
+                result = await self.pipeline.score(batch, deadline, timing)
+            except SampleFailed as exc:
+                raise InvalidRequest(
+                    f"input '{self.manifest.input_name}' element {exc.index} cannot be used: "
+                    f"{exc.error}") from None
+            packing = time.perf_counter_ns()
+            outputs = []
+            scores = result.scores
+            for spec, parameters in parsed.outputs:
+                values = result.logits if spec.name == "logits" else getattr(scores, spec.name)
+                assert values is not None, f"{spec.name} needs labels"  # _parse fills them
+                outputs.append(OutputTensor(spec, output_array(spec.datatype, values),
+                                            parameters))
+        except BaseException:
+            self._record_failure(time.perf_counter_ns() - started)
+            raise
+        self._record_success(started, packing, timing)
+        m = self.manifest
+        return InferResult(m.name, m.version, request.id, outputs)
+
+    def record_output_time(self, ns: int) -> None:
+        """Adds a transport's time encoding a successful reply to compute_output and success."""
+        with self._lock:
+            self._counts.compute_output_ns += ns
+            self._counts.success_ns += ns
+
+    def _record_success(self, started: int, packing: int, timing: RequestTiming) -> None:
+        now = time.perf_counter_ns()
+        total = now - started
+        output = now - packing
+        with self._lock:
+            c = self._counts
+            c.success += 1
+            c.success_ns += total
+            c.queue_ns += timing.queue_ns
+            c.compute_infer_ns += timing.compute_ns
+            c.compute_output_ns += output
+            c.compute_input_ns += max(0, total - output - timing.queue_ns - timing.compute_ns)
+
+    def _record_failure(self, ns: int) -> None:
+        with self._lock:
+            c = self._counts
+            c.fail += 1
+            c.fail_ns += ns
+
+    def record_failure(self, ns: int = 0) -> None:
+        """Counts a request a transport refused before infer() (e.g. a malformed body)."""
+        self._record_failure(ns)
+
+    def _parse(self, request: InferRequest) -> _Parsed:
+        """Checks the request's inputs and outputs and reads the tensors' data (worker thread)."""
+        m = self.manifest
+        by_name: dict[str, InputTensor] = {}
+        for tensor in request.inputs:
+            if tensor.name not in (m.input_name, LABEL_INPUT):
+                raise InvalidRequest(
+                    f"unexpected inference input '{tensor.name}' for model '{m.name}'; its "
+                    f"inputs are '{m.input_name}' and the optional '{LABEL_INPUT}'")
+            if tensor.name in by_name:
+                raise InvalidRequest(
+                    f"input '{tensor.name}' is given more than once for model '{m.name}'")
+            for key in ("shared_memory_region", "shared_memory_byte_size"):
+                if key in tensor.parameters:
+                    raise InvalidRequest(
+                        f"input '{tensor.name}' names a shared memory region: this server "
+                        "does not support shared memory; send the data in the request")
+            by_name[tensor.name] = tensor
+        if m.input_name not in by_name:
+            got = [t.name for t in request.inputs]
+            raise InvalidRequest(
+                f"expected 1 or 2 inputs but got {len(got)} inputs for model '{m.name}'. Got "
+                f"input(s) {got}, but missing required input(s) ['{m.input_name}']. Please "
+                "provide all required input(s).")
+        reader = TensorReader(m.name)
+        images, n = self._read_images(reader, by_name[m.input_name])
+        labels = self._read_labels(reader, by_name[LABEL_INPUT], n) if (
+            LABEL_INPUT in by_name) else None
+        outputs = self._requested_outputs(request.outputs, labels is not None)
+        if labels is None and any(spec.needs_label for spec, _ in outputs):
+            labels = np.full(n, NO_LABEL, dtype=np.int64)  # asked for, no labels: all NaN
+        return _Parsed(images=images, labels=labels, outputs=outputs)
+
+    def _read_images(
+        self, reader: TensorReader, t: InputTensor
+    ) -> tuple[np.ndarray | list[bytes], int]:
+        m = self.manifest
+        shape = list(t.shape)
+        dims = input_dims(self.pipeline)
+        if t.datatype not in IMAGE_DATATYPES:
+            raise InvalidRequest(
+                f"inference input '{t.name}' data-type is '{t.datatype}', but model '{m.name}' "
+                f"expects 'FP32' (normalised), 'UINT8' (pixels) or 'BYTES' (encoded images)")
+        if t.datatype == "BYTES":
+            if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+                raise InvalidRequest(
+                    f"unexpected shape for input '{t.name}' for model '{m.name}'. Expected [-1] "
+                    f"or [-1,1] (one encoded image per element), got {shape_text(shape)}")
+        elif len(shape) != 4 or shape[1:] != dims:
+            raise InvalidRequest(
+                f"unexpected shape for input '{t.name}' for model '{m.name}'. Expected "
+                f"{shape_text([-1, *dims])}, got {shape_text(shape)}")
+        n = shape[0]
+        limit = self.pipeline.max_samples
+        if n < 1:
+            raise InvalidRequest(
+                f"input '{t.name}' for model '{m.name}' holds {n} images; send at least one")
+        if n > limit:
+            raise InvalidRequest(
+                f"input '{t.name}' holds {n} images, more than this server takes in one "
+                f"request ({limit}); send smaller requests")
+        if t.datatype == "BYTES":
+            return reader.strings(t, shape), n
+        return reader.numeric(t, shape), n
+
+    def _read_labels(
+        self, reader: TensorReader, t: InputTensor, n: int
+    ) -> npt.NDArray[np.int64]:
+        m = self.manifest
+        shape = list(t.shape)
+        if t.datatype not in LABEL_DATATYPES:
+            raise InvalidRequest(
+                f"inference input '{t.name}' data-type is '{t.datatype}', but model '{m.name}' "
+                "expects 'INT32' or 'INT64'")
+        if shape not in ([n], [n, 1]):
+            raise InvalidRequest(
+                f"unexpected shape for input '{t.name}' for model '{m.name}'. Expected [{n}] "
+                f"(one label per image, -1 = none), got {shape_text(shape)}")
+        labels = reader.numeric(t, shape).reshape(n).astype(np.int64)
+        bad = np.flatnonzero((labels < NO_LABEL) | (labels >= m.num_classes))
+        if len(bad):
+            raise InvalidRequest(
+                f"input '{t.name}' element {bad[0]} is {labels[bad[0]]}: labels are class "
+                f"indices 0..{m.num_classes - 1}, or -1 for none")
+        return labels
+
+    def _requested_outputs(
+        self, wanted: Sequence[RequestedOutput], has_labels: bool
+    ) -> list[tuple[OutputSpec, Mapping[str, Any]]]:
+        if not wanted:
+            return [(o, {}) for o in OUTPUTS if has_labels or not o.needs_label]
+        chosen: dict[str, tuple[OutputSpec, Mapping[str, Any]]] = {}
+        for output in wanted:
+            spec = OUTPUTS_BY_NAME.get(output.name)
+            if spec is None:
+                raise InvalidRequest(
+                    f"unexpected inference output '{output.name}' for model "
+                    f"'{self.manifest.name}'; its outputs are {', '.join(OUTPUTS_BY_NAME)}")
+            for key in ("classification", "shared_memory_region"):
+                if key in output.parameters:
+                    raise InvalidRequest(
+                        f"output '{output.name}' asks for '{key}', which this server does not "
+                        "support (ask for 'predicted_class' and 'probabilities' instead of "
+                        "classification; shared memory is not supported)")
+            chosen.setdefault(spec.name, (spec, output.parameters))
+        return list(chosen.values())
