@@ -21,11 +21,11 @@ import json
 import logging
 import ssl
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from hardscore_server.batcher import DeadlineExpired, QueueFull
 from hardscore_server.config import ServerConfig
@@ -91,28 +91,6 @@ def http_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
 
 
 # -- the request body --------------------------------------------------------------------------
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """The body per its Content-Encoding (identity, gzip, deflate), at most ``limit`` bytes."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise InvalidRequest(f"unsupported Content-Encoding '{encoding}': send identity, gzip "
-                             "or deflate")
-    inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidRequest(f"body is not valid {encoding} data: {exc}") from None
-    if len(out) > limit:
-        raise _TooLarge(f"decompressed body exceeds {limit} bytes (max_message_bytes)")
-    return out
-
-
-class _TooLarge(InvalidRequest):
-    """A body over the size limit (413)."""
 
 
 def _object(value: Any, what: str) -> JsonObject:
@@ -319,7 +297,7 @@ class RestServer:
                 [("authorization", v) for v in request.headers.getall("Authorization", [])],
                 self._tokens)
             if detail:
-                return error_response(401, detail, dict(CHALLENGE))
+                return error_response(401, detail, {"WWW-Authenticate": CHALLENGE[0][1]})
         try:
             return await handler(request)
         except web.HTTPException as exc:  # aiohttp's own: unknown path, method, size limit
@@ -334,8 +312,6 @@ class RestServer:
                 message = exc.text or exc.reason
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return error_response(exc.status, message, headers)
-        except _TooLarge as exc:
-            return error_response(413, str(exc))
         except Exception as exc:  # every failure gets a status, none takes the server down
             for kind, status in HTTP_STATUS:
                 if isinstance(exc, kind):
@@ -376,9 +352,11 @@ class RestServer:
         name, version = _model(request)
         started = time.perf_counter_ns()
         try:
-            body = await request.read()  # bounded by client_max_size (413 beyond it)
-            body = _decompress(body, request.headers.get("Content-Encoding", ""),
-                               self._config.max_message_bytes)
+            try:  # gzip and deflate are inflated on the fly, bounded as well (413)
+                body = await request.read()  # bounded by client_max_size (413 beyond it)
+            except RequestPayloadError as exc:
+                reason = exc.args[0] if exc.args else exc
+                raise InvalidRequest(f"cannot read the request body: {reason}") from None
             neutral, binary_default = await asyncio.to_thread(
                 parse_infer_body, body, request.headers.get(HEADER_LENGTH), name, version)
         except (InvalidRequest, web.HTTPRequestEntityTooLarge):
