@@ -190,7 +190,7 @@ def _json_infer(inputs: list[dict[str, Any]], **extra: Any) -> bytes:
     return json.dumps({"inputs": inputs, **extra}).encode()
 
 
-def _images(shape: list[int] | None = None, **fields: Any) -> dict[str, Any]:
+def _images(shape: Any = None, **fields: Any) -> dict[str, Any]:
     shape = [1, 3, 32, 32] if shape is None else shape
     tensor: dict[str, Any] = {"name": "images", "datatype": "FP32", "shape": shape}
     tensor.update(fields)
