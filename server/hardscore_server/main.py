@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from hardscore_server.config import ConfigError, ServerConfig, parse_args
 from hardscore_server.image_pipeline import ImagePipeline
@@ -28,6 +27,7 @@ from hardscore_server.inference_protocol.servicer import InferenceProtocolServic
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model_dir import DEFAULT_MODEL_DIR, ModelDirError
 from hardscore_server.model_runner import ModelLoadError, ModelRunner
+from hardscore_server.reflection_v1 import enable_server_reflection
 from hardscore_server.security import ServerSecurity
 from hardscore_server.servicer import ScoringServicer
 from hardscore_wire import scoring_pb2 as pb
@@ -78,6 +78,7 @@ class HardscoreServer:
         self.health_port = -1
         self.http_port = -1
         self._rest: RestServer | None = None
+        self._core: InferenceCore | None = None
         self._health_server: grpc.aio.Server | None = None
         self._server: grpc.aio.Server | None = None
         self._servicer: ScoringServicer | None = None
@@ -116,13 +117,12 @@ class HardscoreServer:
         services = [SCORING_SERVICE]
         core = None
         if self.images is not None:  # the Open Inference Protocol, for standard clients
-            core = InferenceCore(self.images)
+            core = self._core = InferenceCore(self.images)
             oip_grpc.add_GRPCInferenceServiceServicer_to_server(
                 InferenceProtocolServicer(self.metrics, core), self._server)
             services.append(INFERENCE_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        enable_server_reflection((*services, health.SERVICE_NAME), self._server)  # v1alpha, v1
         address = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
         self.port = self.security.add_port(self._server, address)
         if self.port == 0:
@@ -161,6 +161,8 @@ class HardscoreServer:
                              self._rest.stop() if self._rest is not None else asyncio.sleep(0))
         if self.images is not None:
             await self.images.close()
+        if self._core is not None:
+            self._core.shared_memory.close()
         if self._servicer is not None:
             self._servicer.close()
         if self._health_server is not None:

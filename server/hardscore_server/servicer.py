@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from hardscore_server.batcher import DeadlineExpired, QueueFull
 from hardscore_server.config import ServerConfig
-from hardscore_server.errors import InvalidRequest, UnknownModel
+from hardscore_server.errors import InvalidRequest, NotFound, UnknownModel
 from hardscore_server.image_pipeline import ImagePipeline
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.responses import encode_scores, image_response, model_info
@@ -38,6 +38,7 @@ STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     UnknownModel: grpc.StatusCode.NOT_FOUND,
+    NotFound: grpc.StatusCode.NOT_FOUND,
     DecodeError: grpc.StatusCode.INVALID_ARGUMENT,  # a stream message that is not protobuf
 }
 

@@ -35,6 +35,7 @@ from hardscore_server.inference_protocol.model_config import (
     model_metadata,
     model_statistics,
 )
+from hardscore_server.inference_protocol.shared_memory import SharedMemoryRegistry
 from hardscore_server.inference_protocol.tensors import (
     InputTensor,
     TensorReader,
@@ -42,6 +43,10 @@ from hardscore_server.inference_protocol.tensors import (
     shape_text,
 )
 from hardscore_server.scores import NO_LABEL
+
+SHM_REGION = "shared_memory_region"
+SHM_OFFSET = "shared_memory_offset"
+SHM_BYTE_SIZE = "shared_memory_byte_size"
 
 
 @dataclass
@@ -73,6 +78,7 @@ class OutputTensor:
     spec: OutputSpec
     array: np.ndarray
     parameters: Mapping[str, Any]
+    in_shared_memory: bool = False
 
 
 @dataclass
@@ -93,8 +99,10 @@ class _Parsed:
 class InferenceCore:
     """Serves the one model of an ImagePipeline through the Open Inference Protocol."""
 
-    def __init__(self, pipeline: ImagePipeline) -> None:
+    def __init__(self, pipeline: ImagePipeline,
+                 shared_memory: SharedMemoryRegistry | None = None) -> None:
         self.pipeline = pipeline
+        self.shared_memory = shared_memory or SharedMemoryRegistry()
         self.manifest = pipeline.manifest
         self.server_version = importlib.metadata.version("hardscore")
         self._counts = RequestCounts()
@@ -133,6 +141,21 @@ class InferenceCore:
                                  self.pipeline.batcher.stats_snapshot())
         return {"model_stats": [stats]}
 
+    def repository_index(self, repository: str = "", ready_only: bool = False
+                         ) -> list[dict[str, str]]:
+        """The models of the (one, unnamed) repository: the served model, READY while serving
+        (UNAVAILABLE once draining)."""
+        if repository:
+            raise UnknownModel(f"unknown repository '{repository}': this server has one, "
+                               "named ''")
+        m = self.manifest
+        if self.ready:
+            return [{"name": m.name, "version": m.version, "state": "READY"}]
+        if ready_only:
+            return []
+        return [{"name": m.name, "version": m.version, "state": "UNAVAILABLE",
+                 "reason": "the server is shutting down"}]
+
     def check_model(self, name: str, version: str = "") -> None:
         m = self.manifest
         if name != m.name:
@@ -168,8 +191,14 @@ class InferenceCore:
             for spec, parameters in parsed.outputs:
                 values = result.logits if spec.name == "logits" else getattr(scores, spec.name)
                 assert values is not None, f"{spec.name} needs labels"  # _parse fills them
-                outputs.append(OutputTensor(spec, output_array(spec.datatype, values),
-                                            parameters))
+                out = OutputTensor(spec, output_array(spec.datatype, values), parameters)
+                if SHM_REGION in parameters:
+                    self.shared_memory.write(
+                        parameters[SHM_REGION], parameters.get(SHM_OFFSET, 0),
+                        parameters.get(SHM_BYTE_SIZE), out.array.tobytes(),
+                        f"output '{spec.name}'")
+                    out.in_shared_memory = True
+                outputs.append(out)
         except BaseException:
             self._record_failure(time.perf_counter_ns() - started)
             raise
@@ -218,11 +247,14 @@ class InferenceCore:
             if tensor.name in by_name:
                 raise InvalidRequest(
                     f"input '{tensor.name}' is given more than once for model '{m.name}'")
-            for key in ("shared_memory_region", "shared_memory_byte_size"):
-                if key in tensor.parameters:
+            if SHM_REGION in tensor.parameters:
+                if tensor.raw is not None or tensor.values is not None:
                     raise InvalidRequest(
-                        f"input '{tensor.name}' names a shared memory region: this server "
-                        "does not support shared memory; send the data in the request")
+                        f"input '{tensor.name}' has both data and a shared memory region")
+                p = tensor.parameters
+                tensor.raw = self.shared_memory.read(
+                    p[SHM_REGION], p.get(SHM_OFFSET, 0), p.get(SHM_BYTE_SIZE),
+                    f"input '{tensor.name}'")
             by_name[tensor.name] = tensor
         if m.input_name not in by_name:
             got = [t.name for t in request.inputs]
@@ -304,11 +336,13 @@ class InferenceCore:
                 raise InvalidRequest(
                     f"unexpected inference output '{output.name}' for model "
                     f"'{self.manifest.name}'; its outputs are {', '.join(OUTPUTS_BY_NAME)}")
-            for key in ("classification", "shared_memory_region"):
-                if key in output.parameters:
-                    raise InvalidRequest(
-                        f"output '{output.name}' asks for '{key}', which this server does not "
-                        "support (ask for 'predicted_class' and 'probabilities' instead of "
-                        "classification; shared memory is not supported)")
+            if "classification" in output.parameters:
+                raise InvalidRequest(
+                    f"output '{output.name}' asks for 'classification', which this server does "
+                    "not support (ask for 'predicted_class' and 'probabilities' instead)")
+            if SHM_REGION in output.parameters and SHM_BYTE_SIZE not in output.parameters:
+                raise InvalidRequest(
+                    f"output '{output.name}' names a shared memory region without "
+                    f"'{SHM_BYTE_SIZE}'")
             chosen.setdefault(spec.name, (spec, output.parameters))
         return list(chosen.values())

@@ -13,7 +13,7 @@ from hardscore_server.batcher import BatcherStats
 from hardscore_server.image_pipeline import ImagePipeline
 
 SERVER_NAME = "hardscore"
-EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data")
+EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data", "system_shared_memory")
 """Triton protocol extensions served besides the core protocol."""
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"

@@ -29,8 +29,10 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from hardscore_server.batcher import DeadlineExpired, QueueFull
 from hardscore_server.config import ServerConfig
-from hardscore_server.errors import InvalidRequest, UnknownModel
+from hardscore_server.errors import InvalidRequest, NotFound
 from hardscore_server.inference_protocol.core import (
+    SHM_BYTE_SIZE,
+    SHM_REGION,
     InferenceCore,
     InferRequest,
     InferResult,
@@ -50,7 +52,7 @@ UNAUTHENTICATED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 
 #: HTTP status of each request error, as Triton answers them.
 HTTP_STATUS: tuple[tuple[type[Exception], int], ...] = (
-    (UnknownModel, 404),
+    (NotFound, 404),
     (QueueFull, 503),
     (DeadlineExpired, 504),
     (InvalidRequest, 400),
@@ -67,7 +69,10 @@ JsonObject = dict[str, Any]
 _METHODS = {"_live": "ServerLive", "_ready": "ServerReady", "_server_metadata": "ServerMetadata",
             "_model_metadata": "ModelMetadata", "_model_ready": "ModelReady",
             "_model_config": "ModelConfig", "_statistics": "ModelStatistics",
-            "_infer": "ModelInfer"}
+            "_infer": "ModelInfer", "_repository_index": "RepositoryIndex",
+            "_shm_status": "SystemSharedMemoryStatus",
+            "_shm_register": "SystemSharedMemoryRegister",
+            "_shm_unregister": "SystemSharedMemoryUnregister"}
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None
@@ -206,7 +211,10 @@ def infer_reply(result: InferResult, binary_default: bool) -> tuple[list[bytes],
         item: JsonObject = {"name": out.spec.name, "datatype": out.spec.datatype,
                             "shape": list(out.array.shape)}
         binary = out.parameters.get("binary_data", binary_default)
-        if binary is True:
+        if out.in_shared_memory:  # written there: the reply says where, with no data
+            item["parameters"] = {SHM_REGION: out.parameters[SHM_REGION],
+                                  SHM_BYTE_SIZE: out.array.nbytes}
+        elif binary is True:
             data = out.array.tobytes()
             item["parameters"] = {"binary_data_size": len(data)}
             blobs.append(data)
@@ -252,6 +260,12 @@ class RestServer:
         add("GET", "/v2", self._server_metadata)
         add("POST", "/v2/models/stats", self._statistics)  # Triton answers GET only; both ok
         add("GET", "/v2/models/stats", self._statistics)
+        add("POST", "/v2/repository/index", self._repository_index)
+        add("GET", "/v2/systemsharedmemory/status", self._shm_status)
+        add("GET", "/v2/systemsharedmemory/region/{region}/status", self._shm_status)
+        add("POST", "/v2/systemsharedmemory/region/{region}/register", self._shm_register)
+        add("POST", "/v2/systemsharedmemory/unregister", self._shm_unregister)
+        add("POST", "/v2/systemsharedmemory/region/{region}/unregister", self._shm_unregister)
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             add("GET", prefix, self._model_metadata)
             add("GET", prefix + "/ready", self._model_ready)
@@ -346,6 +360,32 @@ class RestServer:
         name, version = _model(request)
         return web.json_response(self._core.model_statistics(name, version))
 
+    async def _repository_index(self, request: web.Request) -> web.Response:
+        ready = (await _json_body(request)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidRequest("'ready' must be true or false")
+        return web.json_response(self._core.repository_index("", ready))
+
+    # -- system shared memory ---------------------------------------------------------------
+
+    async def _shm_status(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            self._core.shared_memory.status(request.match_info.get("region", "")))
+
+    async def _shm_register(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        key = body.get("key")
+        if not isinstance(key, str):
+            raise InvalidRequest("registering a region needs 'key' as a string")
+        await asyncio.to_thread(
+            self._core.shared_memory.register, request.match_info["region"], key,
+            body.get("offset", 0), body.get("byte_size"))
+        return web.Response(status=200)
+
+    async def _shm_unregister(self, request: web.Request) -> web.Response:
+        self._core.shared_memory.unregister(request.match_info.get("region", ""))
+        return web.Response(status=200)
+
     # -- inference --------------------------------------------------------------------------
 
     async def _infer(self, request: web.Request) -> web.StreamResponse:
@@ -373,6 +413,19 @@ class RestServer:
         response = web.Response(body=b"".join(parts), content_type="application/octet-stream")
         response.headers[HEADER_LENGTH] = str(header_length)
         return response
+
+
+async def _json_body(request: web.Request) -> JsonObject:
+    """A small request's JSON object body ({} when empty)."""
+    body = await request.read()
+    if not body.strip():
+        return {}
+    try:
+        return _object(json.loads(body), "the request")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest(f"failed to parse the request JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("failed to parse the request JSON: nested too deeply") from None
 
 
 def _model(request: web.Request) -> tuple[str, str]:

@@ -5,7 +5,9 @@ inputs, outputs and errors."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import grpc
@@ -16,6 +18,8 @@ from hardscore_server.errors import InvalidRequest
 from hardscore_server.inference_protocol import grpc_service_pb2 as oip
 from hardscore_server.inference_protocol import grpc_service_pb2_grpc as oip_grpc
 from hardscore_server.inference_protocol.core import (
+    SHM_BYTE_SIZE,
+    SHM_REGION,
     InferenceCore,
     InferRequest,
     InferResult,
@@ -23,8 +27,9 @@ from hardscore_server.inference_protocol.core import (
 )
 from hardscore_server.inference_protocol.tensors import InputTensor
 from hardscore_server.metrics import ServerMetrics
-from hardscore_server.servicer import CallRecorder, deadline_of
+from hardscore_server.servicer import CallRecorder, deadline_of, status_of
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 
@@ -38,6 +43,10 @@ CONTENTS_FIELDS: dict[str, str] = {
     "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
 _ALL_CONTENTS_FIELDS = tuple(dict.fromkeys(CONTENTS_FIELDS.values()))
+
+STREAM_WINDOW = 64
+"""Requests of one ModelStreamInfer stream in progress at once; the stream's next request is
+read only when one of them has been answered (the client's flow control does the rest)."""
 
 
 def to_message(values: dict[str, Any], message: M) -> M:
@@ -72,20 +81,26 @@ def _typed_values(tensor: oip.ModelInferRequest.InferInputTensor) -> tuple[str, 
 def infer_request(request: oip.ModelInferRequest) -> tuple[InferRequest, bool]:
     """The neutral request of a ModelInferRequest, and whether its data was raw."""
     raw = len(request.raw_input_contents) > 0
-    if raw and len(request.raw_input_contents) != len(request.inputs):
+    in_request = [t for t in request.inputs if SHM_REGION not in t.parameters]
+    if raw and len(request.raw_input_contents) != len(in_request):
         raise InvalidRequest(
-            f"expected {len(request.inputs)} raw input contents (one per input, in input "
-            f"order) for model '{request.model_name}', got {len(request.raw_input_contents)}")
+            f"expected {len(in_request)} raw input contents (one per input not in shared "
+            f"memory, in input order) for model '{request.model_name}', got "
+            f"{len(request.raw_input_contents)}")
     inputs = []
-    for i, tensor in enumerate(request.inputs):
+    raw_contents = iter(request.raw_input_contents)
+    for tensor in request.inputs:
         if raw and tensor.HasField("contents"):
             raise InvalidRequest(
                 f"contents field must not be specified when using raw_input_contents for "
                 f"'{tensor.name}' for model '{request.model_name}'")
         item = InputTensor(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape),
                            parameters=_parameters(tensor.parameters))
-        if raw:
-            item.raw = request.raw_input_contents[i]
+        if SHM_REGION in item.parameters:
+            if tensor.HasField("contents"):
+                item.values = []  # refused by the core: data and a region
+        elif raw:
+            item.raw = next(raw_contents)
         elif tensor.datatype in CONTENTS_FIELDS:  # others: the core refuses the datatype
             field, item.values = _typed_values(tensor)
             item.source = f"contents.{field}"
@@ -103,7 +118,12 @@ def infer_response(result: InferResult, raw: bool) -> oip.ModelInferResponse:
         datatype = out.spec.datatype
         tensor = response.outputs.add(name=out.spec.name, datatype=datatype,
                                       shape=out.array.shape)
-        if raw:
+        if out.in_shared_memory:  # written there: the reply says where, with no data
+            tensor.parameters[SHM_REGION].string_param = out.parameters[SHM_REGION]
+            tensor.parameters[SHM_BYTE_SIZE].int64_param = out.array.nbytes
+            if raw:
+                response.raw_output_contents.append(b"")
+        elif raw:
             response.raw_output_contents.append(out.array.tobytes())
         else:
             getattr(tensor.contents, CONTENTS_FIELDS[datatype]).extend(
@@ -184,6 +204,104 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
             return await self.infer(request, deadline_of(context))
 
         return await self._calls.unary("ModelInfer", context, work)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[oip.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[oip.ModelStreamInferResponse]:
+        """Answers each request in order, up to STREAM_WINDOW scored concurrently; a failed
+        request is answered in-band (``error_message``) and the stream goes on."""
+        deadline = deadline_of(context)
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        pending: asyncio.Queue[asyncio.Future[oip.ModelStreamInferResponse] | None] = (
+            asyncio.Queue())
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    pending.put_nowait(asyncio.ensure_future(self._stream_one(request, deadline)))
+            finally:
+                pending.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await pending.get()) is not None:
+                response = await answer
+                window.release()
+                yield response
+            await reader  # a request the stream could not read ends the call with its status
+        except Exception as exc:
+            code = status_of(exc)
+            if code is None:
+                log.exception("ModelStreamInfer failed unexpectedly", exc_info=exc)
+            await context.abort(code or grpc.StatusCode.INTERNAL, str(exc))
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                if (left := pending.get_nowait()) is not None:
+                    left.cancel()
+
+    async def _stream_one(
+        self, request: oip.ModelInferRequest, deadline: float | None
+    ) -> oip.ModelStreamInferResponse:
+        started = time.perf_counter()
+        try:
+            response = await self.infer(request, deadline)
+        except Exception as exc:  # in-band, as Triton answers: the stream goes on
+            code = status_of(exc)
+            if code is None:
+                log.exception("ModelStreamInfer request failed unexpectedly", exc_info=exc)
+            self._calls.record("ModelStreamInfer", code or grpc.StatusCode.INTERNAL, started)
+            return oip.ModelStreamInferResponse(
+                error_message=str(exc) if code else f"internal error: {type(exc).__name__}: {exc}",
+                infer_response=oip.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version,
+                    id=request.id))
+        self._calls.record("ModelStreamInfer", grpc.StatusCode.OK, started)
+        return oip.ModelStreamInferResponse(infer_response=response)
+
+    async def RepositoryIndex(
+        self, request: oip.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> oip.RepositoryIndexResponse:
+        async def work() -> oip.RepositoryIndexResponse:
+            models = self._core.repository_index(request.repository_name, request.ready)
+            return to_message({"models": models}, oip.RepositoryIndexResponse())
+
+        return await self._calls.unary("RepositoryIndex", context, work)
+
+    # -- system shared memory -----------------------------------------------------------------
+
+    async def SystemSharedMemoryStatus(
+        self, request: oip.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> oip.SystemSharedMemoryStatusResponse:
+        async def work() -> oip.SystemSharedMemoryStatusResponse:
+            regions = self._core.shared_memory.status(request.name)
+            return to_message({"regions": {r["name"]: r for r in regions}},
+                              oip.SystemSharedMemoryStatusResponse())
+
+        return await self._calls.unary("SystemSharedMemoryStatus", context, work)
+
+    async def SystemSharedMemoryRegister(
+        self, request: oip.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> oip.SystemSharedMemoryRegisterResponse:
+        async def work() -> oip.SystemSharedMemoryRegisterResponse:
+            await asyncio.to_thread(self._core.shared_memory.register, request.name,
+                                    request.key, request.offset, request.byte_size)
+            return oip.SystemSharedMemoryRegisterResponse()
+
+        return await self._calls.unary("SystemSharedMemoryRegister", context, work)
+
+    async def SystemSharedMemoryUnregister(
+        self, request: oip.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> oip.SystemSharedMemoryUnregisterResponse:
+        async def work() -> oip.SystemSharedMemoryUnregisterResponse:
+            self._core.shared_memory.unregister(request.name)
+            return oip.SystemSharedMemoryUnregisterResponse()
+
+        return await self._calls.unary("SystemSharedMemoryUnregister", context, work)
+
+    # -- one inference ------------------------------------------------------------------------
 
     async def infer(
         self, request: oip.ModelInferRequest, deadline: float | None
