@@ -400,8 +400,9 @@ def test_bad_outputs_byte_sizes_and_raw_data_are_invalid_argument(client, stub, 
 def test_statistics_count_requests_samples_batches_and_durations(client, digits):
     client.infer(MODEL, [_input("images", _fp32(digits[0][:3]), "FP32")])
     (stats,) = client.get_inference_statistics(MODEL).model_stats
-    (same,) = client.get_inference_statistics("").model_stats  # empty name: every model
-    assert same.name == stats.name == MODEL and stats.version == "1"
+    every = client.get_inference_statistics("").model_stats  # empty name: every model
+    assert [m.name for m in every] == [MODEL, f"{MODEL}-pixels", f"{MODEL}-files"]
+    assert stats.name == MODEL and stats.version == "1"
     s = stats.inference_stats
     assert stats.inference_count >= 3 and stats.execution_count >= 1
     # requests (test_inference_rest counts them exactly): fewer than samples here

@@ -22,18 +22,19 @@ from hardscore_server.errors import InvalidRequest, UnknownModel
 from hardscore_server.image_pipeline import ImageBatch, ImagePipeline, SampleFailed
 from hardscore_server.inference_protocol.model_config import (
     EXTENSIONS,
-    IMAGE_DATATYPES,
     LABEL_DATATYPES,
     LABEL_INPUT,
     OUTPUTS,
     OUTPUTS_BY_NAME,
     SERVER_NAME,
+    ImageInput,
     OutputSpec,
     RequestCounts,
     input_dims,
     model_config,
     model_metadata,
     model_statistics,
+    served_models,
 )
 from hardscore_server.inference_protocol.shared_memory import SharedMemoryRegistry
 from hardscore_server.inference_protocol.tensors import (
@@ -96,6 +97,10 @@ class _Parsed:
     outputs: list[tuple[OutputSpec, Mapping[str, Any]]]
 
 
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
 class InferenceCore:
     """Serves the one model of an ImagePipeline through the Open Inference Protocol."""
 
@@ -105,7 +110,8 @@ class InferenceCore:
         self.shared_memory = shared_memory or SharedMemoryRegistry()
         self.manifest = pipeline.manifest
         self.server_version = importlib.metadata.version("hardscore")
-        self._counts = RequestCounts()
+        self.models = served_models(pipeline)
+        self._counts = {name: RequestCounts() for name in self.models}
         self._lock = threading.Lock()
 
     # -- health, metadata, statistics ----------------------------------------------------------
@@ -117,7 +123,7 @@ class InferenceCore:
 
     def model_ready(self, name: str, version: str = "") -> bool:
         m = self.manifest
-        return name == m.name and version in ("", m.version) and self.ready
+        return name in self.models and version in ("", m.version) and self.ready
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": self.server_version,
@@ -125,57 +131,62 @@ class InferenceCore:
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         self.check_model(name, version)
-        return model_metadata(self.pipeline)
+        return model_metadata(self.pipeline, name)
 
     def model_config(self, name: str, version: str = "") -> dict[str, Any]:
         self.check_model(name, version)
-        return model_config(self.pipeline)
+        return model_config(self.pipeline, name)
 
     def model_statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
-        """{"model_stats": [...]}: empty ``name`` means every model (the one served)."""
+        """{"model_stats": [...]}: empty ``name`` means every served model name."""
         if name or version:
             self.check_model(name, version)
+        names = [name] if name else list(self.models)
         with self._lock:
-            counts = dataclasses.replace(self._counts)
-        stats = model_statistics(self.pipeline, counts,
-                                 self.pipeline.batcher.stats_snapshot())
-        return {"model_stats": [stats]}
+            counts = {n: dataclasses.replace(self._counts[n]) for n in names}
+        batches = self.pipeline.batcher.stats_snapshot()
+        return {"model_stats": [model_statistics(self.pipeline, n, counts[n], batches)
+                                for n in names]}
 
     def repository_index(self, repository: str = "", ready_only: bool = False
                          ) -> list[dict[str, str]]:
-        """The models of the (one, unnamed) repository: the served model, READY while serving
+        """The models of the (one, unnamed) repository: every served name, READY while serving
         (UNAVAILABLE once draining)."""
         if repository:
             raise UnknownModel(f"unknown repository '{repository}': this server has one, "
                                "named ''")
-        m = self.manifest
+        version = self.manifest.version
         if self.ready:
-            return [{"name": m.name, "version": m.version, "state": "READY"}]
+            return [{"name": n, "version": version, "state": "READY"} for n in self.models]
         if ready_only:
             return []
-        return [{"name": m.name, "version": m.version, "state": "UNAVAILABLE",
-                 "reason": "the server is shutting down"}]
+        return [{"name": n, "version": version, "state": "UNAVAILABLE",
+                 "reason": "the server is shutting down"} for n in self.models]
 
-    def check_model(self, name: str, version: str = "") -> None:
+    def check_model(self, name: str, version: str = "") -> ImageInput:
+        """The image input of served model ``name``; UnknownModel if not served."""
         m = self.manifest
-        if name != m.name:
+        image = self.models.get(name)
+        if image is None:
             raise UnknownModel(
                 f"Request for unknown model: '{name}' is not found; this server serves "
-                f"'{m.name}'")
+                f"{_quoted(list(self.models))}")
         if version not in ("", m.version):
             raise UnknownModel(
                 f"Request for unknown model: '{name}' version {version} is not found; this "
                 f"server serves version {m.version}")
+        return image
 
     # -- inference ----------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest, deadline: float | None) -> InferResult:
         """Scores ``request``; counts it as a success or a failure (by reason) in the
         statistics. Raises UnknownModel, InvalidRequest, QueueFull, DeadlineExpired."""
-        self.check_model(request.model_name, request.model_version)  # not this model's failure
+        name = request.model_name
+        image = self.check_model(name, request.model_version)  # else: no model's failure
         started = time.perf_counter_ns()
         try:
-            parsed = await asyncio.to_thread(self._parse, request)
+            parsed = await asyncio.to_thread(self._parse, request, image)
             batch = ImageBatch(images=parsed.images, labels=parsed.labels,
                                on_sample_error="raise")
             timing = RequestTiming()
@@ -183,7 +194,7 @@ class InferenceCore:
                 result = await self.pipeline.score(batch, deadline, timing)
             except SampleFailed as exc:
                 raise InvalidRequest(
-                    f"input '{self.manifest.input_name}' element {exc.index} cannot be used: "
+                    f"input '{image.name}' element {exc.index} cannot be used: "
                     f"{exc.error}") from None
             packing = time.perf_counter_ns()
             outputs = []
@@ -200,24 +211,25 @@ class InferenceCore:
                     out.in_shared_memory = True
                 outputs.append(out)
         except BaseException:
-            self._record_failure(time.perf_counter_ns() - started)
+            self._record_failure(name, time.perf_counter_ns() - started)
             raise
-        self._record_success(started, packing, timing)
-        m = self.manifest
-        return InferResult(m.name, m.version, request.id, outputs)
+        self._record_success(name, started, packing, timing)
+        return InferResult(name, self.manifest.version, request.id, outputs)
 
-    def record_output_time(self, ns: int) -> None:
-        """Adds a transport's time encoding a successful reply to compute_output and success."""
+    def record_output_time(self, name: str, ns: int) -> None:
+        """Adds a transport's time encoding a successful reply of served model ``name`` to its
+        compute_output and success durations."""
         with self._lock:
-            self._counts.compute_output_ns += ns
-            self._counts.success_ns += ns
+            self._counts[name].compute_output_ns += ns
+            self._counts[name].success_ns += ns
 
-    def _record_success(self, started: int, packing: int, timing: RequestTiming) -> None:
+    def _record_success(self, name: str, started: int, packing: int, timing: RequestTiming
+                        ) -> None:
         now = time.perf_counter_ns()
         total = now - started
         output = now - packing
         with self._lock:
-            c = self._counts
+            c = self._counts[name]
             c.success += 1
             c.success_ns += total
             c.queue_ns += timing.queue_ns
@@ -225,28 +237,30 @@ class InferenceCore:
             c.compute_output_ns += output
             c.compute_input_ns += max(0, total - output - timing.queue_ns - timing.compute_ns)
 
-    def _record_failure(self, ns: int) -> None:
+    def _record_failure(self, name: str, ns: int) -> None:
         with self._lock:
-            c = self._counts
+            c = self._counts[name]
             c.fail += 1
             c.fail_ns += ns
 
-    def record_failure(self, ns: int = 0) -> None:
-        """Counts a request a transport refused before infer() (e.g. a malformed body)."""
-        self._record_failure(ns)
+    def record_failure(self, name: str, ns: int = 0) -> None:
+        """Counts a request for ``name`` that a transport refused before infer() (e.g. a
+        malformed body); nothing when ``name`` is not served (no model's failure)."""
+        if name in self._counts:
+            self._record_failure(name, ns)
 
-    def _parse(self, request: InferRequest) -> _Parsed:
+    def _parse(self, request: InferRequest, image: ImageInput) -> _Parsed:
         """Checks the request's inputs and outputs and reads the tensors' data (worker thread)."""
-        m = self.manifest
+        name = request.model_name
         by_name: dict[str, InputTensor] = {}
         for tensor in request.inputs:
-            if tensor.name not in (m.input_name, LABEL_INPUT):
+            if tensor.name not in (image.name, LABEL_INPUT):
                 raise InvalidRequest(
-                    f"unexpected inference input '{tensor.name}' for model '{m.name}'; its "
-                    f"inputs are '{m.input_name}' and the optional '{LABEL_INPUT}'")
+                    f"unexpected inference input '{tensor.name}' for model '{name}'; its "
+                    f"inputs are '{image.name}' and the optional '{LABEL_INPUT}'")
             if tensor.name in by_name:
                 raise InvalidRequest(
-                    f"input '{tensor.name}' is given more than once for model '{m.name}'")
+                    f"input '{tensor.name}' is given more than once for model '{name}'")
             if SHM_REGION in tensor.parameters:
                 if tensor.raw is not None or tensor.values is not None:
                     raise InvalidRequest(
@@ -256,45 +270,48 @@ class InferenceCore:
                     p[SHM_REGION], p.get(SHM_OFFSET, 0), p.get(SHM_BYTE_SIZE),
                     f"input '{tensor.name}'")
             by_name[tensor.name] = tensor
-        if m.input_name not in by_name:
+        if image.name not in by_name:
             got = [t.name for t in request.inputs]
             raise InvalidRequest(
-                f"expected 1 or 2 inputs but got {len(got)} inputs for model '{m.name}'. Got "
-                f"input(s) {got}, but missing required input(s) ['{m.input_name}']. Please "
+                f"expected 1 or 2 inputs but got {len(got)} inputs for model '{name}'. Got "
+                f"input(s) {got}, but missing required input(s) ['{image.name}']. Please "
                 "provide all required input(s).")
-        reader = TensorReader(m.name)
-        images, n = self._read_images(reader, by_name[m.input_name])
-        labels = self._read_labels(reader, by_name[LABEL_INPUT], n) if (
+        reader = TensorReader(name)
+        images, n = self._read_images(reader, by_name[image.name], image, name)
+        labels = self._read_labels(reader, by_name[LABEL_INPUT], n, name) if (
             LABEL_INPUT in by_name) else None
-        outputs = self._requested_outputs(request.outputs, labels is not None)
+        outputs = self._requested_outputs(request.outputs, labels is not None, name)
         if labels is None and any(spec.needs_label for spec, _ in outputs):
             labels = np.full(n, NO_LABEL, dtype=np.int64)  # asked for, no labels: all NaN
         return _Parsed(images=images, labels=labels, outputs=outputs)
 
     def _read_images(
-        self, reader: TensorReader, t: InputTensor
+        self, reader: TensorReader, t: InputTensor, image: ImageInput, model: str
     ) -> tuple[np.ndarray | list[bytes], int]:
-        m = self.manifest
         shape = list(t.shape)
         dims = input_dims(self.pipeline)
-        if t.datatype not in IMAGE_DATATYPES:
+        if t.datatype not in image.datatypes:
+            if len(image.datatypes) == 1:
+                raise InvalidRequest(
+                    f"inference input '{t.name}' data-type is '{t.datatype}', but model "
+                    f"'{model}' expects '{image.datatype}'")
             raise InvalidRequest(
-                f"inference input '{t.name}' data-type is '{t.datatype}', but model '{m.name}' "
+                f"inference input '{t.name}' data-type is '{t.datatype}', but model '{model}' "
                 f"expects 'FP32' (normalised), 'UINT8' (pixels) or 'BYTES' (encoded images)")
         if t.datatype == "BYTES":
             if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
                 raise InvalidRequest(
-                    f"unexpected shape for input '{t.name}' for model '{m.name}'. Expected [-1] "
+                    f"unexpected shape for input '{t.name}' for model '{model}'. Expected [-1] "
                     f"or [-1,1] (one encoded image per element), got {shape_text(shape)}")
         elif len(shape) != 4 or shape[1:] != dims:
             raise InvalidRequest(
-                f"unexpected shape for input '{t.name}' for model '{m.name}'. Expected "
+                f"unexpected shape for input '{t.name}' for model '{model}'. Expected "
                 f"{shape_text([-1, *dims])}, got {shape_text(shape)}")
         n = shape[0]
         limit = self.pipeline.max_samples
         if n < 1:
             raise InvalidRequest(
-                f"input '{t.name}' for model '{m.name}' holds {n} images; send at least one")
+                f"input '{t.name}' for model '{model}' holds {n} images; send at least one")
         if n > limit:
             raise InvalidRequest(
                 f"input '{t.name}' holds {n} images, more than this server takes in one "
@@ -304,17 +321,17 @@ class InferenceCore:
         return reader.numeric(t, shape), n
 
     def _read_labels(
-        self, reader: TensorReader, t: InputTensor, n: int
+        self, reader: TensorReader, t: InputTensor, n: int, model: str
     ) -> npt.NDArray[np.int64]:
         m = self.manifest
         shape = list(t.shape)
         if t.datatype not in LABEL_DATATYPES:
             raise InvalidRequest(
-                f"inference input '{t.name}' data-type is '{t.datatype}', but model '{m.name}' "
+                f"inference input '{t.name}' data-type is '{t.datatype}', but model '{model}' "
                 "expects 'INT32' or 'INT64'")
         if shape not in ([n], [n, 1]):
             raise InvalidRequest(
-                f"unexpected shape for input '{t.name}' for model '{m.name}'. Expected [{n}] "
+                f"unexpected shape for input '{t.name}' for model '{model}'. Expected [{n}] "
                 f"(one label per image, -1 = none), got {shape_text(shape)}")
         labels = reader.numeric(t, shape).reshape(n).astype(np.int64)
         bad = np.flatnonzero((labels < NO_LABEL) | (labels >= m.num_classes))
@@ -325,7 +342,7 @@ class InferenceCore:
         return labels
 
     def _requested_outputs(
-        self, wanted: Sequence[RequestedOutput], has_labels: bool
+        self, wanted: Sequence[RequestedOutput], has_labels: bool, model: str
     ) -> list[tuple[OutputSpec, Mapping[str, Any]]]:
         if not wanted:
             return [(o, {}) for o in OUTPUTS if has_labels or not o.needs_label]
@@ -335,7 +352,7 @@ class InferenceCore:
             if spec is None:
                 raise InvalidRequest(
                     f"unexpected inference output '{output.name}' for model "
-                    f"'{self.manifest.name}'; its outputs are {', '.join(OUTPUTS_BY_NAME)}")
+                    f"'{model}'; its outputs are {', '.join(OUTPUTS_BY_NAME)}")
             if "classification" in output.parameters:
                 raise InvalidRequest(
                     f"output '{output.name}' asks for 'classification', which this server does "

@@ -19,6 +19,10 @@ PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 LABEL_INPUT = "label"
 IMAGE_DATATYPES = ("FP32", "UINT8", "BYTES")
+PIXELS_SUFFIX, PIXELS_INPUT = "-pixels", "image_pixels"
+"""Model ``<name>-pixels`` takes the UINT8 pixels [N, C, H, W] as its input ``image_pixels``."""
+FILES_SUFFIX, FILES_INPUT = "-files", "image_files"
+"""Model ``<name>-files`` takes encoded image files [N, 1] (BYTES) as its input ``image_files``."""
 LABEL_DATATYPES = ("INT32", "INT64")
 _CONFIG_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "INT64": "TYPE_INT64",
                  "UINT8": "TYPE_UINT8", "INT32": "TYPE_INT32", "BYTES": "TYPE_STRING"}
@@ -56,22 +60,49 @@ def input_dims(pipeline: ImagePipeline) -> list[int]:
     return [m.input_channels, m.input_height, m.input_width]
 
 
-def model_metadata(pipeline: ImagePipeline) -> dict[str, Any]:
-    """Model metadata: the FP32 model input and every output, batch axis -1."""
+@dataclass(frozen=True)
+class ImageInput:
+    """The image input of one served model name: its name, the datatypes it takes, and the
+    datatype and shape (batch axis -1) its metadata gives."""
+
+    name: str
+    datatypes: tuple[str, ...]
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def served_models(pipeline: ImagePipeline) -> dict[str, ImageInput]:
+    """The model names served, one per input form, all the same model and batcher: the model's
+    own name (FP32 ``images``, which also takes UINT8 pixels and BYTES files), ``<name>-pixels``
+    and ``<name>-files``, so that metadata-driven tools find every form from the metadata."""
     m = pipeline.manifest
+    dims = tuple(input_dims(pipeline))
     return {
-        "name": m.name, "versions": [m.version], "platform": PLATFORM,
-        "inputs": [{"name": m.input_name, "datatype": "FP32",
-                    "shape": [-1, *input_dims(pipeline)]}],
+        m.name: ImageInput(m.input_name, IMAGE_DATATYPES, "FP32", (-1, *dims)),
+        m.name + PIXELS_SUFFIX: ImageInput(PIXELS_INPUT, ("UINT8",), "UINT8", (-1, *dims)),
+        m.name + FILES_SUFFIX: ImageInput(FILES_INPUT, ("BYTES",), "BYTES", (-1, 1)),
+    }
+
+
+def model_metadata(pipeline: ImagePipeline, name: str) -> dict[str, Any]:
+    """Model metadata of served model ``name``: its image input and every output, batch axis
+    -1 (the optional ``label`` input is in the configuration's parameters)."""
+    m = pipeline.manifest
+    image = served_models(pipeline)[name]
+    return {
+        "name": name, "versions": [m.version], "platform": PLATFORM,
+        "inputs": [{"name": image.name, "datatype": image.datatype,
+                    "shape": list(image.shape)}],
         "outputs": [{"name": o.name, "datatype": o.datatype,
                      "shape": [-1, m.num_classes] if o.per_class else [-1]} for o in OUTPUTS],
     }
 
 
-def model_config(pipeline: ImagePipeline) -> dict[str, Any]:
-    """The model configuration as Triton writes it; the UINT8 and BYTES input forms, the label
-    input and the class names are in ``parameters``."""
+def model_config(pipeline: ImagePipeline, name: str) -> dict[str, Any]:
+    """The configuration of served model ``name`` as Triton writes it; the input forms, the
+    label input and the class names are in ``parameters``."""
     m = pipeline.manifest
+    image = served_models(pipeline)[name]
     b = pipeline.batcher
     outputs = []
     for o in OUTPUTS:
@@ -86,16 +117,18 @@ def model_config(pipeline: ImagePipeline) -> dict[str, Any]:
             "FP32": f"[N,{m.input_channels},{m.input_height},{m.input_width}] normalised",
             "UINT8": f"[N,{m.input_channels},{m.input_height},{m.input_width}] pixels",
             "BYTES": "[N] encoded images",
-        }),
+        } if name == m.name else {image.datatype: "as the input's shape"}),
+        "models": json.dumps({n: i.name for n, i in served_models(pipeline).items()}),
         "optional_inputs": json.dumps({LABEL_INPUT: "INT32 or INT64 [N], -1 = no label"}),
         "temperature": repr(m.temperature),
         "execution_provider": pipeline.provider,
     }
     return {
-        "name": m.name, "platform": PLATFORM, "backend": BACKEND,
+        "name": name, "platform": PLATFORM, "backend": BACKEND,
         "max_batch_size": b.max_batch_size,
-        "input": [{"name": m.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
-                   "dims": input_dims(pipeline)}],
+        "input": [{"name": image.name, "data_type": _CONFIG_TYPES[image.datatype],
+                   "format": "FORMAT_NONE" if image.datatype == "BYTES" else "FORMAT_NCHW",
+                   "dims": list(image.shape[1:])}],
         "output": outputs,
         "instance_group": [{
             "name": m.name, "count": b.instances,
@@ -114,17 +147,18 @@ def _duration(count: int, ns: int = 0) -> dict[str, int]:
 
 
 def model_statistics(
-    pipeline: ImagePipeline, requests: RequestCounts, batches: BatcherStats
+    pipeline: ImagePipeline, name: str, requests: RequestCounts, batches: BatcherStats
 ) -> dict[str, Any]:
-    """Statistics with Triton's meanings: ``success``/``fail`` and the queue and compute
-    durations count inference requests (of either transport), ``inference_count`` samples and
-    ``execution_count`` batches (both from the batcher, ScoreImages traffic included)."""
+    """Statistics of served model ``name`` with Triton's meanings: ``success``/``fail`` and the
+    queue and compute durations count its inference requests (of either transport);
+    ``inference_count`` samples and ``execution_count`` batches come from the one batcher that
+    every served name (and ScoreImages) shares."""
     m = pipeline.manifest
     # list() copies under the GIL: the worker thread may add a batch size meanwhile.
     by_size = sorted(list(batches.by_batch_size.items()))
     r = requests
     return {
-        "name": m.name, "version": m.version,
+        "name": name, "version": m.version,
         "last_inference": batches.last_batch_unix_ms,
         "inference_count": batches.samples, "execution_count": batches.batches,
         "inference_stats": {

@@ -31,8 +31,6 @@ from hardscore_server.batcher import DeadlineExpired, QueueFull
 from hardscore_server.config import ServerConfig
 from hardscore_server.errors import InvalidRequest, NotFound
 from hardscore_server.inference_protocol.core import (
-    SHM_BYTE_SIZE,
-    SHM_REGION,
     InferenceCore,
     InferRequest,
     InferResult,
@@ -211,9 +209,8 @@ def infer_reply(result: InferResult, binary_default: bool) -> tuple[list[bytes],
         item: JsonObject = {"name": out.spec.name, "datatype": out.spec.datatype,
                             "shape": list(out.array.shape)}
         binary = out.parameters.get("binary_data", binary_default)
-        if out.in_shared_memory:  # written there: the reply says where, with no data
-            item["parameters"] = {SHM_REGION: out.parameters[SHM_REGION],
-                                  SHM_BYTE_SIZE: out.array.nbytes}
+        if out.in_shared_memory:  # written there: no data in the reply (as Triton)
+            pass
         elif binary is True:
             data = out.array.tobytes()
             item["parameters"] = {"binary_data_size": len(data)}
@@ -400,14 +397,14 @@ class RestServer:
             neutral, binary_default = await asyncio.to_thread(
                 parse_infer_body, body, request.headers.get(HEADER_LENGTH), name, version)
         except (InvalidRequest, web.HTTPRequestEntityTooLarge):
-            self._core.record_failure(time.perf_counter_ns() - started)
+            self._core.record_failure(name, time.perf_counter_ns() - started)
             raise
         deadline = (None if not neutral.timeout_us
                     else time.monotonic() + neutral.timeout_us / 1e6)
         result = await self._core.infer(neutral, deadline)
         packing = time.perf_counter_ns()
         parts, header_length = await asyncio.to_thread(infer_reply, result, binary_default)
-        self._core.record_output_time(time.perf_counter_ns() - packing)
+        self._core.record_output_time(result.model_name, time.perf_counter_ns() - packing)
         if header_length is None:
             return web.Response(body=parts[0], content_type="application/json")
         response = web.Response(body=b"".join(parts), content_type="application/octet-stream")

@@ -79,7 +79,8 @@ def _typed_values(tensor: oip.ModelInferRequest.InferInputTensor) -> tuple[str, 
 
 
 def infer_request(request: oip.ModelInferRequest) -> tuple[InferRequest, bool]:
-    """The neutral request of a ModelInferRequest, and whether its data was raw."""
+    """The neutral request of a ModelInferRequest, and whether to answer raw (unless the data
+    came in typed contents; inputs all in shared memory are answered raw)."""
     raw = len(request.raw_input_contents) > 0
     in_request = [t for t in request.inputs if SHM_REGION not in t.parameters]
     if raw and len(request.raw_input_contents) != len(in_request):
@@ -106,8 +107,9 @@ def infer_request(request: oip.ModelInferRequest) -> tuple[InferRequest, bool]:
             item.source = f"contents.{field}"
         inputs.append(item)
     outputs = [RequestedOutput(o.name, _parameters(o.parameters)) for o in request.outputs]
+    typed = any(t.HasField("contents") for t in request.inputs)
     return InferRequest(model_name=request.model_name, model_version=request.model_version,
-                        id=request.id, inputs=inputs, outputs=outputs), raw
+                        id=request.id, inputs=inputs, outputs=outputs), not typed
 
 
 def infer_response(result: InferResult, raw: bool) -> oip.ModelInferResponse:
@@ -310,12 +312,12 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         try:
             neutral, raw = infer_request(request)
         except InvalidRequest:
-            self._core.record_failure()
+            self._core.record_failure(request.model_name)
             raise
         result = await self._core.infer(neutral, deadline)
         started = time.perf_counter_ns()
         response = await asyncio.to_thread(infer_response, result, raw)
-        self._core.record_output_time(time.perf_counter_ns() - started)
+        self._core.record_output_time(result.model_name, time.perf_counter_ns() - started)
         return response
 
 
