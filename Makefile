@@ -10,7 +10,7 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 
 .PHONY: all install test unit e2e deploy client-range demo lint protos protos-check bench clean \
-	serve default-model
+	serve default-model perf-analyzer
 
 all: test
 
@@ -89,14 +89,23 @@ unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
 # Real servers on 127.0.0.1.
-e2e: install
+e2e: install $(PERF_ANALYZER)
 	$(VENV)/bin/pytest -q tests/e2e
 
 # Docker, Helm, dashboards, the browser, the contract (buf, stale stubs, ruff, mypy).
 deploy: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP)
 	$(TEST_PATH) $(VENV)/bin/pytest -q tests/deploy
 
-test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP)
+# Triton's perf_analyzer (from the tritonclient 2.50.0 wheel) for the Open Inference Protocol
+# tests (tests/e2e/test_inference_extensions.py) and bench/perf_analyzer.sh.
+PERF_ANALYZER_CACHE := bench/.cache/perf_analyzer
+PERF_ANALYZER := $(PERF_ANALYZER_CACHE)/tritonclient-2.50.0.data/data/bin/perf_analyzer
+$(PERF_ANALYZER): | install
+	PERF_ANALYZER_CACHE=$(PERF_ANALYZER_CACHE) bench/perf_analyzer.sh --fetch-only
+
+perf-analyzer: $(PERF_ANALYZER)
+
+test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(PERF_ANALYZER)
 	$(TEST_PATH) $(VENV)/bin/pytest -q
 	$(MAKE) client-range
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import gzip
 import json
 import struct
-import urllib.error
-import urllib.request
 from typing import Any
 
 import numpy as np
@@ -24,8 +22,8 @@ from hardscore_server.digits import heldout_split, to_model_input, upscale_rgb
 from hardscore_server.preprocess import encode_png
 from hardscore_server.scores import score_logits
 
-from conftest import metric, scrape
-from server_process import ServerProcess, start_server
+from conftest import error_of, http, metric, scrape
+from server_process import start_server
 
 MODEL = "digits-resnet"
 MEAN = STD = (0.5, 0.5, 0.5)
@@ -53,28 +51,6 @@ def _input(name: str, array: np.ndarray, datatype: str, binary: bool = True):
     tensor = thttp.InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array, binary_data=binary)
     return tensor
-
-
-def http(server: ServerProcess, path: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None, method: str | None = None
-         ) -> tuple[int, dict[str, str], bytes]:
-    """One plain HTTP request: (status, headers, body), errors included."""
-    request = urllib.request.Request(server.http_url + path, data=body, headers=headers or {},
-                                     method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
-def error_of(status_and_body: tuple[int, dict[str, str], bytes]) -> tuple[int, str]:
-    """(status, message) of an error reply, checking Triton's shape {"error": message}."""
-    status, headers, body = status_and_body
-    assert headers["Content-Type"].startswith("application/json")
-    payload = json.loads(body)
-    assert list(payload) == ["error"], payload
-    return status, payload["error"]
 
 
 # -- health and metadata -----------------------------------------------------------------------
