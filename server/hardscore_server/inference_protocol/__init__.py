@@ -46,9 +46,9 @@ the last bit. Rows without a label (-1) get NaN label scores; non-finite logits 
 
 Errors use the status codes and message wording of Triton, the protocol's reference server:
 unknown model or version NOT_FOUND, bad shapes, datatypes and byte sizes INVALID_ARGUMENT, a
-full queue RESOURCE_EXHAUSTED (HTTP: 400, 404, 503; see rest), an expired deadline DEADLINE_EXCEEDED.
-Unlike Triton, a request
-may hold more than ``max_batch_size`` images: the batcher splits it across batches.
+full queue RESOURCE_EXHAUSTED, an expired deadline DEADLINE_EXCEEDED (over HTTP: 404, 400, 503,
+504; see ``rest``). Unlike Triton, a request may hold more than ``max_batch_size`` images: the
+batcher splits it across batches.
 
 Statistics count requests (``success``, ``fail``, queue and compute durations, per served name)
 as Triton does; ``inference_count`` (samples) and ``execution_count`` (batches) come from the
