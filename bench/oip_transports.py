@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Server, format_table, load_average, machine_header, median, time_limit
 
 from hardscore_server.digits import heldout_split, to_model_input
+from hardscore_server.local_server import ServerProcess
 from hardscore_server.model_dir import DEFAULT_MODEL_DIR, load_manifest
 
 TRANSPORTS = ("gRPC", "REST binary", "REST JSON")
@@ -57,7 +58,7 @@ async def _run(caller, concurrency: int, seconds: float) -> int:
     return done
 
 
-async def measure(server: Server, model: str, x: np.ndarray, args: argparse.Namespace
+async def measure(server: ServerProcess, model: str, x: np.ndarray, args: argparse.Namespace
                   ) -> dict[str, list[float]]:
     request = service_pb2.ModelInferRequest(model_name=model)
     request.inputs.add(name="images", datatype="FP32", shape=list(x.shape))
