@@ -101,6 +101,8 @@ deploy: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP)
 PERF_ANALYZER_CACHE := bench/.cache/perf_analyzer
 PERF_ANALYZER := $(PERF_ANALYZER_CACHE)/tritonclient-2.50.0.data/data/bin/perf_analyzer
 $(PERF_ANALYZER): | install
+	ldconfig -p | grep -q 'libb64\.so\.0d' || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d; }
 	PERF_ANALYZER_CACHE=$(PERF_ANALYZER_CACHE) bench/perf_analyzer.sh --fetch-only
 
 perf-analyzer: $(PERF_ANALYZER)
