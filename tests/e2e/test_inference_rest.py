@@ -339,3 +339,31 @@ def test_statistics_count_requests_samples_batches_and_failures(client, image_se
     assert failed("ModelInfer", "INVALID_ARGUMENT") == 1
     assert failed("http:ModelInfer", "INVALID_ARGUMENT") == 2
     assert failed("http:ModelInfer", "NOT_FOUND") == 1
+
+
+def test_a_burst_beyond_the_queue_is_refused_with_503_and_the_rest_is_served(digits):
+    """The same admission as gRPC: a full queue refuses at once (503, Triton's 'unavailable'),
+    every accepted request is answered correctly, and the server serves on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = _fp32(digits[0][:32])  # a request fills the whole queue of 32 on its own
+    header = _json_infer([_images(list(x.shape), parameters={"binary_data_size": x.nbytes})],
+                         outputs=[{"name": "predicted_class"}])
+    body, length = header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+    with start_server(["--max-queue-size", "32", "--max-batch-size", "8",
+                       "--max-queue-delay-ms", "20"]) as server:
+        with ThreadPoolExecutor(24) as pool:
+            replies = list(pool.map(lambda _: http(server, INFER, body, length), range(48)))
+        statuses = [status for status, _, _ in replies]
+        assert set(statuses) == {200, 503}, statuses
+        predicted = []
+        for reply in replies:
+            if reply[0] == 503:
+                message = error_of(reply)[1]
+                assert "queue full" in message and "max_queue_size 32" in message, message
+            else:
+                (out,) = json.loads(reply[2])["outputs"]
+                predicted.append(out["data"])
+        status, _, again = http(server, INFER, body, length)  # serving on, the same answer
+        assert status == 200 and http(server, "/v2/health/ready")[0] == 200
+        assert predicted == [json.loads(again)["outputs"][0]["data"]] * len(predicted)
