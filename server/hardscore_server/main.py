@@ -157,8 +157,11 @@ class HardscoreServer:
             return
         log.info("draining: up to %.1fs for accepted calls", self.config.grace_period_s)
         await self.health.enter_graceful_shutdown()
-        await asyncio.gather(self._server.stop(self.config.grace_period_s),
-                             self._rest.stop() if self._rest is not None else asyncio.sleep(0))
+        # REST drains beside gRPC; gRPC's stop starts first, in this task, as it always has.
+        rest_stopped = asyncio.ensure_future(self._rest.stop()) if self._rest else None
+        await self._server.stop(self.config.grace_period_s)
+        if rest_stopped is not None:
+            await rest_stopped
         if self.images is not None:
             await self.images.close()
         if self._core is not None:
