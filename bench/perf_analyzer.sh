@@ -3,9 +3,12 @@
 #
 #   bench/perf_analyzer.sh [--model-dir DIR] [--concurrency 1:16:5] [--interval-ms 2000]
 #                          [--batch-size 1] [--max-trials 10] [--stability 25] [--csv FILE]
-#                          [--fixed-inputs N]
+#                          [--fixed-inputs N] [--protocol grpc|http] [--model NAME]
 #                          [-- EXTRA perf_analyzer ARGS...]
+#   bench/perf_analyzer.sh --fetch-only    # fetch perf_analyzer, print its path, exit
 #
+# --protocol http drives the KServe V2 REST port (binary tensors); --model picks a served name
+# (default: the model's own; <model>-pixels and <model>-files take the other input forms).
 # Each concurrency level is measured in windows of --interval-ms until three in a row agree
 # within --stability percent, at most --max-trials windows (so at most 20 s per level by default).
 #
@@ -13,7 +16,7 @@
 # ships inside the tritonclient==2.50.0 manylinux wheel. It links libb64 (Debian: libb64-0d) and
 # libcudart.so.12 even when no GPU is used; libcudart comes from the nvidia-cuda-runtime-cu12
 # wheel. Both wheels are fetched once with `pip download --no-deps` into $PERF_ANALYZER_CACHE
-# (default ~/.cache/hardscore/perf_analyzer); libb64-0d is installed with apt-get when running as
+# (default .cache/perf_analyzer in the repository); libb64-0d is installed with apt-get when running as
 # root, else the script says what to install.
 #
 # The server runs on 127.0.0.1 with a free port and is stopped on exit. perf_analyzer sends its
@@ -25,7 +28,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 [[ -x "$PYTHON" ]] || PYTHON="$(command -v python3)"
-CACHE="${PERF_ANALYZER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hardscore/perf_analyzer}"
+CACHE="${PERF_ANALYZER_CACHE:-$REPO/.cache/perf_analyzer}"
 TRITONCLIENT_VERSION=2.50.0
 
 MODEL_DIR=""
@@ -36,6 +39,9 @@ MAX_TRIALS=10
 STABILITY=25
 CSV_OUT=""
 FIXED_INPUTS=0
+PROTOCOL=grpc
+MODEL_NAME=""
+FETCH_ONLY=0
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -47,8 +53,11 @@ while [[ $# -gt 0 ]]; do
     --stability) STABILITY="$2"; shift 2 ;;
     --csv) CSV_OUT="$2"; shift 2 ;;
     --fixed-inputs) FIXED_INPUTS="$2"; shift 2 ;;
+    --protocol) PROTOCOL="$2"; shift 2 ;;
+    --model) MODEL_NAME="$2"; shift 2 ;;
+    --fetch-only) FETCH_ONLY=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "perf_analyzer.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -89,6 +98,12 @@ if ! ldconfig -p | grep -q 'libb64\.so\.0d'; then
   fi
 fi
 export LD_LIBRARY_PATH="$CUDART_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [[ "$FETCH_ONLY" == 1 ]]; then
+  echo "$BIN"
+  exit 0
+fi
+[[ "$PROTOCOL" == grpc || "$PROTOCOL" == http ]] \
+  || { echo "perf_analyzer.sh: --protocol must be grpc or http" >&2; exit 2; }
 
 # -- the server ---------------------------------------------------------------------------------
 MODEL="$("$PYTHON" - "$MODEL_DIR" <<'EOF'
@@ -110,13 +125,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-SERVER_ARGS=(--host 127.0.0.1 --port 0 --metrics-port -1 --grace-period-s 5)
+SERVER_ARGS=(--host 127.0.0.1 --port 0 --http-port 0 --metrics-port -1 --grace-period-s 5)
 [[ -n "$MODEL_DIR" ]] && SERVER_ARGS+=(--model-dir "$MODEL_DIR")
 PYTHONUNBUFFERED=1 "$PYTHON" -m hardscore_server.main "${SERVER_ARGS[@]}" >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 PORT=""
+HTTP_PORT=""
 for _ in $(seq 1 600); do
   PORT="$(sed -n 's/.*serving gRPC on [^ ]*:\([0-9]*\),.*/\1/p' "$WORK/server.log" | head -n1)"
+  HTTP_PORT="$(sed -n 's/.*serving HTTP (KServe V2 REST) on [^ ]*:\([0-9]*\).*/\1/p' \
+    "$WORK/server.log" | head -n1)"
   [[ -n "$PORT" ]] && break
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     echo "the server did not start:" >&2; cat "$WORK/server.log" >&2; exit 4
@@ -146,10 +164,12 @@ EOF
 fi
 
 # -- the load test ------------------------------------------------------------------------------
-echo "perf_analyzer -m $MODEL -i grpc -u 127.0.0.1:$PORT --concurrency-range $CONCURRENCY" \
+[[ -n "$MODEL_NAME" ]] && MODEL="$MODEL_NAME"
+[[ "$PROTOCOL" == http ]] && PORT="$HTTP_PORT"
+echo "perf_analyzer -m $MODEL -i $PROTOCOL -u 127.0.0.1:$PORT --concurrency-range $CONCURRENCY" \
   "-b $BATCH_SIZE -p $INTERVAL_MS --max-trials $MAX_TRIALS --stability-percentage $STABILITY" \
   "${EXTRA[*]}"
-"$BIN" -m "$MODEL" -i grpc -u "127.0.0.1:$PORT" --concurrency-range "$CONCURRENCY" \
+"$BIN" -m "$MODEL" -i "$PROTOCOL" -u "127.0.0.1:$PORT" --concurrency-range "$CONCURRENCY" \
   -b "$BATCH_SIZE" -p "$INTERVAL_MS" --max-trials "$MAX_TRIALS" \
   --stability-percentage "$STABILITY" -f "$WORK/results.csv" \
   ${EXTRA[@]+"${EXTRA[@]}"} >"$WORK/perf_analyzer.log" 2>&1 \

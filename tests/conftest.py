@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,3 +81,25 @@ def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
            **labels: str) -> float:
     """One sample's value, 0.0 when the series does not exist yet."""
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def http(server: ServerProcess, path: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None, method: str | None = None
+         ) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP request: (status, headers, body), errors included."""
+    request = urllib.request.Request(server.http_url + path, data=body, headers=headers or {},
+                                     method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def error_of(status_and_body: tuple[int, dict[str, str], bytes]) -> tuple[int, str]:
+    """(status, message) of an error reply, checking Triton's shape {"error": message}."""
+    status, headers, body = status_and_body
+    assert headers["Content-Type"].startswith("application/json")
+    payload = json.loads(body)
+    assert list(payload) == ["error"], payload
+    return status, payload["error"]

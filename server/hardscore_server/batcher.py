@@ -71,6 +71,15 @@ class ShuttingDown(QueueFull):
     """The batcher is draining and accepts nothing new."""
 
 
+@dataclass
+class RequestTiming:
+    """Where one request's time went in the batcher (nanoseconds): ``queue_ns`` from enqueue to
+    the start of its first batch, ``compute_ns`` the summed model time of the batches it ran in."""
+
+    queue_ns: int = 0
+    compute_ns: int = 0
+
+
 @dataclass(eq=False)
 class _Request:
     inputs: Array
@@ -81,6 +90,8 @@ class _Request:
     pending: int  # samples not yet computed
     outputs: Array | None = None
     dropped: bool = False
+    timing: RequestTiming | None = None
+    started: bool = False
 
 
 @dataclass
@@ -250,13 +261,15 @@ class DynamicBatcher:
         return Reservation(self, n)
 
     async def infer(
-        self, inputs: Array, deadline: float | None = None, reservation: Reservation | None = None
+        self, inputs: Array, deadline: float | None = None, reservation: Reservation | None = None,
+        timing: RequestTiming | None = None,
     ) -> Array:
         """Computes the model's outputs for ``inputs`` [n, ...]; returns them in input order.
 
         ``deadline`` is a ``time.monotonic()`` instant; ``reservation`` (from reserve(), for at
         least n samples) means admission was already granted. Raises QueueFull (nothing
-        queued), DeadlineExpired, ShuttingDown, or the model's own exception.
+        queued), DeadlineExpired, ShuttingDown, or the model's own exception. ``timing``, when
+        given, is filled in with the request's queue and model time.
         """
         n = len(inputs)
         if n == 0:
@@ -271,6 +284,7 @@ class DynamicBatcher:
         request = _Request(
             inputs=inputs, deadline=deadline, enqueued_at=now,
             future=asyncio.get_running_loop().create_future(), queued=n, pending=n,
+            timing=timing,
         )
         self._queue.append(_Segment(request, 0, n))
         self._queued += n
@@ -397,6 +411,10 @@ class DynamicBatcher:
             seg.request.queued -= take
             waited = now - seg.request.enqueued_at
             self.stats.queue_ns += int(waited * 1e9) * take
+            if not seg.request.started:
+                seg.request.started = True
+                if seg.request.timing is not None:
+                    seg.request.timing.queue_ns = int(waited * 1e9)
             if self._m is not None:
                 self._m.queue_wait.observe(waited)
             if take == seg.stop - seg.start:
@@ -469,6 +487,9 @@ class DynamicBatcher:
             size_stats = stats.by_batch_size.setdefault(batch.size, BatchSizeStats())
             size_stats.count += 1
             size_stats.compute_ns += int(seconds * 1e9)
+            for seg in batch.segments:
+                if seg.request.timing is not None:
+                    seg.request.timing.compute_ns += int(seconds * 1e9)
         if self._m is not None:
             self._m.inference_time.observe(seconds)
             self._m.batch_size.observe(batch.size)

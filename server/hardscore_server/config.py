@@ -32,6 +32,9 @@ class ServerConfig:
 
     host: str = field(default="0.0.0.0", metadata={"help": "gRPC listen address"})
     port: int = field(default=8001, metadata={"help": "gRPC port (0 = pick a free one)"})
+    http_port: int = field(
+        default=8000, metadata={"help": "KServe V2 REST port on host (0 = free one, -1 = off)"}
+    )
     metrics_host: str = field(
         default="0.0.0.0", metadata={"help": "bind address of the /metrics port (0.0.0.0 = every "
                                      "IPv4 interface, so that Prometheus can scrape the pod)"}
@@ -151,6 +154,8 @@ class ServerConfig:
         """Returns self, or raises ConfigError naming the first bad setting."""
         checks: list[tuple[bool, str]] = [
             (0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port}"),
+            (-1 <= self.http_port <= 65535,
+             f"http_port must be in -1..65535, got {self.http_port}"),
             (-1 <= self.metrics_port <= 65535,
              f"metrics_port must be in -1..65535, got {self.metrics_port}"),
             (self.max_message_bytes >= 1024,

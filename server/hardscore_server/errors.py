@@ -11,7 +11,11 @@ class InvalidRequest(ValueError):
     """The request as a whole cannot be scored (INVALID_ARGUMENT); the message names the field."""
 
 
-class UnknownModel(LookupError):
+class NotFound(LookupError):
+    """What the request names does not exist here (NOT_FOUND; HTTP 404)."""
+
+
+class UnknownModel(NotFound):
     """The request names a model this server does not serve (NOT_FOUND)."""
 
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_server.batcher import DeadlineExpired, DynamicBatcher, Reservation
+from hardscore_server.batcher import DeadlineExpired, DynamicBatcher, RequestTiming, Reservation
 from hardscore_server.config import ServerConfig
 from hardscore_server.decode_budget import DecodeBudget, mib
 from hardscore_server.decode_cost import DecodeCost, estimate_array, estimate_image
@@ -225,12 +225,14 @@ class ImagePipeline:
             raise UnknownModel(f"model {name!r} is not served here; this server serves "
                                f"{self.manifest.name!r}")
 
-    async def score(self, batch: ImageBatch, deadline: float | None) -> ImageScores:
+    async def score(
+        self, batch: ImageBatch, deadline: float | None, timing: RequestTiming | None = None
+    ) -> ImageScores:
         """Scores every image of ``batch``; ``deadline`` is a time.monotonic() instant.
 
         Raises UnknownModel, InvalidRequest (more than ``max_samples`` images, labels that do
         not match the images, a bad temperature), SampleFailed, and the batcher's QueueFull and
-        DeadlineExpired.
+        DeadlineExpired. ``timing``, when given, gets the batcher's queue and model time.
         """
         self.check_model(batch.model_name)
         n = len(batch)
@@ -246,7 +248,7 @@ class ImagePipeline:
             raise InvalidRequest(f"temperature must be finite and > 0, got {temperature}")
         reservation = self.batcher.reserve(n) if n else None  # refuse early, before decoding
         try:
-            return await self._score_admitted(batch, temperature, deadline, reservation)
+            return await self._score_admitted(batch, temperature, deadline, reservation, timing)
         except (asyncio.CancelledError, DeadlineExpired):
             # the call ended (deadline, caller gone) before its samples were queued: while its
             # headers were read, it waited for decode budget, or its images were decoded
@@ -259,7 +261,7 @@ class ImagePipeline:
 
     async def _score_admitted(
         self, batch: ImageBatch, temperature: float, deadline: float | None,
-        reservation: Reservation | None,
+        reservation: Reservation | None, timing: RequestTiming | None = None,
     ) -> ImageScores:
         n = len(batch)
         m = self.manifest
@@ -269,7 +271,7 @@ class ImagePipeline:
         failed = {i for i, _ in errors}
         rows = np.array([i for i in range(n) if i not in failed], dtype=np.intp)
         if len(rows):
-            logits = np.asarray(await self.batcher.infer(inputs, deadline, reservation),
+            logits = np.asarray(await self.batcher.infer(inputs, deadline, reservation, timing),
                                 dtype=np.float32)
         else:
             logits = np.zeros((0, m.num_classes), dtype=np.float32)

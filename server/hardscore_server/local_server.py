@@ -22,6 +22,7 @@ SERVER_PYTHON_ENV = "HARDSCORE_SERVER_PYTHON"
 
 SERVING = re.compile(r"^(?!worker \d+ \| ).*serving gRPC on [^ ]+:(\d+), metrics on [^ ]+:(-?\d+)")
 """The server's "serving" line; a supervisor's workers (``worker I | ...`` lines) are skipped."""
+SERVING_HTTP = re.compile(r"serving HTTP \(KServe V2 REST\) on [^ ]+:(\d+)")
 
 # Runs ``python -m hardscore_server.main ARGS`` after asking Linux to SIGTERM the server when
 # its parent dies (even by SIGKILL), so no server outlives the test run or benchmark behind it.
@@ -52,7 +53,7 @@ class ServerProcess:
         self.args = [
             python, "-c", _LAUNCHER,
             "--host", "127.0.0.1", "--port", "0",
-            "--metrics-host", "127.0.0.1", "--metrics-port", "0",
+            "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--http-port", "0",
             *args,
         ]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
@@ -60,12 +61,18 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.metrics_port = -1
+        self.http_port = -1
         self.lines: list[str] = []
         self._reader: threading.Thread | None = None
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The REST port's base URL (http; the caller swaps in https under TLS)."""
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -80,6 +87,9 @@ class ServerProcess:
             assert self.proc is not None and self.proc.stdout is not None
             for line in self.proc.stdout:
                 self.lines.append(line.rstrip())
+                http = SERVING_HTTP.search(line)
+                if http:
+                    self.http_port = int(http[1])
                 match = SERVING.search(line)
                 if match:
                     self.port, self.metrics_port = int(match[1]), int(match[2])

@@ -21,18 +21,20 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from hardscore_server.call_gate import CallGate
 from hardscore_server.config import ConfigError, ServerConfig, parse_args
 from hardscore_server.image_pipeline import ImagePipeline
 from hardscore_server.inference_protocol import grpc_service_pb2_grpc as oip_grpc
+from hardscore_server.inference_protocol.core import InferenceCore
+from hardscore_server.inference_protocol.rest import RestServer
 from hardscore_server.inference_protocol.servicer import SERVICE_NAME as INFERENCE_SERVICE
 from hardscore_server.inference_protocol.servicer import InferenceProtocolServicer
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.metrics_http import metrics_tls
 from hardscore_server.model_dir import DEFAULT_MODEL_DIR, ModelDirError
 from hardscore_server.model_runner import ModelLoadError, ModelRunner, gpu_settings
+from hardscore_server.reflection_v1 import enable_server_reflection
 from hardscore_server.security import ServerSecurity
 from hardscore_server.servicer import ScoringServicer
 from hardscore_server.supervisor import announce_ready, is_worker, supervise
@@ -140,6 +142,9 @@ class HardscoreServer:
         self.metrics_tls = metrics_tls(config)  # the same for the metrics port's TLS files
         self.health_port = -1
         self.gate = CallGate()
+        self.http_port = -1
+        self._rest: RestServer | None = None
+        self._core: InferenceCore | None = None
         self._health_server: grpc.aio.Server | None = None
         self._server: grpc.aio.Server | None = None
         self._servicer: ScoringServicer | None = None
@@ -181,14 +186,15 @@ class HardscoreServer:
         self._servicer = ScoringServicer(c, self.metrics, self.images)
         pb_grpc.add_ScoringServiceServicer_to_server(self._servicer, self._server)
         services = [SCORING_SERVICE]
+        core = None
         if self.images is not None:  # the Open Inference Protocol, for standard clients
+            core = self._core = InferenceCore(self.images)
             oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-                InferenceProtocolServicer(self.metrics, self.images, c.max_message_bytes),
+                InferenceProtocolServicer(self.metrics, core, c.max_message_bytes),
                 self._server)
             services.append(INFERENCE_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        enable_server_reflection((*services, health.SERVICE_NAME), self._server)  # v1alpha, v1
         address = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
         self.port = self.security.add_port(self._server, address)
         if self.port == 0:
@@ -202,12 +208,17 @@ class HardscoreServer:
             if self.health_port == 0:
                 raise OSError(f"cannot bind health port {health_address}")
             await self._health_server.start()
+        if core is not None and c.http_port >= 0:  # the same protocol over HTTP/REST
+            self._rest = RestServer(c, self.metrics, core, self.security.tokens)
+            self.http_port = await self._rest.start(c.host, c.http_port)
         await self._server.start()
         if c.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port,
                                                    self.metrics_tls)
         for service in ("", *services):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self._rest is not None:  # before the gRPC line: launchers wait for that one
+            log.info("serving HTTP (KServe V2 REST) on %s:%d", c.host, self.http_port)
         if self._health_server is not None:
             log.info("health checks (plaintext, grpc.health.v1 only) on %s:%d", c.host,
                      self.health_port)
@@ -235,6 +246,12 @@ class HardscoreServer:
         self.gate.begin_drain(time.monotonic() + min(grace, REFUSAL_WINDOW_S))
         log.info("draining: up to %.1fs for %d call(s) in flight", grace, self.gate.in_flight)
         await self.health.enter_graceful_shutdown()
+        # REST refuses new requests (503) from now on and drains beside gRPC, bounded by the
+        # grace period (aiohttp's shutdown_timeout).
+        rest_stopped = None
+        if self._rest is not None:
+            self._rest.begin_drain()
+            rest_stopped = asyncio.ensure_future(self._rest.stop())
         # Refusals first: the port stays open while started calls finish and refused callers
         # move on, so grpc's shutdown, which cancels calls it holds but has not handed to a
         # handler (CANCELLED), finds none. Calls that take longer keep running after it.
@@ -247,11 +264,18 @@ class HardscoreServer:
         if not await self.gate.wait_drained(until - time.monotonic()):
             unfinished = await self.gate.cut_off(CUT_OFF_TIMEOUT_S)  # UNAVAILABLE: retried
         await stopping
+        if rest_stopped is not None:
+            try:
+                await asyncio.wait_for(rest_stopped, max(until - time.monotonic(), 0.0) + 0.5)
+            except TimeoutError:
+                log.warning("the REST port did not drain within the grace period")
         if self.images is not None:  # nothing waits on it now; bounded whatever still decodes
             try:
                 await asyncio.wait_for(self.images.close(), CLOSE_TIMEOUT_S)
             except TimeoutError:
                 log.warning("the model pipeline did not stop within %.1fs", CLOSE_TIMEOUT_S)
+        if self._core is not None:
+            self._core.shared_memory.close()
         if self._servicer is not None:
             self._servicer.close()
         if self._health_server is not None:

@@ -22,6 +22,7 @@ from hardscore_server.config import ServerConfig
 from hardscore_server.errors import (
     DecodeBudgetExceeded,
     InvalidRequest,
+    NotFound,
     UnknownModel,
     check_reply_fits,
 )
@@ -57,6 +58,7 @@ STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     DecodeBudgetExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     UnknownModel: grpc.StatusCode.NOT_FOUND,
+    NotFound: grpc.StatusCode.NOT_FOUND,
     DecodeError: grpc.StatusCode.INVALID_ARGUMENT,  # a stream message that is not protobuf
 }
 

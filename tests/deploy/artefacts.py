@@ -22,13 +22,14 @@ BIN = Path(sys.executable).parent
 
 RELEASE, NAMESPACE = "rel", "ml"
 FULLNAME = f"{RELEASE}-hardscore"
-GRPC_PORT, METRICS_PORT, HEALTH_PORT = 8001, 8002, 8003
+GRPC_PORT, METRICS_PORT, HEALTH_PORT, HTTP_PORT = 8001, 8002, 8003, 8000
 # Settings naming files that exist only inside the pod (mounted volumes and secrets).
 POD_FILE_SETTINGS = {"model_dir", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
                      "auth_tokens_file", "metrics_tls_cert_file", "metrics_tls_key_file",
                      "metrics_tls_client_ca_file"}
 # Settings the chart owns (from other values), so values.config may not set them.
-CHART_SETTINGS = {"host", "port", "metrics_host", "metrics_port", "health_port"} | POD_FILE_SETTINGS
+CHART_SETTINGS = {"host", "port", "http_port", "metrics_host", "metrics_port",
+                  "health_port"} | POD_FILE_SETTINGS
 
 
 def tool(name: str) -> str:

@@ -21,6 +21,7 @@ import pytest
 from artefacts import (
     DOCKERFILE,
     GRPC_PORT,
+    HTTP_PORT,
     INSTALL,
     METRICS_PORT,
     REPO,
@@ -98,7 +99,7 @@ def test_dockerfile_structure() -> None:
     assert users and re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", users[-1]), "numeric non-root user"
     assert words.index("USER") > words.index("COPY"), "files are copied as root, read-only"
     run = dict(runtime)
-    assert set(run["EXPOSE"].split()) == {str(GRPC_PORT), str(METRICS_PORT)}
+    assert set(run["EXPOSE"].split()) == {str(GRPC_PORT), str(HTTP_PORT), str(METRICS_PORT)}
     assert json.loads(run["ENTRYPOINT"]) == ["hardscore-server"], "exec form: SIGTERM reaches it"
     assert run["STOPSIGNAL"] == "SIGTERM"
     assert "--from=builder /opt/hardscore /opt/hardscore" in run["COPY"]

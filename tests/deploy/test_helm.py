@@ -37,6 +37,7 @@ from artefacts import (
     FULLNAME,
     GRPC_PORT,
     HEALTH_PORT,
+    HTTP_PORT,
     KSERVE,
     METRICS_PORT,
     NAMESPACE,
@@ -343,12 +344,14 @@ def test_rendered_deployment_keeps_its_promises(
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     config = settings(objects)
     assert (config["port"], config["metrics_port"]) == (GRPC_PORT, METRICS_PORT)
+    assert config["http_port"] == HTTP_PORT
     health_port_on = values["tls"]["enabled"] and values["probes"]["mode"] == "grpc"
     if health_port_on:
-        assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT, "health": HEALTH_PORT}
+        assert ports == {"grpc": GRPC_PORT, "http": HTTP_PORT, "metrics": METRICS_PORT,
+                         "health": HEALTH_PORT}
         assert config["health_port"] == HEALTH_PORT
     else:
-        assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+        assert ports == {"grpc": GRPC_PORT, "http": HTTP_PORT, "metrics": METRICS_PORT}
         assert "health_port" not in config
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         handler = container[probe]
@@ -706,3 +709,14 @@ def test_kserve_documented() -> None:
     readme = (REPO / "docs" / "deployment.md").read_text()
     for needed in ("helm/kserve/servingruntime.yaml", "grpc-v2", "h2c", "/mnt/models"):
         assert needed in readme, needed
+
+
+def test_rest_port_can_be_turned_off() -> None:
+    objects = render({"ports": {"http": 0}})
+    assert settings(objects)["http_port"] == -1
+    assert "http" not in {p["name"] for p in server_container(objects)["ports"]}
+    service = one(objects, "Service", FULLNAME)
+    assert "http" not in {p["name"] for p in service["spec"]["ports"]}
+    service = one(render(), "Service", FULLNAME)
+    assert {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"} in (
+        service["spec"]["ports"])

@@ -87,3 +87,14 @@ def test_logits_bench_gets_equal_results_end_to_end(tmp_path):
     for row in rows:
         assert float(row["max abs diff"]) == 0.0  # served scores equal the in-process ones
     assert "ratio end-to-end / in-process" in stdout
+
+
+def test_oip_transports_measures_grpc_and_both_rest_forms(tmp_path):
+    out = tmp_path / "oip.md"
+    text = run_bench("oip_transports.py", "--rounds", "1", "--seconds", "0.5", "--batch", "4",
+                     "--concurrency", "2", "--output", str(out))
+    rows = {r["transport"]: r for r in markdown_rows(text, "transport")}
+    assert list(rows) == ["gRPC", "REST binary", "REST JSON"]
+    assert rows["gRPC"]["vs gRPC"] == "1.00"
+    assert all(float(r["images/s (median)"]) > 0 for r in rows.values())
+    assert "| REST JSON |" in out.read_text()

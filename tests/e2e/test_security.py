@@ -435,3 +435,48 @@ def test_token_checks():
     assert check_authorization(None, tokens) == MISSING
     assert check_authorization([("authorization", "Token alpha-token")], tokens) == MALFORMED
     assert check_authorization([("authorization", b"Bearer beta-token")], tokens) == ""
+
+
+# -- the REST port (KServe V2 over HTTP) ---------------------------------------------------------
+
+
+def _https(server: ServerProcess, pki: Pki, path: str, token: str | None = None,
+           body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"https://localhost:{server.http_port}{path}", data=body,
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=20, context=context) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_rest_port_speaks_tls_and_needs_the_token_except_for_health(secure_server, pki):
+    import json
+    import urllib.error
+    import urllib.request
+
+    assert _https(secure_server, pki, "/v2/health/ready")[0] == 200  # exempt, as gRPC health
+    assert _https(secure_server, pki, "/v2/health/live")[0] == 200
+    infer = json.dumps({"inputs": [{"name": "images", "datatype": "FP32",
+                                    "shape": [1, 3, 32, 32], "data": [0.0] * 3072}]}).encode()
+    for path, body in [("/v2", None), ("/v2/models/digits-resnet/ready", None),
+                       ("/v2/models/digits-resnet/infer", infer)]:
+        for token, detail in [(None, MISSING), ("wrong-token", INVALID)]:
+            status, headers, reply = _https(secure_server, pki, path, token, body)
+            assert (status, json.loads(reply)) == (401, {"error": detail}), path
+            assert headers["WWW-Authenticate"] == 'Bearer realm="hardscore"'
+        status, _, reply = _https(secure_server, pki, path, FILE_TOKEN, body)
+        assert status == 200, reply
+    status, _, reply = _https(secure_server, pki, "/v2/models/digits-resnet/infer", ENV_TOKEN,
+                              infer)
+    assert json.loads(reply)["outputs"][0]["name"] == "logits"
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext to the TLS port
+        urllib.request.urlopen(f"http://127.0.0.1:{secure_server.http_port}/v2/health/live",
+                               timeout=10)

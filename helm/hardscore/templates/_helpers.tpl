@@ -97,6 +97,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $managed := dict
   "host" "0.0.0.0"
   "port" (.Values.ports.grpc | int)
+  "http_port" (ternary (.Values.ports.http | default 0 | int) -1 (gt (.Values.ports.http | default 0 | int) 0))
   "metrics_host" "0.0.0.0"
   "metrics_port" (.Values.ports.metrics | int)
   "intra_op_threads" (include "hardscore.intraOpThreads" . | int)

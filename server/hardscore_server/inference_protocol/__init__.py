@@ -1,24 +1,24 @@
-"""The Open Inference Protocol (KServe V2 gRPC, ``inference.GRPCInferenceService``).
+"""The Open Inference Protocol (KServe V2), over gRPC (``inference.GRPCInferenceService``, on the
+port of hardscore.v1) and over HTTP/REST (its own port, ``http_port``).
 
 Standard inference clients (tritonclient, KServe, perf_analyzer) call the served model through
-this service, on the same port as hardscore.v1. It only translates: the protocol's tensors
-become an ``ImageBatch`` for the image pipeline that serves ScoreImages too (same admission,
-decoding, batcher and scores), and the scores go back as extra output tensors.
+it. Both transports only translate: ``core`` turns a request's tensors into an ``ImageBatch``
+for the image pipeline that serves ScoreImages too (same admission, decoding, batcher and
+scores) and hands the scores back as output tensors; docs/inference-protocol.md lists what is
+and is not implemented.
 
-Modules: ``tensors`` (reading input tensors, writing output tensors), ``model_config`` (model
-metadata, configuration and statistics), ``servicer`` (the gRPC service); ``grpc_service_pb2*``
-are generated from proto/inference/grpc_service.proto (``make protos``).
+Modules: ``tensors`` (input tensors read and checked, transport-neutral), ``model_config``
+(served names, metadata, configuration, statistics as Triton's JSON dicts), ``shared_memory``
+(system shared memory regions), ``core`` (one request through the pipeline; statistics),
+``servicer`` (gRPC), ``rest`` (HTTP/REST); ``grpc_service_pb2*`` are generated from
+proto/inference/grpc_service.proto (``make protos``).
 
-Inputs of ModelInfer (tensor data in ``raw_input_contents`` or typed ``contents``):
-
-- ``images`` (the manifest's input name), one of
-  FP32 ``[N, C, H, W]``: the model input, already normalised (``(pixel / 255 - mean) / std``);
-  taken as is, NaN and infinity included (they give NaN scores, never an error);
-  UINT8 ``[N, C, H, W]``: pixels 0..255, normalised here with the manifest's mean and std;
-  BYTES ``[N]`` or ``[N, 1]``: encoded image files (JPEG, PNG, WebP, BMP, GIF, TIFF), decoded and
-  resized here exactly as ScoreImages does. The protocol has no per-sample errors, so one
-  undecodable image fails the call with INVALID_ARGUMENT naming its index.
-- ``label`` (optional), INT32 or INT64 ``[N]`` or ``[N, 1]``: given class indices, -1 = none.
+Served names (one model, one batcher): ``<model>`` takes ``images`` as FP32 [N, C, H, W] (the
+model input, normalised, taken as is: NaN and infinity give NaN scores), UINT8 [N, C, H, W]
+(pixels, normalised here) or BYTES [N] / [N, 1] (encoded image files, decoded and resized as
+ScoreImages does); ``<model>-pixels`` takes UINT8 ``image_pixels``; ``<model>-files`` takes BYTES
+``image_files``. Every name also takes the optional ``label``, INT32 or INT64 [N] or [N, 1]
+(class indices, -1 = none). One undecodable image fails the call naming its index.
 
 Outputs, raw when the request was raw: those the request lists in ``outputs``, else all of
 them, the label scores only when a ``label`` input was given. Label scores asked for by name
@@ -46,13 +46,11 @@ the last bit. Rows without a label (-1) get NaN label scores; non-finite logits 
 
 Errors use the status codes and message wording of Triton, the protocol's reference server:
 unknown model or version NOT_FOUND, bad shapes, datatypes and byte sizes INVALID_ARGUMENT, a
-full queue or images over the decode budget together RESOURCE_EXHAUSTED, an expired deadline
-DEADLINE_EXCEEDED. Unlike Triton, a request
-may hold more than ``max_batch_size`` images: the batcher splits it across batches.
+full queue or a busy decode budget RESOURCE_EXHAUSTED, an expired deadline DEADLINE_EXCEEDED
+(over HTTP: 404, 400, 503, 504; see ``rest``). Unlike Triton, a request may hold more than
+``max_batch_size`` images: the batcher splits it across batches.
 
-ModelStatistics reports the batcher's cumulative counts, which include ScoreImages traffic (one
-model, one batcher). Counts are in samples (images): ``success``, ``queue`` and
-``compute_infer`` count samples, and their durations sum each sample's queue wait and the
-duration of the batch it ran in, so the averages are per image (per request for batch-1
-clients such as perf_analyzer's default).
+Statistics count requests (``success``, ``fail``, queue and compute durations, per served name)
+as Triton does; ``inference_count`` (samples) and ``execution_count`` (batches) come from the
+one batcher.
 """

@@ -56,6 +56,31 @@ class GRPCInferenceServiceStub(object):
                 request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
                 response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
                 )
+        self.ModelStreamInfer = channel.stream_stream(
+                '/inference.GRPCInferenceService/ModelStreamInfer',
+                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+                )
+        self.RepositoryIndex = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryIndex',
+                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+                )
+        self.SystemSharedMemoryStatus = channel.unary_unary(
+                '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
+                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusResponse.FromString,
+                )
+        self.SystemSharedMemoryRegister = channel.unary_unary(
+                '/inference.GRPCInferenceService/SystemSharedMemoryRegister',
+                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterResponse.FromString,
+                )
+        self.SystemSharedMemoryUnregister = channel.unary_unary(
+                '/inference.GRPCInferenceService/SystemSharedMemoryUnregister',
+                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterResponse.FromString,
+                )
 
 
 class GRPCInferenceServiceServicer(object):
@@ -119,6 +144,41 @@ class GRPCInferenceServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelStreamInfer(self, request_iterator, context):
+        """Triton's streaming inference: one response message per request message, in order; a
+        failed request answers with error_message set and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryIndex(self, request, context):
+        """Triton extension "model_repository" (index only): the models served and their state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SystemSharedMemoryStatus(self, request, context):
+        """Triton extension "system_shared_memory": regions of /dev/shm that requests may read their
+        inputs from and write their outputs to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SystemSharedMemoryRegister(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SystemSharedMemoryUnregister(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +221,31 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelStatistics,
                     request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
                     response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
+            ),
+            'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
+                    servicer.ModelStreamInfer,
+                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.FromString,
+                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
+            ),
+            'SystemSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SystemSharedMemoryStatus,
+                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.FromString,
+                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusResponse.SerializeToString,
+            ),
+            'SystemSharedMemoryRegister': grpc.unary_unary_rpc_method_handler(
+                    servicer.SystemSharedMemoryRegister,
+                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterRequest.FromString,
+                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterResponse.SerializeToString,
+            ),
+            'SystemSharedMemoryUnregister': grpc.unary_unary_rpc_method_handler(
+                    servicer.SystemSharedMemoryUnregister,
+                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterRequest.FromString,
+                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,5 +392,90 @@ class GRPCInferenceService(object):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelStatistics',
             hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
             hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ModelStreamInfer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(request_iterator, target, '/inference.GRPCInferenceService/ModelStreamInfer',
+            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/RepositoryIndex',
+            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SystemSharedMemoryStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
+            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
+            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SystemSharedMemoryRegister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/SystemSharedMemoryRegister',
+            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
+            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SystemSharedMemoryUnregister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/SystemSharedMemoryUnregister',
+            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
+            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

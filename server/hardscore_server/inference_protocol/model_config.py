@@ -1,25 +1,31 @@
 """What the Open Inference Protocol says about the served model: its metadata (inputs and
 outputs), its Triton-style configuration, and its statistics, built from the image pipeline's
-manifest, batching settings and counters."""
+manifest, batching settings and counters, as the plain JSON-like dicts of Triton's REST API (the
+gRPC servicer parses the same dicts into its messages: both transports say the same)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
+from hardscore_server.batcher import BatcherStats
 from hardscore_server.image_pipeline import ImagePipeline
-from hardscore_server.inference_protocol import grpc_service_pb2 as oip
 
 SERVER_NAME = "hardscore"
-EXTENSIONS = ("model_configuration", "statistics")
+EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data", "system_shared_memory")
 """Triton protocol extensions served besides the core protocol."""
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 LABEL_INPUT = "label"
 IMAGE_DATATYPES = ("FP32", "UINT8", "BYTES")
+PIXELS_SUFFIX, PIXELS_INPUT = "-pixels", "image_pixels"
+"""Model ``<name>-pixels`` takes the UINT8 pixels [N, C, H, W] as its input ``image_pixels``."""
+FILES_SUFFIX, FILES_INPUT = "-files", "image_files"
+"""Model ``<name>-files`` takes encoded image files [N, 1] (BYTES) as its input ``image_files``."""
 LABEL_DATATYPES = ("INT32", "INT64")
-_CONFIG_TYPES = {"FP32": oip.TYPE_FP32, "FP64": oip.TYPE_FP64, "INT64": oip.TYPE_INT64,
-                 "UINT8": oip.TYPE_UINT8, "INT32": oip.TYPE_INT32, "BYTES": oip.TYPE_STRING}
+_CONFIG_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "INT64": "TYPE_INT64",
+                 "UINT8": "TYPE_UINT8", "INT32": "TYPE_INT32", "BYTES": "TYPE_STRING"}
 
 
 @dataclass(frozen=True)
@@ -54,31 +60,56 @@ def input_dims(pipeline: ImagePipeline) -> list[int]:
     return [m.input_channels, m.input_height, m.input_width]
 
 
-def model_metadata(pipeline: ImagePipeline) -> oip.ModelMetadataResponse:
-    """ModelMetadata: the FP32 model input and every output, batch axis -1."""
-    m = pipeline.manifest
-    meta = oip.ModelMetadataResponse.TensorMetadata
-    return oip.ModelMetadataResponse(
-        name=m.name, versions=[m.version], platform=PLATFORM,
-        inputs=[meta(name=m.input_name, datatype="FP32", shape=[-1, *input_dims(pipeline)])],
-        outputs=[meta(name=o.name, datatype=o.datatype,
-                      shape=[-1, m.num_classes] if o.per_class else [-1])
-                 for o in OUTPUTS],
-    )
+@dataclass(frozen=True)
+class ImageInput:
+    """The image input of one served model name: its name, the datatypes it takes, and the
+    datatype and shape (batch axis -1) its metadata gives."""
+
+    name: str
+    datatypes: tuple[str, ...]
+    datatype: str
+    shape: tuple[int, ...]
 
 
-def model_config(pipeline: ImagePipeline) -> oip.ModelConfig:
-    """ModelConfig as Triton writes it; the UINT8 and BYTES input forms, the label input and the
-    class names are in ``parameters``."""
+def served_models(pipeline: ImagePipeline) -> dict[str, ImageInput]:
+    """The model names served, one per input form, all the same model and batcher: the model's
+    own name (FP32 ``images``, which also takes UINT8 pixels and BYTES files), ``<name>-pixels``
+    and ``<name>-files``, so that metadata-driven tools find every form from the metadata."""
     m = pipeline.manifest
+    dims = tuple(input_dims(pipeline))
+    return {
+        m.name: ImageInput(m.input_name, IMAGE_DATATYPES, "FP32", (-1, *dims)),
+        m.name + PIXELS_SUFFIX: ImageInput(PIXELS_INPUT, ("UINT8",), "UINT8", (-1, *dims)),
+        m.name + FILES_SUFFIX: ImageInput(FILES_INPUT, ("BYTES",), "BYTES", (-1, 1)),
+    }
+
+
+def model_metadata(pipeline: ImagePipeline, name: str) -> dict[str, Any]:
+    """Model metadata of served model ``name``: its image input and every output, batch axis
+    -1 (the optional ``label`` input is in the configuration's parameters)."""
+    m = pipeline.manifest
+    image = served_models(pipeline)[name]
+    return {
+        "name": name, "versions": [m.version], "platform": PLATFORM,
+        "inputs": [{"name": image.name, "datatype": image.datatype,
+                    "shape": list(image.shape)}],
+        "outputs": [{"name": o.name, "datatype": o.datatype,
+                     "shape": [-1, m.num_classes] if o.per_class else [-1]} for o in OUTPUTS],
+    }
+
+
+def model_config(pipeline: ImagePipeline, name: str) -> dict[str, Any]:
+    """The configuration of served model ``name`` as Triton writes it; the input forms, the
+    label input and the class names are in ``parameters``."""
+    m = pipeline.manifest
+    image = served_models(pipeline)[name]
     b = pipeline.batcher
-    reshape_scalar = oip.ModelTensorReshape(shape=[])
     outputs = []
     for o in OUTPUTS:
-        out = oip.ModelOutput(name=o.name, data_type=_CONFIG_TYPES[o.datatype],
-                              dims=[m.num_classes] if o.per_class else [1])
+        out: dict[str, Any] = {"name": o.name, "data_type": _CONFIG_TYPES[o.datatype],
+                               "dims": [m.num_classes] if o.per_class else [1]}
         if not o.per_class:  # a batched scalar: [N] on the wire, as Triton writes it
-            out.reshape.CopyFrom(reshape_scalar)
+            out["reshape"] = {"shape": []}
         outputs.append(out)
     parameters = {
         "class_names": json.dumps(list(m.class_names)),
@@ -86,58 +117,81 @@ def model_config(pipeline: ImagePipeline) -> oip.ModelConfig:
             "FP32": f"[N,{m.input_channels},{m.input_height},{m.input_width}] normalised",
             "UINT8": f"[N,{m.input_channels},{m.input_height},{m.input_width}] pixels",
             "BYTES": "[N] encoded images",
-        }),
+        } if name == m.name else {image.datatype: "as the input's shape"}),
+        "models": json.dumps({n: i.name for n, i in served_models(pipeline).items()}),
         "optional_inputs": json.dumps({LABEL_INPUT: "INT32 or INT64 [N], -1 = no label"}),
         "temperature": repr(m.temperature),
         "execution_provider": pipeline.provider,
     }
-    return oip.ModelConfig(
-        name=m.name, platform=PLATFORM, backend=BACKEND, max_batch_size=b.max_batch_size,
-        input=[oip.ModelInput(name=m.input_name, data_type=oip.TYPE_FP32,
-                              format=oip.ModelInput.FORMAT_NCHW, dims=input_dims(pipeline))],
-        output=outputs,
-        instance_group=[oip.ModelInstanceGroup(
-            name=m.name, count=b.instances,
-            kind=(oip.ModelInstanceGroup.KIND_GPU if pipeline.provider.startswith("CUDA")
-                  else oip.ModelInstanceGroup.KIND_CPU))],
-        dynamic_batching=oip.ModelDynamicBatching(
-            preferred_batch_size=list(b.preferred_batch_sizes),
-            max_queue_delay_microseconds=round(b.max_queue_delay_s * 1e6),
-            preserve_ordering=True,
-        ),
-        parameters={k: oip.ModelParameter(string_value=v) for k, v in parameters.items()},
-    )
+    return {
+        "name": name, "platform": PLATFORM, "backend": BACKEND,
+        "max_batch_size": b.max_batch_size,
+        "input": [{"name": image.name, "data_type": _CONFIG_TYPES[image.datatype],
+                   "format": "FORMAT_NONE" if image.datatype == "BYTES" else "FORMAT_NCHW",
+                   "dims": list(image.shape[1:])}],
+        "output": outputs,
+        "instance_group": [{
+            "name": m.name, "count": b.instances,
+            "kind": "KIND_GPU" if pipeline.provider.startswith("CUDA") else "KIND_CPU"}],
+        "dynamic_batching": {
+            "preferred_batch_size": list(b.preferred_batch_sizes),
+            "max_queue_delay_microseconds": round(b.max_queue_delay_s * 1e6),
+            "preserve_ordering": True,
+        },
+        "parameters": {k: {"string_value": v} for k, v in parameters.items()},
+    }
 
 
-def model_statistics(pipeline: ImagePipeline) -> oip.ModelStatistics:
-    """The batcher's cumulative counts (ScoreImages traffic included: one model, one batcher),
-    in samples: durations sum each sample's queue wait and the duration of its batch."""
+def _duration(count: int, ns: int = 0) -> dict[str, int]:
+    return {"count": count, "ns": ns}
+
+
+def model_statistics(
+    pipeline: ImagePipeline, name: str, requests: RequestCounts, batches: BatcherStats
+) -> dict[str, Any]:
+    """Statistics of served model ``name`` with Triton's meanings: ``success``/``fail`` and the
+    queue and compute durations count its inference requests (of either transport);
+    ``inference_count`` samples and ``execution_count`` batches come from the one batcher that
+    every served name (and ScoreImages) shares."""
     m = pipeline.manifest
-    stats = pipeline.batcher.stats_snapshot()
     # list() copies under the GIL: the worker thread may add a batch size meanwhile.
-    by_size = sorted(list(stats.by_batch_size.items()))
-    samples = stats.samples
-    compute_ns = sum(size * s.compute_ns for size, s in by_size)  # per sample, summed
-    duration = oip.StatisticDuration
-    return oip.ModelStatistics(
-        name=m.name, version=m.version,
-        last_inference=stats.last_batch_unix_ms,
-        inference_count=samples, execution_count=stats.batches,
-        inference_stats=oip.InferStatistics(
-            success=duration(count=samples, ns=stats.queue_ns + compute_ns),
-            fail=duration(),
-            queue=duration(count=samples, ns=stats.queue_ns),
-            # Clients (perf_analyzer) require the three compute counts to be equal; input
-            # and output copies are not timed apart from the model run: 0 ns.
-            compute_input=duration(count=samples),
-            compute_infer=duration(count=samples, ns=compute_ns),
-            compute_output=duration(count=samples),
-        ),
-        batch_stats=[
-            oip.InferBatchStatistics(
-                batch_size=size, compute_input=duration(count=s.count),
-                compute_infer=duration(count=s.count, ns=s.compute_ns),
-                compute_output=duration(count=s.count))
+    by_size = sorted(list(batches.by_batch_size.items()))
+    r = requests
+    return {
+        "name": name, "version": m.version,
+        "last_inference": batches.last_batch_unix_ms,
+        "inference_count": batches.samples, "execution_count": batches.batches,
+        "inference_stats": {
+            "success": _duration(r.success, r.success_ns),
+            "fail": _duration(r.fail, r.fail_ns),
+            "queue": _duration(r.success, r.queue_ns),
+            "compute_input": _duration(r.success, r.compute_input_ns),
+            "compute_infer": _duration(r.success, r.compute_infer_ns),
+            "compute_output": _duration(r.success, r.compute_output_ns),
+            "cache_hit": _duration(0), "cache_miss": _duration(0),
+        },
+        "batch_stats": [
+            {"batch_size": size, "compute_input": _duration(s.count),
+             "compute_infer": _duration(s.count, s.compute_ns),
+             "compute_output": _duration(s.count)}
             for size, s in by_size
         ],
-    )
+    }
+
+
+@dataclass
+class RequestCounts:
+    """Cumulative inference requests (nanoseconds summed over requests): ``success`` and
+    ``fail`` requests with their total server time; for the successes, time in the batcher's
+    queue, in the model (``compute_infer``), packing the outputs (``compute_output``) and
+    everything else (``compute_input``: reading tensors, decoding images, scoring). Failures
+    by cause are in hardscore_requests_total's ``code`` label."""
+
+    success: int = 0
+    success_ns: int = 0
+    fail: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0

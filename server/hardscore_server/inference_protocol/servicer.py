@@ -1,76 +1,150 @@
 """The Open Inference Protocol servicer (``inference.GRPCInferenceService``): translates the
-protocol's messages to and from the image pipeline; see the package docstring for the inputs,
-outputs and errors."""
+protocol's messages to and from ``core.InferenceCore``; see the package docstring for the
+inputs, outputs and errors."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
-from dataclasses import dataclass
-from typing import TypeVar
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 import grpc
-import numpy as np
-import numpy.typing as npt
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
-from hardscore_server.errors import InvalidRequest, UnknownModel, check_reply_fits
-from hardscore_server.image_pipeline import ImageBatch, ImagePipeline, ImageScores, SampleFailed
+from hardscore_server.errors import InvalidRequest, check_reply_fits
 from hardscore_server.inference_protocol import grpc_service_pb2 as oip
 from hardscore_server.inference_protocol import grpc_service_pb2_grpc as oip_grpc
-from hardscore_server.inference_protocol.model_config import (
-    EXTENSIONS,
-    IMAGE_DATATYPES,
-    LABEL_DATATYPES,
-    LABEL_INPUT,
-    OUTPUTS,
-    OUTPUTS_BY_NAME,
-    SERVER_NAME,
-    OutputSpec,
-    input_dims,
-    model_config,
-    model_metadata,
-    model_statistics,
+from hardscore_server.inference_protocol.core import (
+    SHM_BYTE_SIZE,
+    SHM_REGION,
+    InferenceCore,
+    InferRequest,
+    InferResult,
+    RequestedOutput,
 )
-from hardscore_server.inference_protocol.tensors import (
-    InputTensor,
-    TensorReader,
-    shape_text,
-    write_output,
-)
+from hardscore_server.inference_protocol.tensors import InputTensor
 from hardscore_server.metrics import ServerMetrics
-from hardscore_server.scores import NO_LABEL
-from hardscore_server.servicer import CallRecorder, deadline_of
+from hardscore_server.servicer import CallRecorder, deadline_of, status_of
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
+#: The ``InferTensorContents`` field holding each datatype's typed values.
+CONTENTS_FIELDS: dict[str, str] = {
+    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+    "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
+    "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+_ALL_CONTENTS_FIELDS = tuple(dict.fromkeys(CONTENTS_FIELDS.values()))
 
-@dataclass
-class ParsedRequest:
-    """A validated ModelInfer request, before the images are decoded."""
+STREAM_WINDOW = 64
+"""Requests of one ModelStreamInfer stream in progress at once; the stream's next request is
+read only when one of them has been answered (the client's flow control does the rest)."""
 
-    images: np.ndarray | list[bytes]
-    labels: npt.NDArray[np.int64] | None
-    outputs: list[OutputSpec]
-    raw: bool
-    n: int
+
+def to_message(values: dict[str, Any], message: M) -> M:
+    """Fills ``message`` from the core's JSON-like dict (Triton's REST form of the message)."""
+    return json_format.ParseDict(values, message)
+
+
+def _parameters(params: Any) -> dict[str, Any]:
+    """InferParameter map -> plain values."""
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        choice = p.WhichOneof("parameter_choice")
+        out[key] = getattr(p, choice) if choice else None
+    return out
+
+
+def _typed_values(tensor: oip.ModelInferRequest.InferInputTensor) -> tuple[str, Any]:
+    """The contents field of the tensor's datatype and its values; refuses any other field."""
+    field = CONTENTS_FIELDS.get(tensor.datatype)
+    if field is None:
+        raise InvalidRequest(
+            f"input '{tensor.name}' of datatype {tensor.datatype} has no typed contents field "
+            "in the protocol; send it in raw_input_contents")
+    for other in _ALL_CONTENTS_FIELDS:
+        if other != field and len(getattr(tensor.contents, other)):
+            raise InvalidRequest(
+                f"input '{tensor.name}' has datatype {tensor.datatype}, whose typed data "
+                f"belongs in contents.{field}, but contents.{other} is set")
+    return field, getattr(tensor.contents, field)
+
+
+def infer_request(request: oip.ModelInferRequest) -> tuple[InferRequest, bool]:
+    """The neutral request of a ModelInferRequest, and whether to answer raw (unless the data
+    came in typed contents; inputs all in shared memory are answered raw)."""
+    raw = len(request.raw_input_contents) > 0
+    in_request = [t for t in request.inputs if SHM_REGION not in t.parameters]
+    if raw and len(request.raw_input_contents) != len(in_request):
+        raise InvalidRequest(
+            f"expected {len(in_request)} raw input contents (one per input not in shared "
+            f"memory, in input order) for model '{request.model_name}', got "
+            f"{len(request.raw_input_contents)}")
+    inputs = []
+    raw_contents = iter(request.raw_input_contents)
+    for tensor in request.inputs:
+        if raw and tensor.HasField("contents"):
+            raise InvalidRequest(
+                f"contents field must not be specified when using raw_input_contents for "
+                f"'{tensor.name}' for model '{request.model_name}'")
+        item = InputTensor(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape),
+                           parameters=_parameters(tensor.parameters))
+        if SHM_REGION in item.parameters:
+            if tensor.HasField("contents"):
+                item.values = []  # refused by the core: data and a region
+        elif raw:
+            item.raw = next(raw_contents)
+        elif tensor.datatype in CONTENTS_FIELDS:  # others: the core refuses the datatype
+            field, item.values = _typed_values(tensor)
+            item.source = f"contents.{field}"
+        inputs.append(item)
+    outputs = [RequestedOutput(o.name, _parameters(o.parameters)) for o in request.outputs]
+    typed = any(t.HasField("contents") for t in request.inputs)
+    return InferRequest(model_name=request.model_name, model_version=request.model_version,
+                        id=request.id, inputs=inputs, outputs=outputs), not typed
+
+
+def infer_response(result: InferResult, raw: bool) -> oip.ModelInferResponse:
+    """The ModelInferResponse of a result: raw outputs when the request was raw, else typed."""
+    response = oip.ModelInferResponse(model_name=result.model_name,
+                                      model_version=result.model_version, id=result.id)
+    for out in result.outputs:
+        datatype = out.spec.datatype
+        tensor = response.outputs.add(name=out.spec.name, datatype=datatype,
+                                      shape=out.array.shape)
+        if out.in_shared_memory:  # written there: the reply says where, with no data
+            tensor.parameters[SHM_REGION].string_param = out.parameters[SHM_REGION]
+            tensor.parameters[SHM_BYTE_SIZE].int64_param = out.array.nbytes
+            if raw:
+                response.raw_output_contents.append(b"")
+        elif raw:
+            response.raw_output_contents.append(out.array.tobytes())
+        else:
+            getattr(tensor.contents, CONTENTS_FIELDS[datatype]).extend(
+                out.array.ravel().tolist())
+    return response
 
 
 class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
-    """Serves ``inference.GRPCInferenceService`` for the one model of an ImagePipeline."""
+    """Serves ``inference.GRPCInferenceService`` for the one model of an InferenceCore."""
 
     def __init__(
-        self, metrics: ServerMetrics, pipeline: ImagePipeline,
-        max_reply_bytes: int | None = None,
+        self, metrics: ServerMetrics, core: InferenceCore, max_reply_bytes: int | None = None,
     ) -> None:
         """``max_reply_bytes``: the gRPC send limit; a ModelInfer whose reply would exceed it
-        is refused (INVALID_ARGUMENT) instead of failing in gRPC once computed."""
-        self._max_reply_bytes = max_reply_bytes
+        is refused (INVALID_ARGUMENT; the core refuses before decoding when the outputs'
+        values alone cannot fit) instead of failing in gRPC once computed."""
         self._calls = CallRecorder(metrics)
-        self._pipeline = pipeline
-        self._m = pipeline.manifest
-        self._version = importlib.metadata.version("hardscore")
+        self._core = core
+        self._max_reply_bytes = max_reply_bytes
 
     # -- health and metadata ----------------------------------------------------------------
 
@@ -78,38 +152,36 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         self, request: oip.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> oip.ServerLiveResponse:
         return await self._calls.unary("ServerLive", context,
-                                lambda: _done(oip.ServerLiveResponse(live=True)))
+                                       lambda: _done(oip.ServerLiveResponse(live=True)))
 
     async def ServerReady(
         self, request: oip.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> oip.ServerReadyResponse:
         # The port is bound only after the model is loaded and warmed up; ready turns false
         # when the server starts draining.
-        ready = self._pipeline.batcher.accepting
+        ready = self._core.ready
         return await self._calls.unary("ServerReady", context,
-                                lambda: _done(oip.ServerReadyResponse(ready=ready)))
+                                       lambda: _done(oip.ServerReadyResponse(ready=ready)))
 
     async def ModelReady(
         self, request: oip.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelReadyResponse:
-        ready = (request.name == self._m.name and request.version in ("", self._m.version)
-                 and self._pipeline.batcher.accepting)
+        ready = self._core.model_ready(request.name, request.version)
         return await self._calls.unary("ModelReady", context,
-                                lambda: _done(oip.ModelReadyResponse(ready=ready)))
+                                       lambda: _done(oip.ModelReadyResponse(ready=ready)))
 
     async def ServerMetadata(
         self, request: oip.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> oip.ServerMetadataResponse:
-        response = oip.ServerMetadataResponse(
-            name=SERVER_NAME, version=self._version, extensions=EXTENSIONS)
+        response = to_message(self._core.server_metadata(), oip.ServerMetadataResponse())
         return await self._calls.unary("ServerMetadata", context, lambda: _done(response))
 
     async def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelMetadataResponse:
         async def work() -> oip.ModelMetadataResponse:
-            self._check_model(request.name, request.version)
-            return model_metadata(self._pipeline)
+            return to_message(self._core.model_metadata(request.name, request.version),
+                              oip.ModelMetadataResponse())
 
         return await self._calls.unary("ModelMetadata", context, work)
 
@@ -117,8 +189,8 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         self, request: oip.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelConfigResponse:
         async def work() -> oip.ModelConfigResponse:
-            self._check_model(request.name, request.version)
-            return oip.ModelConfigResponse(config=model_config(self._pipeline))
+            config = self._core.model_config(request.name, request.version)
+            return to_message({"config": config}, oip.ModelConfigResponse())
 
         return await self._calls.unary("ModelConfig", context, work)
 
@@ -126,9 +198,8 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         self, request: oip.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelStatisticsResponse:
         async def work() -> oip.ModelStatisticsResponse:
-            if request.name or request.version:  # empty name: every model (the one)
-                self._check_model(request.name, request.version)
-            return oip.ModelStatisticsResponse(model_stats=[model_statistics(self._pipeline)])
+            stats = self._core.model_statistics(request.name, request.version)
+            return to_message(stats, oip.ModelStatisticsResponse())
 
         return await self._calls.unary("ModelStatistics", context, work)
 
@@ -138,176 +209,125 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelInferResponse:
         async def work() -> oip.ModelInferResponse:
-            self._check_model(request.model_name, request.model_version)
-            parsed = await asyncio.to_thread(self._parse, request)
-            self._check_reply(self._reply_floor(parsed), parsed.n)  # before decoding
-            batch = ImageBatch(images=parsed.images, labels=parsed.labels,
-                               on_sample_error="raise")
-            try:
-                result = await self._pipeline.score(batch, deadline_of(context))
-            except SampleFailed as exc:
-                raise InvalidRequest(
-                    f"input '{self._m.input_name}' element {exc.index} cannot be used: "
-                    f"{exc.error}") from None
-            response = await asyncio.to_thread(self._respond, request, parsed, result)
-            self._check_reply(response.ByteSize(), parsed.n)
-            return response
+            return await self.infer(request, deadline_of(context))
 
         return await self._calls.unary("ModelInfer", context, work)
 
-    def _reply_floor(self, parsed: ParsedRequest) -> int:
-        """Bytes of the requested outputs' values alone: no reply to ``parsed`` is smaller
-        (typed INT64 contents take at least 1 byte a value, raw ones 8)."""
-        itemsize = {"FP32": 4, "FP64": 8, "INT64": 8 if parsed.raw else 1}
-        return sum(parsed.n * (self._m.num_classes if o.per_class else 1) * itemsize[o.datatype]
-                   for o in parsed.outputs)
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[oip.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[oip.ModelStreamInferResponse]:
+        """Answers each request in order, up to STREAM_WINDOW scored concurrently; a failed
+        request is answered in-band (``error_message``) and the stream goes on."""
+        deadline = deadline_of(context)
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        pending: asyncio.Queue[asyncio.Future[oip.ModelStreamInferResponse] | None] = (
+            asyncio.Queue())
 
-    def _check_reply(self, size: int, n: int) -> None:
-        if self._max_reply_bytes is not None:
-            check_reply_fits(size, self._max_reply_bytes, n, None, "images", "requests")
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    pending.put_nowait(asyncio.ensure_future(self._stream_one(request, deadline)))
+            finally:
+                pending.put_nowait(None)
 
-    def _parse(self, request: oip.ModelInferRequest) -> ParsedRequest:
-        """Checks the request's inputs and outputs and reads the tensors' data (worker thread)."""
-        m = self._m
-        raw = len(request.raw_input_contents) > 0
-        if raw and len(request.raw_input_contents) != len(request.inputs):
-            raise InvalidRequest(
-                f"expected {len(request.inputs)} raw input contents (one per input, in input "
-                f"order) for model '{m.name}', got {len(request.raw_input_contents)}")
-        by_name: dict[str, InputTensor] = {}
-        for i, tensor in enumerate(request.inputs):
-            if tensor.name not in (m.input_name, LABEL_INPUT):
-                raise InvalidRequest(
-                    f"unexpected inference input '{tensor.name}' for model '{m.name}'; its "
-                    f"inputs are '{m.input_name}' and the optional '{LABEL_INPUT}'")
-            if tensor.name in by_name:
-                raise InvalidRequest(
-                    f"input '{tensor.name}' is given more than once for model '{m.name}'")
-            for key in ("shared_memory_region", "shared_memory_byte_size"):
-                if key in tensor.parameters:
-                    raise InvalidRequest(
-                        f"input '{tensor.name}' names a shared memory region: this server "
-                        "does not support shared memory; send the data in the request")
-            if raw and tensor.HasField("contents"):
-                raise InvalidRequest(
-                    f"contents field must not be specified when using raw_input_contents for "
-                    f"'{tensor.name}' for model '{m.name}'")
-            raw_data = request.raw_input_contents[i] if raw else None
-            by_name[tensor.name] = InputTensor(tensor, raw_data)
-        if m.input_name not in by_name:
-            got = [t.name for t in request.inputs]
-            raise InvalidRequest(
-                f"expected 1 or 2 inputs but got {len(got)} inputs for model '{m.name}'. Got "
-                f"input(s) {got}, but missing required input(s) ['{m.input_name}']. Please "
-                "provide all required input(s).")
-        reader = TensorReader(m.name)
-        images, n = self._read_images(reader, by_name[m.input_name])
-        labels = self._read_labels(reader, by_name[LABEL_INPUT], n) if (
-            LABEL_INPUT in by_name) else None
-        outputs = self._requested_outputs(request, labels is not None)
-        if labels is None and any(o.needs_label for o in outputs):
-            labels = np.full(n, NO_LABEL, dtype=np.int64)  # asked for, no labels: all NaN
-        return ParsedRequest(images=images, labels=labels, outputs=outputs, raw=raw, n=n)
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await pending.get()) is not None:
+                response = await answer
+                window.release()
+                yield response
+            await reader  # a request the stream could not read ends the call with its status
+        except Exception as exc:
+            code = status_of(exc)
+            if code is None:
+                log.exception("ModelStreamInfer failed unexpectedly", exc_info=exc)
+            await context.abort(code or grpc.StatusCode.INTERNAL, str(exc))
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                if (left := pending.get_nowait()) is not None:
+                    left.cancel()
 
-    def _read_images(
-        self, reader: TensorReader, item: InputTensor
-    ) -> tuple[np.ndarray | list[bytes], int]:
-        t = item.tensor
-        m = self._m
-        shape = list(t.shape)
-        if t.datatype not in IMAGE_DATATYPES:
-            raise InvalidRequest(
-                f"inference input '{t.name}' data-type is '{t.datatype}', but model '{m.name}' "
-                f"expects 'FP32' (normalised), 'UINT8' (pixels) or 'BYTES' (encoded images)")
-        if t.datatype == "BYTES":
-            if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-                raise InvalidRequest(
-                    f"unexpected shape for input '{t.name}' for model '{m.name}'. Expected [-1] "
-                    f"or [-1,1] (one encoded image per element), got {shape_text(shape)}")
-        elif len(shape) != 4 or shape[1:] != input_dims(self._pipeline):
-            raise InvalidRequest(
-                f"unexpected shape for input '{t.name}' for model '{m.name}'. Expected "
-                f"{shape_text([-1, *input_dims(self._pipeline)])}, got {shape_text(shape)}")
-        n = shape[0]
-        limit = self._pipeline.max_samples
-        if n < 1:
-            raise InvalidRequest(
-                f"input '{t.name}' for model '{m.name}' holds {n} images; send at least one")
-        if n > limit:
-            raise InvalidRequest(
-                f"input '{t.name}' holds {n} images, more than this server takes in one "
-                f"request ({limit}); send smaller requests")
-        if t.datatype == "BYTES":
-            return reader.strings(item, shape), n
-        return reader.numeric(item, shape), n
+    async def _stream_one(
+        self, request: oip.ModelInferRequest, deadline: float | None
+    ) -> oip.ModelStreamInferResponse:
+        started = time.perf_counter()
+        try:
+            response = await self.infer(request, deadline)
+        except Exception as exc:  # in-band, as Triton answers: the stream goes on
+            code = status_of(exc)
+            if code is None:
+                log.exception("ModelStreamInfer request failed unexpectedly", exc_info=exc)
+            self._calls.record("ModelStreamInfer", code or grpc.StatusCode.INTERNAL, started)
+            return oip.ModelStreamInferResponse(
+                error_message=str(exc) if code else f"internal error: {type(exc).__name__}: {exc}",
+                infer_response=oip.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version,
+                    id=request.id))
+        self._calls.record("ModelStreamInfer", grpc.StatusCode.OK, started)
+        return oip.ModelStreamInferResponse(infer_response=response)
 
-    def _read_labels(
-        self, reader: TensorReader, item: InputTensor, n: int
-    ) -> npt.NDArray[np.int64]:
-        t = item.tensor
-        m = self._m
-        shape = list(t.shape)
-        if t.datatype not in LABEL_DATATYPES:
-            raise InvalidRequest(
-                f"inference input '{t.name}' data-type is '{t.datatype}', but model '{m.name}' "
-                "expects 'INT32' or 'INT64'")
-        if shape not in ([n], [n, 1]):
-            raise InvalidRequest(
-                f"unexpected shape for input '{t.name}' for model '{m.name}'. Expected [{n}] "
-                f"(one label per image, -1 = none), got {shape_text(shape)}")
-        labels = reader.numeric(item, shape).reshape(n).astype(np.int64)
-        bad = np.flatnonzero((labels < NO_LABEL) | (labels >= m.num_classes))
-        if len(bad):
-            raise InvalidRequest(
-                f"input '{t.name}' element {bad[0]} is {labels[bad[0]]}: labels are class "
-                f"indices 0..{m.num_classes - 1}, or -1 for none")
-        return labels
+    async def RepositoryIndex(
+        self, request: oip.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> oip.RepositoryIndexResponse:
+        async def work() -> oip.RepositoryIndexResponse:
+            models = self._core.repository_index(request.repository_name, request.ready)
+            return to_message({"models": models}, oip.RepositoryIndexResponse())
 
-    def _requested_outputs(
-        self, request: oip.ModelInferRequest, has_labels: bool
-    ) -> list[OutputSpec]:
-        if not request.outputs:
-            return [o for o in OUTPUTS if has_labels or not o.needs_label]
-        chosen: dict[str, OutputSpec] = {}
-        for wanted in request.outputs:
-            spec = OUTPUTS_BY_NAME.get(wanted.name)
-            if spec is None:
-                raise InvalidRequest(
-                    f"unexpected inference output '{wanted.name}' for model '{self._m.name}'; "
-                    f"its outputs are {', '.join(OUTPUTS_BY_NAME)}")
-            for key in ("classification", "shared_memory_region"):
-                if key in wanted.parameters:
-                    raise InvalidRequest(
-                        f"output '{wanted.name}' asks for '{key}', which this server does not "
-                        "support (ask for 'predicted_class' and 'probabilities' instead of "
-                        "classification; shared memory is not supported)")
-            chosen.setdefault(spec.name, spec)
-        return list(chosen.values())
+        return await self._calls.unary("RepositoryIndex", context, work)
 
-    def _respond(
-        self, request: oip.ModelInferRequest, parsed: ParsedRequest, result: ImageScores
+    # -- system shared memory -----------------------------------------------------------------
+
+    async def SystemSharedMemoryStatus(
+        self, request: oip.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> oip.SystemSharedMemoryStatusResponse:
+        async def work() -> oip.SystemSharedMemoryStatusResponse:
+            regions = self._core.shared_memory.status(request.name)
+            return to_message({"regions": {r["name"]: r for r in regions}},
+                              oip.SystemSharedMemoryStatusResponse())
+
+        return await self._calls.unary("SystemSharedMemoryStatus", context, work)
+
+    async def SystemSharedMemoryRegister(
+        self, request: oip.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> oip.SystemSharedMemoryRegisterResponse:
+        async def work() -> oip.SystemSharedMemoryRegisterResponse:
+            await asyncio.to_thread(self._core.shared_memory.register, request.name,
+                                    request.key, request.offset, request.byte_size)
+            return oip.SystemSharedMemoryRegisterResponse()
+
+        return await self._calls.unary("SystemSharedMemoryRegister", context, work)
+
+    async def SystemSharedMemoryUnregister(
+        self, request: oip.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> oip.SystemSharedMemoryUnregisterResponse:
+        async def work() -> oip.SystemSharedMemoryUnregisterResponse:
+            self._core.shared_memory.unregister(request.name)
+            return oip.SystemSharedMemoryUnregisterResponse()
+
+        return await self._calls.unary("SystemSharedMemoryUnregister", context, work)
+
+    # -- one inference ------------------------------------------------------------------------
+
+    async def infer(
+        self, request: oip.ModelInferRequest, deadline: float | None
     ) -> oip.ModelInferResponse:
-        """Packs the requested outputs (worker thread)."""
-        m = self._m
-        response = oip.ModelInferResponse(model_name=m.name, model_version=m.version,
-                                          id=request.id)
-        scores = result.scores
-        for spec in parsed.outputs:
-            values = result.logits if spec.name == "logits" else getattr(scores, spec.name)
-            assert values is not None, f"{spec.name} needs labels"  # _parse fills labels in
-            write_output(response, spec.name, spec.datatype, values, parsed.raw)
+        """One ModelInfer request through the core (also one message of ModelStreamInfer)."""
+        try:
+            neutral, raw = infer_request(request)
+        except InvalidRequest:
+            self._core.record_failure(request.model_name)
+            raise
+        result = await self._core.infer(neutral, deadline, self._max_reply_bytes)
+        started = time.perf_counter_ns()
+        response = await asyncio.to_thread(infer_response, result, raw)
+        if self._max_reply_bytes is not None:
+            check_reply_fits(response.ByteSize(), self._max_reply_bytes, result.samples, None,
+                             "images", "requests")
+        self._core.record_output_time(result.model_name, time.perf_counter_ns() - started)
         return response
-
-    def _check_model(self, name: str, version: str) -> None:
-        m = self._m
-        if name != m.name:
-            raise UnknownModel(
-                f"Request for unknown model: '{name}' is not found; this server serves "
-                f"'{m.name}'")
-        if version not in ("", m.version):
-            raise UnknownModel(
-                f"Request for unknown model: '{name}' version {version} is not found; this "
-                f"server serves version {m.version}")
 
 
 async def _done(value: T) -> T:

@@ -1,19 +1,20 @@
-"""Tensors of the Open Inference Protocol: input tensors read into numpy arrays (checked against
-their declared datatype and shape, raw or typed contents) and numpy arrays written as output
-tensors. Error messages follow Triton's wording."""
+"""Tensors of the Open Inference Protocol, transport-neutral: input tensors (raw little-endian
+bytes, or typed values from gRPC contents or JSON ``data``) read into numpy arrays, checked
+against their declared datatype and shape, and output arrays encoded as raw bytes. Error
+messages follow Triton's wording. No protobuf and no HTTP here: the gRPC servicer and the REST
+server translate their messages to and from these."""
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from hardscore_server.errors import InvalidRequest
-from hardscore_server.inference_protocol import grpc_service_pb2 as oip
 
 #: Little-endian numpy dtype of each fixed-size datatype (the raw encoding).
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
@@ -22,14 +23,6 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
     "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }
-#: The ``InferTensorContents`` field holding each datatype's typed values.
-CONTENTS_FIELDS: dict[str, str] = {
-    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-    "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
-    "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}
-_ALL_CONTENTS_FIELDS = tuple(dict.fromkeys(CONTENTS_FIELDS.values()))
 
 
 def shape_text(shape: Sequence[int]) -> str:
@@ -39,10 +32,20 @@ def shape_text(shape: Sequence[int]) -> str:
 
 @dataclass
 class InputTensor:
-    """One input tensor of a request: its message and its raw bytes (None when typed)."""
+    """One input tensor of a request, whatever the transport.
 
-    tensor: oip.ModelInferRequest.InferInputTensor
-    raw: bytes | None
+    ``raw`` holds the little-endian bytes (gRPC raw contents, HTTP binary data, shared memory);
+    else ``values`` holds the typed values (gRPC contents, JSON ``data``, flat or nested) and
+    ``source`` names where they came from, for messages.
+    """
+
+    name: str
+    datatype: str
+    shape: list[int]
+    raw: bytes | memoryview | None = None
+    values: Any = None
+    source: str = "data"
+    parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
 class TensorReader:
@@ -60,93 +63,103 @@ class TensorReader:
 
     def numeric(self, item: InputTensor, shape: Sequence[int]) -> np.ndarray:
         """A fixed-size datatype's values as a native-endian array of ``shape`` (a copy)."""
-        t = item.tensor
-        dtype = NUMPY_DTYPES[t.datatype]
-        count = self.element_count(t.name, shape)
+        dtype = NUMPY_DTYPES[item.datatype]
+        count = self.element_count(item.name, shape)
         if item.raw is not None:
             expected = count * dtype.itemsize
             if len(item.raw) != expected:
                 raise InvalidRequest(
-                    f"input byte size mismatch for input '{t.name}' for model '{self.model}'. "
-                    f"Expected {expected}, got {len(item.raw)}")
+                    f"input byte size mismatch for input '{item.name}' for model "
+                    f"'{self.model}'. Expected {expected}, got {len(item.raw)}")
             flat = np.frombuffer(item.raw, dtype=dtype)
         else:
-            field = self._typed_field(item)
-            values = getattr(t.contents, field)
-            if len(values) != count:
-                raise InvalidRequest(
-                    f"unexpected number of elements in contents.{field} for input '{t.name}' "
-                    f"for model '{self.model}'. Expected {count} (shape "
-                    f"{shape_text(shape)}), got {len(values)}")
-            wide = np.array(values, dtype=np.float64 if dtype.kind == "f" else np.int64)
-            if dtype.kind in "iu" and len(wide):
-                info = np.iinfo(dtype)
-                bad = np.flatnonzero((wide < info.min) | (wide > info.max))
-                if len(bad):
-                    raise InvalidRequest(
-                        f"contents.{field} of input '{t.name}' holds {wide[bad[0]]} at index "
-                        f"{bad[0]}, out of range for {t.datatype}")
-            flat = wide.astype(dtype)
+            flat = self._typed(item, dtype, count, shape)
         return np.array(flat.reshape(shape), dtype=dtype.newbyteorder("="))
 
+    def _typed(self, item: InputTensor, dtype: np.dtype[Any], count: int,
+               shape: Sequence[int]) -> np.ndarray:
+        """Typed values (flat or nested lists) as a flat array of ``dtype``, range-checked."""
+        wide_type = np.float64 if dtype.kind == "f" else np.int64
+        values = [] if item.values is None else item.values
+        try:
+            wide = np.asarray(values, dtype=wide_type).ravel()
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidRequest(
+                f"{item.source} of input '{item.name}' for model '{self.model}' must be "
+                f"{'numbers' if dtype.kind == 'f' else 'integers'} (a flat or nested list of "
+                f"{item.datatype} values)") from None
+        if len(wide) != count:
+            raise InvalidRequest(
+                f"unexpected number of elements in {item.source} for input '{item.name}' "
+                f"for model '{self.model}'. Expected {count} (shape {shape_text(shape)}), "
+                f"got {len(wide)}")
+        if dtype.kind in "iu" and len(wide):
+            info = np.iinfo(dtype)
+            bad = np.flatnonzero((wide < info.min) | (wide > info.max))
+            if len(bad):
+                raise InvalidRequest(
+                    f"{item.source} of input '{item.name}' holds {wide[bad[0]]} at index "
+                    f"{bad[0]}, out of range for {item.datatype}")
+        return wide.astype(dtype)
+
     def strings(self, item: InputTensor, shape: Sequence[int]) -> list[bytes]:
-        """A BYTES tensor's elements."""
-        t = item.tensor
-        count = self.element_count(t.name, shape)
+        """A BYTES tensor's elements (JSON strings are taken as UTF-8)."""
+        count = self.element_count(item.name, shape)
         if item.raw is None:
-            elements = list(getattr(t.contents, self._typed_field(item)))
+            values = item.values if isinstance(item.values, list) else list(item.values or [])
+            elements = [_as_bytes(item, v) for v in _flatten(values)]
         else:
-            elements = self._split_raw_bytes(t.name, item.raw)
+            elements = split_raw_bytes(item.name, item.raw)
         if len(elements) != count:
             raise InvalidRequest(
-                f"expected {count} string elements for inference input '{t.name}' for model "
+                f"expected {count} string elements for inference input '{item.name}' for model "
                 f"'{self.model}' (shape {shape_text(shape)}), got {len(elements)}")
         return elements
 
-    def _split_raw_bytes(self, name: str, raw: bytes) -> list[bytes]:
-        """Raw BYTES: each element is a 4-byte little-endian length, then that many bytes."""
-        out: list[bytes] = []
-        offset = 0
-        view = memoryview(raw)
-        while offset < len(raw):
-            if offset + 4 > len(raw):
-                raise InvalidRequest(
-                    f"raw data of BYTES input '{name}' is malformed: element {len(out)} at byte "
-                    f"{offset} needs a 4-byte length, only {len(raw) - offset} bytes remain")
-            (size,) = struct.unpack_from("<I", raw, offset)
-            offset += 4
-            if offset + size > len(raw):
-                raise InvalidRequest(
-                    f"raw data of BYTES input '{name}' is malformed: element {len(out)} "
-                    f"declares {size} bytes, only {len(raw) - offset} remain")
-            out.append(bytes(view[offset:offset + size]))
-            offset += size
-        return out
 
-    def _typed_field(self, item: InputTensor) -> str:
-        """The contents field of the tensor's datatype; refuses data in any other field."""
-        t = item.tensor
-        field = CONTENTS_FIELDS.get(t.datatype)
-        if field is None:
+def _flatten(values: Any) -> list[Any]:
+    out: list[Any] = []
+    stack = [values]
+    while stack:  # iterative: a deeply nested JSON list cannot exhaust the C stack
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(reversed(value))
+        else:
+            out.append(value)
+    return out
+
+
+def _as_bytes(item: InputTensor, value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise InvalidRequest(
+        f"{item.source} of BYTES input '{item.name}' must hold strings, got "
+        f"{type(value).__name__}")
+
+
+def split_raw_bytes(name: str, raw: bytes | memoryview) -> list[bytes]:
+    """Raw BYTES: each element is a 4-byte little-endian length, then that many bytes."""
+    out: list[bytes] = []
+    offset = 0
+    view = memoryview(raw)
+    while offset < len(view):
+        if offset + 4 > len(view):
             raise InvalidRequest(
-                f"input '{t.name}' of datatype {t.datatype} has no typed contents field in the "
-                "protocol; send it in raw_input_contents")
-        for other in _ALL_CONTENTS_FIELDS:
-            if other != field and len(getattr(t.contents, other)):
-                raise InvalidRequest(
-                    f"input '{t.name}' has datatype {t.datatype}, whose typed data belongs in "
-                    f"contents.{field}, but contents.{other} is set")
-        return field
+                f"raw data of BYTES input '{name}' is malformed: element {len(out)} at byte "
+                f"{offset} needs a 4-byte length, only {len(view) - offset} bytes remain")
+        (size,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + size > len(view):
+            raise InvalidRequest(
+                f"raw data of BYTES input '{name}' is malformed: element {len(out)} "
+                f"declares {size} bytes, only {len(view) - offset} remain")
+        out.append(bytes(view[offset:offset + size]))
+        offset += size
+    return out
 
 
-def write_output(
-    response: oip.ModelInferResponse, name: str, datatype: str, values: np.ndarray, raw: bool
-) -> None:
-    """Appends ``values`` as the output tensor ``name`` of ``datatype``: in
-    ``raw_output_contents`` when ``raw`` (the request was raw), else in typed contents."""
-    array = np.ascontiguousarray(values, dtype=NUMPY_DTYPES[datatype])
-    tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-    if raw:
-        response.raw_output_contents.append(array.tobytes())
-    else:
-        getattr(tensor.contents, CONTENTS_FIELDS[datatype]).extend(array.ravel().tolist())
+def output_array(datatype: str, values: np.ndarray) -> np.ndarray:
+    """``values`` as a C-contiguous little-endian array of ``datatype`` (the raw encoding)."""
+    return np.ascontiguousarray(values, dtype=NUMPY_DTYPES[datatype])

@@ -1,0 +1,369 @@
+"""End to end: the Open Inference Protocol over HTTP/REST (KServe V2), driven by
+tritonclient.http and by plain HTTP requests (urllib), against a real server subprocess.
+
+The same server answers gRPC: the statistics test sends through both transports and checks the
+counts against those it made itself.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+from tritonclient.utils import InferenceServerException
+
+from hardscore_server.digits import heldout_split, to_model_input, upscale_rgb
+from hardscore_server.preprocess import encode_png
+from hardscore_server.scores import score_logits
+
+from conftest import error_of, http, metric, scrape
+from server_process import start_server
+
+MODEL = "digits-resnet"
+MEAN = STD = (0.5, 0.5, 0.5)
+INFER = f"/v2/models/{MODEL}/infer"
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    _, _, images, labels = heldout_split()
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def client(image_server):
+    c = thttp.InferenceServerClient(f"127.0.0.1:{image_server.http_port}")
+    yield c
+    c.close()
+
+
+def _fp32(images: np.ndarray) -> np.ndarray:
+    return to_model_input(images, MEAN, STD)
+
+
+def _input(name: str, array: np.ndarray, datatype: str, binary: bool = True):
+    tensor = thttp.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    return tensor
+
+
+# -- health and metadata -----------------------------------------------------------------------
+
+
+def test_health_metadata_config_over_tritonclient_and_plain_http(client, image_server):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL) and client.is_model_ready(MODEL, "1")
+    assert not client.is_model_ready(MODEL, "2") and not client.is_model_ready("resnet50")
+    assert client.get_server_metadata()["extensions"] == [
+        "model_configuration", "statistics", "binary_tensor_data", "system_shared_memory"]
+    meta = client.get_model_metadata(MODEL)
+    assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
+    assert {"name": "hardness", "datatype": "FP64", "shape": [-1]} in meta["outputs"]
+    config = client.get_model_config(MODEL)
+    assert (config["max_batch_size"], config["input"][0]["data_type"]) == (16, "TYPE_FP32")
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
+
+    for path, status in [("/v2/health/live", 200), ("/v2/health/ready", 200),
+                         (f"/v2/models/{MODEL}/ready", 200),
+                         (f"/v2/models/{MODEL}/versions/1/ready", 200),
+                         (f"/v2/models/{MODEL}/versions/7/ready", 400),
+                         ("/v2/models/resnet50/ready", 400)]:
+        assert http(image_server, path)[0] == status, path
+    status, _, body = http(image_server, f"/v2/models/{MODEL}/versions/1")
+    assert status == 200 and json.loads(body)["versions"] == ["1"]
+    # as gRPC: one description, whichever transport
+    with tgrpc.InferenceServerClient(image_server.target) as g:
+        grpc_config = g.get_model_config(MODEL).config
+    assert [(o.name, list(o.dims), o.HasField("reshape")) for o in grpc_config.output] == [
+        (o["name"], o["dims"], "reshape" in o) for o in config["output"]]
+
+
+# -- inference ---------------------------------------------------------------------------------
+
+
+def test_binary_and_json_tensors_give_the_grpc_scores(client, image_server, digits):
+    images, labels = digits
+    n = 40  # more than max_batch_size 16: split by the batcher
+    x = _fp32(images[:n])
+    with tgrpc.InferenceServerClient(image_server.target) as g:
+        tensor = tgrpc.InferInput("images", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        expected_logits = g.infer(MODEL, [tensor]).as_numpy("logits")
+    binary = client.infer(MODEL, [_input("images", x, "FP32"),
+                                  _input("label", labels[:n], "INT64")])
+    as_json = client.infer(MODEL, [_input("images", x, "FP32", binary=False),
+                                   _input("label", labels[:n].astype(np.int32), "INT32",
+                                          binary=False)],
+                           outputs=[thttp.InferRequestedOutput(name, binary_data=False)
+                                    for name in ("logits", "predicted_class", "mistakenness")])
+    assert [o["name"] for o in as_json.get_response()["outputs"]] == [
+        "logits", "predicted_class", "mistakenness"]
+    assert all("data" in o for o in as_json.get_response()["outputs"])
+    assert all("binary_data_size" in o["parameters"] for o in binary.get_response()["outputs"])
+    np.testing.assert_array_equal(binary.as_numpy("logits"), expected_logits)
+    np.testing.assert_allclose(as_json.as_numpy("logits"), expected_logits, atol=1e-5)
+    expected = score_logits(expected_logits, labels[:n])
+    np.testing.assert_array_equal(as_json.as_numpy("predicted_class"), expected.predicted_class)
+    for name in ("hardness", "mistakenness", "label_issue_score"):
+        np.testing.assert_allclose(binary.as_numpy(name), getattr(expected, name), atol=1e-5)
+    np.testing.assert_allclose(as_json.as_numpy("mistakenness"), expected.mistakenness,
+                               atol=1e-5)
+
+
+def test_uint8_pixels_png_files_and_plain_json_requests(client, image_server, digits):
+    images, _ = digits
+    batch = images[:6]
+    fp32 = client.infer(MODEL, [_input("images", _fp32(batch), "FP32")]).as_numpy("logits")
+    pixels = np.ascontiguousarray(upscale_rgb(batch).transpose(0, 3, 1, 2))
+    uint8 = client.infer(MODEL, [_input("images", pixels, "UINT8")]).as_numpy("logits")
+    np.testing.assert_allclose(uint8, fp32, atol=1e-5)
+    pngs = np.array([encode_png(img) for img in batch], dtype=np.object_)
+    encoded = client.infer(MODEL, [_input("images", pngs, "BYTES")]).as_numpy("logits")
+    np.testing.assert_allclose(encoded, fp32, atol=1e-4)
+
+    # plain JSON, nested data, no client library: JSON outputs by default
+    body = json.dumps({"id": "req-9", "inputs": [
+        {"name": "images", "datatype": "UINT8", "shape": list(pixels.shape),
+         "data": pixels.tolist()}], "outputs": [{"name": "predicted_class"}]}).encode()
+    status, headers, reply = http(image_server, INFER, body,
+                                  {"Content-Type": "application/json"})
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    payload = json.loads(reply)
+    assert (payload["id"], payload["model_name"], payload["model_version"]) == (
+        "req-9", MODEL, "1")
+    (out,) = payload["outputs"]
+    assert out == {"name": "predicted_class", "datatype": "INT64", "shape": [6],
+                   "data": np.argmax(fp32, axis=1).tolist()}
+
+    # gzip-compressed binary request, binary outputs asked for on the request
+    header = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [2],
+                                     "parameters": {"binary_data_size": 0}}],
+                         "parameters": {"binary_data_output": True},
+                         "outputs": [{"name": "hardness"}]}).encode()
+    raw = b"".join(struct.pack("<I", len(p)) + p for p in pngs[:2])
+    header = header.replace(b'"binary_data_size": 0', b'"binary_data_size": %d' % len(raw))
+    status, headers, reply = http(
+        image_server, INFER, gzip.compress(header + raw),
+        {"Inference-Header-Content-Length": str(len(header)), "Content-Encoding": "gzip"})
+    assert status == 200
+    length = int(headers["Inference-Header-Content-Length"])
+    (out,) = json.loads(reply[:length])["outputs"]
+    assert out["parameters"] == {"binary_data_size": 16}
+    expected = score_logits(fp32[:2]).hardness
+    np.testing.assert_allclose(np.frombuffer(reply[length:], "<f8"), expected, atol=1e-5)
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def _json_infer(inputs: list[dict[str, Any]], **extra: Any) -> bytes:
+    return json.dumps({"inputs": inputs, **extra}).encode()
+
+
+def _images(shape: Any = None, **fields: Any) -> dict[str, Any]:
+    shape = [1, 3, 32, 32] if shape is None else shape
+    tensor: dict[str, Any] = {"name": "images", "datatype": "FP32", "shape": shape}
+    tensor.update(fields)
+    return tensor
+
+
+ZEROS = [0.0] * 3072
+
+BAD_REQUESTS = [
+    # (path, body, headers, status, message)
+    (INFER, b"{bad", {}, 400, "failed to parse the request JSON"),
+    (INFER, b"[1, 2]", {}, 400, "the request must be a JSON object, got list"),
+    (INFER, b"[" * 100_000 + b"]" * 100_000, {}, 400,
+     "failed to parse the request JSON: nested too deeply"),
+    (INFER, b"{}", {}, 400, "the request needs 'inputs' as a JSON array"),
+    (INFER, _json_infer([_images(data=ZEROS[:10])]), {}, 400,
+     "unexpected number of elements in data for input 'images' for model 'digits-resnet'. "
+     "Expected 3072 (shape [1,3,32,32]), got 10"),
+    (INFER, _json_infer([_images(data=["a"] * 3072)]), {}, 400,
+     "data of input 'images' for model 'digits-resnet' must be numbers"),
+    (INFER, _json_infer([_images([1, 3, 28, 28], data=ZEROS)]), {}, 400,
+     "unexpected shape for input 'images' for model 'digits-resnet'. Expected [-1,3,32,32], "
+     "got [1,3,28,28]"),
+    (INFER, _json_infer([_images(shape=["1"], data=ZEROS)]), {}, 400,
+     "input 'images' needs 'shape' as an array of integers"),
+    (INFER, _json_infer([_images()]), {}, 400,
+     "input 'images' has no data: give 'data' or 'binary_data_size'"),
+    (INFER, _json_infer([_images(data=ZEROS), {"name": "label", "datatype": "INT64",
+                                               "shape": [1], "data": [10]}]), {}, 400,
+     "input 'label' element 0 is 10: labels are class indices 0..9, or -1 for none"),
+    (INFER, _json_infer([_images(data=ZEROS)], outputs=[{"name": "embeddings"}]), {}, 400,
+     "unexpected inference output 'embeddings' for model 'digits-resnet'"),
+    (INFER, _json_infer([_images(parameters={"binary_data_size": 12288})]),
+     {"Inference-Header-Content-Length": "0"}, 400,
+     "failed to parse the request JSON: Expecting value: line 1 column 1 (char 0)"),
+    (INFER, b"{}", {"Inference-Header-Content-Length": "x"}, 400,
+     "Inference-Header-Content-Length must be an integer, got 'x'"),
+    (INFER, b"{}", {"Inference-Header-Content-Length": "99"}, 400,
+     "Inference-Header-Content-Length is 99, but the body holds 2 bytes"),
+    (INFER, b"{}", {"Content-Encoding": "gzip"}, 400,
+     "cannot read the request body: 400, message:\n  Can not decode content-encoding: gzip"),
+    ("/v2/models/resnet50/infer", _json_infer([_images(data=ZEROS)]), {}, 404,
+     "Request for unknown model: 'resnet50' is not found"),
+    (f"/v2/models/{MODEL}/versions/3/infer", _json_infer([_images(data=ZEROS)]), {}, 404,
+     "Request for unknown model: 'digits-resnet' version 3 is not found"),
+    ("/v2/models/resnet50/config", None, {}, 404, "'resnet50' is not found"),
+    ("/v2/models/resnet50/stats", None, {}, 404, "'resnet50' is not found"),
+    ("/v2/models/resnet50", None, {}, 404, "'resnet50' is not found"),
+    ("/v2/repository/nothing", None, {}, 404, "not found: GET /v2/repository/nothing"),
+    (INFER, None, {}, 405, "method GET is not allowed on /v2/models/digits-resnet/infer"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "headers", "status", "message"), BAD_REQUESTS,
+                         ids=[f"{i}-{case[3]}" for i, case in enumerate(BAD_REQUESTS)])
+def test_bad_requests_get_triton_errors_with_exact_statuses(
+        image_server, path, body, headers, status, message):
+    got_status, got_message = error_of(http(image_server, path, body, headers))
+    assert got_status == status, got_message
+    assert message in got_message
+
+
+def test_binary_data_sizes_must_match_the_body(image_server, digits):
+    x = _fp32(digits[0][:1])
+    header = _json_infer([_images(parameters={"binary_data_size": x.nbytes})])
+    length = {"Inference-Header-Content-Length": str(len(header))}
+    for raw, message in [
+        (x.tobytes()[:-4], "declares 12288 bytes of binary data at offset 0, but only 12284 "
+                           "remain after the JSON header"),
+        (x.tobytes() + b"1234", "the body holds 4 bytes of binary data after the last input's"),
+    ]:
+        assert error_of(http(image_server, INFER, header + raw, length)) == (400, message) or (
+            message in error_of(http(image_server, INFER, header + raw, length))[1])
+    header = _json_infer([_images(parameters={"binary_data_size": 8}, datatype="FP32")])
+    status, message = error_of(http(image_server, INFER, header + b"\0" * 8,
+                                    {"Inference-Header-Content-Length": str(len(header))}))
+    assert (status, message) == (
+        400, "input byte size mismatch for input 'images' for model 'digits-resnet'. "
+             "Expected 12288, got 8")
+    assert http(image_server, "/v2/health/ready")[0] == 200
+
+
+def test_bodies_over_max_message_bytes_are_refused_with_413():
+    with start_server(["--max-message-bytes", "65536", "--max-batch-size", "4"]) as server:
+        x = np.zeros((2, 3, 32, 32), np.float32)  # 24 KiB binary: fits
+        header = _json_infer([_images([2, 3, 32, 32],
+                                      parameters={"binary_data_size": x.nbytes})])
+        status, _, _ = http(server, INFER, header + x.tobytes(),
+                            {"Inference-Header-Content-Length": str(len(header))})
+        assert status == 200
+        big = _json_infer([_images([8, 3, 32, 32], data=[0.0] * 8 * 3072)])
+        assert error_of(http(server, INFER, big)) == (
+            413, "request body exceeds 65536 bytes (max_message_bytes)")
+        bomb = gzip.compress(b" " * 10_000_000 + b"{}")  # 10 MB of blanks in 10 KB
+        assert error_of(http(server, INFER, bomb, {"Content-Encoding": "gzip"})) == (
+            413, "request body exceeds 65536 bytes (max_message_bytes)")
+        assert http(server, "/v2/health/ready")[0] == 200
+
+
+def test_tritonclient_http_errors_carry_the_status(client, digits):
+    x = _fp32(digits[0][:2])
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("resnet50", [_input("images", x, "FP32")])
+    assert info.value.status() == "404"
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(MODEL, [_input("images", x.astype(np.float64), "FP64")])
+    assert info.value.status() == "400"
+    assert "data-type is 'FP64', but model 'digits-resnet' expects 'FP32'" in (
+        info.value.message())
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+def test_statistics_count_requests_samples_batches_and_failures(client, image_server, digits):
+    """Triton's meanings: success/fail count requests, inference_count samples, execution_count
+    batches; the test's own requests, through both transports, are exactly what changes."""
+    images, _ = digits
+
+    def stats() -> dict[str, Any]:
+        (s,) = client.get_inference_statistics(MODEL)["model_stats"]
+        return s
+
+    before, metrics_before = stats(), scrape(image_server.metrics_url)
+    sizes = [1, 8, 20, 3]  # 20 > max_batch_size 16: two batches; the others one each
+    with tgrpc.InferenceServerClient(image_server.target) as g:
+        for i, n in enumerate(sizes):
+            x = _fp32(images[:n])
+            if i % 2:
+                client.infer(MODEL, [_input("images", x, "FP32")])
+            else:
+                tensor = tgrpc.InferInput("images", list(x.shape), "FP32")
+                tensor.set_data_from_numpy(x)
+                g.infer(MODEL, [tensor])
+        bad = tgrpc.InferInput("images", [1, 3, 28, 28], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 3, 28, 28), np.float32))
+        with pytest.raises(InferenceServerException):
+            g.infer(MODEL, [bad])
+    for body in (b"{bad", _json_infer([_images(data=[0.0])])):
+        assert http(image_server, INFER, body)[0] == 400
+    with pytest.raises(InferenceServerException):  # another model: not this one's failure
+        client.infer("resnet50", [_input("images", _fp32(images[:1]), "FP32")])
+    after, metrics_after = stats(), scrape(image_server.metrics_url)
+
+    def delta(*keys: str) -> int:
+        a: Any = after
+        b: Any = before
+        for key in keys:
+            a, b = a[key], b[key]
+        return int(a) - int(b)
+
+    assert delta("inference_stats", "success", "count") == len(sizes)
+    assert delta("inference_stats", "fail", "count") == 3
+    assert delta("inference_count") == sum(sizes)
+    assert delta("execution_count") == 5
+    for part in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert delta("inference_stats", part, "count") == len(sizes)
+    s = after["inference_stats"]
+    assert s["success"]["ns"] >= (s["queue"]["ns"] + s["compute_input"]["ns"]
+                                  + s["compute_infer"]["ns"] + s["compute_output"]["ns"])
+    batch_counts = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
+    old_counts = {b["batch_size"]: b["compute_infer"]["count"] for b in before["batch_stats"]}
+    grown = {size: batch_counts[size] - old_counts.get(size, 0) for size in batch_counts
+             if batch_counts[size] != old_counts.get(size, 0)}
+    assert grown == {1: 1, 3: 1, 4: 1, 8: 1, 16: 1}
+    # failures by cause: the request metrics' code label, per transport
+    def failed(method: str, code: str) -> float:
+        return metric(metrics_after, "hardscore_requests_total", method=method, code=code) - (
+            metric(metrics_before, "hardscore_requests_total", method=method, code=code))
+    assert failed("ModelInfer", "INVALID_ARGUMENT") == 1
+    assert failed("http:ModelInfer", "INVALID_ARGUMENT") == 2
+    assert failed("http:ModelInfer", "NOT_FOUND") == 1
+
+
+def test_a_burst_beyond_the_queue_is_refused_with_503_and_the_rest_is_served(digits):
+    """The same admission as gRPC: a full queue refuses at once (503, Triton's 'unavailable'),
+    every accepted request is answered correctly, and the server serves on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = _fp32(digits[0][:32])  # a request fills the whole queue of 32 on its own
+    header = _json_infer([_images(list(x.shape), parameters={"binary_data_size": x.nbytes})],
+                         outputs=[{"name": "predicted_class"}])
+    body, length = header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+    with start_server(["--max-queue-size", "32", "--max-batch-size", "8",
+                       "--max-queue-delay-ms", "20"]) as server:
+        with ThreadPoolExecutor(24) as pool:
+            replies = list(pool.map(lambda _: http(server, INFER, body, length), range(48)))
+        statuses = [status for status, _, _ in replies]
+        assert set(statuses) == {200, 503}, statuses
+        predicted = []
+        for reply in replies:
+            if reply[0] == 503:
+                message = error_of(reply)[1]
+                assert "queue full" in message and "max_queue_size 32" in message, message
+            else:
+                (out,) = json.loads(reply[2])["outputs"]
+                predicted.append(out["data"])
+        status, _, again = http(server, INFER, body, length)  # serving on, the same answer
+        assert status == 200 and http(server, "/v2/health/ready")[0] == 200
+        assert predicted == [json.loads(again)["outputs"][0]["data"]] * len(predicted)
