@@ -1,0 +1,246 @@
+"""``hardscore label-studio`` against a real Label Studio (1.23, its own venv made by
+``make label-studio``), driven with label-studio-sdk.
+
+Label Studio runs on 127.0.0.1 with SQLite in a temporary folder; the test logs in, creates a
+personal access token, and the driver (tests/e2e/label_studio_driver.py, in Label Studio's venv)
+creates a digits project, uploads the 540 held-out digit PNGs, annotates 200 of them with the
+example's labels (all 54 corrupted ones among them), connects the backend and retrieves
+predictions. Every task's prediction must equal ScoreImages on the same PNG, and Label Studio's
+own "prediction score" order for the label-QA model version must put the corrupted annotations
+first.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from hardscore_client import ScoringClient
+
+from digits_example import write_digits_example
+from server_process import ServerProcess, start_server
+
+REPO = Path(__file__).resolve().parents[2]
+LS_VENV = REPO / ".venv-label-studio"
+LS_BIN = LS_VENV / "bin" / "label-studio"
+DRIVER = Path(__file__).with_name("label_studio_driver.py")
+EMAIL, PASSWORD = "qa@hardscore.test", "hardscore-test-password"
+LABEL_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="digit" toName="image" choice="single">
+    <Choice value="zero" alias="0"/><Choice value="one" alias="1"/><Choice value="two" alias="2"/>
+    <Choice value="three" alias="3"/><Choice value="four" alias="4"/>
+    <Choice value="five" alias="5"/><Choice value="six" alias="6"/>
+    <Choice value="seven" alias="7"/><Choice value="eight" alias="8"/>
+    <Choice value="nine" alias="9"/>
+  </Choices>
+</View>"""
+CHOICES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+N_ANNOTATED = 200
+LS_START_TIMEOUT = 420  # the first start runs Django's migrations: minutes on 2 busy cores
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}: "
+                               f"{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} not up after {timeout} s: {log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory) -> Iterator[str]:
+    if not LS_BIN.exists():
+        pytest.fail(f"{LS_BIN} is missing: `make label-studio` makes it (`make test` does)")
+    data = tmp_path_factory.mktemp("label-studio")
+    port = free_port()
+    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "DJANGO_DB": "sqlite",
+           # The backend (and its webhook) listen on 127.0.0.1, which Label Studio blocks by default.
+           "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
+           "LATEST_VERSION_CHECK": "false",
+           "COLLECT_ANALYTICS": "false", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
+    log = data / "label-studio.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1",
+             "--port", str(port), "--data-dir", str(data), "--username", EMAIL,
+             "--password", PASSWORD], env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+        wait_http(f"{url}/health", proc, LS_START_TIMEOUT, log)
+        print(f"Label Studio up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        yield url
+    finally:
+        stop(proc)
+
+
+def personal_access_token(url: str) -> str:
+    """Logs in through the web form and creates a personal access token (POST /api/token/):
+    Label Studio 1.23's token flow (legacy tokens are off by default)."""
+    s = requests.Session()
+    s.get(f"{url}/user/login/", timeout=60).raise_for_status()
+    r = s.post(f"{url}/user/login/", timeout=60, allow_redirects=False,
+               data={"email": EMAIL, "password": PASSWORD,
+                     "csrfmiddlewaretoken": s.cookies["csrftoken"]},
+               headers={"Referer": f"{url}/user/login/"})
+    assert r.status_code == 302, (r.status_code, r.text[:500])
+    r = s.post(f"{url}/api/token/", timeout=60,
+               headers={"X-CSRFToken": s.cookies["csrftoken"], "Referer": f"{url}/"})
+    assert r.status_code == 201, (r.status_code, r.text[:500])
+    return str(r.json()["token"])
+
+
+@pytest.fixture(scope="module")
+def hardscore() -> Iterator[ServerProcess]:
+    server = start_server(["--host", "127.0.0.1", "--max-batch-size", "32"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def run(label_studio, hardscore, tmp_path_factory) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("ls-run")
+    write_digits_example(root / "digits")
+    with (root / "digits" / "TRUE_LABELS.csv").open() as f:
+        truth = list(csv.DictReader(f))
+    token = personal_access_token(label_studio)
+    port = free_port()
+    env = {**os.environ, "LABEL_STUDIO_API_KEY": token, "LABEL_STUDIO_URL": label_studio}
+    log = root / "backend.log"
+    with log.open("wb") as out:
+        backend = subprocess.Popen(
+            [sys.executable, "-m", "hardscore_client.cli", "label-studio", "--server",
+             hardscore.target, "--port", str(port), "--score", "hardness", "--batch-size", "64"],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", backend, 60, log)
+        # The 54 corrupted labels and the first 146 clean ones are annotated.
+        corrupted = [r for r in truth if r["corrupted"] == "1"]
+        clean = [r for r in truth if r["corrupted"] == "0"][: N_ANNOTATED - len(corrupted)]
+        spec = {
+            "url": label_studio, "token": token, "backend": f"http://127.0.0.1:{port}",
+            "label_config": LABEL_CONFIG,
+            "images": [str(root / "digits" / r["file"]) for r in truth],
+            "annotations": {Path(r["file"]).name: CHOICES[int(r["given_label"])]
+                            for r in corrupted + clean},
+        }
+        (root / "spec.json").write_text(json.dumps(spec))
+        started = time.monotonic()
+        driver = subprocess.run(
+            [str(LS_VENV / "bin" / "python"), str(DRIVER), str(root / "spec.json"),
+             str(root / "out.json")], capture_output=True, text=True, timeout=600)
+        assert driver.returncode == 0, (driver.stderr[-4000:], log.read_text()[-3000:])
+        out = json.loads((root / "out.json").read_text())
+        out["driver_seconds"] = time.monotonic() - started
+        out["truth"] = {Path(r["file"]).name: r for r in truth}
+        out["root"] = str(root)
+        out["backend_log"] = str(log)
+        print(json.dumps({"seconds": out["seconds"]}), file=sys.stderr)
+        yield out
+    finally:
+        stop(backend)
+
+
+def test_label_studio_uses_a_personal_access_token(run):
+    assert run["pat_parts"] == 3  # a JWT
+    assert run["legacy_token_status"] == 401  # "Token <key>" is refused
+    assert run["backend"]["state"] == "CO", run["backend"]  # connected
+    assert run["backend"]["model_version"] == "hardscore-digits-resnet-v1-hardness"
+
+
+def test_every_task_gets_the_prediction_scoreimages_gives(run, hardscore):
+    files = {int(k): v for k, v in run["files"].items()}
+    annotated = {int(k): v for k, v in run["annotated"].items()}
+    assert len(files) == 540 and len(annotated) == N_ANNOTATED
+    version = run["backend"]["model_version"]
+    by_task: dict[int, dict[str, dict]] = {}
+    for p in run["predictions"]:
+        assert p["model_version"] not in by_task.setdefault(p["task"], {})
+        by_task[p["task"]][p["model_version"]] = p
+    assert set(by_task) == set(files)
+    assert {t for t, v in by_task.items() if version + "-label-qa" in v} == set(annotated)
+    assert all(len(v) == (2 if t in annotated else 1) for t, v in by_task.items())
+
+    ids = sorted(files)
+    root = Path(run["root"]) / "digits"
+    images = [(root / run["truth"][files[t]]["file"]).read_bytes() for t in ids]
+    labels = [str(CHOICES.index(annotated[t])) if t in annotated else None for t in ids]
+    with ScoringClient(hardscore.target) as client:
+        ref = client.score_images(images, labels)
+    assert not ref.errors
+    agree = 0
+    for row, t in enumerate(ids):
+        main = by_task[t][version]
+        assert main["result"] == [{"from_name": "digit", "to_name": "image", "type": "choices",
+                                   "value": {"choices": [CHOICES[ref.predicted_class[row]]]}}]
+        assert main["score"] == pytest.approx(float(ref.hardness[row]), abs=1e-12)
+        if t in annotated:
+            qa = by_task[t][version + "-label-qa"]
+            assert qa["result"] == main["result"]
+            assert qa["score"] == pytest.approx(float(ref.label_issue_score[row]), abs=1e-12)
+        agree += 1
+    assert agree == 540
+
+
+def test_label_studio_sorts_hardest_first_and_wrong_annotations_first(run, hardscore):
+    files = {int(k): v for k, v in run["files"].items()}
+    annotated = {int(k): v for k, v in run["annotated"].items()}
+    scores = {(p["task"], p["model_version"]): p["score"] for p in run["predictions"]}
+    version = run["backend"]["model_version"]
+
+    # Hardest first: Label Studio's order is descending hardness.
+    order = run["hardness_order"]
+    assert sorted(order) == sorted(files)
+    hardness = [scores[(t, version)] for t in order]
+    assert hardness == sorted(hardness, reverse=True)
+
+    # Label QA: the annotated tasks, most likely wrong first, then the rest (no QA score).
+    qa = run["qa_order"]
+    assert sorted(qa) == sorted(files)
+    qa_scores = [scores[(t, version + "-label-qa")] for t in qa[:N_ANNOTATED]]
+    assert set(qa[:N_ANNOTATED]) == set(annotated)
+    assert qa_scores == sorted(qa_scores, reverse=True)
+    corrupted = [run["truth"][files[t]]["corrupted"] == "1" for t in qa[:N_ANNOTATED]]
+    n_corrupted = sum(corrupted)
+    assert n_corrupted == 54
+    # The embedded model finds every one of the 54 wrong annotations before any right one.
+    assert corrupted[:54] == [True] * 54, corrupted[:60]
+    assert np.isfinite(qa_scores).all()
