@@ -220,15 +220,19 @@ class Backend:
         labels = class_labels(tasks, control, self.class_names)
         out: list[list[dict[str, Any]]] = [[] for _ in tasks]
         step = self.settings.batch_size
+        fetch_s = score_s = 0.0
+        scored = 0
         for start in range(0, len(tasks), step):
             chunk = range(start, min(start + step, len(tasks)))
+            t0 = time.monotonic()
             images = await asyncio.gather(
                 *(self._task_image(tasks[i], control) for i in chunk))
+            t1 = time.monotonic()
+            fetch_s += t1 - t0
             ok = [i for i, img in zip(chunk, images, strict=True) if img is not None]
             if not ok:
                 continue
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if deadline - t1 <= 0:
                 raise TimeoutError("the predict deadline passed while fetching images")
             result = await self.client.score_images(
                 [images[i - start] for i in ok],  # type: ignore[misc]
@@ -238,9 +242,13 @@ class Backend:
             for error in result.errors:
                 log.warning("task %s not scored: %s: %s", tasks[ok[error.index]].get("id"),
                             error.reason, error.message)
+            score_s += time.monotonic() - t1
+            scored += len(ok)
             for row, i in enumerate(ok):
                 out[i] = task_predictions(result, row, control, self.model_version,
                                           self.settings.score, self.settings.qa)
+        log.info("predict: %d tasks, %d images scored, fetching %.2f s, scoring %.2f s",
+                 len(tasks), scored, fetch_s, score_s)
         return out
 
     async def _task_image(self, task: Mapping[str, Any], control: ChoicesControl) -> bytes | None:

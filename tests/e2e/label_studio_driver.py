@@ -5,11 +5,12 @@ the Label Studio venv, which has the SDK; the project's venv does not need it).
 
 SPEC: ``url``, ``token`` (a personal access token: Label Studio 1.23's token flow, a JWT refresh
 token the SDK exchanges for access tokens), ``images`` (PNG paths), ``annotations`` ({file
-name: choice}), ``backend`` (the ML backend's URL), ``label_config``. The driver creates a
-project, uploads the PNGs, annotates some, connects the backend, retrieves predictions for every
-task,
-and reads the data manager's order by prediction score for the backend's model version and for
-its label-QA version. OUT: the token kind, tasks, predictions, orders, timings (seconds).
+name: choice}), ``fix`` ({file name: the true choice}), ``backend`` (the ML backend's URL),
+``label_config``. The driver creates a project, uploads the PNGs, annotates some, connects the
+backend, retrieves predictions for every task, reads the data manager's order by prediction
+score for the backend's model version and for its label-QA version, then corrects the top
+QA-ranked annotation and waits for the backend's webhook to replace that task's QA prediction.
+OUT: the token kind, tasks, predictions, orders, the refreshed prediction, timings (seconds).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ def access_token(url: str, pat: str) -> str:
     return str(r.json()["access"])
 
 
-def ordered_ids(ls: LabelStudio, project: int, title: str) -> list[int]:
-    """Task ids in the data manager's order by prediction score, highest first."""
+def ordered_ids(ls: LabelStudio, project: int, title: str) -> tuple[int, list[int]]:
+    """A data manager tab sorted by prediction score, highest first: (its id, the task ids in
+    its order)."""
     view = ls.views.create(project=project, data={
         "title": title, "ordering": ["-tasks:predictions_score"]})
-    return [t.id for t in ls.tasks.list(project=project, view=view.id, page_size=1000)]
+    return view.id, [t.id for t in ls.tasks.list(project=project, view=view.id, page_size=1000)]
 
 
 def main(spec_path: str, out_path: str) -> int:
@@ -92,9 +94,29 @@ def main(spec_path: str, out_path: str) -> int:
     ]
     version = backend.model_version
     ls.projects.update(id=project.id, model_version=version)
-    hardness_order = ordered_ids(ls, project.id, "Hardest first")
+    hardness_view, hardness_order = ordered_ids(ls, project.id, "Hardest first")
     ls.projects.update(id=project.id, model_version=version + "-label-qa")
-    qa_order = ordered_ids(ls, project.id, "Label QA")
+    qa_view, qa_order = ordered_ids(ls, project.id, "Label QA")
+
+    # Label QA after annotating: the annotator fixes the top-ranked annotation; the
+    # backend's webhook scores the task again and replaces its QA prediction.
+    start = time.monotonic()
+    fixed = qa_order[0]
+    [ann] = ls.annotations.list(id=fixed)
+    ls.annotations.update(id=ann.id, result=[{
+        "from_name": "digit", "to_name": "image", "type": "choices",
+        "value": {"choices": [spec["fix"][file_of[fixed]]]}}])
+    qa_version = version + "-label-qa"
+    refreshed = None
+    while refreshed is None and time.monotonic() - start < 120:
+        time.sleep(0.5)
+        qa = [p for p in ls.predictions.list(task=fixed) if p.model_version == qa_version]
+        before = [p for p in predictions
+                  if p["task"] == fixed and p["model_version"] == qa_version]
+        if len(qa) == 1 and qa[0].score != before[0]["score"]:
+            refreshed = {"task": fixed, "score": qa[0].score, "count": len(qa)}
+    t["webhook"] = time.monotonic() - start
+    ls.projects.update(id=project.id, model_version=version)  # hardest first, for the browser
 
     out = {
         "legacy_token_status": legacy, "pat_parts": len(pat.split(".")),
@@ -103,6 +125,7 @@ def main(spec_path: str, out_path: str) -> int:
         "backend": {"state": backend.state, "model_version": version,
                     "error": backend.error_message},
         "predictions": predictions, "hardness_order": hardness_order, "qa_order": qa_order,
+        "refreshed": refreshed, "views": {"hardness": hardness_view, "qa": qa_view},
         "seconds": t,
     }
     Path(out_path).write_text(json.dumps(out))

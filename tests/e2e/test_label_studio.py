@@ -3,7 +3,7 @@
 
 Label Studio runs on 127.0.0.1 with SQLite in a temporary folder; the test logs in, creates a
 personal access token, and the driver (tests/e2e/label_studio_driver.py, in Label Studio's venv)
-creates a digits project, uploads the 540 held-out digit PNGs, annotates 200 of them with the
+creates a digits project, uploads the 540 held-out digit PNGs, annotates 108 of them with the
 example's labels (all 54 corrupted ones among them), connects the backend and retrieves
 predictions. Every task's prediction must equal ScoreImages on the same PNG, and Label Studio's
 own "prediction score" order for the label-QA model version must put the corrupted annotations
@@ -12,20 +12,26 @@ first.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from hardscore_client import ScoringClient
 
@@ -48,7 +54,7 @@ LABEL_CONFIG = """<View>
   </Choices>
 </View>"""
 CHOICES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-N_ANNOTATED = 200
+N_ANNOTATED = 108
 LS_START_TIMEOUT = 420  # the first start runs Django's migrations: minutes on 2 busy cores
 
 pytestmark = pytest.mark.timeout(900)
@@ -92,7 +98,7 @@ def label_studio(tmp_path_factory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("label-studio")
     port = free_port()
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "DJANGO_DB": "sqlite",
-           # The backend (and its webhook) listen on 127.0.0.1, which Label Studio blocks by default.
+           # The backend and its webhook are on 127.0.0.1: Label Studio blocks that by default.
            "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
            "LATEST_VERSION_CHECK": "false",
            "COLLECT_ANALYTICS": "false", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
@@ -112,20 +118,21 @@ def label_studio(tmp_path_factory) -> Iterator[str]:
         stop(proc)
 
 
-def personal_access_token(url: str) -> str:
+def personal_access_token(url: str) -> tuple[str, dict[str, str]]:
     """Logs in through the web form and creates a personal access token (POST /api/token/):
-    Label Studio 1.23's token flow (legacy tokens are off by default)."""
+    Label Studio 1.23's token flow (legacy tokens are off by default). Returns the token and
+    the session cookies (for the browser)."""
     s = requests.Session()
     s.get(f"{url}/user/login/", timeout=60).raise_for_status()
     r = s.post(f"{url}/user/login/", timeout=60, allow_redirects=False,
                data={"email": EMAIL, "password": PASSWORD,
-                     "csrfmiddlewaretoken": s.cookies["csrftoken"]},
+                     "csrfmiddlewaretoken": str(s.cookies["csrftoken"])},
                headers={"Referer": f"{url}/user/login/"})
     assert r.status_code == 302, (r.status_code, r.text[:500])
     r = s.post(f"{url}/api/token/", timeout=60,
-               headers={"X-CSRFToken": s.cookies["csrftoken"], "Referer": f"{url}/"})
+               headers={"X-CSRFToken": str(s.cookies["csrftoken"]), "Referer": f"{url}/"})
     assert r.status_code == 201, (r.status_code, r.text[:500])
-    return str(r.json()["token"])
+    return str(r.json()["token"]), {c.name: str(c.value) for c in s.cookies}
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +148,7 @@ def run(label_studio, hardscore, tmp_path_factory) -> Iterator[dict]:
     write_digits_example(root / "digits")
     with (root / "digits" / "TRUE_LABELS.csv").open() as f:
         truth = list(csv.DictReader(f))
-    token = personal_access_token(label_studio)
+    token, cookies = personal_access_token(label_studio)
     port = free_port()
     env = {**os.environ, "LABEL_STUDIO_API_KEY": token, "LABEL_STUDIO_URL": label_studio}
     log = root / "backend.log"
@@ -152,7 +159,7 @@ def run(label_studio, hardscore, tmp_path_factory) -> Iterator[dict]:
             env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", backend, 60, log)
-        # The 54 corrupted labels and the first 146 clean ones are annotated.
+        # The 54 corrupted labels and the first 54 clean ones are annotated.
         corrupted = [r for r in truth if r["corrupted"] == "1"]
         clean = [r for r in truth if r["corrupted"] == "0"][: N_ANNOTATED - len(corrupted)]
         spec = {
@@ -173,6 +180,7 @@ def run(label_studio, hardscore, tmp_path_factory) -> Iterator[dict]:
         out["truth"] = {Path(r["file"]).name: r for r in truth}
         out["root"] = str(root)
         out["backend_log"] = str(log)
+        out["cookies"] = cookies
         print(json.dumps({"seconds": out["seconds"]}), file=sys.stderr)
         yield out
     finally:
@@ -244,3 +252,113 @@ def test_label_studio_sorts_hardest_first_and_wrong_annotations_first(run, hards
     # The embedded model finds every one of the 54 wrong annotations before any right one.
     assert corrupted[:54] == [True] * 54, corrupted[:60]
     assert np.isfinite(qa_scores).all()
+
+
+def test_fixing_an_annotation_refreshes_its_qa_prediction_through_the_webhook(run, hardscore):
+    """The annotator corrects the top-ranked annotation; Label Studio's webhook reaches the
+    backend, which replaces the task's QA prediction with the score of the new label."""
+    refreshed = run["refreshed"]
+    assert refreshed is not None, "the QA prediction was not replaced within 120 s"
+    task = refreshed["task"]
+    assert task == run["qa_order"][0] and refreshed["count"] == 1
+    row = run["truth"][run["files"][str(task)]]
+    assert row["corrupted"] == "1"
+    image = (Path(run["root"]) / "digits" / row["file"]).read_bytes()
+    with ScoringClient(hardscore.target) as client:
+        ref = client.score_images([image], [row["true_label"]])
+    assert ref.label_issue_score is not None
+    assert refreshed["score"] == pytest.approx(float(ref.label_issue_score[0]), abs=1e-12)
+    assert refreshed["score"] < 0.5  # the right label: the model agrees with it now
+
+
+SHOT_W, SHOT_H = 1400, 900
+
+
+def chromium() -> str:
+    """Debian's Chromium (``make test`` installs it, as for tests/deploy/test_report_browser.py)."""
+    path = shutil.which("chromium") or ("/usr/bin/chromium"
+                                        if os.path.exists("/usr/bin/chromium") else None)
+    if path is None:
+        if os.environ.get("HARDSCORE_SKIP_BROWSER"):
+            pytest.skip("chromium is not installed and HARDSCORE_SKIP_BROWSER is set")
+        pytest.fail("chromium is not installed: `make test` installs it (apt-get install "
+                    "chromium); set HARDSCORE_SKIP_BROWSER=1 to skip this test")
+    return path
+
+
+async def _cdp_screenshot(browser: str, url: str, cookies: dict[str, str], shot: Path,
+                          profile: Path) -> dict:
+    """Opens ``url`` in headless Chromium with the session ``cookies`` (Chrome DevTools
+    Protocol over a websocket), waits for the data manager's thumbnails, saves a PNG."""
+    proc = await asyncio.create_subprocess_exec(
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+        "--remote-debugging-port=0", f"--user-data-dir={profile}",
+        f"--window-size={SHOT_W},{SHOT_H}", "about:blank",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        port_file = profile / "DevToolsActivePort"
+        for _ in range(300):
+            if port_file.exists() and port_file.read_text().strip():
+                break
+            await asyncio.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                page = next(t for t in await r.json() if t["type"] == "page")
+            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                ids = iter(range(1, 10_000))
+
+                async def call(method: str, **params: object) -> dict:
+                    i = next(ids)
+                    await ws.send_json({"id": i, "method": method, "params": params})
+                    while True:
+                        msg = await ws.receive_json(timeout=60)
+                        if msg.get("id") == i:
+                            assert "error" not in msg, msg
+                            return dict(msg["result"])
+
+                async def evaluate(expr: str) -> object:
+                    res = await call("Runtime.evaluate", expression=expr, returnByValue=True)
+                    return res["result"].get("value")
+
+                await call("Network.enable")
+                host = urllib.parse.urlsplit(url).hostname
+                for name, value in cookies.items():
+                    await call("Network.setCookie", name=name, value=value, domain=host,
+                               path="/")
+                await call("Emulation.setDeviceMetricsOverride", width=SHOT_W, height=SHOT_H,
+                           deviceScaleFactor=1, mobile=False)
+                await call("Page.navigate", url=url)
+                loaded = 0
+                for _ in range(240):
+                    await asyncio.sleep(0.5)
+                    loaded = int(await evaluate(  # type: ignore[call-overload]
+                        "Array.from(document.images).filter("
+                        "i => i.complete && i.naturalWidth > 0 && i.src.includes('/data/upload/')"
+                        ").length") or 0)
+                    if loaded >= 10:
+                        break
+                await asyncio.sleep(1.0)
+                text = str(await evaluate("document.body.innerText"))
+                data = (await call("Page.captureScreenshot", format="png"))["data"]
+                shot.write_bytes(base64.b64decode(data))
+                return {"thumbnails": loaded, "text": text}
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def test_browser_shows_the_project_sorted_by_hardness(run, label_studio, tmp_path):
+    """The data manager in headless Chromium, on the "Hardest first" tab: the screenshot in
+    docs/label-studio.png comes from this test (copy it from the path it prints)."""
+    browser = chromium()
+    shot = tmp_path / "label-studio.png"
+    url = f"{label_studio}/projects/{run['project']}/data?tab={run['views']['hardness']}"
+    page = asyncio.run(_cdp_screenshot(browser, url, run["cookies"], shot, tmp_path / "p"))
+    print(f"screenshot: {shot}", file=sys.stderr)
+    assert "Hardest first" in page["text"] and "Label QA" in page["text"], page["text"][:500]
+    assert page["thumbnails"] >= 10
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape == (SHOT_H, SHOT_W, 3)
+    # The digit thumbnails (black backgrounds) are on screen.
+    assert (image.max(axis=2) < 16).sum() > 2_000
