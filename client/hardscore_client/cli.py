@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_workflow_commands(sub)
 
-    from hardscore_client.label_studio import add_label_studio_command
+    from hardscore_client.label_studio_cli import add_label_studio_command
 
     add_label_studio_command(sub, with_server, _client_options)
     return parser

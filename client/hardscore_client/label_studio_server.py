@@ -165,7 +165,10 @@ class Backend:
     def resolve(self, ref: str) -> tuple[str, bool]:
         """(URL, whether it is on Label Studio's host and gets the API key) of a reference."""
         if ref.startswith(("http://", "https://")):
-            ls = urllib.parse.urlsplit(self.base_url)
+            base = self.settings.label_studio_url or self._hostname
+            if not base:
+                return ref, False
+            ls = urllib.parse.urlsplit(base)
             url = urllib.parse.urlsplit(ref)
             return ref, (url.scheme, url.netloc) == (ls.scheme, ls.netloc)
         if ref.startswith("/"):

@@ -168,6 +168,8 @@ def run(label_studio, hardscore, tmp_path_factory) -> Iterator[dict]:
             "images": [str(root / "digits" / r["file"]) for r in truth],
             "annotations": {Path(r["file"]).name: CHOICES[int(r["given_label"])]
                             for r in corrupted + clean},
+            "fix": {Path(r["file"]).name: CHOICES[int(r["true_label"])]
+                    for r in corrupted + clean},
         }
         (root / "spec.json").write_text(json.dumps(spec))
         started = time.monotonic()
