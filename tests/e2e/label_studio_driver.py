@@ -34,8 +34,14 @@ def access_token(url: str, pat: str) -> str:
 def ordered_ids(ls: LabelStudio, project: int, title: str) -> tuple[int, list[int]]:
     """A data manager tab sorted by prediction score, highest first: (its id, the task ids in
     its order)."""
+    hidden = ["tasks:inner_id", "tasks:completed_at", "tasks:cancelled_annotations",
+              "tasks:total_predictions", "tasks:annotators", "tasks:annotations_ids",
+              "tasks:predictions_model_versions", "tasks:file_upload", "tasks:storage_filename",
+              "tasks:created_at", "tasks:updated_at", "tasks:updated_by", "tasks:avg_lead_time",
+              "tasks:draft_exists"]
     view = ls.views.create(project=project, data={
-        "title": title, "ordering": ["-tasks:predictions_score"]})
+        "title": title, "ordering": ["-tasks:predictions_score"],
+        "hiddenColumns": {"explore": hidden, "labeling": hidden}})
     return view.id, [t.id for t in ls.tasks.list(project=project, view=view.id, page_size=1000)]
 
 
@@ -83,8 +89,12 @@ def main(spec_path: str, out_path: str) -> int:
                            is_interactive=False)
     t["connect"] = time.monotonic() - start
     start = time.monotonic()
-    ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
-                      selected_items={"all": True, "excluded": []})
+    # "Retrieve Predictions" on 135 tasks at a time: Label Studio sends each selection to the
+    # backend in one request and waits for it at most 100 s (ML_TIMEOUT_PREDICT).
+    ids = sorted(file_of)
+    for at in range(0, len(ids), 135):
+        ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                          selected_items={"all": False, "included": ids[at:at + 135]})
     t["predict"] = time.monotonic() - start
     backend = ls.ml.get(id=backend.id)
 

@@ -184,6 +184,9 @@ def run(label_studio, hardscore, tmp_path_factory) -> Iterator[dict]:
         out["backend_log"] = str(log)
         out["cookies"] = cookies
         print(json.dumps({"seconds": out["seconds"]}), file=sys.stderr)
+        for line in log.read_text().splitlines():
+            if "predict:" in line:
+                print(line, file=sys.stderr)
         yield out
     finally:
         stop(backend)
@@ -340,7 +343,7 @@ async def _cdp_screenshot(browser: str, url: str, cookies: dict[str, str], shot:
                         ").length") or 0)
                     if loaded >= 10:
                         break
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(2.0)
                 text = str(await evaluate("document.body.innerText"))
                 data = (await call("Page.captureScreenshot", format="png"))["data"]
                 shot.write_bytes(base64.b64decode(data))
@@ -357,10 +360,13 @@ def test_browser_shows_the_project_sorted_by_hardness(run, label_studio, tmp_pat
     shot = tmp_path / "label-studio.png"
     url = f"{label_studio}/projects/{run['project']}/data?tab={run['views']['hardness']}"
     page = asyncio.run(_cdp_screenshot(browser, url, run["cookies"], shot, tmp_path / "p"))
-    print(f"screenshot: {shot}", file=sys.stderr)
+    keep = os.environ.get("HARDSCORE_SCREENSHOT_DIR")  # to refresh docs/label-studio.png
+    if keep:
+        shutil.copy(shot, Path(keep) / shot.name)
     assert "Hardest first" in page["text"] and "Label QA" in page["text"], page["text"][:500]
     assert page["thumbnails"] >= 10
     image = np.asarray(Image.open(shot).convert("RGB"))
     assert image.shape == (SHOT_H, SHOT_W, 3)
-    # The digit thumbnails (black backgrounds) are on screen.
-    assert (image.max(axis=2) < 16).sum() > 2_000
+    # A rendered page, not a blank one: many colours, and the dark digit thumbnails.
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50
+    assert (image.max(axis=2) < 40).sum() > 500
