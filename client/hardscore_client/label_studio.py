@@ -11,6 +11,7 @@ hardscore's scores into Label Studio predictions. The HTTP service is
 from __future__ import annotations
 
 import math
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,30 @@ def image_ref(task: Mapping[str, Any], control: ChoicesControl) -> str:
     if not isinstance(ref, str) or not ref:
         raise ValueError(f"task {task.get('id')} has no data.{control.value_key} image reference")
     return ref
+
+
+def resolve_image_url(ref: str, label_studio_url: str | None) -> tuple[str, bool]:
+    """(URL to fetch, whether to send Label Studio's API key) for an image reference.
+
+    Paths (``/data/upload/...``, ``/data/local-files/?d=...``) are on Label Studio's host;
+    http(s) URLs get the key only when they are on that host (same scheme and host:port).
+    Raises ValueError for paths without a Label Studio URL and for other schemes (``s3://``).
+    """
+    base = (label_studio_url or "").rstrip("/")
+    if ref.startswith(("http://", "https://")):
+        if not base:
+            return ref, False
+        ls, url = urllib.parse.urlsplit(base), urllib.parse.urlsplit(ref)
+        return ref, (url.scheme, url.netloc) == (ls.scheme, ls.netloc)
+    if ref.startswith("/"):
+        if not base:
+            raise ValueError(f"image path {ref[:80]!r} needs Label Studio's URL: pass "
+                             "--label-studio-url (or LABEL_STUDIO_URL)")
+        return base + ref, True
+    scheme = ref.split(":", 1)[0] if ":" in ref else ""
+    raise ValueError(f"unsupported image reference {ref[:80]!r}"
+                     + (f" (scheme {scheme}: serve it through Label Studio or as http(s))"
+                        if scheme else ""))
 
 
 def annotated_choice(task: Mapping[str, Any], control: ChoicesControl) -> str | None:

@@ -37,6 +37,7 @@ from hardscore_client.label_studio import (
     class_labels,
     image_ref,
     parse_label_config,
+    resolve_image_url,
     task_predictions,
 )
 
@@ -164,19 +165,10 @@ class Backend:
 
     def resolve(self, ref: str) -> tuple[str, bool]:
         """(URL, whether it is on Label Studio's host and gets the API key) of a reference."""
-        if ref.startswith(("http://", "https://")):
-            base = self.settings.label_studio_url or self._hostname
-            if not base:
-                return ref, False
-            ls = urllib.parse.urlsplit(base)
-            url = urllib.parse.urlsplit(ref)
-            return ref, (url.scheme, url.netloc) == (ls.scheme, ls.netloc)
-        if ref.startswith("/"):
-            return self.base_url + ref, True
-        scheme = ref.split(":", 1)[0] if ":" in ref else ""
-        raise FetchError(f"unsupported image reference {ref[:80]!r}"
-                         + (f" (scheme {scheme}: serve it through Label Studio or as http(s))"
-                            if scheme else ""))
+        try:
+            return resolve_image_url(ref, self.settings.label_studio_url or self._hostname)
+        except ValueError as exc:
+            raise FetchError(str(exc)) from None
 
     async def fetch(self, ref: str) -> bytes:
         """The bytes of one image, at most ``max_image_bytes``."""

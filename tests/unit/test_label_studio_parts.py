@@ -14,6 +14,7 @@ from hardscore_client.label_studio import (
     class_labels,
     image_ref,
     parse_label_config,
+    resolve_image_url,
     task_predictions,
 )
 from hardscore_client.messages import ScoreResult
@@ -122,3 +123,21 @@ def test_the_cli_needs_the_extra_only_to_run_the_backend(monkeypatch):
     with pytest.raises(SystemExit, match=r"needs the label-studio extra: pip install "
                                          r"'hardscore\[label-studio\]'"):
         cli.main(["label-studio"])
+
+
+def test_image_references_resolve_to_label_studio_or_go_without_the_key():
+    ls = "http://ls.example:8080/"
+    assert resolve_image_url("/data/upload/3/ab12cd34-x.png", ls) == (
+        "http://ls.example:8080/data/upload/3/ab12cd34-x.png", True)
+    assert resolve_image_url("/data/local-files/?d=img/1.png", ls) == (
+        "http://ls.example:8080/data/local-files/?d=img/1.png", True)
+    assert resolve_image_url("http://ls.example:8080/data/upload/1/a.png", ls)[1] is True
+    # Another host (or another port or scheme) never sees Label Studio's key.
+    assert resolve_image_url("http://ls.example:9000/a.png", ls)[1] is False
+    assert resolve_image_url("https://ls.example:8080/a.png", ls)[1] is False
+    assert resolve_image_url("https://cdn.example/a.png", None) == ("https://cdn.example/a.png",
+                                                                    False)
+    with pytest.raises(ValueError, match="needs Label Studio's URL"):
+        resolve_image_url("/data/upload/1/a.png", None)
+    with pytest.raises(ValueError, match="scheme s3: serve it through Label Studio"):
+        resolve_image_url("s3://bucket/a.png", ls)
