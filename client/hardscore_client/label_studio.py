@@ -172,7 +172,7 @@ def task_predictions(
     if choice is None:
         return []
     region = choices_result(control, choice)
-    out = [{"result": region, "score": _float(getattr(result, score_name)[row]),
+    out = [{"result": region, "score": float(getattr(result, score_name)[row]),
             "model_version": model_version}]
     if qa and result.label_issue_score is not None:
         issue = float(result.label_issue_score[row])
@@ -180,10 +180,6 @@ def task_predictions(
             out.append({"result": region, "score": issue,
                         "model_version": model_version + QA_SUFFIX})
     return out
-
-
-def _float(value: Any) -> float:
-    return float(value)
 
 
 def class_labels(
