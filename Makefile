@@ -10,7 +10,7 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 
 .PHONY: all install test unit e2e deploy client-range demo lint protos protos-check bench clean \
-	serve default-model gpu-deps perf-analyzer fiftyone-venv
+	serve default-model gpu-deps perf-analyzer fiftyone-venv label-studio
 
 all: test
 
@@ -74,6 +74,20 @@ $(MIN_VENV)/.installed: pyproject.toml $(VENV)/.installed
 		$(MIN_TEST_DEPS)
 	touch $@
 
+# Label Studio 1.23 (with label-studio-sdk) in a venv of its own, for the end-to-end test of
+# `hardscore label-studio` (tests/e2e/test_label_studio.py): its pins clash with the project's.
+LS_VENV := .venv-label-studio
+LABEL_STUDIO_VERSION := 1.23.2
+LS_STAMP := $(LS_VENV)/.label-studio-$(LABEL_STUDIO_VERSION)
+$(LS_STAMP):
+	rm -rf $(LS_VENV)
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		label-studio==$(LABEL_STUDIO_VERSION)
+	touch $@
+
+label-studio: $(LS_STAMP)
+
 CLIENT_E2E := tests/e2e/test_logits_service.py tests/e2e/test_image_service.py tests/e2e/test_cli.py
 client-range: $(MIN_VENV)/.installed
 	$(MIN_VENV)/bin/python -c "import google.protobuf as p, grpc; print('client range:', \
@@ -129,7 +143,7 @@ unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
 # Real servers on 127.0.0.1.
-e2e: install $(PERF_ANALYZER) $(FIFTYONE_VENV)/.installed
+e2e: install $(CHROMIUM) $(PERF_ANALYZER) $(FIFTYONE_VENV)/.installed $(LS_STAMP)
 	$(VENV)/bin/pytest -q tests/e2e
 
 # Docker, Helm, dashboards, the browser, the contract (buf, stale stubs, ruff, mypy).
@@ -137,7 +151,7 @@ deploy: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP)
 	$(TEST_PATH) $(VENV)/bin/pytest -q tests/deploy
 
 test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP) $(PERF_ANALYZER) \
-	$(FIFTYONE_VENV)/.installed
+	$(FIFTYONE_VENV)/.installed $(LS_STAMP)
 	$(TEST_PATH) $(VENV)/bin/pytest -q
 	$(MAKE) client-range
 
@@ -155,7 +169,8 @@ bench: install
 	$(PY) bench/frontend_capacity.py
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) $(FIFTYONE_VENV) $(TOOLS) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MIN_VENV) $(FIFTYONE_VENV) $(LS_VENV) $(TOOLS) .cache .pytest_cache .mypy_cache \
+		.ruff_cache
 
 # Retrains the embedded default model (deterministic; about a minute on 2 cores).
 default-model: install

@@ -9,6 +9,7 @@
     hardscore report scores.parquet --out report/
     hardscore select --budget 100 --strategy per-class scores.parquet --out queue
     hardscore label-issues scores.parquet
+    hardscore label-studio --server HOST:PORT --port 9090 --label-studio-url URL
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -44,6 +46,11 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
 
 def _client(args: argparse.Namespace) -> ScoringClient:
     """The client the server flags describe: address, deadline, TLS, bearer token."""
+    return ScoringClient(args.server, **_client_options(args))
+
+
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ScoringClient keyword options from the server flags (timeout, TLS, token)."""
     tls = None
     if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
         try:
@@ -52,7 +59,7 @@ def _client(args: argparse.Namespace) -> ScoringClient:
         except (OSError, ValueError) as exc:
             raise SystemExit(f"hardscore: TLS: {exc}") from None
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    return ScoringClient(args.server, timeout=args.timeout, tls=tls, token=token)
+    return {"timeout": args.timeout, "tls": tls, "token": token}
 
 
 def cmd_score_logits(args: argparse.Namespace) -> int:
@@ -181,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     from hardscore_client.workflow_cli import add_workflow_commands
 
     add_workflow_commands(sub)
+
+    from hardscore_client.label_studio_cli import add_label_studio_command
+
+    add_label_studio_command(sub, with_server, _client_options)
     return parser
 
 

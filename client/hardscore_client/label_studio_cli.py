@@ -1,0 +1,71 @@
+"""``hardscore label-studio``: the command line of the Label Studio ML backend (the server
+module, which needs the ``label-studio`` extra, is imported only when the command runs)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from hardscore_client.label_studio import SCORE_CHOICES
+
+
+def add_label_studio_command(
+    sub: Any, with_server: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
+    client_options: Callable[[argparse.Namespace], dict[str, Any]],
+) -> None:
+    """Adds ``hardscore label-studio`` to the CLI (the server module is imported on use)."""
+    p = with_server(sub.add_parser(
+        "label-studio", help="run a Label Studio ML backend that scores through the server"))
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: "
+                   "127.0.0.1; 0.0.0.0 to be reached from other machines or containers)")
+    p.add_argument("--port", type=int, default=9090, help="HTTP port (default: 9090)")
+    p.add_argument("--label-studio-url", default=None,
+                   help="Label Studio's base URL for images and the API (default: environment "
+                        "LABEL_STUDIO_URL, else the hostname Label Studio sends in /setup)")
+    p.add_argument("--score", choices=list(SCORE_CHOICES), default="hardness",
+                   help="score each prediction carries: hardness (default; sort descending "
+                        "for hardest first), hardness_normalized, margin or confidence "
+                        "(ascending for hardest first)")
+    p.add_argument("--no-qa", action="store_true",
+                   help="no label-QA prediction (model version <version>-label-qa) on "
+                        "annotated tasks")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="tasks fetched and scored per call to the server (default: 64)")
+    p.add_argument("--fetch-concurrency", type=int, default=8,
+                   help="images fetched at once (default: 8)")
+    p.add_argument("--max-image-mb", type=float, default=8.0,
+                   help="largest image fetched, MiB (default: 8)")
+    p.add_argument("--fetch-timeout", type=float, default=20.0,
+                   help="seconds per image fetch (default: 20)")
+    p.add_argument("--predict-deadline", type=float, default=90.0,
+                   help="seconds a /predict call may take; keep it under Label Studio's "
+                        "ML_TIMEOUT_PREDICT (100 s by default) (default: 90)")
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            from hardscore_client import label_studio_server as server
+        except ImportError as exc:
+            raise SystemExit("hardscore label-studio needs the label-studio extra: pip install "
+                             f"'hardscore[label-studio]' ({exc})") from None
+        options = client_options(args)
+        if options.get("timeout") is None:
+            options["timeout"] = args.predict_deadline
+        try:
+            settings = server.BackendSettings(
+                score=args.score, qa=not args.no_qa,
+                label_studio_url=args.label_studio_url or os.environ.get(server.URL_ENV),
+                api_key=os.environ.get(server.API_KEY_ENV) or None,
+                batch_size=args.batch_size, fetch_concurrency=args.fetch_concurrency,
+                max_image_bytes=int(args.max_image_mb * 1024 * 1024),
+                fetch_timeout=args.fetch_timeout, predict_deadline=args.predict_deadline,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"hardscore label-studio: {exc}") from None
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        server.serve(settings, args.host, args.port, args.server, **options)
+        return 0
+
+    p.set_defaults(func=run)

@@ -1,0 +1,406 @@
+"""``hardscore label-studio``: a Label Studio ML backend over HTTP (aiohttp), scoring through a
+hardscore server.
+
+Routes (Label Studio's ML backend API): ``GET /health`` and ``GET /`` (liveness, answered at
+once: Label Studio waits 1 s), ``POST /setup`` (checks the label config, returns the model
+version; Label Studio waits 3 s), ``POST /predict`` (tasks in, one list of predictions per task
+out; Label Studio waits 100 s by default), ``POST /webhook`` (Label Studio's events; annotation
+events refresh that task's label-QA prediction), ``GET /versions``.
+
+Images are fetched from Label Studio (``/data/upload/...``, ``/data/local-files/?d=...``, any
+path on its host) with the API key the backend is given, or from other http(s) URLs without it;
+at most ``fetch_concurrency`` at a time, ``max_image_bytes`` each, ``batch_size`` tasks in memory
+at once, and all of a request within ``predict_deadline`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from hardscore_client.client import AsyncScoringClient
+from hardscore_client.label_studio import (
+    QA_SUFFIX,
+    SCORE_CHOICES,
+    ChoicesControl,
+    LabelConfigError,
+    class_labels,
+    image_ref,
+    parse_label_config,
+    resolve_image_url,
+    task_predictions,
+)
+
+log = logging.getLogger("hardscore.label_studio")
+
+API_KEY_ENV = "LABEL_STUDIO_API_KEY"
+URL_ENV = "LABEL_STUDIO_URL"
+ACCESS_TOKEN_LIFETIME_S = 240.0  # refresh personal-access-token JWTs this often (LS: 5 min)
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """What ``hardscore label-studio`` is told.
+
+    ``score``: which score a prediction carries (see SCORE_CHOICES). ``qa``: add the label-QA
+    prediction to annotated tasks. ``label_studio_url``: base URL images and the API are
+    reached at (default: the hostname Label Studio sends in /setup). ``api_key``: a Label Studio
+    personal access token (a JWT refresh token, exchanged for short-lived access tokens) or a
+    legacy token. Sizes in bytes, times in seconds.
+    """
+
+    score: str = "hardness"
+    qa: bool = True
+    label_studio_url: str | None = None
+    api_key: str | None = None
+    batch_size: int = 64
+    fetch_concurrency: int = 8
+    max_image_bytes: int = 8 * 1024 * 1024
+    fetch_timeout: float = 20.0
+    predict_deadline: float = 90.0
+    max_request_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORE_CHOICES:
+            raise ValueError(f"score must be one of {', '.join(SCORE_CHOICES)}, got {self.score!r}")
+        for name in ("batch_size", "fetch_concurrency", "max_image_bytes", "max_request_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("fetch_timeout", "predict_deadline"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds")
+
+
+class FetchError(Exception):
+    """One task's image could not be fetched (the task gets no prediction)."""
+
+
+class _LabelStudioAuth:
+    """The Authorization header for Label Studio: ``Bearer <access>`` from a personal access
+    token (refreshed at /api/token/refresh/), or ``Token <key>`` for a legacy key."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self._key = api_key or ""
+        self._jwt = self._key.count(".") == 2
+        self._access: str | None = None
+        self._at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def header(self, session: aiohttp.ClientSession, base: str,
+                     force: bool = False) -> dict[str, str]:
+        if not self._key:
+            return {}
+        if not self._jwt:
+            return {"Authorization": f"Token {self._key}"}
+        async with self._lock:
+            if force or self._access is None or time.monotonic() - self._at > \
+                    ACCESS_TOKEN_LIFETIME_S:
+                url = urllib.parse.urljoin(base + "/", "api/token/refresh/")
+                async with session.post(url, json={"refresh": self._key}) as resp:
+                    if resp.status != 200:
+                        raise FetchError(f"Label Studio refused the API key at {url}: HTTP "
+                                         f"{resp.status}")
+                    self._access = str((await resp.json())["access"])
+                    self._at = time.monotonic()
+            return {"Authorization": f"Bearer {self._access}"}
+
+
+class Backend:
+    """The ML backend's state: settings, the hardscore client, the model's class names."""
+
+    def __init__(self, settings: BackendSettings, client: AsyncScoringClient) -> None:
+        self.settings = settings
+        self.client = client
+        self.class_names: list[str] = []
+        self.model_version = ""
+        self._hostname: str | None = None
+        self._auth = _LabelStudioAuth(settings.api_key)
+        self._session: aiohttp.ClientSession | None = None
+        self._fetch_slots = asyncio.Semaphore(settings.fetch_concurrency)
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Reads the served model (class names, name, version) and opens the HTTP session."""
+        info = await self.client.get_model_info()
+        self.class_names = list(info.class_names)
+        self.model_version = f"hardscore-{info.name}-v{info.version}-{self.settings.score}"
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.fetch_timeout))
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
+        await self.client.close()
+
+    @property
+    def base_url(self) -> str:
+        base = self.settings.label_studio_url or self._hostname
+        if not base:
+            raise FetchError("no Label Studio URL: pass --label-studio-url (or "
+                             f"{URL_ENV}); Label Studio's /setup sent no hostname")
+        return base.rstrip("/")
+
+    def control(self, label_config: str) -> ChoicesControl:
+        control = parse_label_config(label_config)
+        if not any(name in self.class_names for name in control.class_of_choice.values()):
+            raise LabelConfigError(
+                f"none of the choices of <Choices name={control.from_name!r}> "
+                f"({', '.join(control.choices[:10])}) is a class of the served model "
+                f"({', '.join(self.class_names[:10])}); use the class names as values or aliases")
+        return control
+
+    # -- images ---------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> tuple[str, bool]:
+        """(URL, whether it is on Label Studio's host and gets the API key) of a reference."""
+        try:
+            return resolve_image_url(ref, self.settings.label_studio_url or self._hostname)
+        except ValueError as exc:
+            raise FetchError(str(exc)) from None
+
+    async def fetch(self, ref: str) -> bytes:
+        """The bytes of one image, at most ``max_image_bytes``."""
+        limit = self.settings.max_image_bytes
+        if ref.startswith("data:"):
+            _, _, payload = ref.partition(",")
+            if len(payload) > limit * 4 // 3 + 4:
+                raise FetchError(f"data URI larger than {limit} bytes")
+            try:
+                return base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise FetchError(f"data URI is not base64: {exc}") from None
+        url, with_key = self.resolve(ref)
+        assert self._session is not None
+        async with self._fetch_slots:
+            for attempt in (0, 1):
+                headers = (await self._auth.header(self._session, self.base_url, attempt == 1)
+                           if with_key else {})
+                try:
+                    async with self._session.get(url, headers=headers) as resp:
+                        if resp.status == 401 and with_key and attempt == 0:
+                            continue  # an expired access token: refresh once
+                        if resp.status != 200:
+                            raise FetchError(f"GET {url}: HTTP {resp.status}")
+                        if (resp.content_length or 0) > limit:
+                            raise FetchError(f"GET {url}: {resp.content_length} bytes, over "
+                                             f"the {limit}-byte limit")
+                        body = bytearray()
+                        async for block in resp.content.iter_chunked(64 * 1024):
+                            body += block
+                            if len(body) > limit:
+                                raise FetchError(f"GET {url}: over the {limit}-byte limit")
+                        return bytes(body)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise FetchError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+        raise FetchError(f"GET {url}: HTTP 401 after refreshing the access token")
+
+    # -- predictions ----------------------------------------------------------------------
+
+    async def predict(self, tasks: Sequence[Mapping[str, Any]], label_config: str,
+                      deadline: float) -> list[list[dict[str, Any]]]:
+        """One list of predictions per task, in order (empty for a task that failed)."""
+        control = self.control(label_config)
+        labels = class_labels(tasks, control, self.class_names)
+        out: list[list[dict[str, Any]]] = [[] for _ in tasks]
+        step = self.settings.batch_size
+        fetch_s = score_s = 0.0
+        scored = 0
+        for start in range(0, len(tasks), step):
+            chunk = range(start, min(start + step, len(tasks)))
+            t0 = time.monotonic()
+            images = await asyncio.gather(
+                *(self._task_image(tasks[i], control) for i in chunk))
+            t1 = time.monotonic()
+            fetch_s += t1 - t0
+            ok = [i for i, img in zip(chunk, images, strict=True) if img is not None]
+            if not ok:
+                continue
+            if deadline - t1 <= 0:
+                raise TimeoutError("the predict deadline passed while fetching images")
+            result = await self.client.score_images(
+                [images[i - start] for i in ok],  # type: ignore[misc]
+                [labels[i] for i in ok] if self.settings.qa else None,
+                ids=[str(tasks[i].get("id", "")) for i in ok],
+            )
+            for error in result.errors:
+                log.warning("task %s not scored: %s: %s", tasks[ok[error.index]].get("id"),
+                            error.reason, error.message)
+            score_s += time.monotonic() - t1
+            scored += len(ok)
+            for row, i in enumerate(ok):
+                out[i] = task_predictions(result, row, control, self.model_version,
+                                          self.settings.score, self.settings.qa)
+        log.info("predict: %d tasks, %d images scored, fetching %.2f s, scoring %.2f s",
+                 len(tasks), scored, fetch_s, score_s)
+        return out
+
+    async def _task_image(self, task: Mapping[str, Any], control: ChoicesControl) -> bytes | None:
+        try:
+            return await self.fetch(image_ref(task, control))
+        except (FetchError, ValueError) as exc:
+            log.warning("task %s: no image: %s", task.get("id"), exc)
+            return None
+
+    # -- label QA after annotating ----------------------------------------------------------
+
+    def on_annotation(self, task: Mapping[str, Any], label_config: str) -> None:
+        """Scores an annotated task again in the background and replaces its QA prediction."""
+        job = asyncio.get_running_loop().create_task(self._refresh_qa(task, label_config))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _refresh_qa(self, task: Mapping[str, Any], label_config: str) -> None:
+        try:
+            deadline = time.monotonic() + self.settings.predict_deadline
+            [predictions] = await self.predict([task], label_config, deadline)
+            qa = [p for p in predictions if p["model_version"].endswith(QA_SUFFIX)]
+            if not qa:
+                return
+            await self._replace_prediction(int(task["id"]), qa[0])
+        except Exception:  # a background job: log, never raise into the loop
+            log.exception("label QA refresh of task %s failed", task.get("id"))
+
+    async def _replace_prediction(self, task_id: int, prediction: dict[str, Any]) -> None:
+        assert self._session is not None
+        base = self.base_url
+        headers = await self._auth.header(self._session, base)
+        async with self._session.get(f"{base}/api/predictions/", params={"task": str(task_id)},
+                                     headers=headers) as resp:
+            resp.raise_for_status()
+            old = [p["id"] for p in await resp.json()
+                   if p.get("model_version") == prediction["model_version"]]
+        for pid in old:
+            async with self._session.delete(f"{base}/api/predictions/{pid}/",
+                                            headers=headers) as resp:
+                resp.raise_for_status()
+        async with self._session.post(f"{base}/api/predictions/", headers=headers,
+                                      json={"task": task_id, **prediction}) as resp:
+            resp.raise_for_status()
+
+
+# -- HTTP ---------------------------------------------------------------------------------
+
+BACKEND = web.AppKey("backend", Backend)
+WEBHOOK_ANNOTATION_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text='{"error": "body is not JSON"}',
+                                 content_type="application/json") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text='{"error": "body must be a JSON object"}',
+                                 content_type="application/json")
+    return body
+
+
+async def health(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    return web.json_response({"status": "UP", "model_class": "hardscore",
+                              "model_version": backend.model_version})
+
+
+async def setup(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    body = await _json_object(request)
+    hostname = body.get("hostname")
+    if isinstance(hostname, str) and hostname:
+        backend._hostname = hostname
+    schema = body.get("schema")
+    if isinstance(schema, str) and schema:
+        try:
+            backend.control(schema)
+        except LabelConfigError as exc:
+            return _error(400, str(exc))
+    return web.json_response({"model_version": backend.model_version})
+
+
+async def predict(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    deadline = time.monotonic() + backend.settings.predict_deadline
+    body = await _json_object(request)
+    tasks = body.get("tasks")
+    config = body.get("label_config")
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        return _error(400, "tasks must be a list of task objects")
+    if not isinstance(config, str):
+        return _error(400, "label_config must be the project's label config (XML string)")
+    try:
+        results = await backend.predict(tasks, config, deadline)
+    except LabelConfigError as exc:
+        return _error(400, str(exc))
+    except FetchError as exc:
+        return _error(502, str(exc))
+    except TimeoutError as exc:
+        return _error(504, f"predictions took longer than {backend.settings.predict_deadline} "
+                      f"s: {exc}")
+    except Exception as exc:  # grpc errors and the like: the reason, not a stack trace
+        log.exception("predict failed")
+        return _error(502, f"scoring failed: {type(exc).__name__}: {exc}")
+    return web.json_response({"results": results, "model_version": backend.model_version})
+
+
+async def webhook(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    body = await _json_object(request)
+    action = body.get("action")
+    task, project = body.get("task"), body.get("project")
+    if (backend.settings.qa and action in WEBHOOK_ANNOTATION_EVENTS and isinstance(task, dict)
+            and isinstance(project, dict) and isinstance(project.get("label_config"), str)):
+        annotation = body.get("annotation")
+        if isinstance(annotation, dict) and not task.get("annotations"):
+            task = {**task, "annotations": [annotation]}
+        backend.on_annotation(task, project["label_config"])
+        return web.json_response({"status": "ok", "action": action, "queued": True})
+    return web.json_response({"status": "ok", "action": action, "queued": False})
+
+
+async def versions(request: web.Request) -> web.Response:
+    return web.json_response({"versions": [request.app[BACKEND].model_version]})
+
+
+def make_app(settings: BackendSettings, hardscore_target: str, **client_options: Any,
+             ) -> web.Application:
+    """The aiohttp application; the hardscore client connects on start-up."""
+    app = web.Application(client_max_size=settings.max_request_bytes)
+
+    async def lifecycle(app: web.Application) -> Any:
+        backend = Backend(settings, AsyncScoringClient(hardscore_target, **client_options))
+        await backend.start()
+        app[BACKEND] = backend
+        yield
+        await backend.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/", health)
+    app.router.add_get("/health", health)
+    app.router.add_post("/setup", setup)
+    app.router.add_post("/predict", predict)
+    app.router.add_post("/webhook", webhook)
+    app.router.add_get("/versions", versions)
+    return app
+
+
+def serve(settings: BackendSettings, host: str, port: int, hardscore_target: str,
+          **client_options: Any) -> None:
+    """Runs the backend until interrupted."""
+    app = make_app(settings, hardscore_target, **client_options)
+    web.run_app(app, host=host, port=port, print=lambda s: log.warning("%s", s))
