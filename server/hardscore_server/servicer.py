@@ -316,6 +316,9 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                     if in_flight and has_room is not None and not has_room(rows):
                         await asyncio.wait(in_flight)  # admission now sees only other callers
                     task = asyncio.ensure_future(located(index, first_row, msg))
+                    # a chunk that fails after an earlier one already ended the stream is
+                    # never awaited: read its outcome so asyncio logs no "never retrieved"
+                    task.add_done_callback(_read_outcome)
                     in_flight.append(task)
                     await pending.put(task)
                     first_row += rows
@@ -340,6 +343,12 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 if leftover is not None:
                     leftover.cancel()
         self._calls.record(method, grpc.StatusCode.OK, started)
+
+
+def _read_outcome(task: asyncio.Task[Any]) -> None:
+    """Marks a finished chunk's exception as retrieved (its caller may have gone)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _located_messages(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -8,10 +8,10 @@ incoming connections over N event loops, each with its own batcher and ONNX Runt
 
 The supervisor (this module, in the process started as ``hardscore-server``):
 
-- reserves the gRPC port (and the plaintext health port, when on) with ``SO_REUSEPORT`` so that
-  port 0 resolves once for every worker, then starts ``workers`` copies of the server with the
-  same arguments plus the resolved ports; each worker's /metrics listens on 127.0.0.1 on a free
-  port known only to the supervisor;
+- reserves the gRPC port (and the plaintext health port and the REST port, when on) with
+  ``SO_REUSEPORT`` so that port 0 resolves once for every worker, then starts ``workers``
+  copies of the server with the same arguments plus the resolved ports; each worker's
+  /metrics listens on 127.0.0.1 on a free port known only to the supervisor;
 - serves ``/metrics`` on ``metrics_host:metrics_port`` itself: every scrape reads each worker's
   exposition over HTTP and sums the series with the same name and labels (counters, histogram
   buckets/sums/counts, gauges such as the queue depth; ``*_info`` gauges take the largest value,
@@ -252,7 +252,9 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         reserved: list[socket.socket] = []
-        for wanted in (c.port, *([c.health_port] if c.health_port >= 0 else [])):
+        rest = c.http_port >= 0 and not c.no_model  # the REST port, shared like gRPC's
+        for wanted in (c.port, *([c.health_port] if c.health_port >= 0 else []),
+                       *([c.http_port] if rest else [])):
             try:
                 reserved.append(reserve_port(c.host, wanted))
             except OSError as exc:
@@ -261,10 +263,11 @@ class Supervisor:
                     sock.close()
                 return 4
         port = reserved[0].getsockname()[1]
-        health_port = reserved[1].getsockname()[1] if len(reserved) > 1 else -1
+        health_port = reserved[1].getsockname()[1] if c.health_port >= 0 else -1
+        http_port = reserved[-1].getsockname()[1] if rest else -1
         with tempfile.TemporaryDirectory(prefix="hardscore-workers-") as run_dir:
             try:
-                code = self._serve(Path(run_dir), port, health_port, reserved)
+                code = self._serve(Path(run_dir), port, health_port, http_port, reserved)
             finally:
                 for sock in reserved:
                     sock.close()
@@ -275,12 +278,13 @@ class Supervisor:
         log.info("stopped")
         return code
 
-    def _serve(self, run_dir: Path, port: int, health_port: int,
+    def _serve(self, run_dir: Path, port: int, health_port: int, http_port: int,
                reserved: list[socket.socket]) -> int:
         c = self.config
         worker_metrics_port = "0" if c.metrics_port >= 0 else "-1"
         args = [sys.executable, "-c", _WORKER_LAUNCHER, *self.argv,
                 "--port", str(port), "--health-port", str(health_port),
+                "--http-port", str(http_port),
                 "--metrics-host", "127.0.0.1", "--metrics-port", worker_metrics_port,
                 # workers' /metrics are on loopback for this process only: plain HTTP; the
                 # supervisor's own endpoint carries the metrics_tls_* settings
@@ -327,6 +331,8 @@ class Supervisor:
                 return 4
             metrics_port = int(self._http.server_address[1])
         pids = ", ".join(str(w.proc.pid) for w in self.workers)
+        if http_port >= 0:  # before the gRPC line, as a single server says it
+            log.info("serving HTTP (KServe V2 REST) on %s:%d", c.host, http_port)
         log.info("serving gRPC on %s:%d, metrics on %s:%d (%d workers, pids %s)", c.host, port,
                  c.metrics_host, metrics_port, len(self.workers), pids)
         while self._stop_signal is None:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -220,3 +221,22 @@ def test_start_up_failures_give_the_single_server_exit_codes(tmp_path):
     assert done.returncode == 4, done.stderr
     assert "cannot bind metrics 127.0.0.1" in done.stderr
     assert re.search(r"worker 1 \| .*stopped", done.stderr)
+
+
+def test_workers_share_the_rest_port(two_workers: ServerProcess):
+    # KServe V2 REST binds the one port with SO_REUSEPORT in every worker, as gRPC does
+    from conftest import http
+
+    assert two_workers.http_url.startswith("http://127.0.0.1:")
+    images = np.zeros((1, 3, 32, 32), dtype=np.float32)  # the model's own input
+    body = json.dumps({"inputs": [{"name": "images", "shape": list(images.shape),
+                                   "datatype": "FP32", "data": images.ravel().tolist()}],
+                       "outputs": [{"name": "hardness"}]}).encode()
+    for _ in range(8):  # new connections each: the kernel spreads them over the workers
+        status, _headers, _body = http(two_workers, "/v2/health/ready")
+        assert status == 200
+        status, _headers, reply = http(two_workers, "/v2/models/digits-resnet/infer", body,
+                                       {"Content-Type": "application/json"})
+        assert status == 200, reply
+        outputs = {o["name"]: o for o in json.loads(reply)["outputs"]}
+        assert len(outputs["hardness"]["data"]) == 1

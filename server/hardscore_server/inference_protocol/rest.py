@@ -277,7 +277,7 @@ class RestServer:
                                      shutdown_timeout=self._config.grace_period_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=http_ssl_context(self._config),
-                           reuse_port=False)
+                           reuse_port=self._config.workers > 1)  # workers share the port
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         return self.port

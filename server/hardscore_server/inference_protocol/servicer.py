@@ -14,6 +14,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from hardscore_server.call_gate import UnparseableMessage
 from hardscore_server.errors import InvalidRequest, check_reply_fits
 from hardscore_server.inference_protocol import grpc_service_pb2 as oip
 from hardscore_server.inference_protocol import grpc_service_pb2_grpc as oip_grpc
@@ -239,6 +240,8 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
                 window.release()
                 yield response
             await reader  # a request the stream could not read ends the call with its status
+        except UnparseableMessage:
+            raise  # the call gate answers it (INVALID_ARGUMENT, one quiet line)
         except Exception as exc:
             code = status_of(exc)
             if code is None:
