@@ -23,7 +23,8 @@ Steps, each a group of rows of the table:
    the CPU) in batches, then resize, crop and normalise there (images/s is that whole job, as
    for the CPU rows); its decoded pixels compared with Pillow's decode of the same files:
    max |GPU - CPU| <= DECODE_MAX_DIFF levels and mean <= DECODE_MEAN_DIFF (JPEG decoders
-   may round the inverse DCT and chroma upsampling differently).
+   may round the inverse DCT and chroma upsampling differently; the figures are
+   hardscore_server.torch_decode's, which the server's ``jpeg_decode_device=cuda`` is held to).
 
 A machine without network (the lent GPU machine): ``--wheels DIR`` installs every wheel in DIR
 (onnxruntime-gpu and the server's pure dependencies; ``*.whl.partNN`` files, made by the
@@ -63,8 +64,6 @@ for _sub in ("server", "client", "proto"):
     if str(ROOT / _sub) not in sys.path:
         sys.path.insert(0, str(ROOT / _sub))
 
-DECODE_MAX_DIFF = 8
-DECODE_MEAN_DIFF = 0.5
 GPU_SITE = ROOT / ".cache" / "gpu-site"
 PART = re.compile(r"^(?P<wheel>.+\.whl)\.part(?P<index>\d+)$")
 
@@ -512,6 +511,10 @@ def step_frontend(settings: Settings, table: Table) -> None:
 def step_gpu_decode(settings: Settings, files: list[bytes], torch: Any, table: Table) -> None:
     from PIL import Image
     from torchvision.io import decode_jpeg
+
+    # the server's jpeg_decode_device=cuda checks its results against the same figures
+    from hardscore_server.torch_decode import DECODE_MAX_DIFF_LEVELS as DECODE_MAX_DIFF
+    from hardscore_server.torch_decode import DECODE_MEAN_DIFF_LEVELS as DECODE_MEAN_DIFF
 
     device = "cuda" if settings.provider == "cuda" and torch.cuda.is_available() else "cpu"
     tensors = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
