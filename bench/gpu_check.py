@@ -553,9 +553,40 @@ def step_gpu_decode(settings: Settings, files: list[bytes], torch: Any, table: T
         diff = np.abs(gpu - cpu)
         worst, mean = max(worst, int(diff.max())), max(mean, float(diff.mean()))
     ok = worst <= DECODE_MAX_DIFF and mean <= DECODE_MEAN_DIFF
+    step_server_decoder(settings, files, device, table)
     table.add("frontend", "jpeg 224px", "uint8", f"{device.upper()} decode_jpeg b{batch}",
               rate, f"vs Pillow: max {worst} mean {mean:.3f} levels "
               f"(<= {DECODE_MAX_DIFF} / {DECODE_MEAN_DIFF}): {'ok' if ok else 'FAIL'}")
+
+
+def step_server_decoder(settings: Settings, files: list[bytes], device: str,
+                        table: Table) -> None:
+    """The server's own torch path (``jpeg_decode_device=cuda``; on the CPU: the test-only
+    torch_cpu): model input per second, and its model input against decode_image's within
+    torch_decode.tolerance."""
+    from hardscore_server.export import IMAGENET_MEAN, IMAGENET_STD
+    from hardscore_server.preprocess import InputSpec, decode_image
+    from hardscore_server.torch_decode import BATCH_SIZE, build_decoder, tolerance
+
+    spec = InputSpec(3, 224, 224, IMAGENET_MEAN, IMAGENET_STD, "resize_shorter_center_crop")
+    decoder = build_decoder("cuda" if device == "cuda" else "torch_cpu", spec)
+    assert decoder is not None
+    groups = [files[i:i + BATCH_SIZE] for i in range(0, len(files), BATCH_SIZE)]
+    rate = timed_rate(lambda: [decoder.decode(g) for g in groups], len(files),
+                      settings.decode_seconds)
+    got = [x for group in groups for x in decoder.decode(group)]
+    worst, mean, taken = 0.0, 0.0, 0
+    for data, x in zip(files, got, strict=True):
+        if x is not None:
+            diff = np.abs(x - decode_image(data, spec))
+            worst, mean, taken = max(worst, float(diff.max())), max(mean, float(diff.mean())), \
+                taken + 1
+    max_tol, mean_tol = tolerance(spec)
+    ok = taken == len(files) and worst <= max_tol and mean <= mean_tol
+    table.add("frontend", "jpeg 224px", "float32", f"server {device} path b{BATCH_SIZE}", rate,
+              f"model input vs Pillow's: max {worst:.4f} mean {mean:.4f} "
+              f"(<= {max_tol:.4f} / {mean_tol:.4f}), {taken}/{len(files)} taken: "
+              f"{'ok' if ok else 'FAIL'}")
 
 
 # --------------------------------------------------------------------------- main
