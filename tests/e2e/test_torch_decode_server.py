@@ -17,17 +17,23 @@ import pytest
 from PIL import Image
 
 from hardscore_client import ScoringClient
+from hardscore_server.decode_cost import estimate_image
 from hardscore_server.digits import heldout_split
-from hardscore_server.preprocess import encode_png
+from hardscore_server.preprocess import InputSpec, encode_png
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 
 from conftest import metric, scrape
-from jpeg_samples import jpeg, picture, variety
+from jpeg_samples import jpeg, variety
 from server_process import ServerProcess, start_server
 
-ARGS = ["--max-batch-size", "64", "--max-queue-size", "1024", "--preprocess-threads", "2",
-        "--decode-budget-bytes", str(64 * 1024 * 1024)]
+BUDGET = 64 * 1024 * 1024
+THREADS = 2
+ARGS = ["--max-batch-size", "64", "--max-queue-size", "1024", "--preprocess-threads",
+        str(THREADS), "--decode-budget-bytes", str(BUDGET)]
+SPEC = InputSpec(channels=3, height=32, width=32, mean=(0.5,) * 3, std=(0.5,) * 3,
+                 resize="resize")
+"""The default model's input (digits-resnet)."""
 LOGIT_TOLERANCE = (0.02, 0.002)
 """Largest and mean |logit (torch path) - logit (Pillow path)| accepted, as fractions of the
 largest |logit| (at least 1), as hardscore-export's float16 check states its own. Measured:
@@ -133,10 +139,13 @@ def test_scores_equal_the_pillow_paths_within_tolerance(
 def test_a_call_past_its_deadline_stops_between_batches(
         servers: tuple[ServerProcess, ServerProcess]) -> None:
     _, server = servers
+    yy, xx = np.mgrid[0:2000, 0:2000]
+    smooth = np.stack([xx * 255 // 1999, yy * 255 // 1999, (xx + yy) * 255 // 3998],
+                      axis=-1).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(picture(1200, 1200)).save(buffer, format="JPEG", quality=80)
-    big = buffer.getvalue()
-    n_big = 120
+    Image.fromarray(smooth).save(buffer, format="JPEG", quality=80)
+    big = buffer.getvalue()  # 87 kB, 4 M pixels: ~25 ms each to model input here
+    n_big = 400  # ~5 s of decoding on 2 threads: the 1 s deadline passes half way or sooner
     before = decodes(server)
     with grpc.insecure_channel(server.target, options=[
             ("grpc.max_send_message_length", 256 * 1024 * 1024)]) as channel:
@@ -151,6 +160,11 @@ def test_a_call_past_its_deadline_stops_between_batches(
             time.sleep(0.05)
         after = decodes(server)
         assert after["abandoned"] - before["abandoned"] >= 1
+        # what finished after the deadline: at most one batch per decode thread, a batch
+        # holding as many such files as fit the budget's share of one thread (32 MiB)
+        share = BUDGET // THREADS
+        per_batch = max(1, share // estimate_image(big, SPEC).bytes)
+        assert after["after_cancel"] - before["after_cancel"] <= THREADS * per_batch
         samples = scrape(server.metrics_url)
         assert metric(samples, "hardscore_decode_budget_in_use_bytes") == 0
         assert not stub.ScoreImages(pb.ScoreImagesRequest(samples=[
