@@ -484,15 +484,16 @@ class ImagePipeline:
         share = self.decode_budget.capacity // self._config.preprocess_threads
         units: list[list[int]] = []
         batch: list[int] = []
+        held = 0  # the batch's summed cost (bytes)
         for i in todo:
             if not is_jpeg(images[i]):
                 units.append([i])
                 continue
-            if batch and (len(batch) == BATCH_SIZE
-                          or sum(costs[j] for j in batch) + costs[i] > share):
+            if batch and (len(batch) == BATCH_SIZE or held + costs[i] > share):
                 units.append(batch)
-                batch = []
+                batch, held = [], 0
             batch.append(i)
+            held += costs[i]
         if batch:
             units.append(batch)
         return units
