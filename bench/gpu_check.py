@@ -23,7 +23,8 @@ Steps, each a group of rows of the table:
    the CPU) in batches, then resize, crop and normalise there (images/s is that whole job, as
    for the CPU rows); its decoded pixels compared with Pillow's decode of the same files:
    max |GPU - CPU| <= DECODE_MAX_DIFF levels and mean <= DECODE_MEAN_DIFF (JPEG decoders
-   may round the inverse DCT and chroma upsampling differently).
+   may round the inverse DCT and chroma upsampling differently; the figures are
+   hardscore_server.torch_decode's, which the server's ``jpeg_decode_device=cuda`` is held to).
 
 A machine without network (the lent GPU machine): ``--wheels DIR`` installs every wheel in DIR
 (onnxruntime-gpu and the server's pure dependencies; ``*.whl.partNN`` files, made by the
@@ -63,8 +64,6 @@ for _sub in ("server", "client", "proto"):
     if str(ROOT / _sub) not in sys.path:
         sys.path.insert(0, str(ROOT / _sub))
 
-DECODE_MAX_DIFF = 8
-DECODE_MEAN_DIFF = 0.5
 GPU_SITE = ROOT / ".cache" / "gpu-site"
 PART = re.compile(r"^(?P<wheel>.+\.whl)\.part(?P<index>\d+)$")
 
@@ -513,6 +512,10 @@ def step_gpu_decode(settings: Settings, files: list[bytes], torch: Any, table: T
     from PIL import Image
     from torchvision.io import decode_jpeg
 
+    # the server's jpeg_decode_device=cuda checks its results against the same figures
+    from hardscore_server.torch_decode import DECODE_MAX_DIFF_LEVELS as DECODE_MAX_DIFF
+    from hardscore_server.torch_decode import DECODE_MEAN_DIFF_LEVELS as DECODE_MEAN_DIFF
+
     device = "cuda" if settings.provider == "cuda" and torch.cuda.is_available() else "cpu"
     tensors = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
     batch = 64 if device == "cuda" else 8
@@ -550,9 +553,40 @@ def step_gpu_decode(settings: Settings, files: list[bytes], torch: Any, table: T
         diff = np.abs(gpu - cpu)
         worst, mean = max(worst, int(diff.max())), max(mean, float(diff.mean()))
     ok = worst <= DECODE_MAX_DIFF and mean <= DECODE_MEAN_DIFF
+    step_server_decoder(settings, files, device, table)
     table.add("frontend", "jpeg 224px", "uint8", f"{device.upper()} decode_jpeg b{batch}",
               rate, f"vs Pillow: max {worst} mean {mean:.3f} levels "
               f"(<= {DECODE_MAX_DIFF} / {DECODE_MEAN_DIFF}): {'ok' if ok else 'FAIL'}")
+
+
+def step_server_decoder(settings: Settings, files: list[bytes], device: str,
+                        table: Table) -> None:
+    """The server's own torch path (``jpeg_decode_device=cuda``; on the CPU: the test-only
+    torch_cpu): model input per second, and its model input against decode_image's within
+    torch_decode.tolerance."""
+    from hardscore_server.export import IMAGENET_MEAN, IMAGENET_STD
+    from hardscore_server.preprocess import InputSpec, decode_image
+    from hardscore_server.torch_decode import BATCH_SIZE, build_decoder, tolerance
+
+    spec = InputSpec(3, 224, 224, IMAGENET_MEAN, IMAGENET_STD, "resize_shorter_center_crop")
+    decoder = build_decoder("cuda" if device == "cuda" else "torch_cpu", spec)
+    assert decoder is not None
+    groups = [files[i:i + BATCH_SIZE] for i in range(0, len(files), BATCH_SIZE)]
+    rate = timed_rate(lambda: [decoder.decode(g) for g in groups], len(files),
+                      settings.decode_seconds)
+    got = [x for group in groups for x in decoder.decode(group)]
+    worst, mean, taken = 0.0, 0.0, 0
+    for data, x in zip(files, got, strict=True):
+        if x is not None:
+            diff = np.abs(x - decode_image(data, spec))
+            worst, mean, taken = max(worst, float(diff.max())), max(mean, float(diff.mean())), \
+                taken + 1
+    max_tol, mean_tol = tolerance(spec)
+    ok = taken == len(files) and worst <= max_tol and mean <= mean_tol
+    table.add("frontend", "jpeg 224px", "float32", f"server {device} path b{BATCH_SIZE}", rate,
+              f"model input vs Pillow's: max {worst:.4f} mean {mean:.4f} "
+              f"(<= {max_tol:.4f} / {mean_tol:.4f}), {taken}/{len(files)} taken: "
+              f"{'ok' if ok else 'FAIL'}")
 
 
 # --------------------------------------------------------------------------- main

@@ -20,6 +20,7 @@ ENV_PREFIX = "HARDSCORE_"
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 CONV_ALGO_SEARCHES = ("exhaustive", "heuristic", "default")
 ARENA_EXTEND_STRATEGIES = ("next_power_of_two", "same_as_requested")
+JPEG_DECODE_DEVICES = ("cpu", "cuda", "torch_cpu")  # torch_cpu: tests only (torch_decode.py)
 
 
 class ConfigError(ValueError):
@@ -114,6 +115,11 @@ class ServerConfig:
     tensorrt_fp16: bool = field(
         default=False, metadata={"help": "let TensorRT run layers in float16"}
     )
+    jpeg_decode_device: str = field(
+        default="cpu", metadata={"help": "where JPEGs are decoded: cpu (Pillow) or cuda "
+                                 "(torchvision's nvJPEG, in batches; needs torch with CUDA); "
+                                 "torch_cpu is for tests only"}
+    )
     preprocess_threads: int = field(
         default=2, metadata={"help": "threads decoding and resizing images"}
     )
@@ -189,6 +195,9 @@ class ServerConfig:
             (self.cuda_arena_extend_strategy in ARENA_EXTEND_STRATEGIES,
              f"cuda_arena_extend_strategy must be one of {', '.join(ARENA_EXTEND_STRATEGIES)}, "
              f"got {self.cuda_arena_extend_strategy!r}"),
+            (self.jpeg_decode_device in JPEG_DECODE_DEVICES,
+             f"jpeg_decode_device must be one of {', '.join(JPEG_DECODE_DEVICES)}, "
+             f"got {self.jpeg_decode_device!r}"),
             (self.preprocess_threads >= 1,
              f"preprocess_threads must be >= 1, got {self.preprocess_threads}"),
             (self.decode_budget_bytes >= 16 * 1024 * 1024,

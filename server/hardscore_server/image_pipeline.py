@@ -44,6 +44,7 @@ from hardscore_server.preprocess import (
     header_pixels,
 )
 from hardscore_server.scores import LABEL_SCORES, MODEL_SCORES, NO_LABEL, ScoreBatch, score_logits
+from hardscore_server.torch_decode import BATCH_SIZE, build_decoder, is_jpeg
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -202,6 +203,8 @@ class ImagePipeline:
         self._decodes_done = metrics.decodes.labels("done")
         self._decodes_after_cancel = metrics.decodes.labels("after_cancel")
         self._decodes_abandoned = metrics.decodes.labels("abandoned")
+        # jpeg_decode_device=cuda: JPEGs in batches on the GPU (torch imported only then)
+        self._jpegs = build_decoder(config.jpeg_decode_device, self.spec, config.cuda_device_id)
 
     @property
     def max_samples(self) -> int:
@@ -443,10 +446,12 @@ class ImagePipeline:
         todo = [i for i, image in enumerate(images) if not isinstance(image, SampleError)]
         if not todo:  # every one is an error already
             return [image for image in images if isinstance(image, SampleError)]
+        units = self._units(images, todo, costs)
         threads, need = decode_parallelism(
-            [costs[i] for i in todo], self._config.preprocess_threads, budget.capacity)
+            [sum(costs[i] for i in unit) for unit in units], self._config.preprocess_threads,
+            budget.capacity)
         await budget.acquire(need, deadline)
-        job = _DecodeJob(images, todo, deadline, threads, asyncio.get_running_loop())
+        job = _DecodeJob(images, todo, units, deadline, threads, asyncio.get_running_loop())
         job.done.add_done_callback(lambda _: self._job_ended(job, need))
         for _ in range(threads):
             try:
@@ -470,6 +475,48 @@ class ImagePipeline:
         return [image if isinstance(image, SampleError) else results[i]  # type: ignore[misc]
                 for i, image in enumerate(images)]
 
+    def _units(self, images: Sequence[Image], todo: list[int], costs: list[int]) -> list[list[int]]:
+        """``todo`` in units decoded at once: one image each, but with the torch decoder,
+        JPEGs in batches of up to BATCH_SIZE whose summed cost fits the budget's share of one
+        decode thread (at least one image). A batch costs what its images cost together."""
+        if self._jpegs is None:
+            return [[i] for i in todo]
+        share = self.decode_budget.capacity // self._config.preprocess_threads
+        units: list[list[int]] = []
+        batch: list[int] = []
+        held = 0  # the batch's summed cost (bytes)
+        for i in todo:
+            if not is_jpeg(images[i]):
+                units.append([i])
+                continue
+            if batch and (len(batch) == BATCH_SIZE or held + costs[i] > share):
+                units.append(batch)
+                batch, held = [], 0
+            batch.append(i)
+            held += costs[i]
+        if batch:
+            units.append(batch)
+        return units
+
+    def _preprocess_unit(self, images: Sequence[Image], unit: list[int]
+                         ) -> list[Float32Array | SampleError]:
+        """The results of one unit (see _units): a JPEG batch through the torch decoder,
+        what it does not take (and every other image) through _preprocess_one."""
+        if self._jpegs is None or not is_jpeg(images[unit[0]]):
+            return [self._preprocess_one(images[i]) for i in unit]
+        started = time.perf_counter()
+        files = [images[i] for i in unit]  # JPEG bytes, every one (see _units)
+        decoded = self._jpegs.decode([f for f in files if isinstance(f, bytes)])
+        share = (time.perf_counter() - started) / len(unit)
+        results: list[Float32Array | SampleError] = []
+        for i, result in zip(unit, decoded, strict=True):
+            if result is None:
+                results.append(self._preprocess_one(images[i]))
+            else:
+                self._preprocess_time.observe(share)
+                results.append(result)
+        return results
+
     def _job_ended(self, job: _DecodeJob, need: int) -> None:
         """Event loop, once every decode thread of ``job`` has stopped: the budget comes back."""
         self.decode_budget.release(need)
@@ -485,12 +532,14 @@ class ImagePipeline:
         queued_next = False
         try:
             started = time.perf_counter()
-            while (index := job.take()) is not None:
-                job.results[index] = self._preprocess_one(job.images[index])
+            while (unit := job.take()) is not None:
+                for index, result in zip(unit, self._preprocess_unit(job.images, unit),
+                                         strict=True):
+                    job.results[index] = result
                 if job.cancelled.is_set():
-                    self._decodes_after_cancel.inc()
+                    self._decodes_after_cancel.inc(len(unit))
                 else:
-                    self._decodes_done.inc()
+                    self._decodes_done.inc(len(unit))
                 if time.perf_counter() - started >= DECODE_STEP_S:
                     break
             if job.has_more():
@@ -510,14 +559,16 @@ class ImagePipeline:
 class _DecodeJob:
     """The images of one call, decoded by ``chains`` sequences of pool steps.
 
-    ``todo`` (indices to decode) is taken in order under ``lock``; ``cancelled`` stops further
-    takes; ``done`` (an event-loop future) completes when every chain has ended.
+    ``todo`` (indices to decode) is taken in order under ``lock``, in ``units`` (lists of
+    indices decoded at once, see ImagePipeline._units); ``cancelled`` stops further takes;
+    ``done`` (an event-loop future) completes when every chain has ended.
     """
 
-    def __init__(self, images: Sequence[Image], todo: list[int], deadline: float | None,
-                 chains: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, images: Sequence[Image], todo: list[int], units: list[list[int]],
+                 deadline: float | None, chains: int, loop: asyncio.AbstractEventLoop) -> None:
         self.images = images
         self.todo = todo
+        self.units = units
         self.deadline = deadline
         self.next = 0
         self.lock = threading.Lock()
@@ -528,21 +579,21 @@ class _DecodeJob:
         self._chains = chains
         self._loop = loop
 
-    def take(self) -> int | None:
-        """The next image's index, or None: none left, the call gone or past its deadline."""
+    def take(self) -> list[int] | None:
+        """The next unit's indices, or None: none left, the call gone or past its deadline."""
         if self.cancelled.is_set() or (
                 self.deadline is not None and time.monotonic() >= self.deadline):
             self.cancelled.set()
             return None
         with self.lock:
-            if self.next >= len(self.todo):
+            if self.next >= len(self.units):
                 return None
             self.next += 1
-            return self.todo[self.next - 1]
+            return self.units[self.next - 1]
 
     def has_more(self) -> bool:
         with self.lock:
-            return self.next < len(self.todo) and not self.cancelled.is_set()
+            return self.next < len(self.units) and not self.cancelled.is_set()
 
     def chain_ended(self) -> None:
         """Any thread: one chain is over; the last one completes ``done`` on the loop."""

@@ -62,6 +62,9 @@ def test_dry_run_measures_every_step(tmp_path: Path) -> None:
     front = by_step["frontend"]
     assert front[0]["load"] == "CPU decode x1 proc"
     assert float(front[0]["images/s"].replace(",", "")) > 0
+    server = front[-2]  # jpeg_decode_device's torch path, on the CPU here
+    assert server["load"] == "server cpu path b64" and server["precision"] == "float32"
+    assert server["note"].endswith(" (<= 0.1576 / 0.0175), 16/16 taken: ok"), server
     decode = front[-1]
     assert decode["load"] == "CPU decode_jpeg b8"
     assert decode["note"] == "vs Pillow: max 0 mean 0.000 levels (<= 8 / 0.5): ok"
