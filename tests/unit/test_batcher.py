@@ -92,8 +92,8 @@ def test_lone_request_on_idle_model_pays_no_batching_delay():
         await batcher.infer(samples(0, 1))
         return time.perf_counter() - started
 
-    elapsed = run(test, model, max_queue_delay_s=1.0)
-    assert elapsed < 0.2  # far below the 1 s queue delay
+    elapsed = run(test, model, max_queue_delay_s=5.0)
+    assert elapsed < 1.0  # far below the 5 s queue delay, with room for a loaded machine
 
 
 def test_partial_batch_waits_at_most_max_queue_delay():
