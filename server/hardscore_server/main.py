@@ -246,16 +246,15 @@ class HardscoreServer:
         self.gate.begin_drain(time.monotonic() + min(grace, REFUSAL_WINDOW_S))
         log.info("draining: up to %.1fs for %d call(s) in flight", grace, self.gate.in_flight)
         await self.health.enter_graceful_shutdown()
-        # REST refuses new requests (503) from now on and drains beside gRPC, bounded by the
-        # grace period (aiohttp's shutdown_timeout).
-        rest_stopped = None
-        if self._rest is not None:
+        if self._rest is not None:  # REST refuses new requests (503) from now on, too
             self._rest.begin_drain()
-            rest_stopped = asyncio.ensure_future(self._rest.stop())
-        # Refusals first: the port stays open while started calls finish and refused callers
+        # Refusals first: the ports stay open while started calls finish and refused callers
         # move on, so grpc's shutdown, which cancels calls it holds but has not handed to a
         # handler (CANCELLED), finds none. Calls that take longer keep running after it.
         await self.gate.wait_drained(min(grace, REFUSAL_WINDOW_S), DRAIN_QUIET_S)
+        # Then the REST listener closes (aiohttp closes idle keep-alive connections with it)
+        # and its requests in progress finish beside gRPC's, bounded by the grace period.
+        rest_stopped = asyncio.ensure_future(self._rest.stop()) if self._rest else None
         # GOAWAY: clients open new connections (to other replicas) for their next calls.
         margin = CUT_OFF_TIMEOUT_S + REFUSAL_GRACE_S
         stopping = asyncio.ensure_future(

@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import http.client
 import io
+import json
 import random
 import re
 import time
@@ -409,3 +411,48 @@ def test_the_sdk_retries_a_call_refused_by_a_draining_server_on_another_one():
     assert served_on_a == 2  # the first SDK call and the long one
     assert refused_on_a >= 1  # the SDK's first attempt after the signal
     assert on_b == 5  # every call after the signal, retried, was served by B
+
+
+def test_rest_answers_503_while_draining_and_its_started_calls_finish():
+    # The REST port drains as the gRPC one does: from SIGTERM on, new requests (on open
+    # keep-alive connections and new ones) get 503 with Triton's error shape and readiness
+    # turns false, while calls already started run to their result; then it closes.
+    server = start_server(["--grace-period-s", str(GRACE_S), "--preprocess-threads", "1"])
+    request = pb.ScoreImagesRequest(samples=[pb.ImageSample(encoded=p)
+                                             for p in _slow_pngs(SLOW_IMAGES)])
+    try:
+        answers, result = _rest_during_drain(server, request)
+        assert server.wait(GRACE_S + 5) == 0
+    finally:
+        server.stop()
+    assert not result.errors  # started before SIGTERM: it finished with its result
+    refusal = json.dumps({"error": "the server is shutting down and accepts no new requests; "
+                                   "retry (another replica)"}).encode()
+    assert answers == [("/v2/health/ready", 400, b""), (f"/v2/models/{MODEL}", 503, refusal)] * 2
+
+
+def _rest_during_drain(server: ServerProcess, request: pb.ScoreImagesRequest
+                       ) -> tuple[list[tuple[str, int, bytes]], pb.ScoreImagesResponse]:
+    """Starts ``request`` over gRPC, sends SIGTERM while it decodes, then asks the REST port
+    for readiness and metadata on a keep-alive connection opened before and on a new one."""
+    kept = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    kept.request("GET", "/v2/health/ready")
+    ready = kept.getresponse()
+    ready.read()
+    assert ready.status == 200
+    with (concurrent.futures.ThreadPoolExecutor(1) as pool,
+          grpc.insecure_channel(server.target, options=NO_RETRIES) as channel):
+        started = pool.submit(pb_grpc.ScoringServiceStub(channel).ScoreImages, request,
+                              timeout=60)
+        while metric(scrape(server.metrics_url), "hardscore_calls_in_flight") < 1:
+            time.sleep(0.02)  # its images are decoding
+        server.terminate()
+        time.sleep(0.1)
+        answers = []
+        for connection in (kept, http.client.HTTPConnection(
+                "127.0.0.1", server.http_port, timeout=10)):
+            for path in ("/v2/health/ready", f"/v2/models/{MODEL}"):
+                connection.request("GET", path)
+                reply = connection.getresponse()
+                answers.append((path, reply.status, reply.read()))
+        return answers, started.result(timeout=60)
