@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -103,3 +105,16 @@ def error_of(status_and_body: tuple[int, dict[str, str], bytes]) -> tuple[int, s
     payload = json.loads(body)
     assert list(payload) == ["error"], payload
     return status, payload["error"]
+
+
+def chromium() -> str:
+    """Debian's Chromium for the browser tests (``make test`` installs it); fails the test
+    when missing unless HARDSCORE_SKIP_BROWSER is set, then skips it."""
+    path = shutil.which("chromium") or ("/usr/bin/chromium"
+                                        if os.path.exists("/usr/bin/chromium") else None)
+    if path is None:
+        if os.environ.get("HARDSCORE_SKIP_BROWSER"):
+            pytest.skip("chromium is not installed and HARDSCORE_SKIP_BROWSER is set")
+        pytest.fail("chromium is not installed: `make test` installs it (apt-get install "
+                    "chromium); set HARDSCORE_SKIP_BROWSER=1 to skip this test")
+    return path

@@ -49,6 +49,18 @@ def png(width: int, height: int, mode: str = "L", bit_depth: int = 8, seed: int 
             + _chunk(b"IEND", b""))
 
 
+
+def slow_pngs(n: int, side: int = 1024) -> list[bytes]:
+    """``n`` distinct grey PNGs of ~3 KB that take ~10 ms each to decode and resize: enough of
+    them keep a server's decode thread busy for seconds (cancellation, deadline, drain tests)."""
+    y, x = np.mgrid[0:side, 0:side]
+    out = []
+    for k in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(((x * 7 + y * 3 + k) % 256).astype(np.uint8)).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
 def gradient(width: int, height: int, mode: str = "RGB") -> Image.Image:
     """A smooth image (cheap to encode losslessly) of width x height in ``mode``."""
     x = (np.arange(width, dtype=np.uint32) * 255 // max(width - 1, 1)).astype(np.uint8)

@@ -65,10 +65,7 @@ def convert_to_float16(model: Any) -> Any:
         if graph_input.type.tensor_type.elem_type != FLOAT:
             continue
         half = graph_input.name + CAST_SUFFIX
-        for node in graph.node:
-            for k, name in enumerate(node.input):
-                if name == graph_input.name:
-                    node.input[k] = half
+        _rename(graph, graph_input.name, half, ("input",))
         casts_in.append(helper.make_node("Cast", [graph_input.name], [half], to=FLOAT16,
                                          name=f"cast_{graph_input.name}_to_fp16"))
     casts_out = []
@@ -76,13 +73,8 @@ def convert_to_float16(model: Any) -> Any:
         if graph_output.type.tensor_type.elem_type != FLOAT:
             continue
         half = graph_output.name + CAST_SUFFIX
-        for node in graph.node:
-            for k, name in enumerate(node.output):
-                if name == graph_output.name:
-                    node.output[k] = half
-            for k, name in enumerate(node.input):  # an output also read inside the graph
-                if name == graph_output.name:
-                    node.input[k] = half
+        # the node that writes it, and any that also read it inside the graph
+        _rename(graph, graph_output.name, half, ("output", "input"))
         casts_out.append(helper.make_node("Cast", [half], [graph_output.name], to=FLOAT,
                                           name=f"cast_{graph_output.name}_to_fp32"))
     nodes = [*casts_in, *graph.node, *casts_out]
@@ -99,3 +91,13 @@ def _saturated(tensor: Any) -> Any:
     finite = np.isfinite(values)
     clipped = np.where(finite, np.clip(values, -65504.0, 65504.0), values)
     return numpy_helper.from_array(clipped.astype(np.float16), tensor.name)
+
+
+def _rename(graph: Any, old: str, new: str, fields: tuple[str, ...]) -> None:
+    """Renames tensor ``old`` to ``new`` in the ``fields`` ("input", "output") of every node."""
+    for node in graph.node:
+        for field in fields:
+            names = getattr(node, field)
+            for k, name in enumerate(names):
+                if name == old:
+                    names[k] = new

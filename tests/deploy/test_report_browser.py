@@ -8,8 +8,6 @@ thumbnails) loaded (the report's inline script records ``complete && naturalWidt
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,20 +20,11 @@ from hardscore_client.analysis import ScoreTable
 from hardscore_client.dataset import score_dir
 from hardscore_client.report import write_report
 
+from conftest import chromium
 from digits_example import write_digits_example
 
 WIDTH, HEIGHT = 1280, 3000
 
-
-def chromium() -> str:
-    path = shutil.which("chromium") or ("/usr/bin/chromium"
-                                        if os.path.exists("/usr/bin/chromium") else None)
-    if path is None:
-        if os.environ.get("HARDSCORE_SKIP_BROWSER"):
-            pytest.skip("chromium is not installed and HARDSCORE_SKIP_BROWSER is set")
-        pytest.fail("chromium is not installed: `make test` installs it (apt-get install "
-                    "chromium); set HARDSCORE_SKIP_BROWSER=1 to skip this test")
-    return path
 
 
 class _Dom(HTMLParser):

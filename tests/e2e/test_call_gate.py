@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +20,6 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
 from tritonclient.grpc import service_pb2 as oip
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
@@ -31,6 +29,7 @@ from hardscore_wire import scoring_pb2_grpc as pb_grpc
 from hardscore_wire.tensors import to_tensor
 
 from conftest import metric, scrape, served_oip_methods
+from hostile_images import slow_pngs
 from server_process import ServerProcess, start_server
 
 MODEL = "digits-resnet"
@@ -141,22 +140,11 @@ def test_a_truncated_real_request_names_its_type_and_the_server_still_serves(ser
 SLOW_IMAGES = 160
 
 
-def _slow_pngs(n: int, side: int = 1024) -> list[bytes]:
-    """Grey PNGs of ~3 KB that take ~10 ms each to decode and resize: SLOW_IMAGES of them
-    keep the server's one decode thread busy for seconds, past the tests' deadline of 0.25 s."""
-    y, x = np.mgrid[0:side, 0:side]
-    out = []
-    for k in range(n):
-        buffer = io.BytesIO()
-        Image.fromarray(((x * 7 + y * 3 + k) % 256).astype(np.uint8)).save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
-
 
 @pytest.fixture(scope="module")
 def slow_request() -> pb.ScoreImagesRequest:
     return pb.ScoreImagesRequest(samples=[pb.ImageSample(encoded=png)
-                                          for png in _slow_pngs(SLOW_IMAGES)])
+                                          for png in slow_pngs(SLOW_IMAGES)])
 
 
 def _delta(before: dict, after: dict, name: str, **labels: str) -> float:
@@ -260,5 +248,5 @@ def _settled(server: ServerProcess, before: dict, method: str) -> dict:
 
 def _still_serves(server: ServerProcess) -> None:
     with ScoringClient(server.target) as client:
-        result = client.score_images([_slow_pngs(1, 32)[0]])
+        result = client.score_images([slow_pngs(1, 32)[0]])
     assert not result.errors and result.predicted_class.shape == (1,)

@@ -21,7 +21,6 @@ import asyncio
 import concurrent.futures
 import functools
 import http.client
-import io
 import json
 import random
 import re
@@ -32,7 +31,6 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
 from tritonclient.grpc import service_pb2 as oip  # wire-identical; see test_inference_protocol
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
@@ -44,6 +42,7 @@ from hardscore_wire import scoring_pb2_grpc as pb_grpc
 from hardscore_wire.tensors import from_tensor, to_tensor
 
 from conftest import metric, scrape
+from hostile_images import slow_pngs
 from server_process import ServerProcess, start_server
 
 MODEL = "digits-resnet"
@@ -304,21 +303,11 @@ SLOW_IMAGES = 160
 SLOW_CALLS = 4
 
 
-def _slow_pngs(n: int, side: int = 1024) -> list[bytes]:
-    """Grey PNGs of ~3 KB that take ~10 ms each to decode and resize."""
-    y, x = np.mgrid[0:side, 0:side]
-    out = []
-    for k in range(n):
-        buffer = io.BytesIO()
-        Image.fromarray(((x * 7 + y * 3 + k) % 256).astype(np.uint8)).save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
-
 
 def test_the_process_exits_within_grace_plus_one_second_while_decodes_run():
     grace = 1.0
     request = pb.ScoreImagesRequest(samples=[pb.ImageSample(encoded=p)
-                                             for p in _slow_pngs(SLOW_IMAGES)])
+                                             for p in slow_pngs(SLOW_IMAGES)])
     server = start_server(["--grace-period-s", str(grace), "--preprocess-threads", "1",
                            "--max-queue-size", "1024"])
     outcomes: list[tuple[grpc.StatusCode, str]] = []
@@ -374,7 +363,7 @@ def test_the_sdk_retries_a_call_refused_by_a_draining_server_on_another_one():
     """Two servers behind one target (A first): once A drains with a long call in flight, the
     SDK's calls are refused by A with UNAVAILABLE and a retry pushback past the moment A's port
     closes, and its retry policy sends them again, to B. Every one succeeds."""
-    slow = pb.ScoreImagesRequest(samples=[pb.ImageSample(encoded=p) for p in _slow_pngs(240)])
+    slow = pb.ScoreImagesRequest(samples=[pb.ImageSample(encoded=p) for p in slow_pngs(240)])
     a = start_server(["--grace-period-s", "10", "--preprocess-threads", "1",
                       "--max-queue-size", "1024"])
     b = start_server([])
@@ -419,7 +408,7 @@ def test_rest_answers_503_while_draining_and_its_started_calls_finish():
     # turns false, while calls already started run to their result; then it closes.
     server = start_server(["--grace-period-s", str(GRACE_S), "--preprocess-threads", "1"])
     request = pb.ScoreImagesRequest(samples=[pb.ImageSample(encoded=p)
-                                             for p in _slow_pngs(SLOW_IMAGES)])
+                                             for p in slow_pngs(SLOW_IMAGES)])
     try:
         answers, result = _rest_during_drain(server, request)
         assert server.wait(GRACE_S + 5) == 0

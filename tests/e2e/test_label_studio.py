@@ -35,6 +35,7 @@ from PIL import Image
 
 from hardscore_client import ScoringClient
 
+from conftest import chromium
 from digits_example import write_digits_example
 from server_process import ServerProcess, start_server
 
@@ -278,17 +279,6 @@ def test_fixing_an_annotation_refreshes_its_qa_prediction_through_the_webhook(ru
 
 SHOT_W, SHOT_H = 1400, 900
 
-
-def chromium() -> str:
-    """Debian's Chromium (``make test`` installs it, as for tests/deploy/test_report_browser.py)."""
-    path = shutil.which("chromium") or ("/usr/bin/chromium"
-                                        if os.path.exists("/usr/bin/chromium") else None)
-    if path is None:
-        if os.environ.get("HARDSCORE_SKIP_BROWSER"):
-            pytest.skip("chromium is not installed and HARDSCORE_SKIP_BROWSER is set")
-        pytest.fail("chromium is not installed: `make test` installs it (apt-get install "
-                    "chromium); set HARDSCORE_SKIP_BROWSER=1 to skip this test")
-    return path
 
 
 async def _cdp_screenshot(browser: str, url: str, cookies: dict[str, str], shot: Path,
