@@ -208,6 +208,14 @@ BAD_REQUESTS = [
      "Inference-Header-Content-Length is 99, but the body holds 2 bytes"),
     (INFER, b"{}", {"Content-Encoding": "gzip"}, 400,
      "cannot read the request body: 400, message:\n  Can not decode content-encoding: gzip"),
+    (INFER, _json_infer([_images(data=ZEROS)], parameters={"timeout": -1}), {}, 400,
+     "'timeout' must be an integer >= 0 (microseconds)"),
+    (INFER, _json_infer([_images(data=ZEROS)], parameters={"timeout": "x"}), {}, 400,
+     "'timeout' must be an integer >= 0 (microseconds)"),
+    # Triton's per-request timeout (microseconds): 1 us has passed when the sample reaches the
+    # head of the queue, so it is not computed
+    (INFER, _json_infer([_images(data=ZEROS)], parameters={"timeout": 1}), {}, 504,
+     "deadline passed while waiting in the queue; not computed"),
     ("/v2/models/resnet50/infer", _json_infer([_images(data=ZEROS)]), {}, 404,
      "Request for unknown model: 'resnet50' is not found"),
     (f"/v2/models/{MODEL}/versions/3/infer", _json_infer([_images(data=ZEROS)]), {}, 404,
