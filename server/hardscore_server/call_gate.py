@@ -11,7 +11,11 @@ Inference Protocol, grpc.health.v1, reflection), so neither concern is per-metho
   it has received but not handed to a handler yet: CANCELLED), and ``cut_off()`` ends
   those still running when the grace period is over with UNAVAILABLE too (never CANCELLED).
   Health checks are neither refused nor counted: they answer NOT_SERVING during the drain
-  and never hold it.
+  and never hold it. A refused request stream is read to its half-close (at most
+  ``REFUSAL_READ_S``, its messages discarded) before the answer: grpcio's asyncio client turns
+  an answer that overtakes one of its writes into INTERNAL "Internal error from Core" (not
+  retryable; grpc/grpc issue 36066), so a stream its client writes within that time is told
+  UNAVAILABLE as it should be.
 - **Unparseable requests.** A request message that is not a valid protobuf of the method's
   request type (random bytes, a truncated message) is answered INVALID_ARGUMENT naming the
   type, with one INFO log line and no traceback, instead of grpc's UNKNOWN plus a traceback.
@@ -22,6 +26,7 @@ Inference Protocol, grpc.health.v1, reflection), so neither concern is per-metho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -41,6 +46,8 @@ POLL_S = 0.01
 PUSHBACK = "grpc-retry-pushback-ms"
 """Trailing metadata telling a client's gRPC retry policy when to retry (milliseconds)."""
 DRAINING = "the server is shutting down and accepts no new calls; retry (another replica)"
+REFUSAL_READ_S = 0.2
+"""How long a refused request stream is read (and discarded) for its client to half-close."""
 CUT_OFF = ("the server shut down before this call finished (its grace period ended); retry "
            "(another replica)")
 
@@ -53,6 +60,17 @@ def was_cut_off() -> bool:
     gets UNAVAILABLE, whatever cancelled its handler."""
     task = asyncio.current_task()
     return task is not None and task in _CUT_OFF_TASKS
+
+
+async def _read_to_half_close(requests: AsyncIterator[Any], limit_s: float) -> None:
+    """Reads and discards a stream's messages until its client half-closes, at most ``limit_s``
+    s (one message in memory at a time; a message that does not parse ends the reading)."""
+    async def discard() -> None:
+        async for _ in requests:
+            pass
+
+    with contextlib.suppress(TimeoutError, InvalidRequest):
+        await asyncio.wait_for(discard(), limit_s)
 
 
 class UnparseableMessage(InvalidRequest):
@@ -193,6 +211,9 @@ class CallGate(grpc.aio.ServerInterceptor):
             if self.draining and counted:
                 self.refused += 1
                 self._last_arrival = time.monotonic()
+                if streaming_in:
+                    await _read_to_half_close(request, REFUSAL_READ_S)
+                    self._last_arrival = time.monotonic()
                 self._record(service, method, grpc.StatusCode.UNAVAILABLE)
                 wait_ms = int((max(self._closing_at - self._last_arrival, 0.0) + 0.1) * 1000)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING,

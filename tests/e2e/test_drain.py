@@ -25,7 +25,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -445,3 +445,69 @@ def _rest_during_drain(server: ServerProcess, request: pb.ScoreImagesRequest
                 reply = connection.getresponse()
                 answers.append((path, reply.status, reply.read()))
         return answers, started.result(timeout=60)
+
+
+# -- asyncio clients streaming into a drain ------------------------------------------------------
+
+REFUSED_STREAMS = 24
+
+
+def test_an_asyncio_client_streaming_into_a_drain_is_told_unavailable_not_internal():
+    """grpcio's asyncio client reports a stream the server ends before the client has
+    half-closed as INTERNAL "Internal error from Core" when one of its writes is in flight at
+    that moment (grpc/grpc issue 36066): not retryable, and it hides the server's status. The
+    gate reads a refused stream's messages until the client half-closes (bounded) before it
+    answers, so streams written the way clients write them (all chunks at once, as the SDK's
+    AsyncScoringClient; or spread over a few tens of milliseconds) get UNAVAILABLE."""
+    slow = pb.ScoreImagesRequest(samples=[pb.ImageSample(encoded=p) for p in slow_pngs(240)])
+    digits = Digits()
+    server = start_server(["--grace-period-s", "10", "--preprocess-threads", "1",
+                           "--max-queue-size", "1024"])
+    outcomes: list[tuple[str, grpc.StatusCode, str]] = []
+
+    async def main() -> None:
+        async with grpc.aio.insecure_channel(server.target, options=NO_RETRIES) as channel:
+            stub = pb_grpc.ScoringServiceStub(channel)
+            long = asyncio.ensure_future(stub.ScoreImages(slow, timeout=60))
+            while not metric(scrape(server.metrics_url), "hardscore_calls_in_flight"):
+                await asyncio.sleep(0.02)
+            server.terminate()
+            await asyncio.sleep(0.1)  # draining: the long call holds the refusal window open
+            chunks = [digits.request(digits.pick(k)) for k in range(CHUNKS)]
+
+            async def spread() -> AsyncIterator[pb.ScoreImagesStreamRequest]:
+                for chunk in chunks:
+                    yield pb.ScoreImagesStreamRequest(chunk=chunk)
+                    await asyncio.sleep(0.03)
+
+            async def one(number: int) -> None:
+                requests: AsyncIterator[pb.ScoreImagesStreamRequest] | Iterator[
+                    pb.ScoreImagesStreamRequest]
+                if number % 2:
+                    kind, requests = "spread", spread()
+                else:  # every chunk at once, as AsyncScoringClient writes a stream
+                    kind, requests = "at once", iter(
+                        [pb.ScoreImagesStreamRequest(chunk=c) for c in chunks])
+                try:
+                    async for _ in stub.ScoreImagesStream(requests, timeout=30):
+                        pass
+                    outcomes.append((kind, OK, ""))
+                except grpc.aio.AioRpcError as exc:
+                    outcomes.append((kind, exc.code(), exc.details() or ""))
+
+            await asyncio.gather(*[one(n) for n in range(REFUSED_STREAMS)])
+            assert not (await long).errors  # the call in flight finished with its result
+
+    try:
+        asyncio.run(main())
+        assert server.wait(30) == 0
+    finally:
+        server.stop()
+    log = server.output()
+    assert len(outcomes) == REFUSED_STREAMS
+    assert all(code == UNAVAILABLE for _, code, _ in outcomes), [
+        (kind, code.name, details) for kind, code, details in outcomes if code != UNAVAILABLE]
+    assert all("shutting down" in details for _, _, details in outcomes), outcomes
+    match = STOPPED.search(log)
+    assert match and int(match[2]) == REFUSED_STREAMS, log
+    assert "Traceback" not in log, log
