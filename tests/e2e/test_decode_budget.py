@@ -200,8 +200,8 @@ def wait_for(check, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-d
 def test_a_gone_call_stops_decoding_and_a_small_call_is_not_stuck_behind_it(
         server: ServerProcess, stub: pb_grpc.ScoringServiceStub, corpus: Corpus,
         how: str) -> None:
-    big = encode(gradient(1500, 1500), "PNG", compress_level=1)  # ~40 ms to decode
-    n_big = 300
+    big = encode(gradient(1500, 1500), "PNG", compress_level=1)  # 30-40 ms to decode
+    n_big = 800  # 12 s or more of decoding on 2 threads: the 3 s deadline falls well within
     small = corpus.digits[:8]
     before = decodes(server)
 
