@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hardscore_client.analysis import Analysis, ScoreTable, analyse
+from hardscore_client.label_quality import DEFAULT_METHOD
 
 THUMB_SIZE = 96
 IntArray = npt.NDArray[np.int64]
@@ -230,11 +231,16 @@ def _card(analysis: Analysis, i: int, thumbs: _Thumbs) -> str:
         labels = f'given <b>{_esc(given)}</b> → pred <b class="{cls}">{_esc(pred)}</b>'
     else:
         labels = f"pred <b>{_esc(pred)}</b>"
-    issue = analysis.issue_score()[i]
     scores = (f"hardness {_fmt(t.score('hardness')[i])}<br>"
               f"confidence {_fmt(t.score('confidence')[i])}")
-    if not math.isnan(issue):
-        scores += f"<br>label issue {_fmt(issue)}"
+    if analysis.ranking == DEFAULT_METHOD:
+        issue = analysis.issue_score()[i]
+        if not math.isnan(issue):
+            scores += f"<br>label issue {_fmt(issue)}"
+    else:  # the chosen ranking's own score, as label-issues and select show it
+        quality = analysis.label_quality()[i]
+        if not math.isnan(quality):
+            scores += f"<br>label quality {_fmt(quality)}"
     flagged = " flagged" if analysis.flagged[i] else ""
     return (f'<figure class="card{flagged}" title="{_esc(path)}">{image}<figcaption>'
             f'<div class="labels">{labels}</div><div class="scores">{scores}</div>'
@@ -285,6 +291,12 @@ def _summary(analysis: Analysis) -> str:
     return f'<div class="cards" id="summary">{cards}</div>'
 
 
+def _ranking_words(analysis: Analysis) -> str:
+    if analysis.ranking == DEFAULT_METHOD:
+        return "label_issue_score (self-confidence)"
+    return f"label quality ({analysis.ranking}, lowest first)"
+
+
 def write_report(
     table: ScoreTable | Analysis, out: Path, options: ReportOptions | None = None,
     *, source: str = "",
@@ -326,7 +338,8 @@ def write_report(
         issue_rows = analysis.issue_rows
         parts.append(f"<h2>Most likely label mistakes</h2><p class=\"note\">{len(issue_rows)} "
                      "samples flagged by confident learning (pruning by noise rate), most likely "
-                     f"first, at most {opts.mistakes_per_class} per given class. A red border "
+                     f"first by {_esc(_ranking_words(analysis))}, at most "
+                     f"{opts.mistakes_per_class} per given class. A red border "
                      "marks a flagged sample everywhere in the report.</p>")
         shown = 0
         for k, name in enumerate(t.class_names):

@@ -125,8 +125,7 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     options = ReportOptions(hardest=args.hardest, easiest=args.easiest,
                             mistakes_per_class=args.mistakes_per_class, title=args.title)
-    index = write_report(ScoreTable.load(Path(args.table)), Path(args.out), options,
-                         source=str(args.table))
+    index = write_report(_analyse(args), Path(args.out), options, source=str(args.table))
     print(index)
     return 0
 
@@ -182,5 +181,6 @@ def add_workflow_commands(sub: Any) -> None:
     p.add_argument("--mistakes-per-class", type=int, default=8,
                    help="likely label mistakes shown per class")
     p.add_argument("--title", default="hardscore data-set report")
+    _ranking_options(p)
     p.set_defaults(func=cmd_report)
 

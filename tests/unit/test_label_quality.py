@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
 import pytest
 
-from hardscore_client.label_quality import METHODS, label_quality_scores
+from hardscore_client.label_quality import DEFAULT_METHOD, METHODS, label_quality_scores
 
 rank = pytest.importorskip("cleanlab.rank")
 quality_utils = pytest.importorskip("cleanlab.internal.label_quality_utils")
@@ -155,6 +156,20 @@ def test_workflow_orders_label_issues_like_cleanlab(tmp_path, method, adjust, ca
     assert [r["data"]["path"] for r in records] == [f"/data/{i:04d}.png" for i in queue[:30]]
     assert records[0]["data"]["ranking"] == analysis.ranking
     assert records[0]["data"]["label_quality"] == round(float(quality[queue[0]]), 6)
+
+    # the report's "most likely label mistakes" galleries follow the same ranking
+    report = tmp_path / "report"
+    assert cli.main(["report", str(path), "--out", str(report), "--mistakes-per-class", "3",
+                     *flags]) == 0
+    page = (report / "index.html").read_text()
+    mistakes = page[page.index("Most likely label mistakes"):page.index("Hardest samples")]
+    assert analysis.ranking in mistakes if (method, adjust) != (DEFAULT_METHOD, False) else (
+        "label_issue_score (self-confidence)" in mistakes)
+    titles = re.findall(r'<figure class="card[^"]*" title="([^"]+)"', mistakes)
+    given = np.asarray(analysis.table.labels)
+    expected = [f"/data/{i:04d}.png" for k in range(4)
+                for i in [int(r) for r in rows if given[r] == k][:3]]
+    assert titles == expected
 
 
 def test_a_ranking_without_probabilities_is_refused(tmp_path):
