@@ -40,6 +40,10 @@ def add_label_studio_command(
                    help="largest image fetched, MiB (default: 8)")
     p.add_argument("--fetch-timeout", type=float, default=20.0,
                    help="seconds per image fetch (default: 20)")
+    p.add_argument("--basic-auth-user", default=None,
+                   help="ask Label Studio for HTTP basic auth with this user (connect the "
+                        "backend with 'Basic auth'); the password comes from the environment "
+                        "variable HARDSCORE_LABEL_STUDIO_PASSWORD, never the command line")
     p.add_argument("--predict-deadline", type=float, default=90.0,
                    help="seconds a /predict call may take; keep it under Label Studio's "
                         "ML_TIMEOUT_PREDICT (100 s by default) (default: 90)")
@@ -61,6 +65,8 @@ def add_label_studio_command(
                 batch_size=args.batch_size, fetch_concurrency=args.fetch_concurrency,
                 max_image_bytes=int(args.max_image_mb * 1024 * 1024),
                 fetch_timeout=args.fetch_timeout, predict_deadline=args.predict_deadline,
+                basic_auth_user=args.basic_auth_user,
+                basic_auth_password=os.environ.get(server.BASIC_AUTH_PASSWORD_ENV) or None,
             )
         except ValueError as exc:
             raise SystemExit(f"hardscore label-studio: {exc}") from None

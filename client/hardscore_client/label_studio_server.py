@@ -11,6 +11,10 @@ Images are fetched from Label Studio (``/data/upload/...``, ``/data/local-files/
 path on its host) with the API key the backend is given, or from other http(s) URLs without it;
 at most ``fetch_concurrency`` at a time, ``max_image_bytes`` each, ``batch_size`` tasks in memory
 at once, and all of a request within ``predict_deadline`` seconds.
+
+With ``basic_auth_user`` and ``basic_auth_password`` set, every route but the liveness ones
+(``/``, ``/health``) asks for HTTP basic auth: the credentials Label Studio sends when the
+backend is connected with "Basic auth" (its ``auth_method`` ``BASIC_AUTH``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
+import ipaddress
 import logging
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -44,6 +50,7 @@ from hardscore_client.label_studio import (
 log = logging.getLogger("hardscore.label_studio")
 
 API_KEY_ENV = "LABEL_STUDIO_API_KEY"
+BASIC_AUTH_PASSWORD_ENV = "HARDSCORE_LABEL_STUDIO_PASSWORD"
 URL_ENV = "LABEL_STUDIO_URL"
 ACCESS_TOKEN_LIFETIME_S = 240.0  # refresh personal-access-token JWTs this often (LS: 5 min)
 
@@ -56,7 +63,8 @@ class BackendSettings:
     prediction to annotated tasks. ``label_studio_url``: base URL images and the API are
     reached at (default: the hostname Label Studio sends in /setup). ``api_key``: a Label Studio
     personal access token (a JWT refresh token, exchanged for short-lived access tokens) or a
-    legacy token. Sizes in bytes, times in seconds.
+    legacy token. ``basic_auth_user``/``basic_auth_password``: the HTTP basic-auth credentials
+    Label Studio must send (both or neither). Sizes in bytes, times in seconds.
     """
 
     score: str = "hardness"
@@ -69,8 +77,15 @@ class BackendSettings:
     fetch_timeout: float = 20.0
     predict_deadline: float = 90.0
     max_request_bytes: int = 64 * 1024 * 1024
+    basic_auth_user: str | None = None
+    basic_auth_password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if bool(self.basic_auth_user) != bool(self.basic_auth_password):
+            raise ValueError("basic auth needs both a user and a password (the password from "
+                             f"the environment variable {BASIC_AUTH_PASSWORD_ENV})")
+        if self.basic_auth_user and ":" in self.basic_auth_user:
+            raise ValueError("the basic-auth user must not contain ':'")
         if self.score not in SCORE_CHOICES:
             raise ValueError(f"score must be one of {', '.join(SCORE_CHOICES)}, got {self.score!r}")
         for name in ("batch_size", "fetch_concurrency", "max_image_bytes", "max_request_bytes"):
@@ -377,10 +392,47 @@ async def versions(request: web.Request) -> web.Response:
     return web.json_response({"versions": [request.app[BACKEND].model_version]})
 
 
+OPEN_PATHS = frozenset({"/", "/health"})
+"""Liveness routes, answered without credentials (probes; they reveal only the model version)."""
+
+
+def _basic_auth(user: str, password: str) -> Any:
+    """Middleware: every route outside OPEN_PATHS needs these HTTP basic-auth credentials."""
+    expected = f"{user}:{password}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path in OPEN_PATHS:
+            return await handler(request)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        try:
+            given = base64.b64decode(token.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            given = b""
+        if scheme.lower() != "basic" or not hmac.compare_digest(given, expected):
+            if request.path == "/webhook":
+                log.warning("a webhook without the right basic-auth credentials was refused: "
+                            "give Label Studio's webhook to %s the header 'Authorization: Basic "
+                            "<base64 of user:password>'", request.path)
+            else:
+                log.info("%s %s from %s refused: no or wrong basic-auth credentials",
+                         request.method, request.path, request.remote)
+            return web.json_response(
+                {"error": "basic auth required: connect the backend in Label Studio with "
+                          "'Basic auth' and this backend's user and password"},
+                status=401, headers={"WWW-Authenticate": 'Basic realm="hardscore"'})
+        return await handler(request)
+
+    return check
+
+
 def make_app(settings: BackendSettings, hardscore_target: str, **client_options: Any,
              ) -> web.Application:
     """The aiohttp application; the hardscore client connects on start-up."""
-    app = web.Application(client_max_size=settings.max_request_bytes)
+    middlewares = []
+    if settings.basic_auth_user and settings.basic_auth_password:
+        middlewares.append(_basic_auth(settings.basic_auth_user, settings.basic_auth_password))
+    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=middlewares)
 
     async def lifecycle(app: web.Application) -> Any:
         backend = Backend(settings, AsyncScoringClient(hardscore_target, **client_options))
@@ -402,5 +454,17 @@ def make_app(settings: BackendSettings, hardscore_target: str, **client_options:
 def serve(settings: BackendSettings, host: str, port: int, hardscore_target: str,
           **client_options: Any) -> None:
     """Runs the backend until interrupted."""
+    if not settings.basic_auth_user and not _loopback(host):
+        log.warning("listening on %s without basic auth: anyone who reaches the port can run "
+                    "predictions; set --basic-auth-user and %s", host, BASIC_AUTH_PASSWORD_ENV)
     app = make_app(settings, hardscore_target, **client_options)
     web.run_app(app, host=host, port=port, print=lambda s: log.warning("%s", s))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

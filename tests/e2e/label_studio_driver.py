@@ -15,6 +15,7 @@ OUT: the token kind, tasks, predictions, orders, the refreshed prediction, timin
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sys
@@ -85,8 +86,16 @@ def main(spec_path: str, out_path: str) -> int:
     t["annotate"] = time.monotonic() - start
 
     start = time.monotonic()
+    user, password = spec["basic_auth"]
     backend = ls.ml.create(project=project.id, url=spec["backend"], title="hardscore",
-                           is_interactive=False)
+                           is_interactive=False, auth_method="BASIC_AUTH",
+                           basic_auth_user=user, basic_auth_pass=password)
+    # Label Studio made a project webhook to <backend>/webhook for annotation events; it sends
+    # no credentials of its own: it gets the basic-auth header (docs/label-studio.md).
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    [hook] = [w for w in ls.webhooks.list(project=str(project.id))
+              if w.url == spec["backend"].rstrip("/") + "/webhook"]
+    ls.webhooks.update(id=hook.id, headers={"Authorization": f"Basic {basic}"})
     t["connect"] = time.monotonic() - start
     start = time.monotonic()
     # "Retrieve Predictions" on 135 tasks at a time: Label Studio sends each selection to the

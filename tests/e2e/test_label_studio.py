@@ -44,6 +44,7 @@ LS_VENV = REPO / ".venv-label-studio"
 LS_BIN = LS_VENV / "bin" / "label-studio"
 DRIVER = Path(__file__).with_name("label_studio_driver.py")
 EMAIL, PASSWORD = "qa@hardscore.test", "hardscore-test-password"
+BACKEND_USER, BACKEND_PASSWORD = "labelling-platform", "backend-test-password"
 LABEL_CONFIG = """<View>
   <Image name="image" value="$image"/>
   <Choices name="digit" toName="image" choice="single">
@@ -151,12 +152,14 @@ def run(label_studio, hardscore, tmp_path_factory) -> Iterator[dict]:
         truth = list(csv.DictReader(f))
     token, cookies = personal_access_token(label_studio)
     port = free_port()
-    env = {**os.environ, "LABEL_STUDIO_API_KEY": token, "LABEL_STUDIO_URL": label_studio}
+    env = {**os.environ, "LABEL_STUDIO_API_KEY": token, "LABEL_STUDIO_URL": label_studio,
+           "HARDSCORE_LABEL_STUDIO_PASSWORD": BACKEND_PASSWORD}
     log = root / "backend.log"
     with log.open("wb") as out:
         backend = subprocess.Popen(
             [sys.executable, "-m", "hardscore_client.cli", "label-studio", "--server",
-             hardscore.target, "--port", str(port), "--score", "hardness", "--batch-size", "64"],
+             hardscore.target, "--port", str(port), "--score", "hardness", "--batch-size", "64",
+             "--basic-auth-user", BACKEND_USER],
             env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", backend, 60, log)
@@ -165,6 +168,7 @@ def run(label_studio, hardscore, tmp_path_factory) -> Iterator[dict]:
         clean = [r for r in truth if r["corrupted"] == "0"][: N_ANNOTATED - len(corrupted)]
         spec = {
             "url": label_studio, "token": token, "backend": f"http://127.0.0.1:{port}",
+            "basic_auth": [BACKEND_USER, BACKEND_PASSWORD],
             "label_config": LABEL_CONFIG,
             "images": [str(root / "digits" / r["file"]) for r in truth],
             "annotations": {Path(r["file"]).name: CHOICES[int(r["given_label"])]
@@ -183,6 +187,7 @@ def run(label_studio, hardscore, tmp_path_factory) -> Iterator[dict]:
         out["truth"] = {Path(r["file"]).name: r for r in truth}
         out["root"] = str(root)
         out["backend_log"] = str(log)
+        out["backend_url"] = spec["backend"]
         out["cookies"] = cookies
         print(json.dumps({"seconds": out["seconds"]}), file=sys.stderr)
         for line in log.read_text().splitlines():
@@ -198,6 +203,25 @@ def test_label_studio_uses_a_personal_access_token(run):
     assert run["legacy_token_status"] == 401  # "Token <key>" is refused
     assert run["backend"]["state"] == "CO", run["backend"]  # connected
     assert run["backend"]["model_version"] == "hardscore-digits-resnet-v1-hardness"
+
+
+def test_the_backend_asks_for_basic_auth_and_label_studio_sends_it(run):
+    # Label Studio connected with "Basic auth" (test above: state CO) and every prediction
+    # came through it; without the credentials, or with wrong ones, only liveness answers.
+    url = run["backend_url"]
+    body = {"tasks": [], "label_config": LABEL_CONFIG}
+    assert requests.get(f"{url}/health", timeout=10).json()["status"] == "UP"
+    for auth in (None, (BACKEND_USER, "wrong"), ("someone", BACKEND_PASSWORD)):
+        for method, path in (("POST", "/predict"), ("POST", "/setup"), ("POST", "/webhook"),
+                             ("GET", "/versions")):
+            r = requests.request(method, url + path, json=body, auth=auth, timeout=10)
+            assert r.status_code == 401, (path, auth, r.status_code)
+            assert r.headers["WWW-Authenticate"] == 'Basic realm="hardscore"'
+            assert "basic auth required" in r.json()["error"]
+    r = requests.post(f"{url}/predict", json=body, auth=(BACKEND_USER, BACKEND_PASSWORD),
+                      timeout=10)
+    assert r.status_code == 200 and r.json()["results"] == []
+    assert BACKEND_PASSWORD not in Path(run["backend_log"]).read_text()
 
 
 def test_every_task_gets_the_prediction_scoreimages_gives(run, hardscore):

@@ -108,6 +108,13 @@ def test_backend_settings_are_checked():
         BackendSettings(fetch_concurrency=0)
     with pytest.raises(ValueError, match="predict_deadline must be > 0"):
         BackendSettings(predict_deadline=0)
+    with pytest.raises(ValueError, match="basic auth needs both a user and a password"):
+        BackendSettings(basic_auth_user="annotators")
+    with pytest.raises(ValueError, match="basic auth needs both a user and a password"):
+        BackendSettings(basic_auth_password="secret")
+    with pytest.raises(ValueError, match="must not contain ':'"):
+        BackendSettings(basic_auth_user="a:b", basic_auth_password="secret")
+    assert "secret" not in repr(BackendSettings(basic_auth_user="a", basic_auth_password="secret"))
 
 
 def test_the_cli_needs_the_extra_only_to_run_the_backend(monkeypatch):
