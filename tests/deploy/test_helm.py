@@ -819,6 +819,19 @@ def test_label_studio_sidecar_reaches_the_server_over_tls_with_a_token() -> None
     assert "--tls-cert" not in args and "--tls-key" not in args
 
 
+def test_label_studio_port_must_be_free_in_the_pod() -> None:
+    enabled = merged(SCENARIOS["label-studio"])["labelStudio"]
+    for port, values in ((GRPC_PORT, {}), (HTTP_PORT, {}), (METRICS_PORT, {}),
+                         (HEALTH_PORT, {"tls": {"enabled": True, "secretName": "t"}})):
+        with pytest.raises(Exception, match=f"labelStudio.port {port} is a port of the server"):
+            render(values | {"labelStudio": enabled | {"port": port}})
+    # The health port is closed without TLS (and the REST port when 0): free for the sidecar.
+    assert sidecar(render({"labelStudio": enabled | {"port": HEALTH_PORT}}))["ports"][0][
+        "containerPort"] == HEALTH_PORT
+    assert sidecar(render({"ports": {"http": 0}, "labelStudio": enabled | {"port": HTTP_PORT}}))[
+        "ports"][0]["containerPort"] == HTTP_PORT
+
+
 def test_label_studio_sidecar_without_basic_auth() -> None:
     objects = render(SCENARIOS["label-studio-open"])
     container = sidecar(objects)
