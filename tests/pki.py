@@ -1,6 +1,8 @@
 """A throwaway PKI made in the test run: a CA, a server certificate for localhost and
 127.0.0.1, a client certificate, and a rogue CA with its own client (for TLS and mutual TLS
-tests of the gRPC and metrics ports)."""
+tests of the gRPC and metrics ports); also the server's key in a certificate without an
+extended key usage (any purpose), as the Helm chart's in-pod clients present it under mutual
+TLS."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class Pki:
     rogue_client_cert: Path
     rogue_client_key: Path
     other_key: Path
+    any_purpose_cert: Path
 
     def tls(self, *, client: str = "", ca: Path | None = None, name: str | None = None
             ) -> TLSConfig:
@@ -94,6 +97,7 @@ def make_pki(d: Path) -> Pki:
                    usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     rogue_client = _cert("intruder", rogue_client_key, rogue, rogue_key,
                          usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    any_purpose = _cert("localhost", server_key, ca, ca_key, hosts=True)
     return Pki(
         dir=d, ca=_write(d / "ca.pem", ca),
         server_cert=_write(d / "server.pem", server),
@@ -104,4 +108,5 @@ def make_pki(d: Path) -> Pki:
         rogue_client_cert=_write(d / "rogue-client.pem", rogue_client),
         rogue_client_key=_write(d / "rogue-client.key", rogue_client_key),
         other_key=_write(d / "other.key", _key()),
+        any_purpose_cert=_write(d / "any-purpose.pem", any_purpose),
     )

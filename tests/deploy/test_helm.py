@@ -13,11 +13,19 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import json
 import math
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +36,7 @@ import kubernetes.client as k8s
 import pytest
 import yaml
 
+from hardscore_client import ScoringClient, TLSConfig
 from hardscore_server.config import ServerConfig, add_arguments, load_config
 
 from artefacts import (
@@ -49,6 +58,8 @@ from artefacts import (
     pyproject_version,
     schema,
 )
+from pki import make_pki
+from server_process import start_server
 
 # ---- Kubernetes objects against the API types ---------------------------------------------------
 
@@ -190,6 +201,21 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                 "drain": {"preStopSleepSeconds": 0, "marginSeconds": 0},
                 "topologySpread": {"enabled": False}, "metrics": {"podAnnotations": False},
                 "resources": None, "probes": {"mode": "tcp"}},
+    "label-studio": {"labelStudio": {"enabled": True, "url": "http://label-studio.lab.svc:8080",
+                                     "existingSecret": "hardscore-label-studio",
+                                     "basicAuthUser": "labelstudio"}},
+    "label-studio-tls-auth": {
+        "tls": {"enabled": True, "secretName": "hardscore-tls", "clientCA": {"enabled": True}},
+        "auth": {"enabled": True, "secretName": "hardscore-tokens"},
+        "labelStudio": {"enabled": True, "url": "https://label-studio.example.com",
+                        "existingSecret": "hardscore-label-studio", "basicAuthUser": "ls",
+                        "port": 9191, "score": "margin", "qa": False, "batchSize": 16,
+                        "fetchConcurrency": 4, "maxImageMB": 2.5, "fetchTimeoutSeconds": 7.5,
+                        "predictDeadlineSeconds": 45}},
+    "label-studio-open": {"labelStudio": {"enabled": True, "url": "http://ls:8080",
+                                          "existingSecret": "ls-keys", "unauthenticated": True,
+                                          "resources": None},
+                          "drain": {"preStopSleepSeconds": 0}},
     "settings": {"config": {"max_batch_size": 64, "preferred_batch_sizes": [16, 32, 64],
                             "max_queue_delay_ms": 4.5, "grace_period_s": 12.5,
                             "allow_spinning": True, "log_level": "DEBUG",
@@ -265,6 +291,22 @@ REFUSED: dict[str, dict[str, Any]] = {
     "pull policy": {"image": {"pullPolicy": "Sometimes"}},
     "bad quantity": {"resources": {"limits": {"cpu": "two"}}},
     "scrape interval": {"metrics": {"serviceMonitor": {"interval": "often"}}},
+    "label studio without basic auth": {"labelStudio": {
+        "enabled": True, "url": "http://ls:8080", "existingSecret": "ls"}},
+    "label studio without a secret": {"labelStudio": {
+        "enabled": True, "url": "http://ls:8080", "basicAuthUser": "ls"}},
+    "label studio without a url": {"labelStudio": {
+        "enabled": True, "existingSecret": "ls", "basicAuthUser": "ls"}},
+    "label studio unauthenticated with a user": {"labelStudio": {
+        "enabled": True, "url": "http://ls:8080", "existingSecret": "ls",
+        "basicAuthUser": "ls", "unauthenticated": True}},
+    "label studio user with a colon": {"labelStudio": {
+        "enabled": True, "url": "http://ls:8080", "existingSecret": "ls",
+        "basicAuthUser": "a:b"}},
+    "label studio score": {"labelStudio": {"score": "entropy"}},
+    "label studio url scheme": {"labelStudio": {"url": "ls:8080"}},
+    "label studio zero batch": {"labelStudio": {"batchSize": 0}},
+    "label studio password value": {"labelStudio": {"password": "secret"}},
 }
 
 
@@ -335,7 +377,7 @@ def test_rendered_deployment_keeps_its_promises(
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     for service in (o for o in objects if o["kind"] == "Service"):
         assert service["spec"]["selector"].items() <= pod_labels.items()
-        port_names = {p["name"] for p in container["ports"]}
+        port_names = {p["name"] for c in pod["containers"] for p in c["ports"]}
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
     for pdb in (o for o in objects if o["kind"] == "PodDisruptionBudget"):
         assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -379,20 +421,25 @@ def test_rendered_deployment_keeps_its_promises(
     else:
         assert "lifecycle" not in container
 
-    # Security: non-root, read-only root filesystem, nothing privileged, /tmp writable.
-    security = container["securityContext"]
-    assert security["runAsNonRoot"] is True and security["runAsUser"] > 0
-    assert security["readOnlyRootFilesystem"] is True
-    assert security["allowPrivilegeEscalation"] is False
-    assert security["capabilities"]["drop"] == ["ALL"]
+    # Security: non-root, read-only root filesystem, nothing privileged, /tmp writable; the
+    # same for every container of the pod (the Label Studio sidecar too).
+    assert [c["name"] for c in pod["containers"]] == (
+        ["hardscore", "label-studio"] if values["labelStudio"]["enabled"] else ["hardscore"])
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["automountServiceAccountToken"] is False
     volumes = {v["name"]: v for v in pod["volumes"]}
+    for each in pod["containers"]:
+        security = each["securityContext"]
+        assert security["runAsNonRoot"] is True and security["runAsUser"] > 0
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"]["drop"] == ["ALL"]
+        each_mounts = {m["mountPath"]: m for m in each["volumeMounts"]}
+        assert "emptyDir" in volumes[each_mounts["/tmp"]["name"]]
+        for mount in each["volumeMounts"]:
+            assert mount["name"] in volumes
+            assert mount.get("readOnly") or mount["mountPath"] == "/tmp", mount
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
-    for mount in container["volumeMounts"]:
-        assert mount["name"] in volumes
-        assert mount.get("readOnly") or mount["mountPath"] == "/tmp", mount
     for init in pod.get("initContainers", []):
         assert init["securityContext"]["readOnlyRootFilesystem"] is True
         assert all(m["name"] in volumes for m in init["volumeMounts"])
@@ -652,6 +699,297 @@ def test_docs_describe_every_value() -> None:
             paths = [f"{key}.{sub}" for sub in value] or [key]
         missing += [p for p in paths if f"`{p}" not in section]
     assert not missing, f"docs/deployment.md does not describe: {missing}"
+
+
+# ---- the Label Studio sidecar -------------------------------------------------------------------
+
+
+def sidecar(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (found,) = [c for c in pod["containers"] if c["name"] == "label-studio"]
+    return found  # type: ignore[no-any-return]
+
+
+def secret_env(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Environment variable -> (Secret, key), for those taken from Secrets."""
+    return {e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]
+                        ["key"]) for e in container["env"] if "secretKeyRef" in
+            e.get("valueFrom", {})}
+
+
+def test_label_studio_sidecar_is_off_by_default() -> None:
+    objects = render()
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["hardscore"]
+    for service in (o for o in objects if o["kind"] == "Service"):
+        assert "label-studio" not in {p["name"] for p in service["spec"]["ports"]}
+    assert "Label Studio" not in notes()
+
+
+def test_label_studio_sidecar() -> None:
+    objects = render(SCENARIOS["label-studio"])
+    container = sidecar(objects)
+    assert container["image"] == server_container(objects)["image"] == (
+        f"hardscore:{pyproject_version()}")
+    assert container["command"] == ["hardscore", "label-studio"]
+    assert container["args"] == [
+        "--server", f"127.0.0.1:{GRPC_PORT}", "--host", "0.0.0.0", "--port", "9090",
+        "--label-studio-url", "http://label-studio.lab.svc:8080", "--score", "hardness",
+        "--batch-size", "64", "--fetch-concurrency", "8", "--max-image-mb", "8",
+        "--fetch-timeout", "20", "--predict-deadline", "90", "--basic-auth-user", "labelstudio"]
+    # Secrets only from the Secret, never as values or flags.
+    assert container["env"] == [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": "hardscore-label-studio",
+                                                      "key": name}}}
+        for name in ("LABEL_STUDIO_API_KEY", "HARDSCORE_LABEL_STUDIO_PASSWORD")]
+    assert container["ports"] == [
+        {"name": "label-studio", "containerPort": 9090, "protocol": "TCP"}]
+    health = {"httpGet": {"path": "/health", "port": "label-studio"}}
+    assert container["startupProbe"] == health | merged({})["probes"]["startup"]
+    assert container["readinessProbe"] == health | {
+        "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
+    assert container["livenessProbe"] == health | {
+        "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6}
+    assert container["lifecycle"] == server_container(objects)["lifecycle"]
+    assert container["securityContext"] == server_container(objects)["securityContext"] == (
+        merged({})["securityContext"])
+    assert container["resources"] == merged({})["labelStudio"]["resources"]
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    service = one(objects, "Service", FULLNAME)
+    assert service["spec"]["ports"][-1] == {
+        "name": "label-studio", "port": 9090, "targetPort": "label-studio", "protocol": "TCP"}
+    headless = one(objects, "Service", f"{FULLNAME}-headless")
+    assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]
+
+    # The flags are the command's own, and parse to the values.
+    from hardscore_client.cli import build_parser
+
+    args = build_parser().parse_args(container["command"][1:] + container["args"])
+    assert (args.server, args.host, args.port, args.score, args.no_qa, args.batch_size,
+            args.fetch_concurrency, args.max_image_mb, args.fetch_timeout,
+            args.predict_deadline, args.basic_auth_user, args.tls_ca, args.token) == (
+        f"127.0.0.1:{GRPC_PORT}", "0.0.0.0", 9090, "hardness", False, 64, 8, 8.0, 20.0, 90.0,
+        "labelstudio", None, None)
+
+    text = notes(SCENARIOS["label-studio"])
+    assert f"URL http://{FULLNAME}.{NAMESPACE}.svc:9090\n" in text
+    assert "user labelstudio" in text and "Authorization: Basic" in text
+    assert f"{FULLNAME}.{NAMESPACE}.svc:9090/webhook" in text
+    assert "ML_BLOCK_LOCAL_IP=false" in text
+    assert (f"kubectl -n {NAMESPACE} get secret hardscore-label-studio -o jsonpath="
+            "'{.data.HARDSCORE_LABEL_STUDIO_PASSWORD}'") in text
+
+
+def test_label_studio_sidecar_reaches_the_server_over_tls_with_a_token() -> None:
+    objects = render(SCENARIOS["label-studio-tls-auth"])
+    container = sidecar(objects)
+    tls = "/etc/hardscore/tls"
+    assert container["args"] == [
+        "--server", f"127.0.0.1:{GRPC_PORT}", "--host", "0.0.0.0", "--port", "9191",
+        "--label-studio-url", "https://label-studio.example.com", "--score", "margin",
+        "--no-qa", "--batch-size", "16", "--fetch-concurrency", "4", "--max-image-mb", "2.5",
+        "--fetch-timeout", "7.5", "--predict-deadline", "45", "--basic-auth-user", "ls",
+        "--tls-ca", f"{tls}/ca.crt", "--tls-server-name", f"{FULLNAME}.{NAMESPACE}.svc",
+        "--tls-cert", f"{tls}/tls.crt", "--tls-key", f"{tls}/tls.key"]
+    # The same CA, name and certificate as the exec probes, from the server's own TLS mount.
+    probe = render(merged(SCENARIOS["label-studio-tls-auth"]) | {"probes": {"mode": "exec"}})
+    command = server_container(probe)["livenessProbe"]["exec"]["command"]
+    flags = dict(zip(command[5::2], command[6::2], strict=True))
+    args = dict(zip(container["args"][-8::2], container["args"][-7::2], strict=True))
+    assert args == {"--tls-ca": flags["--tls-ca-file"],
+                    "--tls-server-name": flags["--tls-server-name"],
+                    "--tls-cert": flags["--tls-cert-file"], "--tls-key": flags["--tls-key-file"]}
+    assert {"name": "tls", "mountPath": tls, "readOnly": True} in container["volumeMounts"]
+    assert {m["name"] for m in container["volumeMounts"]} == {"tmp", "tls"}, \
+        "the token comes from the environment, not the server's token file"
+    assert secret_env(container) == {
+        name: ("hardscore-label-studio", name)
+        for name in ("LABEL_STUDIO_API_KEY", "HARDSCORE_LABEL_STUDIO_PASSWORD",
+                     "HARDSCORE_TOKEN")}
+    assert container["ports"] == [
+        {"name": "label-studio", "containerPort": 9191, "protocol": "TCP"}]
+    service = one(objects, "Service", FULLNAME)
+    assert {"name": "label-studio", "port": 9191, "targetPort": "label-studio",
+            "protocol": "TCP"} in service["spec"]["ports"]
+    # A server name of one's own (tls.probe.serverName) and TLS without client certificates.
+    named = render(merged(SCENARIOS["label-studio-tls-auth"]) | {"tls": {
+        "enabled": True, "secretName": "hardscore-tls", "probe": {"serverName": "scoring.lan"}}})
+    args = sidecar(named)["args"]
+    assert args[args.index("--tls-server-name") + 1] == "scoring.lan"
+    assert "--tls-cert" not in args and "--tls-key" not in args
+
+
+def test_label_studio_port_must_be_free_in_the_pod() -> None:
+    enabled = merged(SCENARIOS["label-studio"])["labelStudio"]
+    for port, values in ((GRPC_PORT, {}), (HTTP_PORT, {}), (METRICS_PORT, {}),
+                         (HEALTH_PORT, {"tls": {"enabled": True, "secretName": "t"}})):
+        with pytest.raises(Exception, match=f"labelStudio.port {port} is a port of the server"):
+            render(values | {"labelStudio": enabled | {"port": port}})
+    # The health port is closed without TLS (and the REST port when 0): free for the sidecar.
+    assert sidecar(render({"labelStudio": enabled | {"port": HEALTH_PORT}}))["ports"][0][
+        "containerPort"] == HEALTH_PORT
+    assert sidecar(render({"ports": {"http": 0}, "labelStudio": enabled | {"port": HTTP_PORT}}))[
+        "ports"][0]["containerPort"] == HTTP_PORT
+
+
+def test_label_studio_sidecar_without_basic_auth() -> None:
+    objects = render(SCENARIOS["label-studio-open"])
+    container = sidecar(objects)
+    assert "--basic-auth-user" not in container["args"]
+    assert secret_env(container) == {"LABEL_STUDIO_API_KEY": ("ls-keys", "LABEL_STUDIO_API_KEY")}
+    assert "resources" not in container and "lifecycle" not in container
+    text = notes(SCENARIOS["label-studio-open"])
+    assert "WITHOUT basic auth" in text and "Authorization: Basic" not in text
+
+
+# The run below: the sidecar's rendered command and the server's rendered configuration, started
+# for real with the pod's Secrets written where the pod would mount them.
+RUN_SECRETS = {
+    "hardscore-tokens": {"tokens": "# the sidecar's token\nsidecar-token-0123456789\n"},
+    "hardscore-label-studio": {"LABEL_STUDIO_API_KEY": "ls-api-key",
+                               "HARDSCORE_LABEL_STUDIO_PASSWORD": "pod-password-42",
+                               "HARDSCORE_TOKEN": "sidecar-token-0123456789"},
+}
+
+
+class PodFiles:
+    """The pod's volumes as directories under ``root``: Secrets and ConfigMaps written out, and
+    container paths mapped to them (in the TOML settings file too)."""
+
+    def __init__(self, objects: list[dict[str, Any]], secrets: dict[str, dict[str, str]],
+                 root: Path) -> None:
+        pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+        self.secrets = secrets
+        contents: dict[str, dict[str, str]] = {}
+        for volume in pod["volumes"]:
+            if "secret" in volume:
+                contents[volume["name"]] = secrets[volume["secret"]["secretName"]]
+            elif "configMap" in volume:
+                contents[volume["name"]] = one(objects, "ConfigMap",
+                                               volume["configMap"]["name"])["data"]
+        self.mounts = {m["mountPath"]: root / m["name"] for c in pod["containers"]
+                       for m in c["volumeMounts"] if m["name"] in contents}
+        for name, data in contents.items():
+            (root / name).mkdir()
+            for key, text in data.items():
+                if key.endswith(".toml"):
+                    text = "".join(f"{k} = {json.dumps(self.path(v) if isinstance(v, str) else v)}"
+                                   "\n" for k, v in tomllib.loads(text).items())
+                (root / name / key).write_text(text)
+
+    def path(self, value: str) -> str:
+        """A container path as the file here (other strings unchanged)."""
+        for mount, folder in self.mounts.items():
+            if value.startswith(mount + "/"):
+                return str(folder / value[len(mount) + 1:])
+        return value
+
+    def env(self, container: dict[str, Any]) -> dict[str, str]:
+        """The container's environment: values (paths mapped) and Secret keys resolved."""
+        env = {}
+        for item in container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = self.path(item["value"])
+            else:
+                ref = item["valueFrom"]["secretKeyRef"]
+                env[item["name"]] = self.secrets[ref["name"]][ref["key"]]
+        return env
+
+
+def _http(url: str, body: dict[str, Any] | None = None,
+          auth: tuple[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body)
+                                     .encode(), headers={"Content-Type": "application/json"})
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_rendered_label_studio_sidecar_runs_against_the_rendered_server(
+    tmp_path: Path,
+) -> None:
+    """Mutual TLS, a bearer token and basic auth, as the chart renders them, for real: the
+    certificate is the server's key in an any-purpose certificate for localhost, as
+    tls.probe.serverName says (in a cluster: the Service's name)."""
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    secrets = {**RUN_SECRETS, "hardscore-tls": {
+        "tls.crt": pki.any_purpose_cert.read_text(), "tls.key": pki.server_key.read_text(),
+        "ca.crt": pki.ca.read_text()}}
+    values = merged(SCENARIOS["label-studio-tls-auth"])
+    values["tls"]["probe"]["serverName"] = "localhost"
+    objects = render(values)
+    (tmp_path / "pod").mkdir()
+    files = PodFiles(objects, secrets, tmp_path / "pod")
+    server_env = files.env(server_container(objects))
+    # The chart's ports and host are for the pod; here, free ports on 127.0.0.1.
+    server = start_server(["--health-port", "0"], env=server_env)
+    sidecar_process = None
+    try:
+        container = sidecar(objects)
+        args = [files.path(a) for a in container["args"]]
+        assert args[args.index("--server") + 1] == f"127.0.0.1:{GRPC_PORT}"
+        port = _free_port()
+        args[args.index("--server") + 1] = server.target
+        args[args.index("--host") + 1] = "127.0.0.1"
+        args[args.index("--port") + 1] = str(port)
+        assert container["command"][0] == "hardscore"
+        command = [sys.executable, "-m", "hardscore_client.cli", *container["command"][1:], *args]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HARDSCORE_", "LABEL_"))}
+
+        # A token the server does not accept: the backend stops at start, saying why.
+        wrong = {**env, **files.env(container), "HARDSCORE_TOKEN": "not-a-token"}
+        refused = subprocess.run(command, env=wrong, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "UNAUTHENTICATED" in refused.stderr, refused.stderr
+
+        sidecar_process = subprocess.Popen(command, env={**env, **files.env(container)},
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                           text=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, health = _http(f"{url}/health")
+                break
+            except OSError:
+                assert sidecar_process.poll() is None, sidecar_process.communicate()[0]
+                assert time.monotonic() < deadline, "the backend did not open its port"
+                time.sleep(0.1)
+        with ScoringClient(server.target, tls=TLSConfig.from_files(
+                str(pki.ca), str(pki.any_purpose_cert), str(pki.server_key), "localhost"),
+                token=secrets["hardscore-label-studio"]["HARDSCORE_TOKEN"]) as client:
+            info = client.get_model_info()
+        version = f"hardscore-{info.name}-v{info.version}-margin"
+        assert (status, health) == (200, {"status": "UP", "model_class": "hardscore",
+                                          "model_version": version})
+        choices = "".join(f'<Choice value="{name}"/>' for name in info.class_names)
+        config = (f'<View><Image name="image" value="$image"/><Choices name="label" '
+                  f'toName="image">{choices}</Choices></View>')
+        setup = {"project": "1", "schema": config, "hostname": "http://ls:8080",
+                 "access_token": "", "extra_params": {}}
+        password = secrets["hardscore-label-studio"]["HARDSCORE_LABEL_STUDIO_PASSWORD"]
+        assert _http(f"{url}/setup", setup)[0] == 401
+        assert _http(f"{url}/setup", setup, ("ls", "wrong"))[0] == 401
+        assert _http(f"{url}/setup", setup, ("ls", password)) == (
+            200, {"model_version": version})
+        other = config.replace(choices, '<Choice value="not-a-class"/>')
+        assert _http(f"{url}/setup", {**setup, "schema": other}, ("ls", password))[0] == 400
+    finally:
+        if sidecar_process is not None:
+            sidecar_process.terminate()
+            sidecar_process.communicate(timeout=30)
+        server.stop()
 
 
 # ---- KServe --------------------------------------------------------------------------------------

@@ -151,6 +151,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.tls.enabled (eq .Values.probes.mode "grpc") }}true{{ end }}
 {{- end }}
 
+{{/* The name the in-pod clients (exec probes, the Label Studio sidecar) expect in the server
+     certificate when they call 127.0.0.1: tls.probe.serverName, else the Service's DNS name. */}}
+{{- define "hardscore.tlsServerName" -}}
+{{- .Values.tls.probe.serverName | default (printf "%s.%s.svc" (include "hardscore.fullname" .) .Release.Namespace) }}
+{{- end }}
+
 {{/* The handler part of a probe (no timings). */}}
 {{- define "hardscore.probeHandler" -}}
 {{- $mode := .Values.probes.mode }}
@@ -172,7 +178,7 @@ exec:
     - --tls-ca-file
     - {{ printf "%s/%s" (include "hardscore.tlsDir" .) .Values.tls.probe.caKey | quote }}
     - --tls-server-name
-    - {{ .Values.tls.probe.serverName | default (printf "%s.%s.svc" (include "hardscore.fullname" .) .Release.Namespace) | quote }}
+    - {{ include "hardscore.tlsServerName" . | quote }}
     {{- if .Values.tls.clientCA.enabled }}
     - --tls-cert-file
     - {{ printf "%s/%s" (include "hardscore.tlsDir" .) .Values.tls.certKey | quote }}
