@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -45,6 +46,15 @@ def image_server() -> Iterator[ServerProcess]:
                            "--max-queue-size", "256"])
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[Any, Any]:
+    """The held-out digits of the embedded model: uint8 images [540, 8, 8] and labels [540]."""
+    from hardscore_server.digits import heldout_split  # the client-range venv has no server
+
+    _, _, images, labels = heldout_split()
+    return images, labels
 
 
 @pytest.fixture()

@@ -29,24 +29,18 @@ import tritonclient.utils.shared_memory as shm
 from grpc_reflection.v1alpha import reflection_pb2
 from tritonclient.utils import InferenceServerException
 
-from hardscore_server.digits import heldout_split, to_model_input, upscale_rgb
+from hardscore_server.digits import upscale_rgb
 from hardscore_server.preprocess import encode_png
 
 from conftest import REPO, error_of, http
+from oip_inputs import infer_input, model_input
 from server_process import ServerProcess
 
 MODEL = "digits-resnet"
-MEAN = STD = (0.5, 0.5, 0.5)
 PERF_ANALYZER = Path(os.environ.get(
     "PERF_ANALYZER",
     REPO / ".cache" / "perf_analyzer" / "tritonclient-2.50.0.data" / "data" / "bin"
     / "perf_analyzer"))
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray]:
-    _, _, images, labels = heldout_split()
-    return images, labels
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +56,6 @@ def http_client(image_server):
     c.close()
 
 
-def _fp32(images: np.ndarray) -> np.ndarray:
-    return to_model_input(images, MEAN, STD)
-
-
-def _input(module: Any, name: str, array: np.ndarray, datatype: str) -> Any:
-    tensor = module.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
 # -- one model name per input form -------------------------------------------------------------
 
 
@@ -81,7 +65,8 @@ def test_each_input_form_is_a_served_name_found_from_the_metadata(
     index = http_client.get_model_repository_index()
     assert index == [{"name": n, "version": "1", "state": "READY"}
                      for n in (MODEL, f"{MODEL}-pixels", f"{MODEL}-files")]
-    expected = grpc_client.infer(MODEL, [_input(tgrpc, "images", _fp32(images[:4]), "FP32")]
+    x = model_input(images[:4])
+    expected = grpc_client.infer(MODEL, [infer_input(tgrpc, "images", x, "FP32")]
                                  ).as_numpy("logits")
     pixels = np.ascontiguousarray(upscale_rgb(images[:4]).transpose(0, 3, 1, 2))
     pngs = np.array([[encode_png(i)] for i in images[:4]], dtype=np.object_)
@@ -90,19 +75,19 @@ def test_each_input_form_is_a_served_name_found_from_the_metadata(
         assert meta["shape"][0] == -1
         array = data.astype(np.uint8) if meta["datatype"] == "UINT8" else data
         for client, module in ((grpc_client, tgrpc), (http_client, thttp)):
-            result = client.infer(name, [_input(module, meta["name"], array,
+            result = client.infer(name, [infer_input(module, meta["name"], array,
                                                 meta["datatype"])])
             np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=1e-4)
         config = http_client.get_model_config(name)
         assert [(i["name"], i["data_type"]) for i in config["input"]] == [
             (meta["name"], "TYPE_" + ("STRING" if meta["datatype"] == "BYTES" else "UINT8"))]
     error = _raises(grpc_client.infer, f"{MODEL}-files",
-                    [_input(tgrpc, "images", _fp32(images[:1]), "FP32")])
+                    [infer_input(tgrpc, "images", model_input(images[:1]), "FP32")])
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
     assert "unexpected inference input 'images' for model 'digits-resnet-files'; its inputs " \
            "are 'image_files' and the optional 'label'" in error.message()
     error = _raises(grpc_client.infer, f"{MODEL}-pixels",
-                    [_input(tgrpc, "image_pixels", _fp32(images[:1]), "FP32")])
+                    [infer_input(tgrpc, "image_pixels", model_input(images[:1]), "FP32")])
     assert "data-type is 'FP32', but model 'digits-resnet-pixels' expects 'UINT8'" in (
         error.message())
 
@@ -125,8 +110,8 @@ def test_stream_answers_every_request_in_order_with_errors_in_band(grpc_client, 
     try:
         for i, (model, shape) in enumerate(requests):
             x = np.zeros(shape, np.float32)
-            x[: min(shape[0], 40), :, :, :] = _fp32(images[: shape[0]])[:, :, :shape[2], :]
-            grpc_client.async_stream_infer(model, [_input(tgrpc, "images", x, "FP32")],
+            x[: min(shape[0], 40), :, :, :] = model_input(images[: shape[0]])[:, :, :shape[2], :]
+            grpc_client.async_stream_infer(model, [infer_input(tgrpc, "images", x, "FP32")],
                                            request_id=f"r{i}")
         got = [answers.get(timeout=60) for _ in requests]
     finally:
@@ -142,7 +127,8 @@ def test_stream_answers_every_request_in_order_with_errors_in_band(grpc_client, 
             assert error is None
             assert result.get_response().id == f"r{i}"  # in order
             assert result.as_numpy("logits").shape == (shape[0], 10)
-    unary = grpc_client.infer(MODEL, [_input(tgrpc, "images", _fp32(images[:17]), "FP32")])
+    unary = grpc_client.infer(
+        MODEL, [infer_input(tgrpc, "images", model_input(images[:17]), "FP32")])
     np.testing.assert_array_equal(got[5][0].as_numpy("logits"), unary.as_numpy("logits"))
 
 
@@ -221,8 +207,8 @@ def _region(regions: list[Any], size: int) -> tuple[Any, str, str]:
 def test_inputs_and_outputs_through_system_shared_memory_grpc_and_rest(
         grpc_client, http_client, image_server, digits, regions):
     images, labels = digits
-    x = _fp32(images[:6])
-    expected = grpc_client.infer(MODEL, [_input(tgrpc, "images", x, "FP32")])
+    x = model_input(images[:6])
+    expected = grpc_client.infer(MODEL, [infer_input(tgrpc, "images", x, "FP32")])
     inp, in_name, in_key = _region(regions, 64 + x.nbytes)
     out, out_name, out_key = _region(regions, 1024)
     shm.set_shared_memory_region(inp, [x], offset=64)
@@ -299,7 +285,7 @@ def test_shared_memory_refusals_name_the_problem(grpc_client, image_server, regi
             assert message in error.message()
         output = tgrpc.InferRequestedOutput("logits")
         output.set_shared_memory(name, 8)  # 40 bytes of logits do not fit in 8
-        error = _raises(grpc_client.infer, MODEL, [_input(tgrpc, "images", x, "FP32")],
+        error = _raises(grpc_client.infer, MODEL, [infer_input(tgrpc, "images", x, "FP32")],
                         outputs=[output])
         assert "output 'logits' is 40 bytes, more than its shared_memory_byte_size 8" in (
             error.message())

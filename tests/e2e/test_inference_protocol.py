@@ -32,23 +32,17 @@ except TypeError as exc:  # "duplicate symbol 'inference.DataType'"
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from hardscore_server.digits import heldout_split, to_model_input, upscale_rgb
+from hardscore_server.digits import upscale_rgb
 from hardscore_server.preprocess import encode_png
 from hardscore_server.scores import score_logits
 
 from conftest import PROTOC_PYTHON, REPO, metric, scrape
+from oip_inputs import infer_input, model_input
 
 MODEL = "digits-resnet"
-MEAN = STD = (0.5, 0.5, 0.5)
 SCORES = ("confidence", "margin", "hardness", "hardness_normalized")
 LABEL_SCORES = ("mistakenness", "mistakenness_confidence", "label_issue_score",
                 "margin_issue_score")
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray]:
-    _, _, images, labels = heldout_split()
-    return images, labels
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +55,6 @@ def client(image_server):
 def stub(image_server):
     with grpc.insecure_channel(image_server.target) as channel:
         yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
-
-
-def _input(name: str, array: np.ndarray, datatype: str):
-    tensor = tc.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def _fp32(images: np.ndarray) -> np.ndarray:
-    return to_model_input(images, MEAN, STD)
 
 
 def _infer_error(client, *args, **kwargs) -> InferenceServerException:
@@ -189,7 +173,7 @@ def test_fp32_request_larger_than_max_batch_size_is_split_by_the_batcher(
     n = 200  # max_batch_size is 16: at least 13 batches
     before_stats = client.get_inference_statistics(MODEL).model_stats[0]
     before = scrape(image_server.metrics_url)
-    result = client.infer(MODEL, [_input("images", _fp32(images[:n]), "FP32")])
+    result = client.infer(MODEL, [infer_input(tc, "images", model_input(images[:n]), "FP32")])
     after = scrape(image_server.metrics_url)
     after_stats = client.get_inference_statistics(MODEL).model_stats[0]
 
@@ -222,14 +206,14 @@ def test_fp32_request_larger_than_max_batch_size_is_split_by_the_batcher(
 def test_uint8_pixels_and_png_bytes_give_the_fp32_logits(client, digits):
     images, _ = digits
     batch = images[:24]
-    fp32 = client.infer(MODEL, [_input("images", _fp32(batch), "FP32")], outputs=[
+    fp32 = client.infer(MODEL, [infer_input(tc, "images", model_input(batch), "FP32")], outputs=[
         tc.InferRequestedOutput("logits")]).as_numpy("logits")
     pixels = np.ascontiguousarray(upscale_rgb(batch).transpose(0, 3, 1, 2))  # [N, 3, 32, 32]
-    uint8 = client.infer(MODEL, [_input("images", pixels, "UINT8")]).as_numpy("logits")
+    uint8 = client.infer(MODEL, [infer_input(tc, "images", pixels, "UINT8")]).as_numpy("logits")
     np.testing.assert_allclose(uint8, fp32, atol=1e-5)
     pngs = np.array([encode_png(img) for img in batch], dtype=np.object_)
     for shape in ((len(batch),), (len(batch), 1)):  # [N] and [N, 1]
-        encoded = client.infer(MODEL, [_input("images", pngs.reshape(shape), "BYTES")])
+        encoded = client.infer(MODEL, [infer_input(tc, "images", pngs.reshape(shape), "BYTES")])
         np.testing.assert_allclose(encoded.as_numpy("logits"), fp32, atol=1e-4)
 
 
@@ -240,8 +224,8 @@ def test_label_input_gives_fiftyone_mistakenness_and_finds_corrupted_labels(clie
     given[:10] = (given[:10] + 3) % 10  # corrupted
     given[10:15] = -1  # no label
     for datatype, dtype in (("INT64", np.int64), ("INT32", np.int32)):
-        result = client.infer(MODEL, [_input("images", _fp32(images[:n]), "FP32"),
-                                      _input("label", given.astype(dtype), datatype)])
+        result = client.infer(MODEL, [infer_input(tc, "images", model_input(images[:n]), "FP32"),
+                                      infer_input(tc, "label", given.astype(dtype), datatype)])
         names = [o.name for o in result.get_response().outputs]
         assert names[-4:] == list(LABEL_SCORES)
         expected = score_logits(result.as_numpy("logits"), given)
@@ -258,7 +242,7 @@ def test_label_input_gives_fiftyone_mistakenness_and_finds_corrupted_labels(clie
 def test_requested_outputs_come_back_alone_and_in_order(client, digits):
     images, labels = digits
     result = client.infer(
-        MODEL, [_input("images", _fp32(images[:5]), "FP32")],
+        MODEL, [infer_input(tc, "images", model_input(images[:5]), "FP32")],
         outputs=[tc.InferRequestedOutput("hardness"), tc.InferRequestedOutput("predicted_class"),
                  tc.InferRequestedOutput("mistakenness")])
     assert [o.name for o in result.get_response().outputs] == [
@@ -279,9 +263,9 @@ def _typed_request(name: str, datatype: str, shape: list[int], **contents) -> ob
 def test_typed_contents_are_answered_with_typed_contents(client, stub, digits):
     images, labels = digits
     batch = images[:6]
-    x = _fp32(batch)
-    raw = client.infer(MODEL, [_input("images", x, "FP32"),
-                               _input("label", labels[:6], "INT64")])
+    x = model_input(batch)
+    raw = client.infer(MODEL, [infer_input(tc, "images", x, "FP32"),
+                               infer_input(tc, "label", labels[:6], "INT64")])
     pixels = upscale_rgb(batch).transpose(0, 3, 1, 2)
     requests = [
         _typed_request("images", "FP32", list(x.shape), fp32_contents=x.ravel().tolist()),
@@ -305,19 +289,19 @@ def test_typed_contents_are_answered_with_typed_contents(client, stub, digits):
 
 def test_nan_and_infinite_inputs_are_answered_and_the_server_keeps_serving(client, digits):
     images, labels = digits
-    x = _fp32(images[:4])
+    x = model_input(images[:4])
     x[0] = np.nan
     x[1, 0, 0, 0] = np.inf
     x[2] = np.random.default_rng(0).integers(0, 2**32, x[2].size, dtype=np.uint32).view(
         np.float32).reshape(x[2].shape)  # random bits, as perf_analyzer sends
-    result = client.infer(MODEL, [_input("images", x, "FP32"),
-                                  _input("label", labels[:4], "INT64")])
+    result = client.infer(MODEL, [infer_input(tc, "images", x, "FP32"),
+                                  infer_input(tc, "label", labels[:4], "INT64")])
     assert np.isnan(result.as_numpy("hardness")[0])
     assert np.isnan(result.as_numpy("mistakenness")[0])
     assert result.as_numpy("predicted_class")[0] == -1
     assert result.as_numpy("predicted_class")[3] == labels[3]  # the clean neighbour
     assert client.is_server_live()
-    again = client.infer(MODEL, [_input("images", _fp32(images[:2]), "FP32")])
+    again = client.infer(MODEL, [infer_input(tc, "images", model_input(images[:2]), "FP32")])
     assert (again.as_numpy("predicted_class") == labels[:2]).all()
 
 
@@ -325,7 +309,7 @@ def test_nan_and_infinite_inputs_are_answered_and_the_server_keeps_serving(clien
 
 
 def test_unknown_model_and_version_are_not_found(client, digits):
-    x = [_input("images", _fp32(digits[0][:1]), "FP32")]
+    x = [infer_input(tc, "images", model_input(digits[0][:1]), "FP32")]
     error = _infer_error(client, "resnet50", x)
     assert error.status() == "StatusCode.NOT_FOUND"
     assert "Request for unknown model: 'resnet50' is not found" in error.message()
@@ -337,35 +321,38 @@ def test_unknown_model_and_version_are_not_found(client, digits):
 
 
 @pytest.mark.parametrize(("make_inputs", "message"), [
-    (lambda x: [_input("images", x[:, :, :28, :28].copy(), "FP32")],
+    (lambda x: [infer_input(tc, "images", x[:, :, :28, :28].copy(), "FP32")],
      "unexpected shape for input 'images' for model 'digits-resnet'. Expected [-1,3,32,32], "
      "got [2,3,28,28]"),
-    (lambda x: [_input("images", x.astype(np.float64), "FP64")],
+    (lambda x: [infer_input(tc, "images", x.astype(np.float64), "FP64")],
      "inference input 'images' data-type is 'FP64', but model 'digits-resnet' expects 'FP32'"),
-    (lambda x: [_input("pixels", x, "FP32")], "unexpected inference input 'pixels'"),
-    (lambda x: [_input("images", np.array([encode_png(np.zeros((8, 8), np.uint8)),
+    (lambda x: [infer_input(tc, "pixels", x, "FP32")], "unexpected inference input 'pixels'"),
+    (lambda x: [infer_input(tc, "images", np.array([encode_png(np.zeros((8, 8), np.uint8)),
                                            b"not an image"], dtype=np.object_), "BYTES")],
      "input 'images' element 1 cannot be used: decode: image: cannot identify image file"),
-    (lambda x: [_input("images", x, "FP32"), _input("label", np.array([1, 12]), "INT64")],
+    (lambda x: [infer_input(tc, "images", x, "FP32"),
+                infer_input(tc, "label", np.array([1, 12]), "INT64")],
      "input 'label' element 1 is 12: labels are class indices 0..9, or -1 for none"),
-    (lambda x: [_input("images", x, "FP32"), _input("label", np.array([1, 2, 3]), "INT64")],
+    (lambda x: [infer_input(tc, "images", x, "FP32"),
+                infer_input(tc, "label", np.array([1, 2, 3]), "INT64")],
      "unexpected shape for input 'label' for model 'digits-resnet'. Expected [2]"),
-    (lambda x: [_input("images", x, "FP32"), _input("label", np.array([1.0, 2.0]), "FP64")],
+    (lambda x: [infer_input(tc, "images", x, "FP32"),
+                infer_input(tc, "label", np.array([1.0, 2.0]), "FP64")],
      "inference input 'label' data-type is 'FP64', but model 'digits-resnet' expects 'INT32' "
      "or 'INT64'"),
-    (lambda x: [_input("label", np.array([1, 2]), "INT64")],
+    (lambda x: [infer_input(tc, "label", np.array([1, 2]), "INT64")],
      "missing required input(s) ['images']"),
 ])
 def test_bad_inputs_are_invalid_argument_with_a_precise_message(
         client, digits, make_inputs, message):
-    error = _infer_error(client, MODEL, make_inputs(_fp32(digits[0][:2])))
+    error = _infer_error(client, MODEL, make_inputs(model_input(digits[0][:2])))
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
     assert message in error.message()
 
 
 def test_bad_outputs_byte_sizes_and_raw_data_are_invalid_argument(client, stub, digits):
-    x = _fp32(digits[0][:2])
-    error = _infer_error(client, MODEL, [_input("images", x, "FP32")],
+    x = model_input(digits[0][:2])
+    error = _infer_error(client, MODEL, [infer_input(tc, "images", x, "FP32")],
                          outputs=[tc.InferRequestedOutput("embeddings")])
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
     assert "unexpected inference output 'embeddings' for model 'digits-resnet'" in error.message()
@@ -398,7 +385,7 @@ def test_bad_outputs_byte_sizes_and_raw_data_are_invalid_argument(client, stub, 
 
 
 def test_statistics_count_requests_samples_batches_and_durations(client, digits):
-    client.infer(MODEL, [_input("images", _fp32(digits[0][:3]), "FP32")])
+    client.infer(MODEL, [infer_input(tc, "images", model_input(digits[0][:3]), "FP32")])
     (stats,) = client.get_inference_statistics(MODEL).model_stats
     every = client.get_inference_statistics("").model_stats  # empty name: every model
     assert [m.name for m in every] == [MODEL, f"{MODEL}-pixels", f"{MODEL}-files"]

@@ -18,22 +18,16 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
-from hardscore_server.digits import heldout_split, to_model_input, upscale_rgb
+from hardscore_server.digits import upscale_rgb
 from hardscore_server.preprocess import encode_png
 from hardscore_server.scores import score_logits
 
 from conftest import error_of, http, metric, scrape
+from oip_inputs import infer_input, model_input
 from server_process import start_server
 
 MODEL = "digits-resnet"
-MEAN = STD = (0.5, 0.5, 0.5)
 INFER = f"/v2/models/{MODEL}/infer"
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray]:
-    _, _, images, labels = heldout_split()
-    return images, labels
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +35,6 @@ def client(image_server):
     c = thttp.InferenceServerClient(f"127.0.0.1:{image_server.http_port}")
     yield c
     c.close()
-
-
-def _fp32(images: np.ndarray) -> np.ndarray:
-    return to_model_input(images, MEAN, STD)
-
-
-def _input(name: str, array: np.ndarray, datatype: str, binary: bool = True):
-    tensor = thttp.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array, binary_data=binary)
-    return tensor
 
 
 # -- health and metadata -----------------------------------------------------------------------
@@ -90,15 +74,15 @@ def test_health_metadata_config_over_tritonclient_and_plain_http(client, image_s
 def test_binary_and_json_tensors_give_the_grpc_scores(client, image_server, digits):
     images, labels = digits
     n = 40  # more than max_batch_size 16: split by the batcher
-    x = _fp32(images[:n])
+    x = model_input(images[:n])
     with tgrpc.InferenceServerClient(image_server.target) as g:
         tensor = tgrpc.InferInput("images", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x)
         expected_logits = g.infer(MODEL, [tensor]).as_numpy("logits")
-    binary = client.infer(MODEL, [_input("images", x, "FP32"),
-                                  _input("label", labels[:n], "INT64")])
-    as_json = client.infer(MODEL, [_input("images", x, "FP32", binary=False),
-                                   _input("label", labels[:n].astype(np.int32), "INT32",
+    binary = client.infer(MODEL, [infer_input(thttp, "images", x, "FP32"),
+                                  infer_input(thttp, "label", labels[:n], "INT64")])
+    as_json = client.infer(MODEL, [infer_input(thttp, "images", x, "FP32", binary=False),
+                                   infer_input(thttp, "label", labels[:n].astype(np.int32), "INT32",
                                           binary=False)],
                            outputs=[thttp.InferRequestedOutput(name, binary_data=False)
                                     for name in ("logits", "predicted_class", "mistakenness")])
@@ -119,12 +103,13 @@ def test_binary_and_json_tensors_give_the_grpc_scores(client, image_server, digi
 def test_uint8_pixels_png_files_and_plain_json_requests(client, image_server, digits):
     images, _ = digits
     batch = images[:6]
-    fp32 = client.infer(MODEL, [_input("images", _fp32(batch), "FP32")]).as_numpy("logits")
+    fp32 = client.infer(MODEL, [infer_input(thttp, "images", model_input(batch), "FP32")]
+                        ).as_numpy("logits")
     pixels = np.ascontiguousarray(upscale_rgb(batch).transpose(0, 3, 1, 2))
-    uint8 = client.infer(MODEL, [_input("images", pixels, "UINT8")]).as_numpy("logits")
+    uint8 = client.infer(MODEL, [infer_input(thttp, "images", pixels, "UINT8")]).as_numpy("logits")
     np.testing.assert_allclose(uint8, fp32, atol=1e-5)
     pngs = np.array([encode_png(img) for img in batch], dtype=np.object_)
-    encoded = client.infer(MODEL, [_input("images", pngs, "BYTES")]).as_numpy("logits")
+    encoded = client.infer(MODEL, [infer_input(thttp, "images", pngs, "BYTES")]).as_numpy("logits")
     np.testing.assert_allclose(encoded, fp32, atol=1e-4)
 
     # plain JSON, nested data, no client library: JSON outputs by default
@@ -238,7 +223,7 @@ def test_bad_requests_get_triton_errors_with_exact_statuses(
 
 
 def test_binary_data_sizes_must_match_the_body(image_server, digits):
-    x = _fp32(digits[0][:1])
+    x = model_input(digits[0][:1])
     header = _json_infer([_images(parameters={"binary_data_size": x.nbytes})])
     length = {"Inference-Header-Content-Length": str(len(header))}
     for raw, message in [
@@ -275,12 +260,12 @@ def test_bodies_over_max_message_bytes_are_refused_with_413():
 
 
 def test_tritonclient_http_errors_carry_the_status(client, digits):
-    x = _fp32(digits[0][:2])
+    x = model_input(digits[0][:2])
     with pytest.raises(InferenceServerException) as info:
-        client.infer("resnet50", [_input("images", x, "FP32")])
+        client.infer("resnet50", [infer_input(thttp, "images", x, "FP32")])
     assert info.value.status() == "404"
     with pytest.raises(InferenceServerException) as info:
-        client.infer(MODEL, [_input("images", x.astype(np.float64), "FP64")])
+        client.infer(MODEL, [infer_input(thttp, "images", x.astype(np.float64), "FP64")])
     assert info.value.status() == "400"
     assert "data-type is 'FP64', but model 'digits-resnet' expects 'FP32'" in (
         info.value.message())
@@ -302,9 +287,9 @@ def test_statistics_count_requests_samples_batches_and_failures(client, image_se
     sizes = [1, 8, 20, 3]  # 20 > max_batch_size 16: two batches; the others one each
     with tgrpc.InferenceServerClient(image_server.target) as g:
         for i, n in enumerate(sizes):
-            x = _fp32(images[:n])
+            x = model_input(images[:n])
             if i % 2:
-                client.infer(MODEL, [_input("images", x, "FP32")])
+                client.infer(MODEL, [infer_input(thttp, "images", x, "FP32")])
             else:
                 tensor = tgrpc.InferInput("images", list(x.shape), "FP32")
                 tensor.set_data_from_numpy(x)
@@ -316,7 +301,7 @@ def test_statistics_count_requests_samples_batches_and_failures(client, image_se
     for body in (b"{bad", _json_infer([_images(data=[0.0])])):
         assert http(image_server, INFER, body)[0] == 400
     with pytest.raises(InferenceServerException):  # another model: not this one's failure
-        client.infer("resnet50", [_input("images", _fp32(images[:1]), "FP32")])
+        client.infer("resnet50", [infer_input(thttp, "images", model_input(images[:1]), "FP32")])
     after, metrics_after = stats(), scrape(image_server.metrics_url)
 
     def delta(*keys: str) -> int:
@@ -354,7 +339,7 @@ def test_a_burst_beyond_the_queue_is_refused_with_503_and_the_rest_is_served(dig
     every accepted request is answered correctly, and the server serves on."""
     from concurrent.futures import ThreadPoolExecutor
 
-    x = _fp32(digits[0][:32])  # a request fills the whole queue of 32 on its own
+    x = model_input(digits[0][:32])  # a request fills the whole queue of 32 on its own
     header = _json_infer([_images(list(x.shape), parameters={"binary_data_size": x.nbytes})],
                          outputs=[{"name": "predicted_class"}])
     body, length = header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
