@@ -234,35 +234,33 @@ class CallGate(grpc.aio.ServerInterceptor):
 
         inner: Any = (handler.unary_unary or handler.unary_stream or handler.stream_unary
                       or handler.stream_stream)
+        @contextlib.asynccontextmanager
+        async def served(request: Any, context: grpc.aio.ServicerContext
+                         ) -> AsyncIterator[None]:
+            """The handler's run: refused or counted on entry; a bad stream message or a
+            cut-off answered on the way out; uncounted at the end."""
+            await refuse_or_enter(request, context)
+            try:
+                yield
+            except UnparseableMessage as exc:  # a stream message, read by the handler
+                await invalid(context, exc)
+            except asyncio.CancelledError:
+                await answer_cut_off(context)
+                raise
+            finally:
+                self._leave(counted)
+
         behavior: Callable[..., Any]
         if handler.response_streaming and inspect.isasyncgenfunction(inner):
             async def behavior(request: Any, context: grpc.aio.ServicerContext
                                ) -> AsyncIterator[Any]:
-                await refuse_or_enter(request, context)
-                try:
-                    try:
-                        async for response in inner(request, context):
-                            yield response
-                    except UnparseableMessage as exc:  # a stream message, read by the handler
-                        await invalid(context, exc)
-                    except asyncio.CancelledError:
-                        await answer_cut_off(context)
-                        raise
-                finally:
-                    self._leave(counted)
+                async with served(request, context):
+                    async for response in inner(request, context):
+                        yield response
         else:  # a coroutine: unary response, or a stream written with context.write
             async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await refuse_or_enter(request, context)
-                try:
-                    try:
-                        return await inner(request, context)
-                    except UnparseableMessage as exc:
-                        await invalid(context, exc)
-                    except asyncio.CancelledError:
-                        await answer_cut_off(context)
-                        raise
-                finally:
-                    self._leave(counted)
+                async with served(request, context):
+                    return await inner(request, context)
 
         kind = {(False, False): grpc.unary_unary_rpc_method_handler,
                 (False, True): grpc.unary_stream_rpc_method_handler,
