@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -67,6 +69,17 @@ def logits_client(logits_server: ServerProcess) -> Iterator[ScoringClient]:
 def image_client(image_server: ServerProcess) -> Iterator[ScoringClient]:
     with ScoringClient(image_server.target) as client:
         yield client
+
+
+def load_script(path: Path) -> ModuleType:
+    """The Python script at ``path`` (not in a package: bench/, server/gpu_consistency.py)
+    imported as a module named after its file."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses and the like look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def served_oip_methods() -> frozenset[str]:

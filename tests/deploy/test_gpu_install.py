@@ -5,7 +5,6 @@ it must catch."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +12,11 @@ from typing import Any
 
 import pytest
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "server" / "gpu_consistency.py"
-_spec = importlib.util.spec_from_file_location("gpu_consistency", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-gc = importlib.util.module_from_spec(_spec)
-sys.modules["gpu_consistency"] = gc
-_spec.loader.exec_module(gc)
+gc = load_script(SCRIPT)
 
 PYPROJECT = (ROOT / "pyproject.toml").read_text()
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
