@@ -71,7 +71,7 @@ EXPOSE 8001 8000 8002
 # HARDSCORE_HEALTH_PORT when set (the plaintext health-only port, which works with TLS on), else
 # HARDSCORE_PORT, else 8001. Kubernetes ignores it and runs the chart's own probes.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "hardscore_server.health", "--timeout", "3"]
+    CMD ["python", "-m", "hardscore_server.tools.health_probe", "--timeout", "3"]
 # Exec form: the server is PID 1 and receives SIGTERM itself (docker stop, Kubernetes), turns
 # its health NOT_SERVING, stops accepting and lets accepted calls finish (grace_period_s).
 STOPSIGNAL SIGTERM

@@ -48,7 +48,7 @@ $(PROTOC_STAMP):
 		grpcio-tools==$(GRPCIO_TOOLS_VERSION)
 	touch $@
 
-# Writes proto/hardscore_wire/*_pb2* and server/hardscore_server/inference_protocol/*_pb2*.
+# Writes proto/hardscore_wire/*_pb2* and server/hardscore_server/transport/inference_protocol/*_pb2*.
 protos: $(PROTOC_STAMP)
 	$(PROTOC_VENV)/bin/python proto/generate.py
 

@@ -17,7 +17,7 @@ from types import FrameType
 
 import numpy as np
 
-from hardscore_server.local_server import ServerProcess
+from hardscore_server.tools.local_server import ServerProcess
 
 
 class BenchTimeout(Exception):

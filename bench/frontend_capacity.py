@@ -63,8 +63,8 @@ from common import (
 )
 from PIL import Image
 
-from hardscore_server.model_dir import RESIZE_EXACT, ModelManifest, write_manifest
-from hardscore_server.preprocess import encode_png
+from hardscore_server.model.model_dir import RESIZE_EXACT, ModelManifest, write_manifest
+from hardscore_server.pipeline.preprocess import encode_png
 from hardscore_wire import scoring_pb2 as pb
 
 SCORE_IMAGES = "/" + pb.DESCRIPTOR.services_by_name["ScoringService"].full_name + "/ScoreImages"

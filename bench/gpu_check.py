@@ -8,12 +8,13 @@ served path, how fast can the front end decode. Prints one table.
 
 Steps, each a group of rows of the table:
 1. provider: a session on CUDA (``--dry``: CPU), the provider ONNX Runtime reports, and, if it
-   is not CUDA, the libraries that are missing (hardscore_server.model_runner.cuda_diagnosis).
+   is not CUDA, the libraries that are missing (hardscore_server.model.runner.cuda_diagnosis).
 2. raw: the ResNet50 in the ImageNet layout (224x224) and the CIFAR layout (32x32), random
    weights, exported with hardscore-export's code, float32 and its float16 conversion; plain
    ``InferenceSession.run`` on host arrays (the host-to-device copy included) at batch sizes
    1..256; images/s is the median of timed runs after warm-up. The float16 model's logits are
-   checked against the float32 one's on the device (FP16_TOLERANCE of hardscore_server.export).
+   checked against the float32 one's on the device (FP16_TOLERANCE of
+   hardscore_server.tools.export).
 3. served: the server on the CIFAR model, loaded by Triton's perf_analyzer
    (bench/perf_analyzer.sh: ``-i grpc -b 1 --concurrency-range C:C`` with 8 fixed images as
    input data) at concurrency 1..64.
@@ -24,7 +25,8 @@ Steps, each a group of rows of the table:
    for the CPU rows); its decoded pixels compared with Pillow's decode of the same files:
    max |GPU - CPU| <= DECODE_MAX_DIFF levels and mean <= DECODE_MEAN_DIFF (JPEG decoders
    may round the inverse DCT and chroma upsampling differently; the figures are
-   hardscore_server.torch_decode's, which the server's ``jpeg_decode_device=cuda`` is held to).
+   hardscore_server.pipeline.torch_decode's, which the server's ``jpeg_decode_device=cuda`` is
+   held to).
 
 A machine without network (the lent GPU machine): ``--wheels DIR`` installs every wheel in DIR
 (onnxruntime-gpu and the server's pure dependencies; ``*.whl.partNN`` files, made by the
@@ -274,7 +276,7 @@ def prepare(out: Path, part_mib: int, perf_analyzer_cache: Path) -> list[list[Pa
 
 def export_models(settings: Settings, work: Path, log: Callable[[str], None]) -> dict[str, Path]:
     """Model directories "<layout>-fp32" and "<layout>-fp16", exported with hardscore's code."""
-    from hardscore_server import export
+    from hardscore_server.tools import export
 
     quiet = lambda _line: None  # noqa: E731
     dirs: dict[str, Path] = {}
@@ -307,8 +309,8 @@ def to_fp16_dir(fp32: Path, out: Path) -> Path:
     """The float16 conversion of a model directory (manifest copied)."""
     import onnx
 
-    from hardscore_server.fp16 import convert_to_float16
-    from hardscore_server.model_dir import MANIFEST_FILE, MODEL_FILE
+    from hardscore_server.model.model_dir import MANIFEST_FILE, MODEL_FILE
+    from hardscore_server.tools.fp16 import convert_to_float16
 
     out.mkdir(parents=True, exist_ok=True)
     half = convert_to_float16(onnx.load(str(fp32 / MODEL_FILE)))
@@ -321,7 +323,7 @@ def to_fp16_dir(fp32: Path, out: Path) -> Path:
 
 
 def step_provider(settings: Settings, model_dir: Path, table: Table) -> bool:
-    from hardscore_server.model_runner import ModelLoadError, ModelRunner, cuda_diagnosis
+    from hardscore_server.model.runner import ModelLoadError, ModelRunner, cuda_diagnosis
 
     try:
         runner = ModelRunner(model_dir, execution_provider=settings.provider, intra_op_threads=0)
@@ -351,8 +353,8 @@ def timed_rate(run: Callable[[], Any], batch: int, seconds: float) -> float:
 
 
 def step_raw(settings: Settings, dirs: dict[str, Path], table: Table) -> None:
-    from hardscore_server.export import FP16_TOLERANCE
-    from hardscore_server.model_runner import ModelRunner
+    from hardscore_server.model.runner import ModelRunner
+    from hardscore_server.tools.export import FP16_TOLERANCE
 
     for layout, size in settings.layouts:
         runners = {p: ModelRunner(dirs[f"{layout}-{p}"], execution_provider=settings.provider)
@@ -388,7 +390,7 @@ def input_data(path: Path, size: int, name: str) -> Path:
 
 def step_served(settings: Settings, model_dir: Path, cache: Path | None, work: Path,
                 table: Table) -> None:
-    from hardscore_server.model_dir import load_manifest
+    from hardscore_server.model.model_dir import load_manifest
 
     manifest = load_manifest(model_dir)
     data = input_data(work / "input.json", manifest.input_height, manifest.input_name)
@@ -435,7 +437,7 @@ def step_served(settings: Settings, model_dir: Path, cache: Path | None, work: P
 
 def perf_analyzer_missing(cache: Path) -> str:
     """The libraries the carried perf_analyzer binary would not find ("" when none)."""
-    from hardscore_server.shared_libs import Resolver
+    from hardscore_server.model.shared_libs import Resolver
 
     binary = next(iter(cache.glob("tritonclient-*.data/data/bin/perf_analyzer")), None)
     if binary is None:
@@ -474,8 +476,8 @@ def jpeg_files(count: int, size: int) -> list[bytes]:
 
 def _decode_all(files: list[bytes], seconds: float) -> int:
     """Decodes ``files`` to 224x224 ImageNet model input in a loop; returns images done."""
-    from hardscore_server.export import IMAGENET_MEAN, IMAGENET_STD
-    from hardscore_server.preprocess import InputSpec, decode_image
+    from hardscore_server.pipeline.preprocess import InputSpec, decode_image
+    from hardscore_server.tools.export import IMAGENET_MEAN, IMAGENET_STD
 
     spec = InputSpec(3, 224, 224, IMAGENET_MEAN, IMAGENET_STD, "resize_shorter_center_crop")
     done = 0
@@ -513,15 +515,15 @@ def step_gpu_decode(settings: Settings, files: list[bytes], torch: Any, table: T
     from torchvision.io import decode_jpeg
 
     # the server's jpeg_decode_device=cuda checks its results against the same figures
-    from hardscore_server.torch_decode import DECODE_MAX_DIFF_LEVELS as DECODE_MAX_DIFF
-    from hardscore_server.torch_decode import DECODE_MEAN_DIFF_LEVELS as DECODE_MEAN_DIFF
+    from hardscore_server.pipeline.torch_decode import DECODE_MAX_DIFF_LEVELS as DECODE_MAX_DIFF
+    from hardscore_server.pipeline.torch_decode import DECODE_MEAN_DIFF_LEVELS as DECODE_MEAN_DIFF
 
     device = "cuda" if settings.provider == "cuda" and torch.cuda.is_available() else "cpu"
     tensors = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
     batch = 64 if device == "cuda" else 8
     chunks = [tensors[i:i + batch] for i in range(0, len(tensors), batch)]
 
-    from hardscore_server.export import IMAGENET_MEAN, IMAGENET_STD
+    from hardscore_server.tools.export import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
@@ -564,9 +566,9 @@ def step_server_decoder(settings: Settings, files: list[bytes], device: str,
     """The server's own torch path (``jpeg_decode_device=cuda``; on the CPU: the test-only
     torch_cpu): model input per second, and its model input against decode_image's within
     torch_decode.tolerance."""
-    from hardscore_server.export import IMAGENET_MEAN, IMAGENET_STD
-    from hardscore_server.preprocess import InputSpec, decode_image
-    from hardscore_server.torch_decode import BATCH_SIZE, build_decoder, tolerance
+    from hardscore_server.pipeline.preprocess import InputSpec, decode_image
+    from hardscore_server.pipeline.torch_decode import BATCH_SIZE, build_decoder, tolerance
+    from hardscore_server.tools.export import IMAGENET_MEAN, IMAGENET_STD
 
     spec = InputSpec(3, 224, 224, IMAGENET_MEAN, IMAGENET_STD, "resize_shorter_center_crop")
     decoder = build_decoder("cuda" if device == "cuda" else "torch_cpu", spec)

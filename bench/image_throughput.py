@@ -66,8 +66,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hardscore_client import AsyncScoringClient
 from hardscore_client.messages import image_sample
-from hardscore_server.model_dir import load_manifest
-from hardscore_server.model_runner import ModelRunner
+from hardscore_server.model.model_dir import load_manifest
+from hardscore_server.model.runner import ModelRunner
 from hardscore_wire import scoring_pb2 as pb
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -112,7 +112,7 @@ def ensure_model(refresh: bool, timeout: float) -> Path:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     partial = CACHE_DIR / (MODEL_CACHE_NAME + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    command = [sys.executable, "-m", "hardscore_server.export", "--arch", "resnet50",
+    command = [sys.executable, "-m", "hardscore_server.tools.export", "--arch", "resnet50",
                "--layout", "cifar", "--random-weights", "--seed", "0", "--out", str(partial)]
     print(f"model: exporting to {model_dir} (once; later runs reuse it)", flush=True)
     started = time.perf_counter()

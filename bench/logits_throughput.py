@@ -36,7 +36,7 @@ from common import (
 )
 
 from hardscore_client import ScoringClient
-from hardscore_server.scores import score_logits
+from hardscore_server.pipeline.scores import score_logits
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 TARGET_C10_SAMPLES_PER_S = 1_000_000.0

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Server, format_table, load_average, machine_header, median, time_limit
 
-from hardscore_server.digits import heldout_split, to_model_input
-from hardscore_server.local_server import ServerProcess
-from hardscore_server.model_dir import DEFAULT_MODEL_DIR, load_manifest
+from hardscore_server.model.model_dir import DEFAULT_MODEL_DIR, load_manifest
+from hardscore_server.tools.digits import heldout_split, to_model_input
+from hardscore_server.tools.local_server import ServerProcess
 
 TRANSPORTS = ("gRPC", "REST binary", "REST JSON")
 

@@ -109,7 +109,7 @@ fi
 MODEL="$("$PYTHON" - "$MODEL_DIR" <<'EOF'
 import sys
 from pathlib import Path
-from hardscore_server.model_dir import DEFAULT_MODEL_DIR, load_manifest
+from hardscore_server.model.model_dir import DEFAULT_MODEL_DIR, load_manifest
 print(load_manifest(Path(sys.argv[1]) if sys.argv[1] else DEFAULT_MODEL_DIR).name)
 EOF
 )"
@@ -152,7 +152,7 @@ if [[ "$FIXED_INPUTS" -gt 0 ]]; then
 import json, sys
 from pathlib import Path
 import numpy as np
-from hardscore_server.model_dir import DEFAULT_MODEL_DIR, load_manifest
+from hardscore_server.model.model_dir import DEFAULT_MODEL_DIR, load_manifest
 m = load_manifest(Path(sys.argv[1]) if sys.argv[1] else DEFAULT_MODEL_DIR)
 shape = [m.input_channels, m.input_height, m.input_width]
 rng = np.random.default_rng(0)

@@ -53,11 +53,11 @@ from common import (
     verdict,
 )
 
-from hardscore_server.digits import heldout_split
-from hardscore_server.inference_protocol import grpc_service_pb2 as oip
-from hardscore_server.inference_protocol import grpc_service_pb2_grpc as oip_grpc
-from hardscore_server.preprocess import encode_png
-from hardscore_server.scores import score_logits
+from hardscore_server.pipeline.preprocess import encode_png
+from hardscore_server.pipeline.scores import score_logits
+from hardscore_server.tools.digits import heldout_split
+from hardscore_server.transport.inference_protocol import grpc_service_pb2 as oip
+from hardscore_server.transport.inference_protocol import grpc_service_pb2_grpc as oip_grpc
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 from hardscore_wire.tensors import from_tensor, to_tensor

@@ -31,9 +31,9 @@ import numpy.typing as npt
 
 from hardscore_client.client import ScoringClient
 from hardscore_client.messages import ScoreResult
-from hardscore_server.digits import heldout_split
-from hardscore_server.local_server import start_server
-from hardscore_server.preprocess import encode_png
+from hardscore_server.pipeline.preprocess import encode_png
+from hardscore_server.tools.digits import heldout_split
+from hardscore_server.tools.local_server import start_server
 
 from dataset_demo import dataset_part
 from digits_example import corrupt_labels

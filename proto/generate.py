@@ -10,7 +10,8 @@ hardscore.v1) is unchanged:
 - ``proto/hardscore/v1/*.proto`` -> ``hardscore_wire`` (proto/hardscore_wire/), the contract that
   the client and the server both import;
 - ``proto/inference/*.proto`` (the Open Inference Protocol) ->
-  ``hardscore_server.inference_protocol`` (server/hardscore_server/inference_protocol/).
+  ``hardscore_server.transport.inference_protocol``
+  (server/hardscore_server/transport/inference_protocol/).
 
 Only the generated files are written or compared; the hand-written modules beside them are left
 alone.
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # (folder of .proto files, Python package path they compile into, source folder of that package)
 TARGETS = [
     (ROOT / "proto" / "hardscore" / "v1", Path("hardscore_wire"), ROOT / "proto"),
-    (ROOT / "proto" / "inference", Path("hardscore_server") / "inference_protocol",
+    (ROOT / "proto" / "inference", Path("hardscore_server") / "transport" / "inference_protocol",
      ROOT / "server"),
 ]
 

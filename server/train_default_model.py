@@ -5,7 +5,7 @@ handwritten digits (``sklearn.datasets.load_digits``, shipped with scikit-learn,
 The 8x8 images are converted to uint8 0..255 and preprocessed exactly as the server does for the
 written manifest: bilinear Pillow resize to 32x32, gray replicated to RGB, then
 x = (pixel / 255 - 0.5) / 0.5. Training uses only the training part of the fixed split of
-``hardscore_server.digits.heldout_split()``; the held-out part gives the reported accuracy.
+``hardscore_server.tools.digits.heldout_split()``; the held-out part gives the reported accuracy.
 
 Deterministic (fixed seeds, CPU, 2 threads), about a minute on 2 cores. Needs the ``export``
 extra (torch, torchvision, onnx, scikit-learn). Run from the repository root:
@@ -100,7 +100,7 @@ def train(epochs: int = EPOCHS) -> tuple[Any, float, dict[str, Any]]:
     import torch
     from torch import nn
 
-    from hardscore_server.digits import heldout_split, to_model_input
+    from hardscore_server.tools.digits import heldout_split, to_model_input
 
     torch.manual_seed(SEED)
     np.random.seed(SEED)
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT / "server"))
-    from hardscore_server.digits import SPLIT_RECIPE, SPLIT_SEED
-    from hardscore_server.export import export_model
+    from hardscore_server.tools.digits import SPLIT_RECIPE, SPLIT_SEED
+    from hardscore_server.tools.export import export_model
 
     model, accuracy, facts = train(args.epochs)
     print(
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             "training_script": "server/train_default_model.py",
             "dataset": "sklearn.datasets.load_digits",
             "split": SPLIT_RECIPE + "; trained on the train part only",
-            "split_function": "hardscore_server.digits.heldout_split",
+            "split_function": "hardscore_server.tools.digits.heldout_split",
             "split_seed": str(SPLIT_SEED),
             "training_seed": str(SEED),
             "preprocessing": (

@@ -53,7 +53,7 @@ def image_server() -> Iterator[ServerProcess]:
 @pytest.fixture(scope="session")
 def digits() -> tuple[Any, Any]:
     """The held-out digits of the embedded model: uint8 images [540, 8, 8] and labels [540]."""
-    from hardscore_server.digits import heldout_split  # the client-range venv has no server
+    from hardscore_server.tools.digits import heldout_split  # the client-range venv has no server
 
     _, _, images, labels = heldout_split()
     return images, labels

@@ -83,7 +83,7 @@ def encode(image: Image.Image | list[Image.Image], fmt: str, **options: object) 
 _MEASURE = """\
 import sys
 from pathlib import Path
-from hardscore_server.preprocess import InputSpec, SampleError, decode_image
+from hardscore_server.pipeline.preprocess import InputSpec, SampleError, decode_image
 
 def status(key):
     for line in open('/proc/self/status'):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from hardscore_server.digits import to_model_input
+from hardscore_server.tools.digits import to_model_input
 
 MEAN = STD = (0.5, 0.5, 0.5)
 """The embedded model's per-channel normalisation (its model.json)."""

@@ -1,5 +1,5 @@
-"""The tests start servers with hardscore_server.local_server (re-exported here)."""
+"""The tests start servers with hardscore_server.tools.local_server (re-exported here)."""
 
-from hardscore_server.local_server import SERVING, ServerProcess, start_server
+from hardscore_server.tools.local_server import SERVING, ServerProcess, start_server
 
 __all__ = ["SERVING", "ServerProcess", "start_server"]

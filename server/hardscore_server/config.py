@@ -132,7 +132,7 @@ class ServerConfig:
         default=30.0, metadata={"help": "on SIGTERM, longest wait for accepted calls to finish"}
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
-    # Security (server/hardscore_server/security.py; README "Security").
+    # Security (server/hardscore_server/transport/security.py; README "Security").
     tls_cert_file: str = field(
         default="", metadata={"help": "PEM server certificate chain: serve gRPC over TLS"}
     )

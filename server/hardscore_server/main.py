@@ -22,22 +22,23 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from hardscore_server.call_gate import CallGate
 from hardscore_server.config import ConfigError, ServerConfig, parse_args
-from hardscore_server.image_pipeline import ImagePipeline
-from hardscore_server.inference_protocol import grpc_service_pb2_grpc as oip_grpc
-from hardscore_server.inference_protocol.core import InferenceCore
-from hardscore_server.inference_protocol.rest import RestServer
-from hardscore_server.inference_protocol.servicer import SERVICE_NAME as INFERENCE_SERVICE
-from hardscore_server.inference_protocol.servicer import InferenceProtocolServicer
 from hardscore_server.metrics import ServerMetrics
-from hardscore_server.metrics_http import metrics_tls
-from hardscore_server.model_dir import DEFAULT_MODEL_DIR, ModelDirError
-from hardscore_server.model_runner import ModelLoadError, ModelRunner, gpu_settings
-from hardscore_server.reflection_v1 import enable_server_reflection
-from hardscore_server.security import ServerSecurity
-from hardscore_server.servicer import ScoringServicer
+from hardscore_server.model.model_dir import DEFAULT_MODEL_DIR, ModelDirError
+from hardscore_server.model.runner import ModelLoadError, ModelRunner, gpu_settings
+from hardscore_server.pipeline.image_pipeline import ImagePipeline
 from hardscore_server.supervisor import announce_ready, is_worker, supervise
+from hardscore_server.transport.call_gate import CallGate
+from hardscore_server.transport.hardscore_v1.servicer import ScoringServicer
+from hardscore_server.transport.health import HealthService
+from hardscore_server.transport.inference_protocol import grpc_service_pb2_grpc as oip_grpc
+from hardscore_server.transport.inference_protocol.core import InferenceCore
+from hardscore_server.transport.inference_protocol.rest import RestServer
+from hardscore_server.transport.inference_protocol.servicer import SERVICE_NAME as INFERENCE_SERVICE
+from hardscore_server.transport.inference_protocol.servicer import InferenceProtocolServicer
+from hardscore_server.transport.metrics_endpoint import MetricsEndpoint, metrics_tls
+from hardscore_server.transport.reflection_v1 import enable_server_reflection
+from hardscore_server.transport.security import ServerSecurity
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 
@@ -59,81 +60,13 @@ CLOSE_TIMEOUT_S = 0.3
 SCORING_SERVICE = pb.DESCRIPTOR.services_by_name["ScoringService"].full_name
 
 
-class HealthService(health.aio.HealthServicer):  # type: ignore[name-defined,misc]
-    """The standard gRPC health service, with the List method that grpcio-health-checking's
-    asyncio servicer lacks (it would answer UNKNOWN and log a traceback on every call), and a
-    Watch that ends once the server drains: it sends NOT_SERVING and returns OK at once, so an
-    open Watch never holds the drain (grpcio-health-checking's would stay open until the grace
-    period ends)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._statuses: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}
-        self._changed: asyncio.Condition | None = None
-        self._draining = False
-        self._version = 0  # bumped on every change; a Watch waits for a new one
-
-    def _condition(self) -> asyncio.Condition:
-        if self._changed is None:  # made on the server's loop
-            self._changed = asyncio.Condition()
-        return self._changed
-
-    async def _notify(self) -> None:
-        condition = self._condition()
-        async with condition:
-            self._version += 1
-            condition.notify_all()
-
-    async def set(self, service: str, status: int) -> None:
-        if self._draining:
-            return
-        self._statuses[service] = status
-        await super().set(service, status)
-        await self._notify()
-
-    async def enter_graceful_shutdown(self) -> None:
-        self._draining = True
-        for service in self._statuses:
-            self._statuses[service] = health_pb2.HealthCheckResponse.NOT_SERVING
-        await super().enter_graceful_shutdown()
-        await self._notify()
-
-    async def Watch(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
-    ) -> None:
-        """Sends the status now and on every change; after NOT_SERVING at the drain, ends."""
-        condition = self._condition()
-        sent = None
-        while True:
-            version = self._version
-            status = (health_pb2.HealthCheckResponse.NOT_SERVING if self._draining else
-                      self._statuses.get(request.service,
-                                         health_pb2.HealthCheckResponse.SERVICE_UNKNOWN))
-            if status != sent:
-                await context.write(health_pb2.HealthCheckResponse(
-                    status=status))  # type: ignore[arg-type]
-                sent = status
-            if self._draining:
-                return
-            async with condition:  # never misses a change made since ``version`` was read
-                while self._version == version:
-                    await condition.wait()
-
-    async def List(
-        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
-    ) -> health_pb2.HealthListResponse:
-        return health_pb2.HealthListResponse(statuses={
-            service: health_pb2.HealthCheckResponse(status=status)  # type: ignore[arg-type]
-            for service, status in self._statuses.items()
-        })
-
-
 class HardscoreServer:
     """One running service: gRPC server, its servicers, the model pipeline and /metrics."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = ServerMetrics()
+        self._metrics_endpoint = MetricsEndpoint(self.metrics.registry)
         self.images: ImagePipeline | None = None
         self.port = 0
         self.metrics_port = -1
@@ -213,8 +146,8 @@ class HardscoreServer:
             self.http_port = await self._rest.start(c.host, c.http_port)
         await self._server.start()
         if c.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port,
-                                                   self.metrics_tls)
+            self.metrics_port = self._metrics_endpoint.start(
+                c.metrics_host, c.metrics_port, self.metrics_tls)
         for service in ("", *services):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self._rest is not None:  # before the gRPC line: launchers wait for that one
@@ -281,7 +214,8 @@ class HardscoreServer:
             await self._health_server.stop(None)
         # last: a scrape during the drain still sees it progress. Not waited for: its HTTP
         # server notices a shutdown only every 0.5 s.
-        threading.Thread(target=self.metrics.close, name="metrics-close", daemon=True).start()
+        threading.Thread(target=self._metrics_endpoint.close, name="metrics-close",
+                         daemon=True).start()
         self._stopped.set()
         log.info("stopped: %d call(s) served, %d refused while draining, %d cut off at the "
                  "end of the grace period", self.gate.started - unfinished, self.gate.refused,

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one server, in their own registry, served over HTTP on their own port.
+"""Prometheus metrics of one server, in their own registry (``transport.metrics_endpoint`` serves
+them over HTTP on their own port).
 
 Names follow Prometheus conventions: counters end in ``_total``, durations are ``_seconds``.
 Score distributions are observed a whole batch at a time (one numpy histogram per batch), so
@@ -11,15 +12,12 @@ import bisect
 import math
 import threading
 from collections.abc import Iterator
-from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
-
-from hardscore_server.metrics_http import MetricsTLS, start_metrics_server
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
@@ -97,7 +95,6 @@ class ServerMetrics:
     """Every metric the server exports. One instance per server; tests may build several."""
 
     def __init__(self) -> None:
-        self._http: WSGIServer | None = None
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -178,16 +175,3 @@ class ServerMetrics:
             self.nonfinite_scores.labels(model).inc(nonfinite)
         if mistakenness is not None:
             self.mistakenness.observe_many(model, mistakenness)
-
-    def serve(self, host: str, port: int, tls: MetricsTLS | None = None) -> int:
-        """Starts the /metrics endpoint (HTTPS with ``tls``) in a daemon thread; returns the
-        bound port."""
-        self._http = start_metrics_server(host, port, self.registry, tls)
-        return int(self._http.server_address[1])
-
-    def close(self) -> None:
-        """Stops the /metrics endpoint and frees its port (no-op when it was never started)."""
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None

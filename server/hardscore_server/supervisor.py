@@ -50,7 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from hardscore_server.config import ConfigError, ServerConfig
-from hardscore_server.metrics_http import metrics_tls, start_metrics_server
+from hardscore_server.transport.metrics_endpoint import metrics_tls, start_metrics_server
 
 log = logging.getLogger("hardscore_server.supervisor")
 

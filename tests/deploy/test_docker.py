@@ -121,7 +121,7 @@ def healthcheck_command() -> list[str]:
 
 def test_healthcheck_command_reports_a_serving_server(logits_server: ServerProcess) -> None:
     command = healthcheck_command()
-    assert command[:3] == ["python", "-m", "hardscore_server.health"]
+    assert command[:3] == ["python", "-m", "hardscore_server.tools.health_probe"]
     env = {**os.environ, "HARDSCORE_PORT": str(logits_server.port)}
     result = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True,
                             text=True, timeout=30)
@@ -258,7 +258,7 @@ def test_wheel_holds_the_default_model_and_the_health_check(tmp_path: Path) -> N
 
 
 def test_health_check_flags() -> None:
-    from hardscore_server import health
+    from hardscore_server.tools import health_probe as health
 
     parser = argparse.ArgumentParser()
     health.add_arguments(parser)

@@ -401,8 +401,8 @@ def test_rendered_deployment_keeps_its_promises(
             assert handler["grpc"] == {"port": HEALTH_PORT if health_port_on else GRPC_PORT}
         elif "exec" in handler:
             command = handler["exec"]["command"]
-            assert command[:5] == ["python", "-m", "hardscore_server.health", "--server",
-                                   f"127.0.0.1:{GRPC_PORT}"]
+            assert command[:5] == ["python", "-m", "hardscore_server.tools.health_probe",
+                                   "--server", f"127.0.0.1:{GRPC_PORT}"]
         else:
             assert handler["tcpSocket"] == {"port": "grpc"}
     grace = config.get("grace_period_s", 30)
@@ -626,7 +626,7 @@ def test_exec_probes_check_the_tls_endpoint() -> None:
         "--tls-key-file": f"{mounts['tls']}/tls.key",
     }
     # The flags are the health check's own.
-    from hardscore_server import health
+    from hardscore_server.tools import health_probe as health
 
     parser = argparse.ArgumentParser()
     health.add_arguments(parser)
@@ -640,7 +640,7 @@ def test_exec_probes_check_the_tls_endpoint() -> None:
     assert "auth_tokens_file" not in settings(tls_only)
     plain = render({"probes": {"mode": "exec"}})
     assert server_container(plain)["readinessProbe"]["exec"]["command"] == [
-        "python", "-m", "hardscore_server.health", "--server", f"127.0.0.1:{GRPC_PORT}"]
+        "python", "-m", "hardscore_server.tools.health_probe", "--server", f"127.0.0.1:{GRPC_PORT}"]
 
 
 def test_threads_follow_the_cpu_limit() -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from hardscore_client.tables import read_table
-from hardscore_server.preprocess import encode_png
-from hardscore_server.scores import score_logits
+from hardscore_server.pipeline.preprocess import encode_png
+from hardscore_server.pipeline.scores import score_logits
 
 
 def hardscore(*args: str) -> subprocess.CompletedProcess[str]:
@@ -58,7 +58,7 @@ def test_top_names_the_missing_column(tmp_path, logits_server):
 
 
 def test_score_images_reports_unreadable_files_and_scores_the_rest(tmp_path, image_server):
-    from hardscore_server.digits import heldout_split
+    from hardscore_server.tools.digits import heldout_split
 
     _, _, images, labels = heldout_split()
     paths = []

@@ -19,10 +19,10 @@ import pytest
 from tritonclient.grpc import service_pb2 as oip  # wire-identical; see test_inference_protocol
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
-from hardscore_server.decode_budget import mib
-from hardscore_server.decode_cost import estimate_image
-from hardscore_server.digits import heldout_split
-from hardscore_server.preprocess import InputSpec, encode_png
+from hardscore_server.pipeline.decode_budget import mib
+from hardscore_server.pipeline.decode_cost import estimate_image
+from hardscore_server.pipeline.preprocess import InputSpec, encode_png
+from hardscore_server.tools.digits import heldout_split
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 from hardscore_wire.tensors import from_tensor

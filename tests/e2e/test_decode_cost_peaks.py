@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hardscore_server.decode_cost import MAX_OVERESTIMATE, estimate_image
-from hardscore_server.preprocess import InputSpec
+from hardscore_server.pipeline.decode_cost import MAX_OVERESTIMATE, estimate_image
+from hardscore_server.pipeline.preprocess import InputSpec
 
 from hostile_images import encode, gradient, measure_peak, png
 

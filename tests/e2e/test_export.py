@@ -16,7 +16,13 @@ torch = pytest.importorskip("torch")
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from hardscore_server.export import (  # noqa: E402
+from hardscore_server.model.model_dir import (  # noqa: E402
+    MANIFEST_FILE,
+    MODEL_FILE,
+    check_io,
+    load_manifest,
+)
+from hardscore_server.tools.export import (  # noqa: E402
     MISSING_EXTRA,
     ExportError,
     add_export_arguments,
@@ -26,12 +32,6 @@ from hardscore_server.export import (  # noqa: E402
     export_resnet50,
     load_state_dict_file,
     run_export,
-)
-from hardscore_server.model_dir import (  # noqa: E402
-    MANIFEST_FILE,
-    MODEL_FILE,
-    check_io,
-    load_manifest,
 )
 
 torch.set_num_threads(2)

@@ -17,16 +17,16 @@ import onnxruntime as ort  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
-from hardscore_server.export import (  # noqa: E402
+from hardscore_server.model.model_dir import MODEL_FILE, load_manifest  # noqa: E402
+from hardscore_server.model.runner import ModelRunner  # noqa: E402
+from hardscore_server.tools.export import (  # noqa: E402
     FP16_TOLERANCE,
     ExportError,
     add_export_arguments,
     export_model,
     run_export,
 )
-from hardscore_server.fp16 import FLOAT, FLOAT16, convert_to_float16  # noqa: E402
-from hardscore_server.model_dir import MODEL_FILE, load_manifest  # noqa: E402
-from hardscore_server.model_runner import ModelRunner  # noqa: E402
+from hardscore_server.tools.fp16 import FLOAT, FLOAT16, convert_to_float16  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hardscore_server.digits import heldout_split
-from hardscore_server.preprocess import encode_png
+from hardscore_server.pipeline.preprocess import encode_png
+from hardscore_server.tools.digits import heldout_split
 
 ROOT = Path(__file__).resolve().parents[2]
 FIFTYONE_PYTHON = ROOT / ".venv-fiftyone" / "bin" / "python"

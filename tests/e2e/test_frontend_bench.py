@@ -17,7 +17,7 @@ from frontend_capacity import make_images, write_tiny_model
 
 
 def test_the_tiny_model_is_a_valid_model_directory(tmp_path):
-    from hardscore_server.model_dir import load_manifest
+    from hardscore_server.model.model_dir import load_manifest
 
     write_tiny_model(tmp_path / "m", 224)
     manifest = load_manifest(tmp_path / "m")

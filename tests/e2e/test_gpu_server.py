@@ -9,8 +9,8 @@ import sys
 import numpy as np
 
 from hardscore_client import ScoringClient
-from hardscore_server.digits import heldout_split
-from hardscore_server.preprocess import encode_png
+from hardscore_server.pipeline.preprocess import encode_png
+from hardscore_server.tools.digits import heldout_split
 
 from server_process import start_server
 

@@ -29,8 +29,8 @@ import tritonclient.utils.shared_memory as shm
 from grpc_reflection.v1alpha import reflection_pb2
 from tritonclient.utils import InferenceServerException
 
-from hardscore_server.digits import upscale_rgb
-from hardscore_server.preprocess import encode_png
+from hardscore_server.pipeline.preprocess import encode_png
+from hardscore_server.tools.digits import upscale_rgb
 
 from conftest import REPO, error_of, http
 from oip_inputs import infer_input, model_input

@@ -24,17 +24,17 @@ try:
 except TypeError as exc:  # "duplicate symbol 'inference.DataType'"
     raise ImportError(
         "tritonclient cannot be imported: this process already imported "
-        "hardscore_server.inference_protocol.grpc_service_pb2 (or the server), which registers "
-        "the same "
+        "hardscore_server.transport.inference_protocol.grpc_service_pb2 (or the server), which "
+        "registers the same "
         "inference.* protobuf names in the default descriptor pool. Tests running in the pytest "
         "process must build Open Inference Protocol messages with tritonclient.grpc.service_pb2 "
         "(wire-identical, see test_proto_matches_tritons_field_numbers_and_types)") from exc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from hardscore_server.digits import upscale_rgb
-from hardscore_server.preprocess import encode_png
-from hardscore_server.scores import score_logits
+from hardscore_server.pipeline.preprocess import encode_png
+from hardscore_server.pipeline.scores import score_logits
+from hardscore_server.tools.digits import upscale_rgb
 
 from conftest import PROTOC_PYTHON, REPO, metric, scrape
 from oip_inputs import infer_input, model_input

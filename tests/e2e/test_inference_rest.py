@@ -18,9 +18,9 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
-from hardscore_server.digits import upscale_rgb
-from hardscore_server.preprocess import encode_png
-from hardscore_server.scores import score_logits
+from hardscore_server.pipeline.preprocess import encode_png
+from hardscore_server.pipeline.scores import score_logits
+from hardscore_server.tools.digits import upscale_rgb
 
 from conftest import error_of, http, metric, scrape
 from oip_inputs import infer_input, model_input

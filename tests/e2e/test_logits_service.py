@@ -57,7 +57,7 @@ def test_streams_one_million_rows_in_order(logits_client):
     result = logits_client.score_logits(logits, labels)
     assert len(result) == n
     # spot-check rows across every chunk against in-process scoring
-    from hardscore_server.scores import score_logits
+    from hardscore_server.pipeline.scores import score_logits
 
     rows = np.linspace(0, n - 1, 500).astype(int)
     expected = score_logits(logits[rows], labels[rows])
@@ -262,13 +262,15 @@ def test_metrics_endpoint_closes_and_frees_its_port():
     import socket
 
     from hardscore_server.metrics import ServerMetrics
+    from hardscore_server.transport.metrics_endpoint import MetricsEndpoint
 
     metrics = ServerMetrics()
-    port = metrics.serve("127.0.0.1", 0)
+    endpoint = MetricsEndpoint(metrics.registry)
+    port = endpoint.start("127.0.0.1", 0)
     metrics.requests.labels("ScoreLogits", "OK").inc()
     samples = scrape(f"http://127.0.0.1:{port}/metrics")
     assert metric(samples, "hardscore_requests_total", method="ScoreLogits", code="OK") == 1
-    metrics.close()
-    metrics.close()  # idempotent
+    endpoint.close()
+    endpoint.close()  # idempotent
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -18,7 +18,7 @@ import pytest
 from hardscore_client import ScoringClient
 from hardscore_server.config import ConfigError, ServerConfig, load_config
 from hardscore_server.metrics import ServerMetrics
-from hardscore_server.metrics_http import MetricsTLS, metrics_tls
+from hardscore_server.transport.metrics_endpoint import MetricsTLS, metrics_tls
 
 from pki import Pki, make_pki
 from server_process import ServerProcess, start_server

@@ -24,8 +24,8 @@ from tritonclient.grpc import service_pb2 as oip  # wire-identical; see test_inf
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
 from hardscore_client import ScoringClient
-from hardscore_server.digits import heldout_split
-from hardscore_server.preprocess import encode_png
+from hardscore_server.pipeline.preprocess import encode_png
+from hardscore_server.tools.digits import heldout_split
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 from hardscore_wire.tensors import from_tensor

@@ -13,9 +13,13 @@ import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
 from hardscore_client import ScoringClient
-from hardscore_server.preprocess import encode_png
-from hardscore_server.responses import image_reply_bytes, scores_bytes, scores_reply_bytes
-from hardscore_server.scores import score_logits
+from hardscore_server.pipeline.preprocess import encode_png
+from hardscore_server.pipeline.scores import score_logits
+from hardscore_server.transport.hardscore_v1.replies import (
+    image_reply_bytes,
+    scores_bytes,
+    scores_reply_bytes,
+)
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 from hardscore_wire.tensors import to_tensor

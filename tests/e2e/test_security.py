@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2 as oip  # wire-identical; see test_inf
 
 from hardscore_client import ScoringClient, TLSConfig
 from hardscore_server.config import ConfigError, ServerConfig, load_config
-from hardscore_server.security import (
+from hardscore_server.transport.security import (
     INVALID,
     MALFORMED,
     MISSING,
@@ -175,8 +175,8 @@ def test_scheme_is_case_insensitive_and_lowercase_bearer_works(secure_server, pk
 
 
 def test_tls_client_with_token_scores_logits_and_images(secure_server, pki):
-    from hardscore_server.digits import heldout_split
-    from hardscore_server.preprocess import encode_png
+    from hardscore_server.pipeline.preprocess import encode_png
+    from hardscore_server.tools.digits import heldout_split
 
     _, _, images, labels = heldout_split()
     with ScoringClient(secure_server.target, tls=pki.tls(), token=ENV_TOKEN,

@@ -28,7 +28,8 @@ def test_server_exits_3_on_a_bad_model_directory(tmp_path):
 
 def test_server_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, hardscore_server.model_dir, hardscore_server.export, hardscore_server.digits\n"
+        "import sys, hardscore_server.model.model_dir, hardscore_server.tools.export\n"
+        "import hardscore_server.tools.digits\n"
         "bad = [m for m in ('torch', 'torchvision', 'onnx', 'sklearn') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from hardscore_client import ScoringClient
-from hardscore_server.decode_cost import estimate_image
-from hardscore_server.digits import heldout_split
-from hardscore_server.preprocess import InputSpec, encode_png
+from hardscore_server.pipeline.decode_cost import estimate_image
+from hardscore_server.pipeline.preprocess import InputSpec, encode_png
+from hardscore_server.tools.digits import heldout_split
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 

@@ -31,9 +31,9 @@ import grpc
 import numpy as np
 import pytest
 
-from hardscore_server.digits import heldout_split
-from hardscore_server.model_dir import DEFAULT_MODEL_DIR
-from hardscore_server.preprocess import encode_png
+from hardscore_server.model.model_dir import DEFAULT_MODEL_DIR
+from hardscore_server.pipeline.preprocess import encode_png
+from hardscore_server.tools.digits import heldout_split
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 from hardscore_wire.tensors import from_tensor

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hardscore_server.batcher import DeadlineExpired, DynamicBatcher, QueueFull, ShuttingDown
 from hardscore_server.metrics import ServerMetrics
+from hardscore_server.pipeline.batcher import DynamicBatcher
+from hardscore_server.pipeline.errors import DeadlineExpired, QueueFull, ShuttingDown
 
 
 class RecordingModel:

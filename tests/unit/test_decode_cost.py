@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hardscore_server.batcher import DeadlineExpired
-from hardscore_server.decode_budget import DecodeBudget
-from hardscore_server.decode_cost import SLACK_BYTES, estimate_array, estimate_image
-from hardscore_server.errors import DecodeBudgetExceeded
-from hardscore_server.preprocess import InputSpec
+from hardscore_server.pipeline.decode_budget import DecodeBudget
+from hardscore_server.pipeline.decode_cost import SLACK_BYTES, estimate_array, estimate_image
+from hardscore_server.pipeline.errors import DeadlineExpired, DecodeBudgetExceeded
+from hardscore_server.pipeline.preprocess import InputSpec
 
 from hostile_images import png
 
@@ -109,7 +108,7 @@ def test_budget_wait_is_bounded_by_its_limit_and_the_deadline_and_cancel_takes_n
 
 
 def test_decode_parallelism_fits_the_budget_and_never_refuses_an_image_that_fits_alone() -> None:
-    from hardscore_server.image_pipeline import decode_parallelism
+    from hardscore_server.pipeline.image_pipeline import decode_parallelism
 
     mib = 1 << 20
     # two threads, both costliest fit together: two at once, their sum held

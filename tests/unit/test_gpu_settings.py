@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from hardscore_server.config import ConfigError, load_config
-from hardscore_server.model_dir import DEFAULT_MODEL_DIR
-from hardscore_server.model_runner import (
+from hardscore_server.model.model_dir import DEFAULT_MODEL_DIR
+from hardscore_server.model.runner import (
     CUDA_PROVIDER_LIBRARY,
     GpuSettings,
     ModelLoadError,
@@ -21,7 +21,7 @@ from hardscore_server.model_runner import (
     gpu_settings,
     provider_options,
 )
-from hardscore_server.shared_libs import Resolver
+from hardscore_server.model.shared_libs import Resolver
 
 
 def test_defaults_become_cuda_options() -> None:

@@ -7,9 +7,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from hardscore_server.image_pipeline import _cheap_to_prepare, expand
-from hardscore_server.preprocess import encode_png, header_pixels
-from hardscore_server.scores import score_logits
+from hardscore_server.pipeline.image_pipeline import _cheap_to_prepare, expand
+from hardscore_server.pipeline.preprocess import encode_png, header_pixels
+from hardscore_server.pipeline.scores import score_logits
 
 
 def _png(width: int, height: int) -> bytes:

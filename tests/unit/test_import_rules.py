@@ -103,11 +103,11 @@ def test_the_client_imports_the_report_extra_only_when_it_reports() -> None:
 
 def test_the_checker_sees_a_crossing(tmp_path: Path) -> None:
     bad = tmp_path / "cli.py"
-    bad.write_text("def f():\n    from hardscore_server.export import run_export\n"
+    bad.write_text("def f():\n    from hardscore_server.tools.export import run_export\n"
                    "from . import messages\n")
     found = imports("hardscore_client.cli", bad)
-    assert "hardscore_server.export" in found and "hardscore_client.messages" in found
-    assert "hardscore_server.export" not in imports("hardscore_client.cli", bad, True)
+    assert "hardscore_server.tools.export" in found and "hardscore_client.messages" in found
+    assert "hardscore_server.tools.export" not in imports("hardscore_client.cli", bad, True)
 
 
 def test_no_import_circles() -> None:

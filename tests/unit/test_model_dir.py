@@ -13,8 +13,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from hardscore_server.digits import heldout_split, to_model_input
-from hardscore_server.model_dir import (
+from hardscore_server.model.model_dir import (
     DEFAULT_MODEL_DIR,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -24,6 +23,7 @@ from hardscore_server.model_dir import (
     load_manifest,
     write_manifest,
 )
+from hardscore_server.tools.digits import heldout_split, to_model_input
 
 MANIFEST = ModelManifest(
     name="toy",

@@ -1,4 +1,5 @@
-"""Tests for hardscore_server.preprocess: image bytes / pixels -> normalised float32 [C, H, W]."""
+"""Tests for hardscore_server.pipeline.preprocess: image bytes / pixels -> normalised float32
+[C, H, W]."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hardscore_server.preprocess import (
+from hardscore_server.pipeline.preprocess import (
     InputSpec,
     SampleError,
     decode_image,

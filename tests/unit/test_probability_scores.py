@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hardscore_server.scores import score_logits, score_probabilities, softmax
+from hardscore_server.pipeline.scores import score_logits, score_probabilities, softmax
 from hardscore_wire.scores import PROBABILITY_SUM_TOLERANCE, looks_like_probabilities
 
 

@@ -13,14 +13,14 @@ from hardscore_client.messages import (
     logits_request,
     options_message,
 )
-from hardscore_server.errors import ReplyTooLarge, check_reply_fits
-from hardscore_server.responses import (
+from hardscore_server.pipeline.errors import ReplyTooLarge, check_reply_fits
+from hardscore_server.pipeline.scores import score_logits
+from hardscore_server.transport.hardscore_v1.replies import (
     encode_scores,
     image_reply_bytes,
     scores_bytes,
     scores_reply_bytes,
 )
-from hardscore_server.scores import score_logits
 from hardscore_wire import scoring_pb2 as pb
 
 names = st.lists(st.text(max_size=200), max_size=5)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-import hardscore_server.scores as S
+import hardscore_server.pipeline.scores as S
 
 from conftest import FIXTURES
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from hardscore_server.shared_libs import (
+from hardscore_server.model.shared_libs import (
     LD_CACHE,
     ElfError,
     Missing,

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from hardscore_server.config import ConfigError
-from hardscore_server.preprocess import InputSpec, SampleError, decode_image
-from hardscore_server.torch_decode import (
+from hardscore_server.pipeline.preprocess import InputSpec, SampleError, decode_image
+from hardscore_server.pipeline.torch_decode import (
     DECODE_MAX_DIFF_LEVELS,
     RESIZE_DIFF_LEVELS,
     TorchJpegDecoder,

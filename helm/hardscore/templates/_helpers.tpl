@@ -171,7 +171,7 @@ exec:
   command:
     - python
     - -m
-    - hardscore_server.health
+    - hardscore_server.tools.health_probe
     - --server
     - {{ printf "127.0.0.1:%v" .Values.ports.grpc | quote }}
     {{- if .Values.tls.enabled }}

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from hardscore_server.errors import InvalidRequest, NotFound
+from hardscore_server.pipeline.errors import InvalidRequest, NotFound
 
 SHM_DIR = "/dev/shm"
 MAX_REGIONS = 256

@@ -1,8 +1,8 @@
 """One gRPC health check (``grpc.health.v1.Health/Check``) of a hardscore server, as a command.
 
-    python -m hardscore_server.health [--server HOST:PORT] [--service NAME] [--timeout S]
-                                      [--tls-ca-file F [--tls-cert-file F --tls-key-file F]
-                                       [--tls-server-name NAME]]
+    python -m hardscore_server.tools.health_probe [--server HOST:PORT] [--service NAME]
+        [--timeout S] [--tls-ca-file F [--tls-cert-file F --tls-key-file F]
+        [--tls-server-name NAME]]
 
 It is the container's health check (the Dockerfile's HEALTHCHECK) and the Helm chart's exec
 probe (probes.mode exec; over TLS when TLS is on). Exit status 0 when
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hardscore_server.health",
+        prog="python -m hardscore_server.tools.health_probe",
         description="gRPC health check of a hardscore server: exit 0 if SERVING, else 1.",
     )
     add_arguments(parser)

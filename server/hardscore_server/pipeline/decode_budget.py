@@ -15,9 +15,8 @@ import collections
 import time
 from dataclasses import dataclass
 
-from hardscore_server.batcher import DeadlineExpired
-from hardscore_server.errors import DecodeBudgetExceeded
 from hardscore_server.metrics import ServerMetrics
+from hardscore_server.pipeline.errors import DeadlineExpired, DecodeBudgetExceeded
 
 MAX_WAIT_S = 30.0
 """The longest a call waits for decode budget (seconds) before RESOURCE_EXHAUSTED."""

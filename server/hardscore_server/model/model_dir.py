@@ -47,7 +47,7 @@ RESIZE_RULES: tuple[str, ...] = (RESIZE_EXACT, RESIZE_SHORTER_CENTER_CROP)
 
 INPUT_TYPE = "tensor(float)"
 
-DEFAULT_MODEL_DIR: Path = Path(__file__).resolve().parent / "default_model"
+DEFAULT_MODEL_DIR: Path = Path(__file__).resolve().parent.parent / "default_model"
 """The embedded default model (digits ResNet, trained by server/train_default_model.py)."""
 
 

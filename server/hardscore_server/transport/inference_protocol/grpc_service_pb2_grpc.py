@@ -2,7 +2,7 @@
 """Client and server classes corresponding to protobuf-defined services."""
 import grpc
 
-from hardscore_server.inference_protocol import grpc_service_pb2 as hardscore__server_dot_inference__protocol_dot_grpc__service__pb2
+from hardscore_server.transport.inference_protocol import grpc_service_pb2 as hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2
 
 
 class GRPCInferenceServiceStub(object):
@@ -18,68 +18,68 @@ class GRPCInferenceServiceStub(object):
         """
         self.ServerLive = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerLive',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerLiveResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerLiveResponse.FromString,
                 )
         self.ServerReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerReady',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerReadyResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerReadyResponse.FromString,
                 )
         self.ModelReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelReady',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelReadyResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelReadyResponse.FromString,
                 )
         self.ServerMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerMetadata',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
                 )
         self.ModelMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelMetadata',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
                 )
         self.ModelInfer = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelInfer',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelInferResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelInferResponse.FromString,
                 )
         self.ModelConfig = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelConfig',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelConfigResponse.FromString,
                 )
         self.ModelStatistics = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelStatistics',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
                 )
         self.ModelStreamInfer = channel.stream_stream(
                 '/inference.GRPCInferenceService/ModelStreamInfer',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
                 )
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
                 )
         self.SystemSharedMemoryStatus = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusResponse.FromString,
                 )
         self.SystemSharedMemoryRegister = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryRegister',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterResponse.FromString,
                 )
         self.SystemSharedMemoryUnregister = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryUnregister',
-                request_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
-                response_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterResponse.FromString,
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterResponse.FromString,
                 )
 
 
@@ -184,68 +184,68 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ServerLive': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerLive,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerLiveRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerLiveResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerLiveRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerLiveResponse.SerializeToString,
             ),
             'ServerReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerReady,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerReadyRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerReadyResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerReadyRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerReadyResponse.SerializeToString,
             ),
             'ModelReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelReady,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelReadyRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelReadyResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelReadyRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelReadyResponse.SerializeToString,
             ),
             'ServerMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerMetadata,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerMetadataRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerMetadataResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerMetadataRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerMetadataResponse.SerializeToString,
             ),
             'ModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelMetadata,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelMetadataRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelMetadataResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelMetadataRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelMetadataResponse.SerializeToString,
             ),
             'ModelInfer': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfer,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
             ),
             'ModelConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelConfig,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelConfigRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelConfigRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
             ),
             'ModelStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelStatistics,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
             ),
             'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
                     servicer.ModelStreamInfer,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
             ),
             'SystemSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryStatus,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusResponse.SerializeToString,
             ),
             'SystemSharedMemoryRegister': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryRegister,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterResponse.SerializeToString,
             ),
             'SystemSharedMemoryUnregister': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryUnregister,
-                    request_deserializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterRequest.FromString,
-                    response_serializer=hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterResponse.SerializeToString,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,8 +271,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ServerLive',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerLiveResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerLiveResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -288,8 +288,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ServerReady',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerReadyResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerReadyResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -305,8 +305,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelReady',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelReadyResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelReadyResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -322,8 +322,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ServerMetadata',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -339,8 +339,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelMetadata',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -356,8 +356,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelInfer',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelInferResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelInferResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -373,8 +373,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelConfig',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelConfigResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -390,8 +390,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelStatistics',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -407,8 +407,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.stream_stream(request_iterator, target, '/inference.GRPCInferenceService/ModelStreamInfer',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -424,8 +424,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/RepositoryIndex',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -441,8 +441,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -458,8 +458,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/SystemSharedMemoryRegister',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryRegisterResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -475,7 +475,7 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/SystemSharedMemoryUnregister',
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
-            hardscore__server_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterResponse.FromString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryUnregisterResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

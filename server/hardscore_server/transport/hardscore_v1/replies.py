@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_server.image_pipeline import ImagePipeline, ImageScores
-from hardscore_server.scores import LABEL_SCORES, MODEL_SCORES, ScoreBatch
+from hardscore_server.pipeline.image_pipeline import ImagePipeline, ImageScores
+from hardscore_server.pipeline.scores import LABEL_SCORES, MODEL_SCORES, ScoreBatch
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire.tensors import fill_tensor
 

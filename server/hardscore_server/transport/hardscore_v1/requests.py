@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_server.errors import InvalidRequest
-from hardscore_server.image_pipeline import ImageBatch, Label
-from hardscore_server.preprocess import SampleError
-from hardscore_server.scores import NO_LABEL
+from hardscore_server.pipeline.errors import InvalidRequest
+from hardscore_server.pipeline.image_pipeline import ImageBatch, Label
+from hardscore_server.pipeline.preprocess import SampleError
+from hardscore_server.pipeline.scores import NO_LABEL
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire.scores import PROBABILITY_SUM_TOLERANCE
 from hardscore_wire.tensors import TensorError, dtype_name, from_tensor

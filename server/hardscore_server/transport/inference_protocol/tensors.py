@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hardscore_server.errors import InvalidRequest
+from hardscore_server.pipeline.errors import InvalidRequest
 
 #: Little-endian numpy dtype of each fixed-size datatype (the raw encoding).
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {

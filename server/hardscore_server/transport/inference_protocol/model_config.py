@@ -9,8 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from hardscore_server.batcher import BatcherStats
-from hardscore_server.image_pipeline import ImagePipeline
+from hardscore_server.pipeline.batcher import BatcherStats
+from hardscore_server.pipeline.image_pipeline import ImagePipeline
 
 SERVER_NAME = "hardscore"
 EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data", "system_shared_memory")

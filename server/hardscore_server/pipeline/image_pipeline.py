@@ -28,23 +28,29 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_server.batcher import DeadlineExpired, DynamicBatcher, RequestTiming, Reservation
 from hardscore_server.config import ServerConfig
-from hardscore_server.decode_budget import DecodeBudget, mib
-from hardscore_server.decode_cost import DecodeCost, estimate_array, estimate_image
-from hardscore_server.errors import InvalidRequest, UnknownModel
 from hardscore_server.metrics import ServerMetrics
-from hardscore_server.model_dir import ModelManifest
-from hardscore_server.model_runner import ModelRunner
-from hardscore_server.preprocess import (
+from hardscore_server.model.model_dir import ModelManifest
+from hardscore_server.model.runner import ModelRunner
+from hardscore_server.pipeline.batcher import DynamicBatcher, RequestTiming, Reservation
+from hardscore_server.pipeline.decode_budget import DecodeBudget, mib
+from hardscore_server.pipeline.decode_cost import DecodeCost, estimate_array, estimate_image
+from hardscore_server.pipeline.errors import DeadlineExpired, InvalidRequest, UnknownModel
+from hardscore_server.pipeline.preprocess import (
     InputSpec,
     SampleError,
     decode_image,
     from_pixels,
     header_pixels,
 )
-from hardscore_server.scores import LABEL_SCORES, MODEL_SCORES, NO_LABEL, ScoreBatch, score_logits
-from hardscore_server.torch_decode import BATCH_SIZE, build_decoder, is_jpeg
+from hardscore_server.pipeline.scores import (
+    LABEL_SCORES,
+    MODEL_SCORES,
+    NO_LABEL,
+    ScoreBatch,
+    score_logits,
+)
+from hardscore_server.pipeline.torch_decode import BATCH_SIZE, build_decoder, is_jpeg
 
 Float32Array = npt.NDArray[np.float32]
 

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hardscore_server.batcher import RequestTiming
-from hardscore_server.errors import InvalidRequest, UnknownModel, check_reply_fits
-from hardscore_server.image_pipeline import ImageBatch, ImagePipeline, SampleFailed
-from hardscore_server.inference_protocol.model_config import (
+from hardscore_server.pipeline.batcher import RequestTiming
+from hardscore_server.pipeline.errors import InvalidRequest, UnknownModel, check_reply_fits
+from hardscore_server.pipeline.image_pipeline import ImageBatch, ImagePipeline, SampleFailed
+from hardscore_server.pipeline.scores import NO_LABEL
+from hardscore_server.transport.inference_protocol.model_config import (
     EXTENSIONS,
     LABEL_DATATYPES,
     LABEL_INPUT,
@@ -36,14 +37,13 @@ from hardscore_server.inference_protocol.model_config import (
     model_statistics,
     served_models,
 )
-from hardscore_server.inference_protocol.shared_memory import SharedMemoryRegistry
-from hardscore_server.inference_protocol.tensors import (
+from hardscore_server.transport.inference_protocol.shared_memory import SharedMemoryRegistry
+from hardscore_server.transport.inference_protocol.tensors import (
     InputTensor,
     TensorReader,
     output_array,
     shape_text,
 )
-from hardscore_server.scores import NO_LABEL
 
 SHM_REGION = "shared_memory_region"
 SHM_OFFSET = "shared_memory_offset"

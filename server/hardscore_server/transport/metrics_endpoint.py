@@ -126,3 +126,23 @@ def start_metrics_server(
             httpd.socket, server_side=True, do_handshake_on_connect=False)
     threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
     return httpd
+
+
+class MetricsEndpoint:
+    """The /metrics endpoint of one registry, in a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._http: MetricsHTTPServer | None = None
+
+    def start(self, host: str, port: int, tls: MetricsTLS | None = None) -> int:
+        """Binds ``host:port`` (0 = a free port; HTTPS with ``tls``); returns the bound port."""
+        self._http = start_metrics_server(host, port, self._registry, tls)
+        return int(self._http.server_address[1])
+
+    def close(self) -> None:
+        """Stops the endpoint and frees its port (no-op when it was never started)."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

@@ -14,11 +14,13 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from hardscore_server.call_gate import UnparseableMessage
-from hardscore_server.errors import InvalidRequest, check_reply_fits
-from hardscore_server.inference_protocol import grpc_service_pb2 as oip
-from hardscore_server.inference_protocol import grpc_service_pb2_grpc as oip_grpc
-from hardscore_server.inference_protocol.core import (
+from hardscore_server.metrics import ServerMetrics
+from hardscore_server.pipeline.errors import InvalidRequest, check_reply_fits
+from hardscore_server.transport.call_gate import UnparseableMessage
+from hardscore_server.transport.calls import CallRecorder, deadline_of
+from hardscore_server.transport.inference_protocol import grpc_service_pb2 as oip
+from hardscore_server.transport.inference_protocol import grpc_service_pb2_grpc as oip_grpc
+from hardscore_server.transport.inference_protocol.core import (
     SHM_BYTE_SIZE,
     SHM_REGION,
     InferenceCore,
@@ -26,9 +28,8 @@ from hardscore_server.inference_protocol.core import (
     InferResult,
     RequestedOutput,
 )
-from hardscore_server.inference_protocol.tensors import InputTensor
-from hardscore_server.metrics import ServerMetrics
-from hardscore_server.servicer import CallRecorder, deadline_of, status_of
+from hardscore_server.transport.inference_protocol.tensors import InputTensor
+from hardscore_server.transport.statuses import grpc_code_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -243,7 +244,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         except UnparseableMessage:
             raise  # the call gate answers it (INVALID_ARGUMENT, one quiet line)
         except Exception as exc:
-            code = status_of(exc)
+            code = grpc_code_of(exc)
             if code is None:
                 log.exception("ModelStreamInfer failed unexpectedly", exc_info=exc)
             await context.abort(code or grpc.StatusCode.INTERNAL, str(exc))
@@ -260,7 +261,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         try:
             response = await self.infer(request, deadline)
         except Exception as exc:  # in-band, as Triton answers: the stream goes on
-            code = status_of(exc)
+            code = grpc_code_of(exc)
             if code is None:
                 log.exception("ModelStreamInfer request failed unexpectedly", exc_info=exc)
             self._calls.record("ModelStreamInfer", code or grpc.StatusCode.INTERNAL, started)

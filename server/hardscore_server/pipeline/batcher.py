@@ -53,22 +53,11 @@ import numpy as np
 import numpy.typing as npt
 
 from hardscore_server.metrics import ServerMetrics
+from hardscore_server.pipeline.errors import DeadlineExpired, QueueFull, ShuttingDown
 
 Array = npt.NDArray[np.generic]
 RunBatch = Callable[[int, Array], Array]
 """Model call: (instance index, inputs [b, ...]) -> outputs [b, ...]."""
-
-
-class QueueFull(Exception):
-    """The queue cannot take the request now (answered with RESOURCE_EXHAUSTED)."""
-
-
-class DeadlineExpired(Exception):
-    """The request's deadline passed before it was computed (DEADLINE_EXCEEDED)."""
-
-
-class ShuttingDown(QueueFull):
-    """The batcher is draining and accepts nothing new."""
 
 
 @dataclass

@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from hardscore_server.model_dir import ModelManifest, check_io, load_manifest
-from hardscore_server.shared_libs import DRIVER_LIBRARY, Resolver
+from hardscore_server.model.model_dir import ModelManifest, check_io, load_manifest
+from hardscore_server.model.shared_libs import DRIVER_LIBRARY, Resolver
 
 if TYPE_CHECKING:
     from hardscore_server.config import ServerConfig

@@ -35,7 +35,7 @@ from typing import Final
 import numpy as np
 from PIL import Image
 
-from hardscore_server.preprocess import ALLOWED_FORMATS, InputSpec
+from hardscore_server.pipeline.preprocess import ALLOWED_FORMATS, InputSpec
 
 SLACK_BYTES: Final = 4 * 1024 * 1024
 """Added to every estimate: decoder row buffers, the float32 output, Python objects (bytes)."""

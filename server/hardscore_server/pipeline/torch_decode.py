@@ -39,7 +39,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from hardscore_server.config import ConfigError
-from hardscore_server.preprocess import InputSpec
+from hardscore_server.pipeline.preprocess import InputSpec
 
 Float32Array = npt.NDArray[np.float32]
 

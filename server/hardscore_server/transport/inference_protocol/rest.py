@@ -27,18 +27,18 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from hardscore_server.batcher import DeadlineExpired, QueueFull
 from hardscore_server.config import ServerConfig
-from hardscore_server.errors import InvalidRequest, NotFound
-from hardscore_server.inference_protocol.core import (
+from hardscore_server.metrics import ServerMetrics
+from hardscore_server.pipeline.errors import InvalidRequest
+from hardscore_server.transport.inference_protocol.core import (
     InferenceCore,
     InferRequest,
     InferResult,
     RequestedOutput,
 )
-from hardscore_server.inference_protocol.tensors import InputTensor
-from hardscore_server.metrics import ServerMetrics
-from hardscore_server.security import CHALLENGE, TokenStore, check_authorization
+from hardscore_server.transport.inference_protocol.tensors import InputTensor
+from hardscore_server.transport.security import CHALLENGE, TokenStore, check_authorization
+from hardscore_server.transport.statuses import http_code_name, http_status_of
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +47,6 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 UNAUTHENTICATED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 """Paths answered without a bearer token (load balancers and Kubernetes probes)."""
-
-#: HTTP status of each request error, as Triton answers them.
-HTTP_STATUS: tuple[tuple[type[Exception], int], ...] = (
-    (NotFound, 404),
-    (QueueFull, 503),
-    (DeadlineExpired, 504),
-    (InvalidRequest, 400),
-)
-
-#: The gRPC status name an HTTP status is counted under in hardscore_requests_total.
-_CODE_NAMES = {200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND",
-               405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT",
-               500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 
 JsonObject = dict[str, Any]
 
@@ -304,7 +291,7 @@ class RestServer:
         method = _METHODS.get(getattr(route.handler, "__name__", ""), "unknown")
         label = f"http:{method}"
         response = await self._answer(request, handler)
-        code = _CODE_NAMES.get(response.status, str(response.status))
+        code = http_code_name(response.status)
         self._metrics.requests.labels(label, code).inc()
         self._metrics.request_duration.labels(label).observe(time.perf_counter() - started)
         return response
@@ -335,9 +322,9 @@ class RestServer:
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return error_response(exc.status, message, headers)
         except Exception as exc:  # every failure gets a status, none takes the server down
-            for kind, status in HTTP_STATUS:
-                if isinstance(exc, kind):
-                    return error_response(status, str(exc))
+            status = http_status_of(exc)
+            if status is not None:
+                return error_response(status, str(exc))
             log.exception("%s %s failed unexpectedly", request.method, request.path)
             return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 

@@ -36,8 +36,8 @@ from typing import Any
 
 import grpc
 
-from hardscore_server.errors import InvalidRequest
 from hardscore_server.metrics import ServerMetrics
+from hardscore_server.pipeline.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 

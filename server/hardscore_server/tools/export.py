@@ -5,7 +5,7 @@ Pipeline: build the model (torchvision ResNet50 in the ImageNet or CIFAR layout,
 dynamic batch axis (input ``images`` [N, C, H, W] float32, output ``logits`` [N, classes]),
 check ONNX Runtime against PyTorch on seeded random inputs (batch 1 and 4, max abs difference
 must be <= 1e-3), then write ``model.onnx`` and ``manifest.json``. With ``--fp16`` the model
-written is the float16 conversion (hardscore_server.fp16; float32 inputs and outputs), checked
+written is the float16 conversion (hardscore_server.tools.fp16; float32 inputs and outputs), checked
 against the float32 export within FP16_TOLERANCE. Nothing is written to the output directory
 unless every step passes.
 
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hardscore_server.model_dir import (
+from hardscore_server.model.model_dir import (
     MODEL_FILE,
     RESIZE_EXACT,
     RESIZE_RULES,
@@ -381,7 +381,7 @@ def export_model(
     pixel/255 units; ``resize`` one of ``RESIZE_RULES``. ``provenance`` is merged with what the
     exporter records (torch version, export date, opset, exporter, parity_max_abs_diff; "arch"
     defaults to the module's class name). The model is put in eval mode. Raises
-    :class:`ExportError` (or :class:`~hardscore_server.model_dir.ModelDirError` for an invalid
+    :class:`ExportError` (or :class:`~hardscore_server.model.model_dir.ModelDirError` for an invalid
     manifest) and then writes nothing. ``out_dir`` gets ``model.onnx`` and ``manifest.json``,
     replacing existing ones. ``log`` receives progress lines (``print`` by default).
     With ``fp16`` the written model is the float16 conversion of the float32 export (float32
@@ -487,7 +487,7 @@ def _fp16_model(
     session on seeded standard-normal inputs (PARITY_BATCH_SIZES); returns its path, the max
     abs difference and what the manifest records. Raises ExportError beyond FP16_TOLERANCE."""
     onnx = _import_onnx()
-    from hardscore_server.fp16 import Fp16Error, convert_to_float16
+    from hardscore_server.tools.fp16 import Fp16Error, convert_to_float16
 
     try:
         half = convert_to_float16(proto)

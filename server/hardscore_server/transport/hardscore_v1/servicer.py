@@ -1,34 +1,28 @@
 """The hardscore.v1 ScoringService: unpack the request, call the domain code, pack the response.
 
-No score math, batching or model code lives here. Domain exceptions map to gRPC status codes in
-one table (``STATUS_OF``); anything unexpected becomes INTERNAL and is logged, never a crash.
+No score math, batching or model code lives here. Domain errors are answered with the status
+``transport.statuses`` maps them to (through ``transport.calls``); anything unexpected becomes
+INTERNAL and is logged, never a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
 
-from hardscore_server.batcher import DeadlineExpired, QueueFull
-from hardscore_server.call_gate import UnparseableMessage, was_cut_off
 from hardscore_server.config import ServerConfig
-from hardscore_server.errors import (
-    DecodeBudgetExceeded,
-    InvalidRequest,
-    NotFound,
-    UnknownModel,
-    check_reply_fits,
-)
-from hardscore_server.image_pipeline import ImagePipeline
 from hardscore_server.metrics import ServerMetrics
-from hardscore_server.responses import (
+from hardscore_server.pipeline.errors import InvalidRequest, UnknownModel, check_reply_fits
+from hardscore_server.pipeline.image_pipeline import ImagePipeline
+from hardscore_server.pipeline.scores import score_logits, score_probabilities
+from hardscore_server.transport.call_gate import UnparseableMessage
+from hardscore_server.transport.calls import CallRecorder, cancelled_code, deadline_of
+from hardscore_server.transport.hardscore_v1.replies import (
     encode_scores,
     image_reply_bytes,
     image_response,
@@ -36,8 +30,7 @@ from hardscore_server.responses import (
     scores_bytes,
     scores_reply_bytes,
 )
-from hardscore_server.scores import score_logits, score_probabilities
-from hardscore_server.validation import (
+from hardscore_server.transport.hardscore_v1.requests import (
     PROBABILITIES,
     LogitsInput,
     image_batch,
@@ -46,70 +39,10 @@ from hardscore_server.validation import (
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOGITS_MODEL_LABEL = "logits"
 """The ``model`` label of score histograms for ScoreLogits (the caller's model is unknown)."""
-
-STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
-    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DecodeBudgetExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
-    UnknownModel: grpc.StatusCode.NOT_FOUND,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    DecodeError: grpc.StatusCode.INVALID_ARGUMENT,  # a stream message that is not protobuf
-}
-
-
-def status_of(exc: BaseException) -> grpc.StatusCode | None:
-    """The status code a domain exception is answered with; None for unexpected errors."""
-    for kind, code in STATUS_OF.items():
-        if isinstance(exc, kind):
-            return code
-    return None
-
-
-class CallRecorder:
-    """Runs calls for a servicer: records each call's status code and duration, answers a
-    failure with the status its exception maps to (INTERNAL, logged, for unexpected ones)."""
-
-    def __init__(self, metrics: ServerMetrics) -> None:
-        self._metrics = metrics
-
-    def record(self, method: str, code: grpc.StatusCode, started: float) -> None:
-        self._metrics.requests.labels(method, code.name).inc()
-        self._metrics.request_duration.labels(method).observe(time.perf_counter() - started)
-
-    async def fail(
-        self, method: str, context: grpc.aio.ServicerContext, exc: Exception, started: float
-    ) -> None:
-        """Records and answers a failed call with the status its exception maps to."""
-        code = status_of(exc)
-        if code is None:
-            log.exception("%s failed unexpectedly", method, exc_info=exc)
-            code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-        else:
-            detail = str(exc)
-        self.record(method, code, started)
-        await context.abort(code, detail)
-
-    async def unary(
-        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
-    ) -> T:
-        """Awaits ``work()``: its result, or the call aborted with the mapped status code."""
-        started = time.perf_counter()
-        try:
-            result = await work()
-        except asyncio.CancelledError:
-            self.record(method, cancelled_code(context), started)
-            raise
-        except Exception as exc:  # every failure gets a status, none takes the server down
-            await self.fail(method, context, exc, started)
-            raise AssertionError("unreachable: abort raises") from exc
-        self.record(method, grpc.StatusCode.OK, started)
-        return result
 
 
 class ScoringServicer(pb_grpc.ScoringServiceServicer):
@@ -364,20 +297,3 @@ async def _located_messages(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
             raise UnparseableMessage(f"stream message {index}: {exc}") from None
         index += 1
         yield msg
-
-
-def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
-    """What the caller of a call cancelled under its handler sees: UNAVAILABLE when a drain
-    cut it off, DEADLINE_EXCEEDED when its deadline has passed (gRPC cancels the handler then
-    too), else CANCELLED."""
-    if was_cut_off():
-        return grpc.StatusCode.UNAVAILABLE
-    remaining = context.time_remaining()
-    expired = remaining is not None and remaining <= 0
-    return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-
-
-def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
-    """The call's deadline as a ``time.monotonic()`` instant, or None without one."""
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining

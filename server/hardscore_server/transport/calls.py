@@ -1,0 +1,78 @@
+"""What every gRPC call shares, whatever its protocol: recording its outcome in the request
+metrics, answering a failure with the status its error maps to (``statuses``), its deadline,
+and what a caller cancelled under its handler sees."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from hardscore_server.metrics import ServerMetrics
+from hardscore_server.transport.call_gate import was_cut_off
+from hardscore_server.transport.statuses import grpc_code_of
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class CallRecorder:
+    """Runs calls for a servicer: records each call's status code and duration, answers a
+    failure with the status its exception maps to (INTERNAL, logged, for unexpected ones)."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
+    def record(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self._metrics.requests.labels(method, code.name).inc()
+        self._metrics.request_duration.labels(method).observe(time.perf_counter() - started)
+
+    async def fail(
+        self, method: str, context: grpc.aio.ServicerContext, exc: Exception, started: float
+    ) -> None:
+        """Records and answers a failed call with the status its exception maps to."""
+        code = grpc_code_of(exc)
+        if code is None:
+            log.exception("%s failed unexpectedly", method, exc_info=exc)
+            code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        else:
+            detail = str(exc)
+        self.record(method, code, started)
+        await context.abort(code, detail)
+
+    async def unary(
+        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Awaits ``work()``: its result, or the call aborted with the mapped status code."""
+        started = time.perf_counter()
+        try:
+            result = await work()
+        except asyncio.CancelledError:
+            self.record(method, cancelled_code(context), started)
+            raise
+        except Exception as exc:  # every failure gets a status, none takes the server down
+            await self.fail(method, context, exc, started)
+            raise AssertionError("unreachable: abort raises") from exc
+        self.record(method, grpc.StatusCode.OK, started)
+        return result
+
+
+def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """What the caller of a call cancelled under its handler sees: UNAVAILABLE when a drain
+    cut it off, DEADLINE_EXCEEDED when its deadline has passed (gRPC cancels the handler then
+    too), else CANCELLED."""
+    if was_cut_off():
+        return grpc.StatusCode.UNAVAILABLE
+    remaining = context.time_remaining()
+    expired = remaining is not None and remaining <= 0
+    return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` instant, or None without one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
