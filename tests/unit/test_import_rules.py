@@ -7,7 +7,11 @@
   prometheus-client, grpc reflection) or of the export tools, and the report extra's (Pillow,
   matplotlib, pyarrow) only inside the functions that need them, so that
   ``pip install hardscore`` is all the client needs;
-- no module imports itself back through a circle.
+- no module imports itself back through a circle;
+- inside the server, each room keeps its rule (``ROOM_RULES``): the foundations (configuration,
+  metrics) import no room, the model imports only them, the pipeline never the wire (no grpc,
+  protobuf, HTTP, stubs), the transports never the tools or the process, the process never the
+  tools, and the two protocols never each other.
 """
 
 from __future__ import annotations
@@ -131,3 +135,86 @@ def test_no_import_circles() -> None:
 
     circles = [c for c in map(cycle_from, sorted(graph)) if c is not None]
     assert not circles, circles[0]
+
+
+# -- the server's rooms ---------------------------------------------------------------------
+
+FOUNDATION, MODEL, PIPELINE, TRANSPORT, TOOLS, PROCESS = (
+    "foundation", "model", "pipeline", "transport", "tools", "process")
+ROOM_OF_TOP_MODULE = {"config": FOUNDATION, "metrics": FOUNDATION, "": FOUNDATION,
+                      "main": PROCESS, "supervisor": PROCESS, "commands": PROCESS}
+ROOM_RULES: dict[str, set[str]] = {
+    FOUNDATION: {FOUNDATION},
+    MODEL: {FOUNDATION, MODEL},
+    PIPELINE: {FOUNDATION, MODEL, PIPELINE},
+    TRANSPORT: {FOUNDATION, MODEL, PIPELINE, TRANSPORT},
+    TOOLS: {FOUNDATION, MODEL, PIPELINE, TOOLS},
+    PROCESS: {FOUNDATION, MODEL, PIPELINE, TRANSPORT, PROCESS},
+}
+"""The server's rooms each room's modules may import (no arrow runs back up; tools aside)."""
+WIRE = {"grpc", "grpc_health", "grpc_reflection", "google", "aiohttp", "http", "wsgiref",
+        "socketserver"}
+"""The wire: what only the transports and the process (and the tools) may import."""
+WIRE_FREE = {FOUNDATION, MODEL, PIPELINE}
+CONTRACT_VALUES = {"hardscore_wire", "hardscore_wire.scores"}
+"""What of the contract a wire-free room may import: the score names, no protobuf."""
+PROTOCOLS = ("hardscore_server.transport.hardscore_v1",
+             "hardscore_server.transport.inference_protocol")
+
+
+def room_of(module: str) -> str:
+    """The room of a hardscore_server module: its subpackage, or the top module's role."""
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in (MODEL, PIPELINE, TRANSPORT, TOOLS):
+        return parts[1]
+    return ROOM_OF_TOP_MODULE[parts[1] if len(parts) > 1 else ""]
+
+
+def room_crossings(name: str, found: set[str]) -> list[str]:
+    """The imports of module ``name`` that break its room's rule."""
+    room = room_of(name)
+    bad = []
+    for target in sorted(found):
+        top = target.split(".")[0]
+        if top == "hardscore_server" and target != "hardscore_server":
+            other = room_of(target)
+            if other not in ROOM_RULES[room]:
+                bad.append(f"{name} ({room}) imports {target} ({other})")
+            for protocol, rival in (PROTOCOLS, PROTOCOLS[::-1]):
+                if name.startswith(protocol) and target.startswith(rival):
+                    bad.append(f"{name} imports the other protocol's {target}")
+        elif room in WIRE_FREE and (top in WIRE or (
+                top == "hardscore_wire"
+                and ".".join(target.split(".")[:2]) not in CONTRACT_VALUES)):
+            bad.append(f"{name} ({room}) imports the wire: {target}")
+    return bad
+
+
+def test_every_server_module_has_a_room() -> None:
+    rooms = {name: room_of(name) for name, _ in modules("hardscore_server")}
+    assert set(rooms.values()) == set(ROOM_RULES), rooms
+    assert rooms["hardscore_server.pipeline.batcher"] == PIPELINE
+    assert rooms["hardscore_server.transport.inference_protocol.rest"] == TRANSPORT
+
+
+def test_each_room_keeps_its_rule() -> None:
+    crossings = [c for name, path in modules("hardscore_server")
+                 for c in room_crossings(name, imports(name, path))]
+    assert not crossings, crossings
+
+
+def test_the_room_checker_sees_each_kind_of_crossing() -> None:
+    pipeline = "hardscore_server.pipeline.image_pipeline"
+    assert room_crossings(pipeline, {"grpc"})
+    assert room_crossings(pipeline, {"google.protobuf.message"})
+    assert room_crossings(pipeline, {"hardscore_wire.scoring_pb2"})
+    assert not room_crossings(pipeline, {"hardscore_wire.scores", "numpy"})
+    assert room_crossings(pipeline, {"hardscore_server.transport.statuses"})
+    assert room_crossings("hardscore_server.main", {"hardscore_server.tools.export"})
+    assert room_crossings("hardscore_server.transport.calls", {"hardscore_server.main"})
+    assert room_crossings("hardscore_server.model.runner", {"hardscore_server.pipeline.batcher"})
+    assert room_crossings("hardscore_server.metrics", {"hardscore_server.transport.health"})
+    assert room_crossings("hardscore_server.transport.inference_protocol.servicer",
+                          {"hardscore_server.transport.hardscore_v1.servicer"})
+    assert not room_crossings("hardscore_server.transport.inference_protocol.servicer",
+                              {"hardscore_server.transport.calls", "grpc"})

@@ -14,7 +14,7 @@ import grpc
 
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.transport.call_gate import was_cut_off
-from hardscore_server.transport.statuses import grpc_code_of
+from hardscore_server.transport.statuses import answer_to
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,14 +35,11 @@ class CallRecorder:
         self, method: str, context: grpc.aio.ServicerContext, exc: Exception, started: float
     ) -> None:
         """Records and answers a failed call with the status its exception maps to."""
-        code = grpc_code_of(exc)
-        if code is None:
+        answer = answer_to(exc)
+        if not answer.expected:
             log.exception("%s failed unexpectedly", method, exc_info=exc)
-            code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-        else:
-            detail = str(exc)
-        self.record(method, code, started)
-        await context.abort(code, detail)
+        self.record(method, answer.grpc_code, started)
+        await context.abort(answer.grpc_code, answer.detail)
 
     async def unary(
         self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]

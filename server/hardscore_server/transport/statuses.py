@@ -8,6 +8,8 @@ Protocol over gRPC and over REST answer the same error alike. An exception that 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 
 from hardscore_server.pipeline.errors import Failure, RequestError
@@ -36,21 +38,31 @@ HTTP_CODE_NAMES: dict[int, str] = {
 """The gRPC code name an HTTP status is counted under in ``hardscore_requests_total``."""
 
 
+@dataclass(frozen=True)
+class Answer:
+    """How every transport answers one failed request."""
+
+    grpc_code: grpc.StatusCode
+    http_status: int
+    detail: str
+    """The message for the caller: the error's own text, or "internal error: ..." when
+    unexpected."""
+    expected: bool
+    """False for an unexpected error (INTERNAL / 500): the transport logs its traceback."""
+
+
 def failure_of(exc: BaseException) -> Failure | None:
     """What ``exc`` means to the caller; None for an unexpected error."""
     return exc.failure if isinstance(exc, RequestError) else None
 
 
-def grpc_code_of(exc: BaseException) -> grpc.StatusCode | None:
-    """The gRPC status code ``exc`` is answered with; None for an unexpected error."""
+def answer_to(exc: BaseException) -> Answer:
+    """The gRPC code, HTTP status and message ``exc`` is answered with."""
     failure = failure_of(exc)
-    return None if failure is None else GRPC_CODE[failure]
-
-
-def http_status_of(exc: BaseException) -> int | None:
-    """The HTTP status ``exc`` is answered with; None for an unexpected error."""
-    failure = failure_of(exc)
-    return None if failure is None else HTTP_STATUS[failure]
+    if failure is None:
+        return Answer(grpc.StatusCode.INTERNAL, 500,
+                      f"internal error: {type(exc).__name__}: {exc}", expected=False)
+    return Answer(GRPC_CODE[failure], HTTP_STATUS[failure], str(exc), expected=True)
 
 
 def http_code_name(status: int) -> str:

@@ -10,9 +10,9 @@ import dataclasses
 import importlib.metadata
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,8 @@ from hardscore_server.transport.inference_protocol.tensors import (
     output_array,
     shape_text,
 )
+
+R = TypeVar("R")
 
 SHM_REGION = "shared_memory_region"
 SHM_OFFSET = "shared_memory_offset"
@@ -184,48 +186,71 @@ class InferenceCore:
     # -- inference ----------------------------------------------------------------------------
 
     async def infer(
-        self, request: InferRequest, deadline: float | None, max_reply_bytes: int | None = None
-    ) -> InferResult:
-        """Scores ``request``; counts it as a success or a failure (by reason) in the
-        statistics. Raises UnknownModel, InvalidRequest (ReplyTooLarge, before any image is
-        decoded, when the requested outputs' values alone exceed ``max_reply_bytes``),
-        QueueFull, DeadlineExpired."""
-        name = request.model_name
-        image = self.check_model(name, request.model_version)  # else: no model's failure
+        self, model_name: str, parse: Callable[[], Awaitable[InferRequest]],
+        encode: Callable[[InferResult], R], deadline: float | None = None,
+        max_reply_bytes: int | None = None,
+    ) -> R:
+        """One inference request of a transport, recorded once in the statistics of served model
+        ``model_name`` (as a success with its queue, compute and output times, or as a failure,
+        whichever step failed; nothing is recorded for a name that is not served).
+
+        ``parse()`` reads the transport's message into an InferRequest (the transport's own
+        checks: InvalidRequest); ``encode(result)`` turns the result into the transport's reply
+        in a worker thread (it may refuse a reply over its limit: ReplyTooLarge). ``deadline``
+        is a time.monotonic() instant; the request's own ``timeout_us`` shortens it. Before any
+        image is decoded, a request whose requested outputs' values alone exceed
+        ``max_reply_bytes`` is refused (ReplyTooLarge). Raises UnknownModel, InvalidRequest,
+        QueueFull, DecodeBudgetExceeded, DeadlineExpired.
+        """
         started = time.perf_counter_ns()
+        timing = RequestTiming()
         try:
-            parsed = await asyncio.to_thread(self._parse, request, image)
-            n = len(parsed.images)
-            if max_reply_bytes is not None:
-                check_reply_fits(self._reply_floor(parsed, n), max_reply_bytes, n, None,
-                                 "images", "requests")
-            batch = ImageBatch(images=parsed.images, labels=parsed.labels,
-                               on_sample_error="raise")
-            timing = RequestTiming()
-            try:
-                result = await self.pipeline.score(batch, deadline, timing)
-            except SampleFailed as exc:
-                raise InvalidRequest(
-                    f"input '{image.name}' element {exc.index} cannot be used: "
-                    f"{exc.error}") from None
+            request = await parse()
+            if request.timeout_us:
+                timeout = time.monotonic() + request.timeout_us / 1e6
+                deadline = timeout if deadline is None else min(deadline, timeout)
+            result = await self._score(request, deadline, max_reply_bytes, timing)
             packing = time.perf_counter_ns()
-            outputs = []
-            scores = result.scores
-            for spec, parameters in parsed.outputs:
-                values = result.logits if spec.name == "logits" else getattr(scores, spec.name)
-                assert values is not None, f"{spec.name} needs labels"  # _parse fills them
-                out = OutputTensor(spec, output_array(spec.datatype, values), parameters)
-                if SHM_REGION in parameters:
-                    self.shared_memory.write(
-                        parameters[SHM_REGION], parameters.get(SHM_OFFSET, 0),
-                        parameters.get(SHM_BYTE_SIZE), out.array.tobytes(),
-                        f"output '{spec.name}'")
-                    out.in_shared_memory = True
-                outputs.append(out)
+            reply = await asyncio.to_thread(encode, result)
+        except UnknownModel:
+            raise  # no served model's failure
         except BaseException:
-            self._record_failure(name, time.perf_counter_ns() - started)
+            if model_name in self._counts:
+                self._record_failure(model_name, time.perf_counter_ns() - started)
             raise
-        self._record_success(name, started, packing, timing)
+        self._record_success(model_name, started, packing, timing)
+        return reply
+
+    async def _score(
+        self, request: InferRequest, deadline: float | None, max_reply_bytes: int | None,
+        timing: RequestTiming,
+    ) -> InferResult:
+        """Scores ``request`` and hands back its outputs (written to shared memory where asked)."""
+        name = request.model_name
+        image = self.check_model(name, request.model_version)
+        parsed = await asyncio.to_thread(self._parse, request, image)
+        n = len(parsed.images)
+        if max_reply_bytes is not None:
+            check_reply_fits(self._reply_floor(parsed, n), max_reply_bytes, n, None,
+                             "images", "requests")
+        batch = ImageBatch(images=parsed.images, labels=parsed.labels, on_sample_error="raise")
+        try:
+            result = await self.pipeline.score(batch, deadline, timing)
+        except SampleFailed as exc:
+            raise InvalidRequest(
+                f"input '{image.name}' element {exc.index} cannot be used: {exc.error}") from None
+        outputs = []
+        scores = result.scores
+        for spec, parameters in parsed.outputs:
+            values = result.logits if spec.name == "logits" else getattr(scores, spec.name)
+            assert values is not None, f"{spec.name} needs labels"  # _parse fills them
+            out = OutputTensor(spec, output_array(spec.datatype, values), parameters)
+            if SHM_REGION in parameters:
+                self.shared_memory.write(
+                    parameters[SHM_REGION], parameters.get(SHM_OFFSET, 0),
+                    parameters.get(SHM_BYTE_SIZE), out.array.tobytes(), f"output '{spec.name}'")
+                out.in_shared_memory = True
+            outputs.append(out)
         return InferResult(name, self.manifest.version, request.id, outputs, n)
 
     def _reply_floor(self, parsed: _Parsed, n: int) -> int:
@@ -236,15 +261,10 @@ class InferenceCore:
                    * itemsize[spec.datatype]
                    for spec, parameters in parsed.outputs if SHM_REGION not in parameters)
 
-    def record_output_time(self, name: str, ns: int) -> None:
-        """Adds a transport's time encoding a successful reply of served model ``name`` to its
-        compute_output and success durations."""
-        with self._lock:
-            self._counts[name].compute_output_ns += ns
-            self._counts[name].success_ns += ns
-
     def _record_success(self, name: str, started: int, packing: int, timing: RequestTiming
                         ) -> None:
+        """Output time: from the scores to the transport's encoded reply; input time: the rest
+        outside the queue and the model."""
         now = time.perf_counter_ns()
         total = now - started
         output = now - packing
@@ -262,12 +282,6 @@ class InferenceCore:
             c = self._counts[name]
             c.fail += 1
             c.fail_ns += ns
-
-    def record_failure(self, name: str, ns: int = 0) -> None:
-        """Counts a request for ``name`` that a transport refused before infer() (e.g. a
-        malformed body); nothing when ``name`` is not served (no model's failure)."""
-        if name in self._counts:
-            self._record_failure(name, ns)
 
     def _parse(self, request: InferRequest, image: ImageInput) -> _Parsed:
         """Checks the request's inputs and outputs and reads the tensors' data (worker thread)."""

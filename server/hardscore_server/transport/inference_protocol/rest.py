@@ -8,8 +8,9 @@ event loop the batcher runs on. JSON tensors and Triton's binary tensor data ext
 
 Errors are Triton's: ``{"error": "<message>"}`` with 400 for a bad request, 404 for an unknown
 model or path, 401 without an accepted bearer token (when tokens are configured), 413 for a body
-over ``max_message_bytes``, 503 when the queue is full or the server is draining, 504 when a
-request's ``timeout`` parameter (microseconds) passes in the queue, 500 for anything unexpected
+over ``max_message_bytes``, 503 when the queue is full, the decode budget stays busy or the
+server is draining, 504 when a request's ``timeout`` parameter (microseconds) passes in the
+queue (request errors take their status from ``transport.statuses``), 500 for anything unexpected
 (logged). The bearer tokens and TLS files are the gRPC port's; ``/v2/health/live`` and
 ``/v2/health/ready`` answer without a token, as ``grpc.health.v1`` does on the gRPC port.
 """
@@ -38,7 +39,7 @@ from hardscore_server.transport.inference_protocol.core import (
 )
 from hardscore_server.transport.inference_protocol.tensors import InputTensor
 from hardscore_server.transport.security import CHALLENGE, TokenStore, check_authorization
-from hardscore_server.transport.statuses import http_code_name, http_status_of
+from hardscore_server.transport.statuses import answer_to, http_code_name
 
 log = logging.getLogger(__name__)
 
@@ -322,11 +323,10 @@ class RestServer:
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return error_response(exc.status, message, headers)
         except Exception as exc:  # every failure gets a status, none takes the server down
-            status = http_status_of(exc)
-            if status is not None:
-                return error_response(status, str(exc))
-            log.exception("%s %s failed unexpectedly", request.method, request.path)
-            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+            answer = answer_to(exc)
+            if not answer.expected:
+                log.exception("%s %s failed unexpectedly", request.method, request.path)
+            return error_response(answer.http_status, answer.detail)
 
     # -- health and metadata ----------------------------------------------------------------
 
@@ -385,8 +385,10 @@ class RestServer:
 
     async def _infer(self, request: web.Request) -> web.StreamResponse:
         name, version = _model(request)
-        started = time.perf_counter_ns()
-        try:
+        binary_default = False
+
+        async def parse() -> InferRequest:
+            nonlocal binary_default
             try:  # gzip and deflate are inflated on the fly, bounded as well (413)
                 body = await request.read()  # bounded by client_max_size (413 beyond it)
             except RequestPayloadError as exc:
@@ -394,15 +396,12 @@ class RestServer:
                 raise InvalidRequest(f"cannot read the request body: {reason}") from None
             neutral, binary_default = await asyncio.to_thread(
                 parse_infer_body, body, request.headers.get(HEADER_LENGTH), name, version)
-        except (InvalidRequest, web.HTTPRequestEntityTooLarge):
-            self._core.record_failure(name, time.perf_counter_ns() - started)
-            raise
-        deadline = (None if not neutral.timeout_us
-                    else time.monotonic() + neutral.timeout_us / 1e6)
-        result = await self._core.infer(neutral, deadline)
-        packing = time.perf_counter_ns()
-        parts, header_length = await asyncio.to_thread(infer_reply, result, binary_default)
-        self._core.record_output_time(result.model_name, time.perf_counter_ns() - packing)
+            return neutral
+
+        def encode(result: InferResult) -> tuple[list[bytes], int | None]:
+            return infer_reply(result, binary_default)
+
+        parts, header_length = await self._core.infer(name, parse, encode)
         if header_length is None:
             return web.Response(body=parts[0], content_type="application/json")
         response = web.Response(body=b"".join(parts), content_type="application/octet-stream")

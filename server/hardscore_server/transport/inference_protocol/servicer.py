@@ -29,7 +29,7 @@ from hardscore_server.transport.inference_protocol.core import (
     RequestedOutput,
 )
 from hardscore_server.transport.inference_protocol.tensors import InputTensor
-from hardscore_server.transport.statuses import grpc_code_of
+from hardscore_server.transport.statuses import answer_to
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -244,10 +244,10 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         except UnparseableMessage:
             raise  # the call gate answers it (INVALID_ARGUMENT, one quiet line)
         except Exception as exc:
-            code = grpc_code_of(exc)
-            if code is None:
+            failed = answer_to(exc)
+            if not failed.expected:
                 log.exception("ModelStreamInfer failed unexpectedly", exc_info=exc)
-            await context.abort(code or grpc.StatusCode.INTERNAL, str(exc))
+            await context.abort(failed.grpc_code, failed.detail)
         finally:
             reader.cancel()
             while not pending.empty():
@@ -261,12 +261,12 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         try:
             response = await self.infer(request, deadline)
         except Exception as exc:  # in-band, as Triton answers: the stream goes on
-            code = grpc_code_of(exc)
-            if code is None:
+            failed = answer_to(exc)
+            if not failed.expected:
                 log.exception("ModelStreamInfer request failed unexpectedly", exc_info=exc)
-            self._calls.record("ModelStreamInfer", code or grpc.StatusCode.INTERNAL, started)
+            self._calls.record("ModelStreamInfer", failed.grpc_code, started)
             return oip.ModelStreamInferResponse(
-                error_message=str(exc) if code else f"internal error: {type(exc).__name__}: {exc}",
+                error_message=failed.detail,
                 infer_response=oip.ModelInferResponse(
                     model_name=request.model_name, model_version=request.model_version,
                     id=request.id))
@@ -319,19 +319,22 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         self, request: oip.ModelInferRequest, deadline: float | None
     ) -> oip.ModelInferResponse:
         """One ModelInfer request through the core (also one message of ModelStreamInfer)."""
-        try:
+        raw = True
+
+        async def parse() -> InferRequest:
+            nonlocal raw
             neutral, raw = infer_request(request)
-        except InvalidRequest:
-            self._core.record_failure(request.model_name)
-            raise
-        result = await self._core.infer(neutral, deadline, self._max_reply_bytes)
-        started = time.perf_counter_ns()
-        response = await asyncio.to_thread(infer_response, result, raw)
-        if self._max_reply_bytes is not None:
-            check_reply_fits(response.ByteSize(), self._max_reply_bytes, result.samples, None,
-                             "images", "requests")
-        self._core.record_output_time(result.model_name, time.perf_counter_ns() - started)
-        return response
+            return neutral
+
+        def encode(result: InferResult) -> oip.ModelInferResponse:
+            response = infer_response(result, raw)
+            if self._max_reply_bytes is not None:
+                check_reply_fits(response.ByteSize(), self._max_reply_bytes, result.samples,
+                                 None, "images", "requests")
+            return response
+
+        return await self._core.infer(request.model_name, parse, encode, deadline,
+                                      self._max_reply_bytes)
 
 
 async def _done(value: T) -> T:
