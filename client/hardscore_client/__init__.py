@@ -6,9 +6,17 @@ from hardscore_client.client import (
     ScoringClient,
     TLSConfig,
 )
+from hardscore_client.errors import (
+    InputError,
+    InputNotFoundError,
+    MissingExtraError,
+    ServerUnavailableError,
+    WorkflowError,
+)
 from hardscore_client.messages import SampleError, ScoreResult
 
 __all__ = [
-    "AsyncScoringClient", "ProbabilitiesAsLogitsWarning", "SampleError", "ScoreResult",
-    "ScoringClient", "TLSConfig",
+    "AsyncScoringClient", "InputError", "InputNotFoundError", "MissingExtraError",
+    "ProbabilitiesAsLogitsWarning", "SampleError", "ScoreResult", "ScoringClient",
+    "ServerUnavailableError", "TLSConfig", "WorkflowError",
 ]

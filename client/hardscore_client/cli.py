@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hardscore_client.client import ProbabilitiesAsLogitsWarning, ScoringClient, TLSConfig
+from hardscore_client.errors import WorkflowError
 from hardscore_client.tables import read_table, result_columns, write_table
 from hardscore_wire.scores import SCORE_NAMES, looks_like_probabilities
 
@@ -196,9 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command ``argv``; returns its exit status (argparse exits 2 on bad usage)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except WorkflowError as exc:  # the library's message, as SystemExit(message) printed it
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     except grpc.RpcError as exc:  # a status from the server (or the channel): no traceback
         code = exc.code() if isinstance(exc, grpc.Call) else None
         detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)

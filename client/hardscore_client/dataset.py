@@ -34,6 +34,7 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from hardscore_client.client import AsyncScoringClient
+from hardscore_client.errors import InputError, InputNotFoundError, ServerUnavailableError
 from hardscore_client.messages import ScoreResult
 from hardscore_client.tables import INT_COLUMNS, TEXT_COLUMNS, Columns, read_table, write_table
 from hardscore_wire.scores import SCORE_NAMES
@@ -85,9 +86,10 @@ def _is_image(path: Path) -> bool:
 
 
 def scan_folder(root: Path) -> list[Item]:
-    """The images under ``root``: those in a subfolder get its name as label, others none."""
+    """The images under ``root``: those in a subfolder get its name as label, others none
+    (InputNotFoundError when ``root`` is not a folder)."""
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder")
+        raise InputNotFoundError(f"{root}: not a folder")
     items = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -120,6 +122,8 @@ def path_from_entry(entry: str, base: Path | None = None) -> str:
 def read_list(list_file: Path) -> tuple[list[Item], list[Failure]]:
     """Items from a list file: ``PATH_OR_FILE_URI[<TAB>LABEL]`` a line; blank lines and lines
     starting with # are skipped. Relative paths are relative to the current folder."""
+    if not list_file.exists():
+        raise InputNotFoundError(f"{list_file}: no such file")
     items, failures = [], []
     for line in list_file.read_text().splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
@@ -260,10 +264,11 @@ async def _model_classes(
         if names is None:
             names = theirs
         elif theirs != names:
-            raise SystemExit(f"server {name} serves other classes ({', '.join(theirs[:5])}"
+            raise InputError(f"server {name} serves other classes ({', '.join(theirs[:5])}"
                              f"...) than the first server ({', '.join(names[:5])}...)")
     if names is None:
-        raise SystemExit("no server answered: start one (hardscore-server) or check --server")
+        raise ServerUnavailableError(
+            "no server answered: start one (hardscore-server) or check --server")
     return names
 
 
@@ -276,7 +281,7 @@ def check_labels(items: Sequence[Item], class_names: Sequence[str]) -> None:
             unknown[item.label] = unknown.get(item.label, 0) + 1
     if unknown:
         listed = ", ".join(f"{k!r} ({v} images)" for k, v in sorted(unknown.items())[:10])
-        raise SystemExit(
+        raise InputError(
             f"given labels that are not classes of the served model: {listed}; the model's "
             f"classes are {', '.join(class_names[:20])}. Rename the folders, or pass "
             "--unlabelled to score without labels.")
@@ -294,7 +299,10 @@ async def score_items_async(
     progress: bool = True,
     failures: Sequence[Failure] = (),
 ) -> ScoreDirSummary:
-    """Scores ``items`` on ``servers`` into the table ``out`` (see the module docstring)."""
+    """Scores ``items`` on ``servers`` into the table ``out`` (see the module docstring).
+
+    Raises ServerUnavailableError when no server answers (or all fail), InputError for labels
+    that are not the model's classes or an ``out`` table of other columns."""
     if not servers:
         raise ValueError("at least one server is needed")
     started = time.perf_counter()
@@ -315,7 +323,7 @@ async def score_items_async(
         class_names = await _model_classes(clients, min(timeout or 60.0, 60.0))
         check_labels(todo, class_names)
         if existing and list(existing) != table_columns(class_names):
-            raise SystemExit(f"{out} has other columns than this model's table; write to a new "
+            raise InputError(f"{out} has other columns than this model's table; write to a new "
                              "file (or delete it) to score with this model")
         queue: asyncio.Queue[list[Item] | None] = asyncio.Queue()
         for start in range(0, len(todo), batch_size):
@@ -331,8 +339,9 @@ async def score_items_async(
                     for name, client in clients for _ in range(max(1, concurrency))
                 ))
                 if state.pending:
-                    raise RuntimeError(f"every server failed; {state.pending} batches of up to "
-                                       f"{batch_size} images left unscored (run again to resume)")
+                    raise ServerUnavailableError(
+                        f"every server failed; {state.pending} batches of up to {batch_size} "
+                        "images left unscored (run again to resume)")
             finally:
                 if run.unsaved or not out.exists():
                     run.save()

@@ -23,7 +23,7 @@ score is one minus that number over the number of samples.
 
 The results equal ``cleanlab.filter.find_label_issues`` (its default ``prune_by_noise_rate``),
 ``cleanlab.count.compute_confident_joint`` / ``estimate_joint`` / ``num_label_issues`` and
-``cleanlab.dataset.overall_label_health_score`` on the same inputs (tests/test_label_issues.py
+``cleanlab.dataset.overall_label_health_score`` on the same inputs (tests/unit/test_label_issues.py
 checks that against cleanlab 2.9).
 
 **The probabilities must be out-of-sample**: from a model that did not train on those images

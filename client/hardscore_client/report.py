@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hardscore_client.analysis import Analysis, ScoreTable, analyse
+from hardscore_client.errors import MissingExtraError
 from hardscore_client.label_quality import DEFAULT_METHOD
 
 THUMB_SIZE = 96
@@ -145,7 +146,8 @@ def _plots(analysis: Analysis, folder: Path) -> list[tuple[str, str]]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("the report needs matplotlib: pip install 'hardscore[report]'") from None
+        raise MissingExtraError(
+            "the report needs matplotlib: pip install 'hardscore[report]'") from None
     folder.mkdir(parents=True, exist_ok=True)
     t = analysis.table
     hardness = t.score("hardness")
@@ -301,7 +303,8 @@ def write_report(
     table: ScoreTable | Analysis, out: Path, options: ReportOptions | None = None,
     *, source: str = "",
 ) -> Path:
-    """Writes the report folder ``out``; returns the path of its index.html."""
+    """Writes the report folder ``out``; returns the path of its index.html (MissingExtraError
+    without matplotlib)."""
     opts = options or ReportOptions()
     analysis = table if isinstance(table, Analysis) else analyse(table)
     t = analysis.table

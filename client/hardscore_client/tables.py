@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from hardscore_client.errors import InputError, InputNotFoundError, MissingExtraError
 from hardscore_client.messages import ScoreResult
 
 Columns = dict[str, npt.NDArray[np.generic]]
@@ -37,7 +38,7 @@ def result_columns(result: ScoreResult) -> Columns:
 def _format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(
+        raise InputError(
             f"{path}: unknown table format {suffix!r}; use one of {', '.join(FORMATS)}"
         )
     return suffix
@@ -62,7 +63,8 @@ def write_table(path: Path, columns: Columns) -> None:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
-            raise SystemExit("writing .parquet needs pyarrow: pip install pyarrow") from None
+            raise MissingExtraError(
+                "writing .parquet needs pyarrow: pip install pyarrow") from None
         pq.write_table(pa.table({k: list(v) if v.dtype == object else v
                                  for k, v in columns.items()}), path)
         return
@@ -89,14 +91,18 @@ def read_table(path: Path) -> Columns:
     """Reads a table written by write_table (or any CSV/JSONL/Parquet of the same columns).
 
     Known columns are typed by name (TEXT_COLUMNS, INT_COLUMNS, the rest float64); columns of
-    other names become int64 or float64 when every value is a number, text otherwise.
+    other names become int64 or float64 when every value is a number, text otherwise. Raises
+    InputNotFoundError for a missing file, InputError for an unknown suffix.
     """
     kind = _format(path)
+    if not path.exists():
+        raise InputNotFoundError(f"{path}: no such file")
     if kind == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise SystemExit("reading .parquet needs pyarrow: pip install pyarrow") from None
+            raise MissingExtraError(
+                "reading .parquet needs pyarrow: pip install pyarrow") from None
         table = pq.read_table(path)
         out: Columns = {}
         for name in table.column_names:

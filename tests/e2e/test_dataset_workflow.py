@@ -23,6 +23,7 @@ from hardscore_client.dataset import (
     score_items,
     table_columns,
 )
+from hardscore_client.errors import InputError
 from hardscore_client.report import write_report
 from hardscore_client.selection import CSV_COLUMNS, per_class_quota, select, write_queue
 from hardscore_client.tables import read_table
@@ -190,7 +191,7 @@ def test_flat_folder_and_from_list(digits_folder, image_server, tmp_path, monkey
 
 def test_unknown_folder_labels_are_refused(image_server, digits_folder, tmp_path):
     shutil.copytree(digits_folder / "0", tmp_path / "zero")
-    with pytest.raises(SystemExit, match="'zero' \\(52 images\\)"):
+    with pytest.raises(InputError, match="'zero' \\(52 images\\)"):
         score_dir(tmp_path, [image_server.target], tmp_path / "s.csv", progress=False)
     summary = score_dir(tmp_path, [image_server.target], tmp_path / "s.csv", progress=False,
                         unlabelled=True)

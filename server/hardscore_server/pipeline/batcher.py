@@ -6,7 +6,7 @@ on a free model instance in a worker thread. It is event-driven: it runs on the 
 whenever a request arrives or leaves, an instance frees up, or a queue delay expires, so a batch
 starts in the same loop turn as the event that made it ready.
 
-Guarantees, each proven by tests/test_batcher.py:
+Guarantees, each proven by tests/unit/test_batcher.py:
 
 - **Sample batching.** A request larger than ``max_batch_size`` spans several batches; many
   small requests share one. Outputs come back to each request complete and in input order.
