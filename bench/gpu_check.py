@@ -14,7 +14,7 @@ Steps, each a group of rows of the table:
    ``InferenceSession.run`` on host arrays (the host-to-device copy included) at batch sizes
    1..256; images/s is the median of timed runs after warm-up. The float16 model's logits are
    checked against the float32 one's on the device (FP16_TOLERANCE of
-   hardscore_server.tools.export).
+   hardscore_server.tools.parity).
 3. served: the server on the CIFAR model, loaded by Triton's perf_analyzer
    (bench/perf_analyzer.sh: ``-i grpc -b 1 --concurrency-range C:C`` with 8 fixed images as
    input data) at concurrency 1..64.
@@ -277,6 +277,7 @@ def prepare(out: Path, part_mib: int, perf_analyzer_cache: Path) -> list[list[Pa
 def export_models(settings: Settings, work: Path, log: Callable[[str], None]) -> dict[str, Path]:
     """Model directories "<layout>-fp32" and "<layout>-fp16", exported with hardscore's code."""
     from hardscore_server.tools import export
+    from hardscore_server.tools.torch_models import CIFAR10_MEAN, CIFAR10_STD
 
     quiet = lambda _line: None  # noqa: E731
     dirs: dict[str, Path] = {}
@@ -292,8 +293,8 @@ def export_models(settings: Settings, work: Path, log: Callable[[str], None]) ->
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
             export.export_model(model, fp32, name=f"tiny-{layout}", version="1",
                                 class_names=[f"c{i}" for i in range(10)],
-                                input_size=(size, size), mean=export.CIFAR10_MEAN,
-                                std=export.CIFAR10_STD, random_weights=True, log=quiet)
+                                input_size=(size, size), mean=CIFAR10_MEAN,
+                                std=CIFAR10_STD, random_weights=True, log=quiet)
         else:
             parser = argparse.ArgumentParser()
             export.add_export_arguments(parser)
@@ -354,7 +355,7 @@ def timed_rate(run: Callable[[], Any], batch: int, seconds: float) -> float:
 
 def step_raw(settings: Settings, dirs: dict[str, Path], table: Table) -> None:
     from hardscore_server.model.runner import ModelRunner
-    from hardscore_server.tools.export import FP16_TOLERANCE
+    from hardscore_server.tools.parity import FP16_TOLERANCE
 
     for layout, size in settings.layouts:
         runners = {p: ModelRunner(dirs[f"{layout}-{p}"], execution_provider=settings.provider)
@@ -477,7 +478,7 @@ def jpeg_files(count: int, size: int) -> list[bytes]:
 def _decode_all(files: list[bytes], seconds: float) -> int:
     """Decodes ``files`` to 224x224 ImageNet model input in a loop; returns images done."""
     from hardscore_server.pipeline.preprocess import InputSpec, decode_image
-    from hardscore_server.tools.export import IMAGENET_MEAN, IMAGENET_STD
+    from hardscore_server.tools.torch_models import IMAGENET_MEAN, IMAGENET_STD
 
     spec = InputSpec(3, 224, 224, IMAGENET_MEAN, IMAGENET_STD, "resize_shorter_center_crop")
     done = 0
@@ -523,7 +524,7 @@ def step_gpu_decode(settings: Settings, files: list[bytes], torch: Any, table: T
     batch = 64 if device == "cuda" else 8
     chunks = [tensors[i:i + batch] for i in range(0, len(tensors), batch)]
 
-    from hardscore_server.tools.export import IMAGENET_MEAN, IMAGENET_STD
+    from hardscore_server.tools.torch_models import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
@@ -568,7 +569,7 @@ def step_server_decoder(settings: Settings, files: list[bytes], device: str,
     torch_decode.tolerance."""
     from hardscore_server.pipeline.preprocess import InputSpec, decode_image
     from hardscore_server.pipeline.torch_decode import BATCH_SIZE, build_decoder, tolerance
-    from hardscore_server.tools.export import IMAGENET_MEAN, IMAGENET_STD
+    from hardscore_server.tools.torch_models import IMAGENET_MEAN, IMAGENET_STD
 
     spec = InputSpec(3, 224, 224, IMAGENET_MEAN, IMAGENET_STD, "resize_shorter_center_crop")
     decoder = build_decoder("cuda" if device == "cuda" else "torch_cpu", spec)

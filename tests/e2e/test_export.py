@@ -22,17 +22,18 @@ from hardscore_server.model.model_dir import (  # noqa: E402
     check_io,
     load_manifest,
 )
-from hardscore_server.tools.export import (  # noqa: E402
-    MISSING_EXTRA,
-    ExportError,
-    add_export_arguments,
+from hardscore_server.tools.checkpoints import (  # noqa: E402
     apply_state_dict,
-    build_resnet50,
+    load_state_dict_file,
+)
+from hardscore_server.tools.export import (  # noqa: E402
+    add_export_arguments,
     export_model,
     export_resnet50,
-    load_state_dict_file,
     run_export,
 )
+from hardscore_server.tools.export_extra import MISSING_EXTRA, ExportError  # noqa: E402
+from hardscore_server.tools.torch_models import build_resnet50  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -20,13 +20,13 @@ from onnx.reference import ReferenceEvaluator  # noqa: E402
 from hardscore_server.model.model_dir import MODEL_FILE, load_manifest  # noqa: E402
 from hardscore_server.model.runner import ModelRunner  # noqa: E402
 from hardscore_server.tools.export import (  # noqa: E402
-    FP16_TOLERANCE,
-    ExportError,
     add_export_arguments,
     export_model,
     run_export,
 )
+from hardscore_server.tools.export_extra import ExportError  # noqa: E402
 from hardscore_server.tools.fp16 import FLOAT, FLOAT16, convert_to_float16  # noqa: E402
+from hardscore_server.tools.parity import FP16_TOLERANCE  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -1,13 +1,15 @@
 """``hardscore-export``: turn a PyTorch classifier into a hardscore model directory.
 
-Pipeline: build the model (torchvision ResNet50 in the ImageNet or CIFAR layout, or any
-``torch.nn.Module`` through :func:`export_model`), load the checkpoint, export to ONNX with a
-dynamic batch axis (input ``images`` [N, C, H, W] float32, output ``logits`` [N, classes]),
-check ONNX Runtime against PyTorch on seeded random inputs (batch 1 and 4, max abs difference
-must be <= 1e-3), then write ``model.onnx`` and ``manifest.json``. With ``--fp16`` the model
-written is the float16 conversion (hardscore_server.tools.fp16; float32 inputs and outputs), checked
-against the float32 export within FP16_TOLERANCE. Nothing is written to the output directory
-unless every step passes.
+This module is the command line and the order of the steps; each step has its module:
+build the model (:mod:`.torch_models`: torchvision ResNet50 in the ImageNet or CIFAR layout,
+or any ``torch.nn.Module`` through :func:`export_model`), load the checkpoint
+(:mod:`.checkpoints`), export to ONNX with a dynamic batch axis (:mod:`.onnx_export`: input
+``images`` [N, C, H, W] float32, output ``logits`` [N, classes]), check ONNX Runtime against
+PyTorch on seeded random inputs (:mod:`.parity`: batch 1 and 4, max abs difference must be
+<= 1e-3), then write ``model.onnx`` and ``manifest.json`` (:mod:`.model_dir_writer`). With
+``--fp16`` the model written is the float16 conversion (:mod:`.fp16`; float32 inputs and
+outputs), checked against the float32 export within FP16_TOLERANCE. Nothing is written to the
+output directory unless every step passes.
 
 torch, torchvision and onnx are imported inside functions: they are the ``export`` extra and
 the server must not need them.
@@ -16,80 +18,57 @@ the server must not need them.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
-import re
-import shutil
 import sys
 import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from hardscore_server.model.model_dir import (
     MODEL_FILE,
     RESIZE_EXACT,
     RESIZE_RULES,
-    RESIZE_SHORTER_CENTER_CROP,
     ModelDirError,
     ModelManifest,
     check_io,
     validate_manifest,
-    write_manifest,
+)
+from hardscore_server.tools.checkpoints import (
+    apply_state_dict,
+    checkpoint_num_classes,
+    load_state_dict_file,
+    sha256_file,
+)
+from hardscore_server.tools.export_extra import ExportError, import_onnx, import_torch
+from hardscore_server.tools.model_dir_writer import (
+    export_provenance,
+    new_manifest,
+    with_provenance,
+    write_model_dir,
+)
+from hardscore_server.tools.onnx_export import (
+    DEFAULT_OPSET,
+    example_input,
+    export_onnx,
+    save_float16,
+)
+from hardscore_server.tools.parity import (
+    FP16_TOLERANCE,
+    PARITY_TOLERANCE,
+    check_fp16_parity,
+    check_parity,
+    ort_session,
+)
+from hardscore_server.tools.torch_models import (
+    CIFAR_MAXPOOL_CHOICES,
+    LAYOUT_DEFAULTS,
+    LAYOUTS,
+    build_resnet50,
 )
 
 if TYPE_CHECKING:
     import torch
-
-MISSING_EXTRA = "hardscore-export needs the 'export' extra: pip install 'hardscore[export]'"
-
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
-DEFAULT_OPSET = 17
-PARITY_TOLERANCE = 1e-3
-"""Max allowed |ONNX Runtime - PyTorch| over all logits of the parity check."""
-PARITY_BATCH_SIZES = (1, 4)
-FP16_TOLERANCE = 1e-2
-"""``--fp16``: max allowed |float16 model - float32 model| over all logits, as a fraction of
-the float32 logits' largest magnitude (at least 1): 1% of the logit scale."""
-MAX_SINGLE_FILE_BYTES = 2**31 - 1
-"""protobuf limit; larger models would need external data files, which we do not produce."""
-
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2471, 0.2435, 0.2616)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-LAYOUTS = ("imagenet", "cifar")
-CIFAR_MAXPOOL_CHOICES = ("keep", "identity")
-_LAYOUT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "imagenet": {
-        "num_classes": 1000,
-        "input_size": (224, 224),
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-        "resize": RESIZE_SHORTER_CENTER_CROP,
-    },
-    "cifar": {
-        "num_classes": 10,
-        "input_size": (32, 32),
-        "mean": CIFAR10_MEAN,
-        "std": CIFAR10_STD,
-        "resize": RESIZE_EXACT,
-    },
-}
-
-# Wrappers that prefix parameter names: DataParallel/DDP ("module."), Lightning modules holding
-# the network as self.model / self.net ("model.", "net."), torch.compile ("_orig_mod.").
-_STRIPPABLE_PREFIXES = ("module.", "model.", "net.", "_orig_mod.")
-
-
-class ExportError(RuntimeError):
-    """The export cannot proceed or its result failed a check; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -104,254 +83,7 @@ class ExportResult:
     """``--fp16`` only: max |float16 - float32 export| over all logits (logit units)."""
 
 
-# --------------------------------------------------------------------------- lazy imports
-
-
-def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:
-        raise ExportError(MISSING_EXTRA) from exc
-    return torch
-
-
-def _import_torchvision() -> Any:
-    _import_torch()
-    try:
-        import torchvision
-    except ImportError as exc:
-        raise ExportError(MISSING_EXTRA) from exc
-    return torchvision
-
-
-def _import_onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ExportError(MISSING_EXTRA) from exc
-    return onnx
-
-
-# --------------------------------------------------------------------------- models
-
-
-def build_resnet50(
-    layout: str, num_classes: int, *, cifar_maxpool: str = "keep"
-) -> torch.nn.Module:
-    """A randomly initialised torchvision ResNet50 (never downloads weights).
-
-    ``layout="imagenet"``: torchvision's resnet50 as is. ``layout="cifar"``: conv1 replaced by a
-    3x3 stride-1 padding-1 convolution without bias, the layout of huyvnphan/PyTorch_CIFAR10;
-    ``cifar_maxpool="keep"`` keeps the stem max-pool as that repository does (its checkpoints
-    need it), ``"identity"`` removes it (the other common CIFAR variant). Parameter names are
-    torchvision's either way.
-    """
-    torch = _import_torch()
-    torchvision = _import_torchvision()
-    if layout not in LAYOUTS:
-        raise ExportError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
-    if cifar_maxpool not in CIFAR_MAXPOOL_CHOICES:
-        raise ExportError(
-            f"unknown cifar maxpool option {cifar_maxpool!r}; "
-            f"expected one of {', '.join(CIFAR_MAXPOOL_CHOICES)}"
-        )
-    if num_classes < 2:
-        raise ExportError(f"num_classes must be at least 2, got {num_classes}")
-    model = torchvision.models.resnet50(weights=None, num_classes=num_classes)
-    if layout == "cifar":
-        model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        torch.nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-        if cifar_maxpool == "identity":
-            model.maxpool = torch.nn.Identity()
-    return model
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load_state_dict_file(path: Path) -> dict[str, Any]:
-    """Read a checkpoint file and return its state dict (name -> tensor).
-
-    Accepts a raw state dict, or a dict holding it under ``"state_dict"`` (Lightning) or
-    ``"model"``. Loaded with ``weights_only=True`` (no arbitrary code execution).
-    """
-    torch = _import_torch()
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"checkpoint {path} not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ExportError(f"checkpoint {path}: cannot load with torch.load: {exc}") from exc
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and _all_tensors(inner, torch):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise ExportError(
-            f"checkpoint {path}: expected a state dict (or a dict with a 'state_dict' or 'model' "
-            f"entry), got {type(obj).__name__}"
-        )
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if len(tensors) != len(obj):
-        bad = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
-        raise ExportError(
-            f"checkpoint {path}: entries that are not tensors: {_preview(bad)}; expected a state "
-            "dict (or a dict with a 'state_dict' or 'model' entry)"
-        )
-    return tensors
-
-
-def _all_tensors(mapping: Mapping[Any, Any], torch: Any) -> bool:
-    return all(isinstance(v, torch.Tensor) for v in mapping.values())
-
-
-def _preview(keys: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
-def strip_key_prefixes(state_dict: Mapping[str, Any], model_keys: set[str]) -> dict[str, Any]:
-    """Remove wrapper prefixes (``module.``, ``model.``, ``net.``, ``_orig_mod.``, repeatedly)
-    that every key carries, unless the keys already match ``model_keys``."""
-    current = dict(state_dict)
-    changed = True
-    while changed and not set(current) <= model_keys:
-        changed = False
-        for prefix in _STRIPPABLE_PREFIXES:
-            if current and all(k.startswith(prefix) for k in current):
-                current = {k[len(prefix) :]: v for k, v in current.items()}
-                changed = True
-                break
-    return current
-
-
-def apply_state_dict(
-    model: torch.nn.Module, state_dict: Mapping[str, Any], source: str = "checkpoint"
-) -> None:
-    """Load ``state_dict`` into ``model`` after :func:`strip_key_prefixes`; refuse on missing or
-    unexpected keys or shape mismatches, listing them. BatchNorm ``num_batches_tracked``
-    counters (absent from pre-2018 checkpoints, unused in eval mode) may be missing."""
-    torch = _import_torch()
-    expected = model.state_dict()
-    cleaned = strip_key_prefixes(state_dict, set(expected))
-    missing = [k for k in expected if k not in cleaned and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in cleaned if k not in expected]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_preview(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_preview(unexpected)}")
-    if problems:
-        raise ExportError(
-            f"{source} does not match the model ({'; '.join(problems)}); check --arch/--layout"
-        )
-    mismatched = [
-        f"{k} {list(cleaned[k].shape)} (model {list(v.shape)})"
-        for k, v in expected.items()
-        if k in cleaned and tuple(cleaned[k].shape) != tuple(v.shape)
-    ]
-    if mismatched:
-        raise ExportError(
-            f"{source} has tensors whose shapes do not match the model: {_preview(mismatched)}; "
-            "check --num-classes and --layout"
-        )
-    with torch.no_grad():
-        model.load_state_dict(cleaned, strict=False)
-
-
-def _checkpoint_num_classes(state_dict: Mapping[str, Any]) -> int | None:
-    for key, value in state_dict.items():
-        if re.fullmatch(r"(.*\.)?fc\.weight", key) and getattr(value, "ndim", 0) == 2:
-            return int(value.shape[0])
-    return None
-
-
-# --------------------------------------------------------------------------- ONNX export
-
-
-def _torch_onnx_export(
-    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int
-) -> str:
-    """Export with the TorchScript exporter (dynamo=False); fall back to the dynamo exporter
-    where the former is unavailable. Returns the exporter's name."""
-    torch = _import_torch()
-    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-    common: dict[str, Any] = {
-        "input_names": [INPUT_NAME],
-        "output_names": [OUTPUT_NAME],
-        "dynamic_axes": dynamic_axes,
-        "opset_version": opset,
-    }
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of dynamo; it is still the most
-        # robust path for plain CNNs, so keep its deprecation notice out of the CLI output.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        try:
-            torch.onnx.export(model, (example,), str(path), dynamo=False, **common)
-            return "torchscript"
-        except Exception as first:
-            torchscript_error = first
-        try:
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=True, external_data=False, **common
-            )
-            return "dynamo"
-        except Exception as second:
-            raise ExportError(
-                f"torch.onnx.export failed with the TorchScript exporter ({torchscript_error}) "
-                f"and with the dynamo exporter ({second})"
-            ) from second
-
-
-def _ort_session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def parity_check(
-    model: torch.nn.Module,
-    session: Any,
-    input_shape: tuple[int, int, int],
-    *,
-    batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
-    seed: int = 0,
-) -> float:
-    """Max |ONNX Runtime - PyTorch| over all logits, on standard-normal inputs drawn with
-    ``seed`` at each batch size (also checks the dynamic batch axis)."""
-    torch = _import_torch()
-    rng = np.random.default_rng(seed)
-    worst = 0.0
-    for n in batch_sizes:
-        x = rng.standard_normal((n, *input_shape)).astype(np.float32)
-        with torch.no_grad():
-            expected = model(torch.from_numpy(x)).detach().cpu().numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-        if got.shape != expected.shape:
-            raise ExportError(
-                f"parity check: ONNX Runtime output shape {list(got.shape)} != PyTorch "
-                f"{list(expected.shape)} at batch size {n}"
-            )
-        diff = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
-        if not np.isfinite(diff):
-            raise ExportError(f"parity check: non-finite logits at batch size {n}")
-        worst = max(worst, diff)
-    return worst
+# --------------------------------------------------------------------------- export
 
 
 def export_model(
@@ -387,137 +119,51 @@ def export_model(
     With ``fp16`` the written model is the float16 conversion of the float32 export (float32
     inputs and outputs), checked against it on the same inputs within ``FP16_TOLERANCE``.
     """
-    torch = _import_torch()
-    onnx = _import_onnx()
-    height, width = (int(v) for v in input_size)
-    record: dict[str, str] = {"arch": type(model).__name__}
-    record.update({str(k): str(v) for k, v in (provenance or {}).items()})
-    record.update(
-        {
-            "torch_version": str(torch.__version__),
-            "export_date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
-        }
-    )
-    manifest = ModelManifest(
-        name=name,
-        version=version,
-        class_names=tuple(class_names),
-        input_channels=input_channels,
-        input_height=height,
-        input_width=width,
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
-        resize=resize,
-        temperature=float(temperature),
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
+    torch = import_torch()
+    import_onnx()
+    manifest = new_manifest(
+        name=name, version=version, class_names=class_names, input_size=input_size, mean=mean,
+        std=std, resize=resize, input_channels=input_channels, temperature=temperature,
         random_weights=random_weights,
-        provenance=dict(record),
+        provenance=export_provenance(type(model).__name__, provenance, str(torch.__version__)),
     )
     validate_manifest(manifest)  # fail before the slow part
 
     model = model.eval()
-    example = torch.zeros((2, input_channels, height, width), dtype=torch.float32)
-    with torch.no_grad():
-        probe = model(example)
-    if not isinstance(probe, torch.Tensor) or probe.ndim != 2 or probe.shape[0] != 2:
-        shape = list(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
-        raise ExportError(f"the model must return logits of shape [N, classes], got {shape}")
-    if probe.shape[1] != len(manifest.class_names):
-        raise ExportError(
-            f"the model has {probe.shape[1]} outputs but {len(manifest.class_names)} class names "
-            "were given"
-        )
-
+    input_shape = (input_channels, manifest.input_height, manifest.input_width)
+    example = example_input(model, input_shape, len(manifest.class_names))
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="hardscore-export-") as tmp:
-        raw_path = Path(tmp) / "raw.onnx"
-        exporter = _torch_onnx_export(model, example, raw_path, opset)
-        proto = onnx.load(str(raw_path), load_external_data=True)
-        actual_opset = next(
-            (op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")), opset
-        )
-        proto.doc_string = f"hardscore model {name} version {version}"
-        for key, value in (("hardscore.name", name), ("hardscore.version", version)):
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        size = proto.ByteSize()
-        if size > MAX_SINGLE_FILE_BYTES:
-            raise ExportError(
-                f"the ONNX model is {size} bytes; a single-file model must be under 2 GiB"
-            )
-        onnx.checker.check_model(proto)
-        model_path = Path(tmp) / MODEL_FILE
-        onnx.save_model(proto, str(model_path), save_as_external_data=False)
-
-        session = _ort_session(model_path)
+        exported = export_onnx(model, example, Path(tmp), opset=opset, name=name, version=version)
+        session = ort_session(exported.path)
         check_io(manifest, session.get_inputs(), session.get_outputs())
-        diff = parity_check(model, session, (input_channels, height, width), seed=seed)
-        log(
-            f"parity ONNX Runtime vs PyTorch (batch sizes "
-            f"{', '.join(str(b) for b in PARITY_BATCH_SIZES)}): max abs diff {diff:.3e} "
-            f"(tolerance {parity_tolerance:.0e})"
-        )
-        if diff > parity_tolerance:
-            raise ExportError(
-                f"parity check failed: max abs difference {diff:.3e} between ONNX Runtime and "
-                f"PyTorch exceeds {parity_tolerance:.0e}; nothing was written"
-            )
-        record.update({"exporter": exporter, "onnx_opset": str(actual_opset),
-                       "parity_max_abs_diff": f"{diff:.3e}"})
-        fp16_diff = None
+        diff = check_parity(
+            model, session, input_shape, tolerance=parity_tolerance, seed=seed, log=log)
+        manifest = with_provenance(manifest, {
+            "exporter": exported.exporter, "onnx_opset": str(exported.opset),
+            "parity_max_abs_diff": f"{diff:.3e}"})
+        model_path, fp16_diff = exported.path, None
         if fp16:
-            model_path, fp16_diff, fp16_record = _fp16_model(
-                proto, session, Path(tmp), manifest, (input_channels, height, width), seed, log)
-            record.update(fp16_record)
-        manifest = replace(manifest, provenance=record)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(model_path, out_dir / MODEL_FILE)
-        write_manifest(out_dir, manifest)
+            model_path, fp16_diff, fp16_record = _float16_model(
+                exported.proto, session, Path(tmp), manifest, input_shape, seed, log)
+            manifest = with_provenance(manifest, fp16_record)
+        write_model_dir(out_dir, model_path, manifest)
     log(f"wrote {out_dir / MODEL_FILE} ({(out_dir / MODEL_FILE).stat().st_size} bytes)")
     return ExportResult(model_dir=out_dir, manifest=manifest, parity_max_abs_diff=diff,
                         fp16_parity_max_abs_diff=fp16_diff)
 
 
-def _fp16_model(
+def _float16_model(
     proto: Any, session32: Any, tmp: Path, manifest: ModelManifest,
     input_shape: tuple[int, int, int], seed: int, log: Any,
 ) -> tuple[Path, float, dict[str, str]]:
     """Writes the float16 conversion of ``proto`` to ``tmp``, checks it against the float32
-    session on seeded standard-normal inputs (PARITY_BATCH_SIZES); returns its path, the max
-    abs difference and what the manifest records. Raises ExportError beyond FP16_TOLERANCE."""
-    onnx = _import_onnx()
-    from hardscore_server.tools.fp16 import Fp16Error, convert_to_float16
-
-    try:
-        half = convert_to_float16(proto)
-    except Fp16Error as exc:
-        raise ExportError(str(exc)) from exc
-    onnx.checker.check_model(half)
-    path = tmp / "model_fp16.onnx"
-    onnx.save_model(half, str(path), save_as_external_data=False)
-    session16 = _ort_session(path)
+    session (:func:`~hardscore_server.tools.parity.check_fp16_parity`); returns its path, the
+    max abs difference and what the manifest records. Raises ExportError beyond FP16_TOLERANCE."""
+    path = save_float16(proto, tmp)
+    session16 = ort_session(path)
     check_io(manifest, session16.get_inputs(), session16.get_outputs())
-    rng = np.random.default_rng(seed)
-    worst, scale = 0.0, 1.0
-    for n in PARITY_BATCH_SIZES:
-        x = rng.standard_normal((n, *input_shape)).astype(np.float32)
-        want = session32.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float64)
-        got = session16.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-        if got.dtype != np.float32 or not np.all(np.isfinite(got)):
-            raise ExportError(f"fp16 parity: the float16 model gave {got.dtype} logits, "
-                              f"finite: {bool(np.all(np.isfinite(got)))}")
-        worst = max(worst, float(np.max(np.abs(got - want))))
-        scale = max(scale, float(np.max(np.abs(want))))
-    tolerance = FP16_TOLERANCE * scale
-    log(f"fp16 parity float16 vs float32 model on ONNX Runtime CPU: max abs diff {worst:.3e} "
-        f"(tolerance {FP16_TOLERANCE:.0e} x logit scale {scale:.3g} = {tolerance:.3e}); "
-        "the CPU provider computes most float16 ops in float32 (float16 weights), "
-        "CUDA/TensorRT in float16")
-    if worst > tolerance:
-        raise ExportError(f"fp16 parity check failed: max abs difference {worst:.3e} between "
-                          f"the float16 and float32 models exceeds {tolerance:.3e}; nothing "
-                          "was written")
+    worst, tolerance = check_fp16_parity(session32, session16, input_shape, seed=seed, log=log)
     return path, worst, {
         "precision": "float16",
         "fp16_parity_max_abs_diff": f"{worst:.3e}",
@@ -583,8 +229,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fp16",
         action="store_true",
+        # argparse %-formats help strings: the percent sign is written "%%".
         help="write a float16 model (float32 inputs and outputs), checked against the float32 "
-        f"export within {FP16_TOLERANCE:.0%} of the logit scale",
+        f"export within {FP16_TOLERANCE * 100:g}%% of the logit scale",
     )
 
 
@@ -604,21 +251,12 @@ def _class_names_from_args(args: argparse.Namespace) -> list[str] | None:
     return names
 
 
-def export_resnet50(args: argparse.Namespace, log: Any = print) -> ExportResult:
-    """Run the ``hardscore-export`` pipeline for parsed ``args`` (see
-    :func:`add_export_arguments`)."""
-    torch = _import_torch()
-    layout = args.layout
-    defaults = _LAYOUT_DEFAULTS[layout]
-    if args.checkpoint is None and not args.random_weights:
-        raise ExportError(
-            "no weights: pass --checkpoint FILE, or --random-weights to export seeded random "
-            "weights for benchmarking (its scores are meaningless)"
-        )
-    class_names = _class_names_from_args(args)
+def _weights_from_args(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The checkpoint's state dict (None for ``--random-weights``) and the provenance that
+    records the architecture, layout and where the weights came from."""
     state_dict = None
-    provenance = {"arch": args.arch, "layout": layout}
-    if layout == "cifar":
+    provenance = {"arch": args.arch, "layout": args.layout}
+    if args.layout == "cifar":
         provenance["cifar_maxpool"] = args.cifar_maxpool
     if args.checkpoint is not None:
         state_dict = load_state_dict_file(args.checkpoint)
@@ -627,16 +265,38 @@ def export_resnet50(args: argparse.Namespace, log: Any = print) -> ExportResult:
     else:
         provenance["checkpoint"] = "random"
         provenance["random_seed"] = str(args.seed)
+    return state_dict, provenance
 
-    num_classes = args.num_classes
-    if num_classes is None:
-        if class_names is not None:
-            num_classes = len(class_names)
-        elif state_dict is not None and _checkpoint_num_classes(state_dict) is not None:
-            num_classes = _checkpoint_num_classes(state_dict)
-        else:
-            num_classes = int(defaults["num_classes"])
-    assert num_classes is not None
+
+def _num_classes(
+    args: argparse.Namespace, class_names: list[str] | None,
+    state_dict: Mapping[str, Any] | None,
+) -> int:
+    """``--num-classes``, else the number of class names, else the checkpoint's classifier
+    rows, else the layout's default."""
+    if args.num_classes is not None:
+        return int(args.num_classes)
+    if class_names is not None:
+        return len(class_names)
+    from_checkpoint = checkpoint_num_classes(state_dict) if state_dict is not None else None
+    if from_checkpoint is not None:
+        return from_checkpoint
+    return int(LAYOUT_DEFAULTS[args.layout]["num_classes"])
+
+
+def export_resnet50(args: argparse.Namespace, log: Any = print) -> ExportResult:
+    """Run the ``hardscore-export`` pipeline for parsed ``args`` (see
+    :func:`add_export_arguments`)."""
+    torch = import_torch()
+    defaults = LAYOUT_DEFAULTS[args.layout]
+    if args.checkpoint is None and not args.random_weights:
+        raise ExportError(
+            "no weights: pass --checkpoint FILE, or --random-weights to export seeded random "
+            "weights for benchmarking (its scores are meaningless)"
+        )
+    class_names = _class_names_from_args(args)
+    state_dict, provenance = _weights_from_args(args)
+    num_classes = _num_classes(args, class_names, state_dict)
     if class_names is None:
         class_names = [f"class_{i}" for i in range(num_classes)]
     if len(class_names) != num_classes:
@@ -645,7 +305,7 @@ def export_resnet50(args: argparse.Namespace, log: Any = print) -> ExportResult:
         )
 
     torch.manual_seed(args.seed)
-    model = build_resnet50(layout, num_classes, cifar_maxpool=args.cifar_maxpool)
+    model = build_resnet50(args.layout, num_classes, cifar_maxpool=args.cifar_maxpool)
     if state_dict is not None:
         apply_state_dict(model, state_dict, source=f"checkpoint {Path(args.checkpoint).name}")
 
@@ -653,7 +313,7 @@ def export_resnet50(args: argparse.Namespace, log: Any = print) -> ExportResult:
     return export_model(
         model,
         args.out,
-        name=args.name or f"{args.arch}-{layout}",
+        name=args.name or f"{args.arch}-{args.layout}",
         version=args.version,
         class_names=class_names,
         input_size=(int(input_size[0]), int(input_size[1])),
