@@ -251,10 +251,15 @@ def test_wheel_holds_the_default_model_and_the_health_check(tmp_path: Path) -> N
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("hardscore_server/default_model/model.onnx",
                    "hardscore_server/default_model/manifest.json",
-                   "hardscore_server/health.py", "hardscore_server/main.py",
+                   "hardscore_server/tools/health_probe.py", "hardscore_server/main.py",
                    "hardscore_wire/scoring_pb2.py", "hardscore_wire/scoring_pb2.pyi",
-                   "hardscore_server/inference_protocol/grpc_service_pb2.py"):
+                   "hardscore_server/transport/inference_protocol/grpc_service_pb2.py",
+                   "hardscore_server/transport/inference_protocol/grpc_service_pb2.pyi"):
         assert needed in names, needed
+    # every module of every room is packaged (a room missing from pyproject's packages is not)
+    package = REPO / "server" / "hardscore_server"
+    for module in package.rglob("*.py"):
+        assert f"hardscore_server/{module.relative_to(package).as_posix()}" in names, module
 
 
 def test_health_check_flags() -> None:

@@ -18,7 +18,7 @@ import pytest
 from hardscore_client import ScoringClient
 from hardscore_server.config import ConfigError, ServerConfig, load_config
 from hardscore_server.metrics import ServerMetrics
-from hardscore_server.transport.metrics_endpoint import MetricsTLS, metrics_tls
+from hardscore_server.transport.metrics_endpoint import MetricsEndpoint, MetricsTLS, metrics_tls
 
 from pki import Pki, make_pki
 from server_process import ServerProcess, start_server
@@ -112,8 +112,8 @@ def test_https_metrics_need_a_client_certificate_from_the_ca(mtls_metrics_server
 
 
 def test_https_metrics_without_client_certificates(pki):
-    metrics = ServerMetrics()
-    port = metrics.serve("127.0.0.1", 0, MetricsTLS(str(pki.server_cert), str(pki.server_key)))
+    endpoint = MetricsEndpoint(ServerMetrics().registry)
+    port = endpoint.start("127.0.0.1", 0, MetricsTLS(str(pki.server_cert), str(pki.server_key)))
     try:
         anonymous = ssl.create_default_context(cafile=str(pki.ca))
         assert _get(f"https://127.0.0.1:{port}/metrics", anonymous)[0] == 200
@@ -129,7 +129,7 @@ def test_https_metrics_without_client_certificates(pki):
             t.join(30)
         assert statuses == [200] * 8
     finally:
-        metrics.close()
+        endpoint.close()
 
 
 def test_metrics_tls_settings_are_checked(pki):

@@ -108,7 +108,7 @@ def test_budget_wait_is_bounded_by_its_limit_and_the_deadline_and_cancel_takes_n
 
 
 def test_decode_parallelism_fits_the_budget_and_never_refuses_an_image_that_fits_alone() -> None:
-    from hardscore_server.pipeline.image_pipeline import decode_parallelism
+    from hardscore_server.pipeline.decode_scheduler import decode_parallelism
 
     mib = 1 << 20
     # two threads, both costliest fit together: two at once, their sum held

@@ -2,11 +2,12 @@
 
 Servicers (hardscore.v1, the Open Inference Protocol) translate their messages into an
 ``ImageBatch`` and the ``ImageScores`` back into their replies; everything between is here:
-the model check, the per-request sample limit, admission to the batcher's queue (before any
-decoding, so a full queue refuses at once), admission to the decode budget (each image's decode
-memory estimated from its header, see decode_cost and decode_budget), decoding, resizing and
-normalising in one bounded thread pool that calls share turn by turn and that stops a call's
-decoding when the call has gone, the model run through the dynamic batcher, and the scores.
+the model check, the per-request sample limit, the labels, admission to the batcher's queue
+(before any decoding, so a full queue refuses at once), preprocessing (decode_scheduler: the
+decode budget, one bounded thread pool that calls share turn by turn and that stops a call's
+decoding when the call has gone), the model run through the dynamic batcher, and the scores.
+The model is anything shaped like ``ServedModel`` (the ONNX Runtime ``ModelRunner``, or a
+stand-in in tests).
 
 One bad sample (undecodable bytes, a wrong tensor shape, an unknown label) is reported in
 ``ImageScores.errors`` and gets predicted_class -1 and NaN scores; its neighbours are scored.
@@ -17,13 +18,9 @@ bad sample then fails the request with ``SampleFailed`` before the model runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -31,18 +28,10 @@ import numpy.typing as npt
 from hardscore_server.config import ServerConfig
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model.model_dir import ModelManifest
-from hardscore_server.model.runner import ModelRunner
 from hardscore_server.pipeline.batcher import DynamicBatcher, RequestTiming, Reservation
-from hardscore_server.pipeline.decode_budget import DecodeBudget, mib
-from hardscore_server.pipeline.decode_cost import DecodeCost, estimate_array, estimate_image
+from hardscore_server.pipeline.decode_scheduler import DecodeScheduler, Image
 from hardscore_server.pipeline.errors import DeadlineExpired, InvalidRequest, UnknownModel
-from hardscore_server.pipeline.preprocess import (
-    InputSpec,
-    SampleError,
-    decode_image,
-    from_pixels,
-    header_pixels,
-)
+from hardscore_server.pipeline.preprocess import InputSpec, SampleError
 from hardscore_server.pipeline.scores import (
     LABEL_SCORES,
     MODEL_SCORES,
@@ -50,28 +39,30 @@ from hardscore_server.pipeline.scores import (
     ScoreBatch,
     score_logits,
 )
-from hardscore_server.pipeline.torch_decode import BATCH_SIZE, build_decoder, is_jpeg
 
 Float32Array = npt.NDArray[np.float32]
 
-Image = bytes | np.ndarray | SampleError
-"""One image: encoded file bytes (JPEG, PNG, WebP, BMP, GIF, TIFF); uint8 pixels [H, W] or
-[H, W, C] (resized like a decoded file); float32 [C, H, W], the model input itself (must be
-finite); or a SampleError a translator already found (reported in its place)."""
+__all__ = ["Image", "ImageBatch", "ImagePipeline", "ImageScores", "Label", "SampleFailed",
+           "ServedModel", "expand"]
 
 Label = int | str | None
 """A given label: a class index, a class name, or None for none."""
 
-DECODE_STEP_S = 0.002
-"""A decode thread keeps to one call's images for this long (seconds, at least one image)
-before that call's next images queue behind other calls': small images go many to a step."""
 
-INLINE_PREPROCESS_BYTES = 16 * 1024
-"""A lone sample up to this size is preprocessed on the event loop, not in the thread pool."""
+class ServedModel(Protocol):
+    """What the pipeline needs of the model: ``ModelRunner``, or a stand-in in tests."""
 
-INLINE_PREPROCESS_PIXELS = 256 * 256
-"""... and, when encoded, decodes to at most this many pixels (the header says, before decoding:
-a few KiB of PNG can hold a 4000 x 4000 image)."""
+    @property
+    def manifest(self) -> ModelManifest:
+        """Input size and normalisation, class names (output columns), temperature."""
+
+    @property
+    def provider(self) -> str:
+        """The execution provider running it, e.g. "CPUExecutionProvider" (metrics, metadata)."""
+
+    def run(self, instance: int, inputs: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
+        """Logits float32 [b, K] of model inputs float32 [b, C, H, W], on model instance
+        ``instance`` (0 .. config.instances - 1); called from the batcher's threads."""
 
 
 @dataclass(frozen=True)
@@ -120,20 +111,6 @@ class SampleFailed(InvalidRequest):
         self.error = error
 
 
-def _nbytes(image: Image) -> int:
-    return len(image) if isinstance(image, bytes) else getattr(image, "nbytes", 0)
-
-
-def _cheap_to_prepare(image: Image) -> bool:
-    """Whether decoding ``image`` on the event loop costs less than a thread hand-off."""
-    if _nbytes(image) > INLINE_PREPROCESS_BYTES:
-        return False
-    if not isinstance(image, bytes):
-        return True
-    pixels = header_pixels(image)
-    return pixels is not None and pixels <= INLINE_PREPROCESS_PIXELS
-
-
 def expand(batch: ScoreBatch, rows: npt.NDArray[np.intp], n: int) -> ScoreBatch:
     """Scores for all ``n`` samples from those of the scored ``rows``; the rest get -1 / NaN."""
     if len(rows) == n:
@@ -158,29 +135,15 @@ def expand(batch: ScoreBatch, rows: npt.NDArray[np.intp], n: int) -> ScoreBatch:
     )
 
 
-
-def decode_parallelism(costs: Sequence[int], threads: int, capacity: int) -> tuple[int, int]:
-    """(threads, bytes): how many of a call's images to decode at once, and the decode budget
-    that takes. The costliest images set the need; a call whose images fit the budget only one
-    or a few at a time is decoded that many at a time rather than refused (each image left fits
-    alone: larger ones are ``size`` errors). ``costs`` are estimated bytes, at least one."""
-    largest = sorted(costs, reverse=True)[:max(1, threads)]
-    used, need = 0, 0
-    for cost in largest:
-        if used and need + cost > capacity:
-            break
-        used, need = used + 1, need + cost
-    return used, need
-
-
 class ImagePipeline:
-    """Scores ImageBatches with the served model through one dynamic batcher and one pool."""
+    """Scores ImageBatches with the served model through one dynamic batcher and one decode
+    scheduler; ``close()`` it at the end. Score on one event loop."""
 
     def __init__(
-        self, runner: ModelRunner, config: ServerConfig, metrics: ServerMetrics
+        self, runner: ServedModel, config: ServerConfig, metrics: ServerMetrics
     ) -> None:
         self.manifest: ModelManifest = runner.manifest
-        self.provider = runner.provider
+        self.provider: str = runner.provider
         self._config = config
         self._metrics = metrics
         m = self.manifest
@@ -190,6 +153,7 @@ class ImagePipeline:
         )
         self._mean = np.asarray(m.mean, dtype=np.float32)[:, np.newaxis, np.newaxis]
         self._std = np.asarray(m.std, dtype=np.float32)[:, np.newaxis, np.newaxis]
+        self.decoder = DecodeScheduler(self.spec, config, metrics, m.name)
         self.batcher = DynamicBatcher(
             runner.run,
             max_batch_size=config.max_batch_size,
@@ -200,17 +164,8 @@ class ImagePipeline:
             metrics=metrics,
             model=m.name,
         )
-        self._pool = ThreadPoolExecutor(
-            max_workers=config.preprocess_threads, thread_name_prefix="preprocess")
         metrics.model_info.labels(m.name, m.version, runner.provider).set(1)
-        self._preprocess_time = metrics.preprocess_time.labels(m.name)
         self._images_scored = metrics.samples.labels("images")
-        self.decode_budget = DecodeBudget(config.decode_budget_bytes, metrics)
-        self._decodes_done = metrics.decodes.labels("done")
-        self._decodes_after_cancel = metrics.decodes.labels("after_cancel")
-        self._decodes_abandoned = metrics.decodes.labels("abandoned")
-        # jpeg_decode_device=cuda: JPEGs in batches on the GPU (torch imported only then)
-        self._jpegs = build_decoder(config.jpeg_decode_device, self.spec, config.cuda_device_id)
 
     @property
     def max_samples(self) -> int:
@@ -221,7 +176,7 @@ class ImagePipeline:
         """Finishes every queued request, then releases the threads without waiting for
         decodes still running or queued (their calls have ended: the server drains first)."""
         await self.batcher.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.decoder.close()
 
     def serves(self, name: str, version: str = "") -> bool:
         """Whether requests for model ``name`` ("" = the served one) at ``version`` come here."""
@@ -240,8 +195,9 @@ class ImagePipeline:
         """Scores every image of ``batch``; ``deadline`` is a time.monotonic() instant.
 
         Raises UnknownModel, InvalidRequest (more than ``max_samples`` images, labels that do
-        not match the images, a bad temperature), SampleFailed, and the batcher's QueueFull and
-        DeadlineExpired. ``timing``, when given, gets the batcher's queue and model time.
+        not match the images, a bad temperature), SampleFailed, the batcher's QueueFull and
+        DeadlineExpired, and the decoder's DecodeBudgetExceeded, DeadlineExpired and
+        ShuttingDown. ``timing``, when given, gets the batcher's queue and model time.
         """
         self.check_model(batch.model_name)
         n = len(batch)
@@ -310,14 +266,13 @@ class ImagePipeline:
         images = batch.images
         if isinstance(images, np.ndarray):
             if images.dtype == np.uint8:
-                inputs = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._normalise, images)
+                inputs = await self.decoder.run_in_pool(self._normalise, images)
             else:
                 inputs = np.ascontiguousarray(images, dtype=np.float32)
             if bad:
                 inputs = inputs[[i for i in range(n) if i not in bad]]
         else:
-            prepared = await self._preprocess_all(
+            prepared = await self.decoder.preprocess(
                 [bad.get(i, image) for i, image in enumerate(images)], deadline)
             good: list[Float32Array] = []
             for i, item in enumerate(prepared):
@@ -379,237 +334,3 @@ class ImagePipeline:
         x -= self._mean
         x /= self._std
         return x
-
-    def _preprocess_one(self, image: Image) -> Float32Array | SampleError:
-        """One image's model input [C, H, W], or the SampleError saying why not (any thread)."""
-        if isinstance(image, SampleError):
-            return image
-        started = time.perf_counter()
-        try:
-            if isinstance(image, bytes):
-                return decode_image(image, self.spec)
-            return from_pixels(image, self.spec)
-        except SampleError as exc:
-            return exc
-        finally:
-            self._preprocess_time.observe(time.perf_counter() - started)
-
-    def _preprocess(self, images: Sequence[Image]) -> list[Float32Array | SampleError]:
-        """Each image's model input [C, H, W], or the SampleError saying why not, in order."""
-        return [self._preprocess_one(image) for image in images]
-
-    def _estimate(self, image: Image) -> DecodeCost | None:
-        """``image``'s estimated preprocessing cost (see decode_cost); None for a SampleError."""
-        if isinstance(image, bytes):
-            return estimate_image(image, self.spec)
-        if isinstance(image, np.ndarray):
-            return estimate_array(image, self.spec)
-        return None
-
-    def _estimate_all(self, images: Sequence[Image]) -> list[DecodeCost | None]:
-        return [self._estimate(image) for image in images]
-
-    def _over_budget(self, cost: DecodeCost | None) -> SampleError | None:
-        """The "size" error of an image whose decoding alone would exceed the decode budget."""
-        capacity = self.decode_budget.capacity
-        if cost is None or cost.bytes <= capacity or cost.pixels > self.spec.max_image_pixels:
-            return None  # over the pixel limit: decode_image refuses it on its header
-        return SampleError(
-            "size", f"image ({cost.describe}): decoding it needs an estimated "
-            f"{mib(cost.bytes)}, more than this server's decode budget of {mib(capacity)}")
-
-    async def _preprocess_all(
-        self, images: Sequence[Image], deadline: float | None = None
-    ) -> list[Float32Array | SampleError]:
-        """Preprocesses every image in the decode pool, keeping order, within the decode budget.
-
-        Each image's decode cost is estimated from its header first (one pool step for them
-        all): an image whose cost alone exceeds the budget becomes a "size" error, not decoded.
-        The call then takes from the server-wide budget what its costliest images need at once
-        (as many threads as fit the whole budget, at most ``preprocess_threads``, at least one:
-        every image left fits alone), and that many threads take the images one at a time.
-        When the call is cancelled or ``deadline`` passes, no further image starts
-        (DeadlineExpired); the budget comes back when the last running decode ends. A single
-        small image (the usual online call) is done on the event loop: decoding a few KiB costs
-        less than a thread hand-off.
-        """
-        if not images:
-            return []
-        budget = self.decode_budget
-        if len(images) == 1 and _cheap_to_prepare(images[0]):
-            estimates = [self._estimate(images[0])]  # a header of at most 16 KiB
-        else:  # header reads off the event loop: a request may hold a thousand TIFF headers
-            estimates = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._estimate_all, images)
-        images = [self._over_budget(cost) or image
-                  for image, cost in zip(images, estimates, strict=True)]
-        costs = [0 if cost is None else cost.bytes for cost in estimates]
-        if len(images) == 1 and _cheap_to_prepare(images[0]) and budget.try_acquire(costs[0]):
-            try:
-                return self._preprocess(images)
-            finally:
-                budget.release(costs[0])
-        todo = [i for i, image in enumerate(images) if not isinstance(image, SampleError)]
-        if not todo:  # every one is an error already
-            return [image for image in images if isinstance(image, SampleError)]
-        units = self._units(images, todo, costs)
-        threads, need = decode_parallelism(
-            [sum(costs[i] for i in unit) for unit in units], self._config.preprocess_threads,
-            budget.capacity)
-        await budget.acquire(need, deadline)
-        job = _DecodeJob(images, todo, units, deadline, threads, asyncio.get_running_loop())
-        job.done.add_done_callback(lambda _: self._job_ended(job, need))
-        for _ in range(threads):
-            try:
-                self._pool.submit(self._decode_step, job)
-            except RuntimeError:  # the pool is shut down: the server is stopping
-                job.cancelled.set()
-                job.chain_ended()
-        try:
-            await asyncio.shield(job.done)
-        except asyncio.CancelledError:
-            job.cancelled.set()  # queued steps return at once; running ones are the last
-            raise
-        if job.error is not None:
-            raise job.error
-        results = job.results
-        if any(results[i] is None for i in todo):
-            done = sum(1 for i in todo if results[i] is not None)
-            raise DeadlineExpired(
-                f"deadline passed while decoding images ({done} of {len(todo)} decoded); "
-                "not computed")
-        return [image if isinstance(image, SampleError) else results[i]  # type: ignore[misc]
-                for i, image in enumerate(images)]
-
-    def _units(self, images: Sequence[Image], todo: list[int], costs: list[int]) -> list[list[int]]:
-        """``todo`` in units decoded at once: one image each, but with the torch decoder,
-        JPEGs in batches of up to BATCH_SIZE whose summed cost fits the budget's share of one
-        decode thread (at least one image). A batch costs what its images cost together."""
-        if self._jpegs is None:
-            return [[i] for i in todo]
-        share = self.decode_budget.capacity // self._config.preprocess_threads
-        units: list[list[int]] = []
-        batch: list[int] = []
-        held = 0  # the batch's summed cost (bytes)
-        for i in todo:
-            if not is_jpeg(images[i]):
-                units.append([i])
-                continue
-            if batch and (len(batch) == BATCH_SIZE or held + costs[i] > share):
-                units.append(batch)
-                batch, held = [], 0
-            batch.append(i)
-            held += costs[i]
-        if batch:
-            units.append(batch)
-        return units
-
-    def _preprocess_unit(self, images: Sequence[Image], unit: list[int]
-                         ) -> list[Float32Array | SampleError]:
-        """The results of one unit (see _units): a JPEG batch through the torch decoder,
-        what it does not take (and every other image) through _preprocess_one."""
-        if self._jpegs is None or not is_jpeg(images[unit[0]]):
-            return [self._preprocess_one(images[i]) for i in unit]
-        started = time.perf_counter()
-        files = [images[i] for i in unit]  # JPEG bytes, every one (see _units)
-        decoded = self._jpegs.decode([f for f in files if isinstance(f, bytes)])
-        share = (time.perf_counter() - started) / len(unit)
-        results: list[Float32Array | SampleError] = []
-        for i, result in zip(unit, decoded, strict=True):
-            if result is None:
-                results.append(self._preprocess_one(images[i]))
-            else:
-                self._preprocess_time.observe(share)
-                results.append(result)
-        return results
-
-    def _job_ended(self, job: _DecodeJob, need: int) -> None:
-        """Event loop, once every decode thread of ``job`` has stopped: the budget comes back."""
-        self.decode_budget.release(need)
-        left = sum(1 for i in job.todo if job.results[i] is None)
-        if left:
-            self._decodes_abandoned.inc(left)
-
-    def _decode_step(self, job: _DecodeJob) -> None:
-        """Decode thread: images of ``job`` one at a time for up to ``DECODE_STEP_S`` (at least
-        one), then the job queues its next step behind every step already waiting, so calls
-        share the threads turn by turn (a small call is not stuck behind a large one). Starts
-        no image once the call is gone or past its deadline."""
-        queued_next = False
-        try:
-            started = time.perf_counter()
-            while (unit := job.take()) is not None:
-                for index, result in zip(unit, self._preprocess_unit(job.images, unit),
-                                         strict=True):
-                    job.results[index] = result
-                if job.cancelled.is_set():
-                    self._decodes_after_cancel.inc(len(unit))
-                else:
-                    self._decodes_done.inc(len(unit))
-                if time.perf_counter() - started >= DECODE_STEP_S:
-                    break
-            if job.has_more():
-                try:
-                    self._pool.submit(self._decode_step, job)
-                    queued_next = True
-                except RuntimeError:  # the pool is shut down: the server is stopping
-                    job.cancelled.set()
-        except BaseException as exc:  # reported to the call, never lost in the pool
-            job.error = exc
-            job.cancelled.set()
-        finally:
-            if not queued_next:
-                job.chain_ended()
-
-
-class _DecodeJob:
-    """The images of one call, decoded by ``chains`` sequences of pool steps.
-
-    ``todo`` (indices to decode) is taken in order under ``lock``, in ``units`` (lists of
-    indices decoded at once, see ImagePipeline._units); ``cancelled`` stops further takes;
-    ``done`` (an event-loop future) completes when every chain has ended.
-    """
-
-    def __init__(self, images: Sequence[Image], todo: list[int], units: list[list[int]],
-                 deadline: float | None, chains: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.images = images
-        self.todo = todo
-        self.units = units
-        self.deadline = deadline
-        self.next = 0
-        self.lock = threading.Lock()
-        self.cancelled = threading.Event()
-        self.error: BaseException | None = None
-        self.results: list[Float32Array | SampleError | None] = [None] * len(images)
-        self.done: asyncio.Future[None] = loop.create_future()
-        self._chains = chains
-        self._loop = loop
-
-    def take(self) -> list[int] | None:
-        """The next unit's indices, or None: none left, the call gone or past its deadline."""
-        if self.cancelled.is_set() or (
-                self.deadline is not None and time.monotonic() >= self.deadline):
-            self.cancelled.set()
-            return None
-        with self.lock:
-            if self.next >= len(self.units):
-                return None
-            self.next += 1
-            return self.units[self.next - 1]
-
-    def has_more(self) -> bool:
-        with self.lock:
-            return self.next < len(self.units) and not self.cancelled.is_set()
-
-    def chain_ended(self) -> None:
-        """Any thread: one chain is over; the last one completes ``done`` on the loop."""
-        with self.lock:
-            self._chains -= 1
-            last = self._chains == 0
-        if last:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                self._loop.call_soon_threadsafe(self._finish)
-
-    def _finish(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
