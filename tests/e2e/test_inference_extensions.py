@@ -236,6 +236,39 @@ def test_inputs_and_outputs_through_system_shared_memory_grpc_and_rest(
     assert (result.as_numpy("predicted_class") == labels[:6]).mean() >= 0.8
 
 
+def test_a_client_truncating_its_region_gets_an_error_not_a_crashed_server(
+        grpc_client, image_server, digits, regions):
+    """Shrinking the object under a registered region (ftruncate) used to make the server read
+    and write past the end of its mapping: SIGBUS, every call in flight lost."""
+    images, _ = digits
+    x = model_input(images[:2])
+    inp, in_name, in_key = _region(regions, x.nbytes)
+    _, out_name, out_key = _region(regions, 1024)
+    shm.set_shared_memory_region(inp, [x])
+    grpc_client.register_system_shared_memory(in_name, in_key, x.nbytes)
+    grpc_client.register_system_shared_memory(out_name, out_key, 1024)
+    try:
+        os.truncate(f"/dev/shm/{in_name}", 100)
+        tensor = tgrpc.InferInput("images", list(x.shape), "FP32")
+        tensor.set_shared_memory(in_name, x.nbytes)
+        error = _raises(grpc_client.infer, MODEL, [tensor])
+        assert error.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "(the object was truncated)" in error.message()
+        os.truncate(f"/dev/shm/{out_name}", 0)
+        logits = tgrpc.InferRequestedOutput("logits")
+        logits.set_shared_memory(out_name, 2 * 10 * 4)
+        error = _raises(grpc_client.infer, MODEL, [infer_input(tgrpc, "images", x, "FP32")],
+                        outputs=[logits])
+        assert "(the object was truncated)" in error.message()
+        assert os.path.getsize(f"/dev/shm/{out_name}") == 0
+        # the server is alive and serves the same inputs sent in the request
+        result = grpc_client.infer(MODEL, [infer_input(tgrpc, "images", x, "FP32")])
+        assert result.as_numpy("logits").shape == (2, 10)
+    finally:
+        grpc_client.unregister_system_shared_memory()
+    assert image_server.proc is not None and image_server.proc.poll() is None
+
+
 def test_shared_memory_refusals_name_the_problem(grpc_client, image_server, regions, tmp_path):
     _, name, key = _region(regions, 4096)
     cases = [
