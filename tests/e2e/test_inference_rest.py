@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import struct
+import time
 from typing import Any
 
 import numpy as np
@@ -360,3 +362,67 @@ def test_a_burst_beyond_the_queue_is_refused_with_503_and_the_rest_is_served(dig
         status, _, again = http(server, INFER, body, length)  # serving on, the same answer
         assert status == 200 and http(server, "/v2/health/ready")[0] == 200
         assert predicted == [json.loads(again)["outputs"][0]["data"]] * len(predicted)
+
+
+# -- hostile and departing clients -------------------------------------------------------------
+
+
+def _decodes(server) -> dict[str, float]:
+    samples = scrape(server.metrics_url)
+    return {outcome: metric(samples, "hardscore_image_decodes_total", outcome=outcome)
+            for outcome in ("done", "after_cancel", "abandoned")}
+
+
+def _wait_for(check, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_client_that_disconnects_stops_its_images_being_decoded(image_server):
+    """REST kept decoding every image of a request whose client had gone (120 of 120)."""
+    from hostile_images import encode, gradient
+
+    big = encode(gradient(1500, 1500), "PNG", compress_level=1)  # tens of ms each to decode
+    n = 200
+    elements = b"".join(struct.pack("<I", len(big)) + big for _ in range(n))
+    header = json.dumps({"inputs": [{
+        "name": "images", "datatype": "BYTES", "shape": [n],
+        "parameters": {"binary_data_size": len(elements)}}]}).encode()
+    body = header + elements
+    label = {"method": "http:ModelInfer", "code": "CANCELLED"}
+    cancelled = metric(scrape(image_server.metrics_url), "hardscore_requests_total", **label)
+    before = _decodes(image_server)
+    with socket.create_connection(("127.0.0.1", image_server.http_port)) as sock:
+        sock.sendall(
+            f"POST {INFER} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream"
+            f"\r\nInference-Header-Content-Length: {len(header)}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        _wait_for(lambda: _decodes(image_server)["done"] - before["done"] >= 4)
+    _wait_for(lambda: sum(_decodes(image_server)[k] - before[k] for k in before) == n)
+    after = _decodes(image_server)
+    late = after["after_cancel"] - before["after_cancel"]
+    abandoned = after["abandoned"] - before["abandoned"]
+    print(f"\n{after['done'] - before['done']:.0f} decoded while connected, {late:.0f} after "
+          f"the client left, {abandoned:.0f} never started")
+    assert abandoned >= 1 and late <= 2  # at most what the 2 decode threads had begun
+    samples = scrape(image_server.metrics_url)
+    assert metric(samples, "hardscore_requests_total", **label) == cancelled + 1
+    assert metric(samples, "hardscore_decode_budget_in_use_bytes") == 0
+    tensor = infer_input(thttp, "images", model_input(np.zeros((1, 8, 8), np.uint8)), "FP32")
+    client = thttp.InferenceServerClient(f"127.0.0.1:{image_server.http_port}")
+    assert client.infer(MODEL, [tensor]).as_numpy("logits").shape == (1, 10)
+    client.close()
+
+
+def test_small_json_routes_refuse_large_or_undecodable_bodies(image_server):
+    shm = "/v2/systemsharedmemory/region/r/register"
+    big = json.dumps({"key": "/k", "pad": "x" * 70_000}).encode()
+    status, message = error_of(http(image_server, shm, big))
+    assert (status, message) == (413, "request body exceeds 65536 bytes, the most this path takes")
+    for path in (shm, "/v2/repository/index"):
+        status, message = error_of(http(image_server, path, b"not gzip at all",
+                                        {"Content-Encoding": "gzip"}))
+        assert status == 400 and message.startswith("cannot read the request body"), message
+    assert http(image_server, "/v2/repository/index", b"{}")[0] == 200

@@ -261,8 +261,11 @@ class RestServer:
 
     async def start(self, host: str, port: int) -> int:
         """Binds ``host:port`` (0 = a free port), with TLS when configured; returns the port."""
+        # handler_cancellation: a client that disconnects cancels its request's handler, so
+        # its images stop being decoded (no further image starts), as a cancelled gRPC call's
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=self._config.grace_period_s)
+                                     shutdown_timeout=self._config.grace_period_s,
+                                     handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=http_ssl_context(self._config),
                            reuse_port=self._config.workers > 1)  # workers share the port
@@ -291,7 +294,12 @@ class RestServer:
         route = request.match_info.route
         method = _METHODS.get(getattr(route.handler, "__name__", ""), "unknown")
         label = f"http:{method}"
-        response = await self._answer(request, handler)
+        try:
+            response = await self._answer(request, handler)
+        except asyncio.CancelledError:  # the client went away (handler_cancellation)
+            self._metrics.requests.labels(label, "CANCELLED").inc()
+            self._metrics.request_duration.labels(label).observe(time.perf_counter() - started)
+            raise
         code = http_code_name(response.status)
         self._metrics.requests.labels(label, code).inc()
         self._metrics.request_duration.labels(label).observe(time.perf_counter() - started)
@@ -311,9 +319,11 @@ class RestServer:
         try:
             return await handler(request)
         except web.HTTPException as exc:  # aiohttp's own: unknown path, method, size limit
-            if exc.status == 413:
+            if exc.status == 413 and request.path.endswith("/infer"):
                 message = (f"request body exceeds {self._config.max_message_bytes} bytes "
                            "(max_message_bytes)")
+            elif exc.status == 413:
+                message = f"request body exceeds {SMALL_BODY_BYTES} bytes, the most this path takes"
             elif exc.status == 404:
                 message = f"not found: {request.method} {request.path}"
             elif exc.status == 405:
@@ -409,11 +419,34 @@ class RestServer:
         return response
 
 
+SMALL_BODY_BYTES = 64 * 1024
+"""Most bytes a repository or shared-memory request's JSON body may hold (413 beyond)."""
+
+
 async def _json_body(request: web.Request) -> JsonObject:
-    """A small request's JSON object body ({} when empty)."""
-    body = await request.read()
+    """A small request's JSON object body ({} when empty), at most SMALL_BODY_BYTES, parsed off
+    the event loop."""
+    if (request.content_length or 0) > SMALL_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=SMALL_BODY_BYTES,
+                                            actual_size=request.content_length or 0)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_chunked(SMALL_BODY_BYTES):
+            size += len(chunk)
+            if size > SMALL_BODY_BYTES:
+                raise web.HTTPRequestEntityTooLarge(max_size=SMALL_BODY_BYTES, actual_size=size)
+            chunks.append(chunk)
+    except RequestPayloadError as exc:  # e.g. a body that does not inflate as its encoding
+        reason = exc.args[0] if exc.args else exc
+        raise InvalidRequest(f"cannot read the request body: {reason}") from None
+    body = b"".join(chunks)
     if not body.strip():
         return {}
+    return await asyncio.to_thread(_parse_object, body)
+
+
+def _parse_object(body: bytes) -> JsonObject:
     try:
         return _object(json.loads(body), "the request")
     except (UnicodeDecodeError, ValueError) as exc:
