@@ -7,6 +7,7 @@ from hardscore_client.client import (
     TLSConfig,
 )
 from hardscore_client.errors import (
+    ConnectionFailed,
     InputError,
     InputNotFoundError,
     MissingExtraError,
@@ -16,7 +17,7 @@ from hardscore_client.errors import (
 from hardscore_client.messages import SampleError, ScoreResult
 
 __all__ = [
-    "AsyncScoringClient", "InputError", "InputNotFoundError", "MissingExtraError",
-    "ProbabilitiesAsLogitsWarning", "SampleError", "ScoreResult", "ScoringClient",
-    "ServerUnavailableError", "TLSConfig", "WorkflowError",
+    "AsyncScoringClient", "ConnectionFailed", "InputError", "InputNotFoundError",
+    "MissingExtraError", "ProbabilitiesAsLogitsWarning", "SampleError", "ScoreResult",
+    "ScoringClient", "ServerUnavailableError", "TLSConfig", "WorkflowError",
 ]

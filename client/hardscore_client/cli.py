@@ -26,14 +26,23 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from hardscore_client.client import ProbabilitiesAsLogitsWarning, ScoringClient, TLSConfig
+from hardscore_client.client import (
+    DEFAULT_CONNECT_TIMEOUT,
+    TOKEN_ENV,
+    TOKEN_HINT,
+    ProbabilitiesAsLogitsWarning,
+    ScoringClient,
+    TLSConfig,
+)
 from hardscore_client.errors import WorkflowError
 from hardscore_client.tables import read_table, result_columns, write_table
 from hardscore_wire.scores import SCORE_NAMES, looks_like_probabilities
 
 DEFAULT_SERVER = "127.0.0.1:8001"
-TOKEN_ENV = "HARDSCORE_TOKEN"
 PROGRESS_MIN_ROWS = 100_000
+TIMEOUTS = {"score-logits": 600.0, "score-images": 300.0, "info": 30.0}
+"""Default per-call deadline of each command, seconds (score-dir: 300 s per batch; label-studio:
+--predict-deadline)."""
 
 
 def _class_names(args: argparse.Namespace) -> list[str] | None:
@@ -45,22 +54,100 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
     return None
 
 
-def _client(args: argparse.Namespace) -> ScoringClient:
-    """The client the server flags describe: address, deadline, TLS, bearer token."""
-    return ScoringClient(args.server, **_client_options(args))
+def add_connection_flags(
+    p: argparse.ArgumentParser, *, timeout: float | None, several: bool = False,
+    timeout_default: str | None = None,
+) -> argparse.ArgumentParser:
+    """Adds the connection flags to ``p``: ``--server`` (repeatable when ``several``),
+    ``--timeout`` (per-call deadline, default ``timeout`` seconds, described in the help as
+    ``timeout_default`` when given), ``--connect-timeout``, ``--token``/``--token-file``,
+    ``--tls*``."""
+    if several:
+        p.add_argument("--server", action="append", metavar="HOST:PORT",
+                       help=f"server to use; repeat to spread the work (default {DEFAULT_SERVER})")
+    else:
+        p.add_argument("--server", default=DEFAULT_SERVER, metavar="HOST:PORT",
+                       help=f"the server's gRPC address (default {DEFAULT_SERVER})")
+    shown = timeout_default or ("none" if timeout is None else f"{timeout:g}")
+    p.add_argument("--timeout", type=float, default=timeout,
+                   help=f"per-call deadline, seconds; 0 = none (default: {shown})")
+    p.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT,
+                   help="seconds to wait for the first connection before saying why it failed "
+                        f"(exit 3); 0 = wait within the per-call deadline "
+                        f"(default: {DEFAULT_CONNECT_TIMEOUT:g})")
+    token = p.add_mutually_exclusive_group()
+    token.add_argument("--token", help=f"bearer token (default: environment {TOKEN_ENV}; "
+                       "prefer it or --token-file, a flag shows in the process list)")
+    token.add_argument("--token-file", metavar="FILE", help="file holding the bearer token")
+    p.add_argument("--tls", action="store_true",
+                   help="connect over TLS (system CA roots unless --tls-ca)")
+    p.add_argument("--tls-ca", help="PEM CA bundle that signed the server's certificate")
+    p.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-server-name", help="name to verify the server certificate against "
+                   "(default: the host in --server)")
+    return p
 
 
-def _client_options(args: argparse.Namespace) -> dict[str, Any]:
-    """ScoringClient keyword options from the server flags (timeout, TLS, token)."""
+def servers(args: argparse.Namespace) -> list[str]:
+    """The --server addresses (a list for every command; the default when none was given)."""
+    value = args.server
+    if isinstance(value, str):
+        return [value]
+    return list(value) if value else [DEFAULT_SERVER]
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        try:
+            text = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise SystemExit(f"hardscore: --token-file: {exc}") from None
+        if not text:
+            raise SystemExit(f"hardscore: --token-file {args.token_file} is empty")
+        return text
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ScoringClient / AsyncScoringClient keyword options from the connection flags:
+    ``timeout``, ``connect_timeout`` (seconds, None = unbounded), ``tls``, ``token``."""
     tls = None
-    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
         try:
             tls = TLSConfig.from_files(args.tls_ca, args.tls_cert, args.tls_key,
                                        args.tls_server_name)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"hardscore: TLS: {exc}") from None
-    token = args.token or os.environ.get(TOKEN_ENV) or None
-    return {"timeout": args.timeout, "tls": tls, "token": token}
+    for flag in ("timeout", "connect_timeout"):
+        value = getattr(args, flag)
+        if value is not None and value < 0:
+            raise SystemExit(f"hardscore: --{flag.replace('_', '-')} must be >= 0 seconds")
+    return {"timeout": args.timeout or None, "connect_timeout": args.connect_timeout or None,
+            "tls": tls, "token": _token(args)}
+
+
+def _client(args: argparse.Namespace) -> ScoringClient:
+    """The blocking client of the first --server with the options the flags describe."""
+    return ScoringClient(servers(args)[0], **client_options(args))
+
+
+def rpc_error_line(exc: grpc.RpcError, args: argparse.Namespace) -> str:
+    """One line for a gRPC error status that ended a command: the code, the server's message,
+    then in brackets the address and a hint where the code suggests one."""
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    notes = [f"server {', '.join(servers(args))}"] if hasattr(args, "server") else []
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        notes.append(TOKEN_HINT)
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED and getattr(args, "timeout", None):
+        notes.append(f"the call took longer than --timeout {args.timeout:g} s")
+    elif code == grpc.StatusCode.UNIMPLEMENTED:
+        notes.append("is this a hardscore server's gRPC port?")
+    suffix = f" ({'; '.join(notes)})" if notes else ""
+    return f"hardscore: {getattr(code, 'name', 'error')}: {detail}{suffix}"
 
 
 def cmd_score_logits(args: argparse.Namespace) -> int:
@@ -141,18 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_server(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--server", default=DEFAULT_SERVER, help="host:port of the server")
-        p.add_argument("--timeout", type=float, default=None, help="per-call deadline, seconds")
-        p.add_argument("--token", help=f"bearer token (default: environment {TOKEN_ENV}; "
-                       "prefer it, a flag shows in the process list)")
-        p.add_argument("--tls", action="store_true",
-                       help="connect over TLS (system CA roots unless --tls-ca)")
-        p.add_argument("--tls-ca", help="PEM CA bundle that signed the server's certificate")
-        p.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
-        p.add_argument("--tls-key", help="PEM private key of --tls-cert")
-        p.add_argument("--tls-server-name", help="name to verify the server certificate against "
-                       "(default: the host in --server)")
-        return p
+        return add_connection_flags(p, timeout=TIMEOUTS[p.prog.split()[-1]])
 
     p = with_server(sub.add_parser("score-logits",
                                    help="score a .npy file of logits (or of probabilities)"))
@@ -188,11 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from hardscore_client.workflow_cli import add_workflow_commands
 
-    add_workflow_commands(sub)
+    add_workflow_commands(sub, add_connection_flags, client_options)
 
     from hardscore_client.label_studio_cli import add_label_studio_command
 
-    add_label_studio_command(sub, with_server, _client_options)
+    add_label_studio_command(sub, add_connection_flags, client_options)
     return parser
 
 
@@ -205,9 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return exc.exit_code
     except grpc.RpcError as exc:  # a status from the server (or the channel): no traceback
-        code = exc.code() if isinstance(exc, grpc.Call) else None
-        detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        print(f"hardscore: {getattr(code, 'name', 'error')}: {detail}", file=sys.stderr)
+        print(rpc_error_line(exc, args), file=sys.stderr)
         return 1
 
 

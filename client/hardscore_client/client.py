@@ -3,16 +3,20 @@
 Both take numpy arrays and return ``ScoreResult`` objects with one array per score. Inputs too
 large for one message are cut into chunks and sent over the streaming RPCs automatically.
 Calls that fail with UNAVAILABLE (server restarting, connection refused) are retried by gRPC
-itself with exponential backoff, as configured by the channel's service config.
+itself with exponential backoff, as configured by the channel's service config. Until the
+channel has connected once, a call first waits at most ``connect_timeout`` seconds for it, then
+raises ConnectionFailed: a probe of the address with the standard library (name resolution, a TCP
+connection, an HTTP/1.1 request, TLS handshakes, an HTTP/2 preface; each step bounded by
+PROBE_STEP_S seconds) names the likely cause and the fix in its one-line message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 import hardscore_client.health_check as health_check
+from hardscore_client.connection import TLSConfig, connection_failed
 from hardscore_client.messages import (
     ScoreResult,
     chunk_rows_for,
@@ -39,30 +44,12 @@ Progress = Callable[[int], None]
 
 ImageInput = bytes | npt.NDArray[np.generic]
 
-
-@dataclass(frozen=True)
-class TLSConfig:
-    """TLS for the channel: PEM bytes of the CA roots, and for mutual TLS a key and chain."""
-
-    root_certificates: bytes | None = None
-    private_key: bytes | None = None
-    certificate_chain: bytes | None = None
-    server_name_override: str | None = None
-
-    @classmethod
-    def from_files(
-        cls, ca: str | None = None, cert: str | None = None, key: str | None = None,
-        server_name: str | None = None,
-    ) -> TLSConfig:
-        """From PEM files: ``ca`` (None = system roots), ``cert`` + ``key`` for mutual TLS."""
-        if (cert is None) != (key is None):
-            raise ValueError("a client certificate and its key go together (both or neither)")
-
-        def read(path: str | None) -> bytes | None:
-            return None if path is None else Path(path).read_bytes()
-
-        return cls(read(ca), read(key), read(cert), server_name)
-
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds the first call waits for the channel to connect before ConnectionFailed."""
+TOKEN_ENV = "HARDSCORE_TOKEN"
+"""The environment variable the command line reads the bearer token from."""
+TOKEN_HINT = f"pass --token, --token-file or set {TOKEN_ENV}"
+"""What a message about a missing or refused bearer token suggests."""
 
 def channel_options(max_message_bytes: int, retries: int) -> list[tuple[str, object]]:
     """Channel options: message limits and a retry policy for UNAVAILABLE on every method."""
@@ -162,9 +149,17 @@ class _ClientCore:
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         token: str | None = None,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         _aio: bool = False,
     ) -> None:
+        if connect_timeout is not None and connect_timeout <= 0:
+            raise ValueError(f"connect_timeout must be > 0 seconds or None, got {connect_timeout}")
         grpc_api: Any = grpc.aio if _aio else grpc
+        self._target = target
+        self._tls = tls
+        self._connect_timeout = connect_timeout
+        self._connected = False
+        self._thread_lock = threading.Lock()  # one first-connection wait at a time
         options = channel_options(max_message_bytes, retries)
         if tls is not None:
             if tls.server_name_override:
@@ -176,12 +171,21 @@ class _ClientCore:
         self._health = self._channel.unary_unary(health_check.METHOD)
         self._max_message_bytes = max_message_bytes
         # Every call waits for the channel to connect (bounded by the timeout) instead of
-        # failing at once while the server starts.
+        # failing at once while the server restarts; the first connection is bounded by
+        # connect_timeout too (_first_wait).
         self._call: dict[str, Any] = {
             "timeout": timeout, "metadata": tuple(metadata), "wait_for_ready": True,
         }
         if token:  # bearer-token auth (servers with auth_tokens): every call but health checks
             self._call["metadata"] += (("authorization", f"Bearer {token}"),)
+
+    def _first_wait(self) -> float | None:
+        """Seconds to wait for the first connection before ConnectionFailed: connect_timeout,
+        or the per-call timeout when shorter; None = connected already, or no bound asked."""
+        if self._connected or self._connect_timeout is None:
+            return None
+        timeout = self._call["timeout"]
+        return self._connect_timeout if timeout is None else min(self._connect_timeout, timeout)
 
     def _logits_plan(
         self,
@@ -246,9 +250,28 @@ class ScoringClient(_ClientCore):
     """Blocking client of a hardscore server at ``target`` ("host:port").
 
     Keyword options: ``tls`` (TLSConfig), ``max_message_bytes`` (both directions),
-    ``retries`` (attempts after the first on UNAVAILABLE), ``timeout`` (seconds per call),
-    ``metadata`` (sent with every call), ``token`` (bearer token, sent as ``authorization``).
+    ``retries`` (attempts after the first on UNAVAILABLE), ``timeout`` (seconds per call,
+    default None: no deadline), ``metadata`` (sent with every call), ``token`` (bearer token,
+    sent as ``authorization``), ``connect_timeout`` (seconds, default 10: how long the first
+    call waits for the channel to connect, at most ``timeout``, before raising ConnectionFailed;
+    None = wait within the call's deadline only).
     """
+
+    def _ensure_connected(self) -> None:
+        """Waits for the first connection (see _first_wait); raises ConnectionFailed."""
+        if self._first_wait() is None:
+            return
+        with self._thread_lock:
+            wait = self._first_wait()
+            if wait is None:
+                return
+            ready = grpc.channel_ready_future(self._channel)
+            try:
+                ready.result(timeout=wait)
+            except grpc.FutureTimeoutError:
+                ready.cancel()
+                raise connection_failed(self._target, self._tls, wait) from None
+            self._connected = True
 
     def __enter__(self) -> ScoringClient:
         return self
@@ -263,6 +286,7 @@ class ScoringClient(_ClientCore):
         """Blocks until the server's health check says SERVING (or raises grpc.RpcError)."""
         reply = self._health(health_check.request(), timeout=timeout, wait_for_ready=True)
         health_check.check_serving(health_check.status_of(reply))
+        self._connected = True
 
     def score_logits(
         self,
@@ -311,6 +335,7 @@ class ScoringClient(_ClientCore):
     def _score_rows(
         self, n: int, requests: Iterator[pb.ScoreLogitsRequest], progress: Progress | None
     ) -> ScoreResult:
+        self._ensure_connected()
         if n == 1:
             reply = self._stub.ScoreLogits(next(requests), **self._call)
             return _finish([decode_scores(reply.scores)], progress)
@@ -337,6 +362,7 @@ class ScoringClient(_ClientCore):
         """
         requests = self._images_plan(images, labels, ids, temperature, include_probabilities,
                                      include_logits, chunk_size)
+        self._ensure_connected()
         if len(requests) == 1:
             reply = self._stub.ScoreImages(requests[0], **self._call)
             return _finish([decode_scores(reply.scores, reply.errors)], progress)
@@ -347,6 +373,7 @@ class ScoringClient(_ClientCore):
 
     def get_model_info(self, model_name: str = "") -> pb.GetModelInfoResponse:
         """The served model's description (classes, input, normalisation, provider, batching)."""
+        self._ensure_connected()
         return self._stub.GetModelInfo(pb.GetModelInfoRequest(model_name=model_name),
                                        **self._call)
 
@@ -356,6 +383,22 @@ class AsyncScoringClient(_ClientCore):
 
     def __init__(self, target: str, **options: Any) -> None:
         super().__init__(target, _aio=True, **options)
+        self._connect_lock = asyncio.Lock()
+
+    async def _ensure_connected(self) -> None:
+        """Waits for the first connection (see _first_wait); raises ConnectionFailed."""
+        if self._first_wait() is None:
+            return
+        async with self._connect_lock:
+            wait = self._first_wait()
+            if wait is None:
+                return
+            try:
+                await asyncio.wait_for(self._channel.channel_ready(), wait)
+            except TimeoutError:
+                raise await asyncio.to_thread(
+                    connection_failed, self._target, self._tls, wait) from None
+            self._connected = True
 
     async def __aenter__(self) -> AsyncScoringClient:
         return self
@@ -369,6 +412,7 @@ class AsyncScoringClient(_ClientCore):
     async def wait_ready(self, timeout: float = 30.0) -> None:
         reply = await self._health(health_check.request(), timeout=timeout, wait_for_ready=True)
         health_check.check_serving(health_check.status_of(reply))
+        self._connected = True
 
     async def score_logits(
         self,
@@ -406,6 +450,7 @@ class AsyncScoringClient(_ClientCore):
     async def _score_rows(
         self, n: int, requests: Iterator[pb.ScoreLogitsRequest], progress: Progress | None
     ) -> ScoreResult:
+        await self._ensure_connected()
         if n == 1:
             reply = await self._stub.ScoreLogits(next(requests), **self._call)
             return _finish([decode_scores(reply.scores)], progress)
@@ -428,6 +473,7 @@ class AsyncScoringClient(_ClientCore):
         """See ScoringClient.score_images."""
         requests = self._images_plan(images, labels, ids, temperature, include_probabilities,
                                      include_logits, chunk_size)
+        await self._ensure_connected()
         if len(requests) == 1:
             reply = await self._stub.ScoreImages(requests[0], **self._call)
             return _finish([decode_scores(reply.scores, reply.errors)], progress)
@@ -437,5 +483,6 @@ class AsyncScoringClient(_ClientCore):
             (decode_scores(r.result.scores, r.result.errors) async for r in call), progress)
 
     async def get_model_info(self, model_name: str = "") -> pb.GetModelInfoResponse:
+        await self._ensure_connected()
         return await self._stub.GetModelInfo(pb.GetModelInfoRequest(model_name=model_name),
                                              **self._call)

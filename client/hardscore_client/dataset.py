@@ -13,6 +13,12 @@ free, so faster servers take more. The output table has one row per scored image
 probabilities. It is rewritten (to a temporary file, then renamed) every ``checkpoint_s``
 seconds and at the end, so an interrupted run loses little, and a new run over the same output
 skips every path already in it. Unreadable or undecodable images are reported and skipped.
+
+A server's refusal that cannot change is never retried: a batch refused as too large (over the
+message size limit, the queue size, the images per message or the decode budget) is split in
+halves until the image(s) at fault are found; those are reported and skipped (reason ``size``)
+and the others scored. A busy server (full queue, busy decode budget) is retried with backoff
+for at most ``busy_give_up_s`` seconds without a success, then given up like a failed one.
 """
 
 from __future__ import annotations
@@ -33,8 +39,19 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from hardscore_client.client import AsyncScoringClient
-from hardscore_client.errors import InputError, InputNotFoundError, ServerUnavailableError
+from hardscore_client.client import (
+    DEFAULT_CONNECT_TIMEOUT,
+    TOKEN_HINT,
+    AsyncScoringClient,
+    TLSConfig,
+)
+from hardscore_client.connection import PROBE_BOUND_S
+from hardscore_client.errors import (
+    ConnectionFailed,
+    InputError,
+    InputNotFoundError,
+    ServerUnavailableError,
+)
 from hardscore_client.messages import ScoreResult
 from hardscore_client.tables import INT_COLUMNS, TEXT_COLUMNS, Columns, read_table, write_table
 from hardscore_wire.scores import SCORE_NAMES
@@ -45,6 +62,8 @@ FIRST_COLUMNS = ("path", "label", "prediction")
 BATCH_SIZE = 32
 CONCURRENCY = 4
 CHECKPOINT_S = 60.0
+BUSY_GIVE_UP_S = 120.0
+"""Seconds a server may answer only busy refusals (RESOURCE_EXHAUSTED) before it is given up."""
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -245,18 +264,31 @@ class _Run:
         self.unsaved = 0
 
 
+def _refused_line(name: str, exc: BaseException, wait_s: float) -> str:
+    """Why server ``name`` cannot be used, one line."""
+    if isinstance(exc, ConnectionFailed):
+        return str(exc)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        hint = f" ({TOKEN_HINT})" if exc.code() == grpc.StatusCode.UNAUTHENTICATED else ""
+        return f"server {name} refused: {exc.code().name}: {exc.details()}{hint}"
+    return f"server {name}: no answer within {wait_s:g} s"
+
+
 async def _model_classes(
     clients: list[tuple[str, AsyncScoringClient]], wait_s: float,
 ) -> list[str]:
-    """The served class names; servers that do not answer within ``wait_s`` are dropped from
-    ``clients`` (with a warning), servers serving other classes refused."""
+    """The served class names; servers that cannot be reached or refuse within ``wait_s`` are
+    dropped from ``clients`` (with a warning), servers serving other classes refused.
+
+    Raises ConnectionFailed when no server could be reached, ServerUnavailableError when none
+    answered (e.g. UNAUTHENTICATED), with the reason of each in one line."""
     names: list[str] | None = None
+    left_out: list[tuple[str, BaseException]] = []
     for name, client in list(clients):
         try:
             info = await asyncio.wait_for(client.get_model_info(), wait_s)
-        except (grpc.aio.AioRpcError, TimeoutError) as e:
-            detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else "no answer"
-            print(f"server {name} left out: {detail}", file=sys.stderr)
+        except (grpc.aio.AioRpcError, TimeoutError, ConnectionFailed) as e:
+            left_out.append((name, e))
             clients.remove((name, client))
             await client.close()
             continue
@@ -266,9 +298,21 @@ async def _model_classes(
         elif theirs != names:
             raise InputError(f"server {name} serves other classes ({', '.join(theirs[:5])}"
                              f"...) than the first server ({', '.join(names[:5])}...)")
+    lines = [_refused_line(name, e, wait_s) for name, e in left_out]
     if names is None:
-        raise ServerUnavailableError(
-            "no server answered: start one (hardscore-server) or check --server")
+        unreachable = [e for _, e in left_out if isinstance(e, ConnectionFailed)]
+        if len(left_out) == 1:
+            if unreachable:
+                raise unreachable[0]
+            raise ServerUnavailableError(lines[0])
+        message = "no server answered: " + "; ".join(lines)
+        if len(unreachable) == len(left_out):
+            causes = {e.cause for e in unreachable}
+            raise ConnectionFailed(message, ", ".join(e.target for e in unreachable),
+                                   causes.pop() if len(causes) == 1 else "unknown")
+        raise ServerUnavailableError(message)
+    for (name, _), line in zip(left_out, lines, strict=True):
+        print(f"server {name} left out: {line}", file=sys.stderr)
     return names
 
 
@@ -298,10 +342,17 @@ async def score_items_async(
     timeout: float | None = 300.0,
     progress: bool = True,
     failures: Sequence[Failure] = (),
+    tls: TLSConfig | None = None,
+    token: str | None = None,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    busy_give_up_s: float = BUSY_GIVE_UP_S,
 ) -> ScoreDirSummary:
     """Scores ``items`` on ``servers`` into the table ``out`` (see the module docstring).
 
-    Raises ServerUnavailableError when no server answers (or all fail), InputError for labels
+    ``timeout`` is the deadline of each call (seconds), ``tls``, ``token`` and
+    ``connect_timeout`` are the clients' options (AsyncScoringClient), ``busy_give_up_s`` how
+    long a server may stay busy (seconds). Raises ConnectionFailed when no server can be
+    reached, ServerUnavailableError when none answers (or all fail), InputError for labels
     that are not the model's classes or an ``out`` table of other columns."""
     if not servers:
         raise ValueError("at least one server is needed")
@@ -318,9 +369,12 @@ async def score_items_async(
             seen.add(item.path)
             todo.append(item)
 
-    clients = [(f"{i}:{t}", AsyncScoringClient(t, timeout=timeout)) for i, t in enumerate(servers)]
+    clients = [(f"{i}:{t}", AsyncScoringClient(t, timeout=timeout, tls=tls, token=token,
+                                                connect_timeout=connect_timeout))
+               for i, t in enumerate(servers)]
     try:
-        class_names = await _model_classes(clients, min(timeout or 60.0, 60.0))
+        wait_s = min(timeout or 60.0, 60.0) + (connect_timeout or 0.0) + PROBE_BOUND_S
+        class_names = await _model_classes(clients, wait_s)
         check_labels(todo, class_names)
         if existing and list(existing) != table_columns(class_names):
             raise InputError(f"{out} has other columns than this model's table; write to a new "
@@ -329,7 +383,8 @@ async def score_items_async(
         for start in range(0, len(todo), batch_size):
             queue.put_nowait(todo[start:start + batch_size])
         summary.per_server = {name: 0 for name, _ in clients}
-        state = _Dispatch(queue, queue.qsize(), len(clients) * max(1, concurrency))
+        state = _Dispatch(queue, queue.qsize(), len(clients) * max(1, concurrency),
+                          busy_give_up_s)
         with tqdm(total=len(todo), unit="img", desc="scoring", disable=not progress,
                   dynamic_ncols=True, file=sys.stderr) as bar:
             run = _Run(out, existing, class_names, checkpoint_s, bar)
@@ -339,9 +394,10 @@ async def score_items_async(
                     for name, client in clients for _ in range(max(1, concurrency))
                 ))
                 if state.pending:
+                    reasons = "; ".join(f"{k}: {v}" for k, v in state.dead.items())
                     raise ServerUnavailableError(
-                        f"every server failed; {state.pending} batches of up to {batch_size} "
-                        "images left unscored (run again to resume)")
+                        f"every server failed ({reasons}); {state.pending} batches of up to "
+                        f"{batch_size} images left unscored (run again to resume)")
             finally:
                 if run.unsaved or not out.exists():
                     run.save()
@@ -355,17 +411,41 @@ async def score_items_async(
 RETRY_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED,)
 GIVE_UP_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                  grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+SPLIT_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT)
+"""Codes whose message may refuse a request for its size (see too_large)."""
+TOO_LARGE_MARKS = ("larger than max", "never fit", "send smaller", "separate requests",
+                   "too large", "takes in one message")
+"""Phrases of a message refusing the request for its size: gRPC's message size limit
+(RESOURCE_EXHAUSTED "Received/Sent message larger than max"), the server's queue ("can never
+fit the queue ... send smaller requests"), decode budget ("send the large images in separate
+requests"), images per message and reply size (INVALID_ARGUMENT "more than this server takes in
+one message", "send smaller requests"). Other RESOURCE_EXHAUSTED messages (queue full, decode
+budget busy, shutting down: "retry later") mean a busy server."""
+BACKOFF_S = (0.05, 2.0)
+"""First and longest wait between a worker's busy retries, seconds (doubling)."""
+
+
+def too_large(details: str) -> bool:
+    """Whether a RESOURCE_EXHAUSTED or INVALID_ARGUMENT with message ``details`` refuses the
+    request for its size (sending it again cannot help; a smaller one can), rather than for a
+    busy server or a bad sample."""
+    text = details.lower()
+    return any(mark in text for mark in TOO_LARGE_MARKS)
 
 
 class _Dispatch:
-    """The batches still to score and the servers given up on."""
+    """The batches still to score, the servers given up on (with why) and busy streaks."""
 
     def __init__(self, queue: asyncio.Queue[list[Item] | None], pending: int,
-                 workers: int) -> None:
+                 workers: int, busy_give_up_s: float = BUSY_GIVE_UP_S) -> None:
         self.queue = queue
         self.pending = pending
         self.workers = workers
-        self.dead: set[str] = set()
+        self.dead: dict[str, str] = {}
+        self.busy_give_up_s = busy_give_up_s
+        self.busy_since: dict[str, tuple[float, int]] = {}
+        """Per server: (time.monotonic() of the first busy refusal since its last success,
+        refusals since)."""
         if not pending:
             self._release()
 
@@ -373,6 +453,34 @@ class _Dispatch:
         self.pending -= 1
         if not self.pending:
             self._release()
+
+    def split(self, batch: list[Item]) -> None:
+        """Queues ``batch`` (2 items or more) again as two halves."""
+        half = len(batch) // 2
+        self.pending += 2
+        self.queue.put_nowait(batch[:half])
+        self.queue.put_nowait(batch[half:])
+
+    def give_up(self, name: str, why: str) -> None:
+        if name not in self.dead:
+            self.dead[name] = why
+            tqdm.write(f"server {name} failed ({why}); its work goes to the other servers",
+                       file=sys.stderr)
+
+    def busy(self, name: str, details: str) -> bool:
+        """Counts a busy refusal of ``name``; gives the server up (False) once it has been
+        busy for busy_give_up_s seconds without a success."""
+        now = time.monotonic()
+        since, count = self.busy_since.get(name, (now, 0))
+        self.busy_since[name] = (since, count + 1)
+        if now - since < self.busy_give_up_s:
+            return True
+        self.give_up(name, f"busy for {now - since:.0f} s, {count + 1} RESOURCE_EXHAUSTED "
+                           f"refusals without a success, the last: {details}")
+        return False
+
+    def served(self, name: str) -> None:
+        self.busy_since.pop(name, None)
 
     def _release(self) -> None:
         for _ in range(self.workers):
@@ -382,8 +490,9 @@ class _Dispatch:
 async def _worker(name: str, client: AsyncScoringClient, state: _Dispatch, run: _Run,
                   summary: ScoreDirSummary) -> None:
     """Scores batches until all are done; on a server failure hands its batch back and stops
-    (the other servers' workers take it)."""
-    backoff = 0.05
+    (the other servers' workers take it). A batch refused for its size is split in halves; a
+    lone image refused so is a failure (reason ``size``)."""
+    backoff = BACKOFF_S[0]
     while True:
         batch = await state.queue.get()
         if batch is None:
@@ -395,31 +504,43 @@ async def _worker(name: str, client: AsyncScoringClient, state: _Dispatch, run: 
         readable = [(item, data) for item, data in zip(batch, read, strict=True)
                     if isinstance(data, bytes)]
         good = [item for item, _ in readable]
+        result = None
         if good:
             try:
                 result = await client.score_images(
                     [data for _, data in readable], [item.label or None for item in good],
                     ids=[item.path for item in good], include_probabilities=True,
                     chunk_size=len(good))
+            except ConnectionFailed as e:  # not connected yet (it was, in _model_classes)
+                state.queue.put_nowait(batch)
+                state.give_up(name, str(e))
+                return
             except grpc.aio.AioRpcError as e:
-                if e.code() in RETRY_CODES:  # the server's queue is full: wait, then again
+                code, details = e.code(), e.details() or ""
+                if code in SPLIT_CODES and too_large(details):  # never retried as it is
+                    if len(good) > 1:  # the halves count on the progress bar themselves
+                        state.split(good)
+                        batch = [item for item in batch if item not in good]
+                    else:
+                        _fail(summary, Failure(good[0].path, "size",
+                                               f"refused alone: {code.name}: {details}"))
+                elif code in RETRY_CODES:  # busy (queue full): wait, then again
                     state.queue.put_nowait(batch)
+                    if not state.busy(name, details):
+                        return
                     await asyncio.sleep(backoff)
-                    backoff = min(2.0, backoff * 2)
+                    backoff = min(BACKOFF_S[1], backoff * 2)
                     continue
-                if e.code() in GIVE_UP_CODES:
+                elif code in GIVE_UP_CODES:
                     state.queue.put_nowait(batch)
-                    if name not in state.dead:
-                        state.dead.add(name)
-                        tqdm.write(f"server {name} failed ({e.code().name}: {e.details()}); "
-                                   "its work goes to the other servers", file=sys.stderr)
+                    state.give_up(name, f"{code.name}: {details}")
                     return
-                result = None
-                for item in good:  # refused as a whole (e.g. over the message size limit)
-                    _fail(summary, Failure(item.path, e.code().name.lower(), e.details() or ""))
-        else:
-            result = None
-        backoff = 0.05
+                else:
+                    for item in good:  # refused as a whole (e.g. INVALID_ARGUMENT)
+                        _fail(summary, Failure(item.path, code.name.lower(), details))
+            else:
+                state.served(name)
+        backoff = BACKOFF_S[0]
         for data in read:
             if isinstance(data, Failure):
                 _fail(summary, data)

@@ -1,4 +1,4 @@
-"""Errors of the data-set functions; the ``hardscore`` command maps them to exit codes."""
+"""Errors of the client's functions; the ``hardscore`` command maps them to exit codes."""
 
 from __future__ import annotations
 
@@ -21,6 +21,22 @@ class InputNotFoundError(InputError, FileNotFoundError):
 
 class ServerUnavailableError(WorkflowError):
     """No server answered."""
+
+
+class ConnectionFailed(ServerUnavailableError):
+    """The first connection to a server did not come up within the client's connect_timeout.
+
+    The message is one line naming the address, the likely cause and the fix; ``cause`` is a
+    token for programs: resolve, refused, timeout, connect, http1, tls_required, not_tls,
+    untrusted, hostname, client_certificate, tls, unknown.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, target: str = "", cause: str = "unknown") -> None:
+        super().__init__(message)
+        self.target = target
+        self.cause = cause
 
 
 class MissingExtraError(WorkflowError):

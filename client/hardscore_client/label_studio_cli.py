@@ -13,12 +13,15 @@ from hardscore_client.label_studio import SCORE_CHOICES
 
 
 def add_label_studio_command(
-    sub: Any, with_server: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
+    sub: Any, with_server: Callable[..., argparse.ArgumentParser],
     client_options: Callable[[argparse.Namespace], dict[str, Any]],
 ) -> None:
-    """Adds ``hardscore label-studio`` to the CLI (the server module is imported on use)."""
+    """Adds ``hardscore label-studio`` to the CLI (the server module is imported on use);
+    ``with_server`` adds the connection flags (cli.add_connection_flags), ``client_options``
+    reads them (cli.client_options)."""
     p = with_server(sub.add_parser(
-        "label-studio", help="run a Label Studio ML backend that scores through the server"))
+        "label-studio", help="run a Label Studio ML backend that scores through the server"),
+        timeout=None, timeout_default="--predict-deadline")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: "
                    "127.0.0.1; 0.0.0.0 to be reached from other machines or containers)")
     p.add_argument("--port", type=int, default=9090, help="HTTP port (default: 9090)")

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,17 @@ from hardscore_client.report import ReportOptions, write_report
 from hardscore_client.selection import STRATEGIES, select, write_queue
 
 DEFAULT_SERVER = "127.0.0.1:8001"
+SCORE_DIR_TIMEOUT = 300.0
+"""score-dir's default per-call deadline (one batch), seconds."""
 
 
-def cmd_score_dir(args: argparse.Namespace) -> int:
+def cmd_score_dir(
+    args: argparse.Namespace,
+    client_options: Callable[[argparse.Namespace], dict[str, Any]],
+) -> int:
+    """score-dir; ``client_options`` reads the connection flags (cli.client_options)."""
     failures: list[Failure] = []
+    options = client_options(args)
     if args.from_list and args.path:
         raise SystemExit("score-dir takes a folder or --from-list FILE, not both")
     if args.from_list:
@@ -47,8 +56,8 @@ def cmd_score_dir(args: argparse.Namespace) -> int:
     print(f"found {len(items)} images ({labelled} with a given label)", file=sys.stderr)
     summary = score_items(
         items, args.server or [DEFAULT_SERVER], Path(args.out), batch_size=args.batch_size,
-        concurrency=args.concurrency, checkpoint_s=args.checkpoint_s, timeout=args.timeout,
-        progress=not args.no_progress, failures=failures,
+        concurrency=args.concurrency, checkpoint_s=args.checkpoint_s,
+        progress=not args.no_progress, failures=failures, **options,
     )
     rate = summary.scored / summary.seconds if summary.seconds else 0.0
     spread = ", ".join(f"{k}: {v}" for k, v in summary.per_server.items())
@@ -138,14 +147,17 @@ def _ranking_options(p: argparse.ArgumentParser) -> None:
                    help="correct the probabilities for class imbalance before ranking")
 
 
-def add_workflow_commands(sub: Any) -> None:
-    """Registers the data-set subcommands on ``sub`` (argparse subparsers)."""
+def add_workflow_commands(
+    sub: Any, with_server: Callable[..., argparse.ArgumentParser],
+    client_options: Callable[[argparse.Namespace], dict[str, Any]],
+) -> None:
+    """Registers the data-set subcommands on ``sub`` (argparse subparsers); ``with_server`` adds
+    the connection flags to a parser (cli.add_connection_flags), ``client_options`` reads them
+    (cli.client_options)."""
     p = sub.add_parser("score-dir", help="score every image of a folder (or list) into a table")
     p.add_argument("path", nargs="?", help="folder: one subfolder per class, or flat")
     p.add_argument("--from-list", metavar="FILE",
                    help="read image paths / file:// URIs from FILE (PATH[<TAB>LABEL] a line)")
-    p.add_argument("--server", action="append", metavar="HOST:PORT",
-                   help=f"server to use; repeat to spread the work (default {DEFAULT_SERVER})")
     p.add_argument("--out", required=True, help="table to write: .parquet, .csv or .jsonl "
                    "(existing rows are kept and their paths skipped)")
     p.add_argument("--unlabelled", action="store_true", help="ignore the class folder names")
@@ -154,9 +166,9 @@ def add_workflow_commands(sub: Any) -> None:
                    help="calls in flight per server")
     p.add_argument("--checkpoint-s", type=float, default=CHECKPOINT_S,
                    help="seconds between rewrites of the table (resumable progress)")
-    p.add_argument("--timeout", type=float, default=300.0, help="per-call deadline, seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_score_dir)
+    with_server(p, timeout=SCORE_DIR_TIMEOUT, several=True)
+    p.set_defaults(func=functools.partial(cmd_score_dir, client_options=client_options))
 
     p = sub.add_parser("select", help="pick an annotation queue from a score table")
     p.add_argument("table", help="a table written by score-dir")

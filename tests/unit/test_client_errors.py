@@ -15,6 +15,7 @@ from hardscore_client import cli, dataset
 from hardscore_client.analysis import ScoreTable
 from hardscore_client.dataset import Item, check_labels, read_list, scan_folder, score_items
 from hardscore_client.errors import (
+    ConnectionFailed,
     InputError,
     InputNotFoundError,
     MissingExtraError,
@@ -32,6 +33,10 @@ def test_every_error_is_a_workflow_error_exiting_1_as_systemexit_message_did() -
         assert issubclass(error, WorkflowError) and not issubclass(error, SystemExit)
         assert error.exit_code == 1
         assert getattr(hardscore_client, error.__name__) is error
+    # cannot reach the server: its own exit code, still a ServerUnavailableError for callers
+    assert issubclass(ConnectionFailed, ServerUnavailableError)
+    assert ConnectionFailed.exit_code == 3
+    assert hardscore_client.ConnectionFailed is ConnectionFailed
     assert issubclass(InputNotFoundError, FileNotFoundError)  # scan_folder raised that before
     assert issubclass(InputError, ValueError)  # read_table's unknown suffix raised that before
 
@@ -80,11 +85,21 @@ def _closed_port() -> int:
 
 def test_no_server_answering(tmp_path: Path) -> None:
     out = tmp_path / "s.csv"
-    with pytest.raises(ServerUnavailableError, match=r"^no server answered: start one "
-                                                     r"\(hardscore-server\) or check --server$"):
-        score_items([Item("/a.png")], [f"127.0.0.1:{_closed_port()}"], out, timeout=0.5,
-                    progress=False)
+    port = _closed_port()
+    with pytest.raises(ConnectionFailed, match=rf"^cannot connect to 127\.0\.0\.1:{port}: "
+                                               rf"nothing listens on 127\.0\.0\.1:{port} \(is "
+                                               r"the server running\? the default gRPC port is "
+                                               r"8001\)$"):
+        score_items([Item("/a.png")], [f"127.0.0.1:{port}"], out, timeout=0.5, progress=False)
     assert not out.exists()
+
+    other = _closed_port()
+    with pytest.raises(ConnectionFailed, match=rf"^no server answered: cannot connect to "
+                                               rf"127\.0\.0\.1:{port}: .*; cannot connect to "
+                                               rf"127\.0\.0\.1:{other}: nothing listens") as e:
+        score_items([Item("/a.png")], [f"127.0.0.1:{port}", f"127.0.0.1:{other}"], out,
+                    timeout=0.5, progress=False)
+    assert e.value.cause == "refused"
 
 
 def test_an_output_table_of_other_columns(tmp_path: Path,
