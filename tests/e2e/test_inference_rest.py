@@ -426,3 +426,43 @@ def test_small_json_routes_refuse_large_or_undecodable_bodies(image_server):
                                         {"Content-Encoding": "gzip"}))
         assert status == 400 and message.startswith("cannot read the request body"), message
     assert http(image_server, "/v2/repository/index", b"{}")[0] == 200
+
+
+def _strict(body: bytes) -> Any:
+    """JSON as strict parsers read it: bare NaN or Infinity is an error, not a number."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+def test_replies_are_strict_json_and_health_answers_with_a_body(image_server):
+    """An unlabelled row's label scores are NaN: the reply carried bare NaN, which KServe's
+    client and JavaScript's JSON.parse reject; live/ready answered an empty body."""
+    body = _json_infer([_images(shape=[2, 3, 32, 32], data=ZEROS * 2),
+                        {"name": "label", "datatype": "INT64", "shape": [2], "data": [3, -1]}],
+                       outputs=[{"name": "mistakenness", "parameters": {"binary_data": False}},
+                                {"name": "hardness", "parameters": {"binary_data": False}}])
+    status, _, raw = http(image_server, INFER, body)
+    assert status == 200
+    outputs = {o["name"]: o["data"] for o in _strict(raw)["outputs"]}
+    assert outputs["mistakenness"][1] is None and isinstance(outputs["mistakenness"][0], float)
+    assert all(isinstance(v, float) for v in outputs["hardness"])
+    # tritonclient reads null back as NaN
+    client = thttp.InferenceServerClient(f"127.0.0.1:{image_server.http_port}")
+    images = model_input(np.zeros((2, 8, 8), np.uint8))
+    result = client.infer(MODEL, [infer_input(thttp, "images", images, "FP32", binary=False),
+                                  infer_input(thttp, "label", np.array([3, -1]), "INT64",
+                                              binary=False)],
+                          outputs=[thttp.InferRequestedOutput("mistakenness", binary_data=False)])
+    mistakenness = result.as_numpy("mistakenness")
+    assert np.isfinite(mistakenness[0]) and np.isnan(mistakenness[1])
+    client.close()
+    for path, expected in [("/v2/health/live", {"live": True}),
+                           ("/v2/health/ready", {"ready": True}),
+                           (f"/v2/models/{MODEL}/ready", {"name": MODEL, "ready": True})]:
+        status, headers, raw = http(image_server, path)
+        assert status == 200 and headers["Content-Type"].startswith("application/json")
+        assert _strict(raw) == expected
+    status, _, raw = http(image_server, "/v2/models/resnet50/ready")
+    assert (status, _strict(raw)) == (400, {"name": "resnet50", "ready": False})

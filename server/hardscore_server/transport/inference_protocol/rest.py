@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -189,6 +191,15 @@ def parse_infer_body(
     return neutral, binary_default
 
 
+def json_values(array: np.ndarray) -> list[Any]:
+    """The array's values as a flat JSON list; NaN and infinity become null (bare ``NaN`` is
+    not JSON: strict parsers such as KServe's client and JavaScript's reject the reply)."""
+    values: list[Any] = array.ravel().tolist()
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        values = [v if math.isfinite(v) else None for v in values]
+    return values
+
+
 def infer_reply(result: InferResult, binary_default: bool) -> tuple[list[bytes], int | None]:
     """The reply body's parts and the JSON header's length (None: JSON only)."""
     outputs: list[JsonObject] = []
@@ -204,13 +215,13 @@ def infer_reply(result: InferResult, binary_default: bool) -> tuple[list[bytes],
             item["parameters"] = {"binary_data_size": len(data)}
             blobs.append(data)
         else:
-            item["data"] = out.array.ravel().tolist()
+            item["data"] = json_values(out.array)
         outputs.append(item)
     reply: JsonObject = {"model_name": result.model_name, "model_version": result.model_version}
     if result.id:
         reply["id"] = result.id
     reply["outputs"] = outputs
-    header = json.dumps(reply, separators=(",", ":")).encode()
+    header = json.dumps(reply, separators=(",", ":"), allow_nan=False).encode()
     return [header, *blobs], (len(header) if blobs else None)
 
 
@@ -341,10 +352,11 @@ class RestServer:
     # -- health and metadata ----------------------------------------------------------------
 
     async def _live(self, request: web.Request) -> web.Response:
-        return web.Response(status=200)
+        return web.json_response({"live": True})  # KServe's body; Triton's clients read status
 
     async def _ready(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self._core.ready else 400)
+        ready = self._core.ready
+        return web.json_response({"ready": ready}, status=200 if ready else 400)
 
     async def _server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response(self._core.server_metadata())
@@ -355,7 +367,8 @@ class RestServer:
 
     async def _model_ready(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        return web.Response(status=200 if self._core.model_ready(name, version) else 400)
+        ready = self._core.model_ready(name, version)
+        return web.json_response({"name": name, "ready": ready}, status=200 if ready else 400)
 
     async def _model_config(self, request: web.Request) -> web.Response:
         name, version = _model(request)
