@@ -406,3 +406,59 @@ def test_perf_analyzer_sends_encoded_pngs_from_its_input_data_file(
     assert "raw data of BYTES input 'image_files' is malformed: element 0 declares" in (
         proc.stdout + proc.stderr)
     assert _stats(http_client, f"{MODEL}-files")["fail"] > after["fail"]
+
+
+# -- a stream's memory -------------------------------------------------------------------------
+
+
+def _proc_status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def test_one_stream_holds_about_one_large_message_not_its_whole_window():
+    """40 requests of a tiny 7000 x 7000 PNG padded with 40 MB after IEND, waiting on the
+    decode budget, took one stream's server from 126 to 4,486 MiB: the stream kept 64 whole
+    messages in progress. Now it is flow-controlled by bytes (STREAM_WINDOW_BYTES)."""
+    import io
+
+    from PIL import Image
+    from tritonclient.grpc import service_pb2 as oip  # wire-identical: see test_inference_protocol
+    from tritonclient.grpc import service_pb2_grpc as oip_grpc
+
+    from server_process import start_server
+
+    mib = 1024 * 1024
+    budget = 512 * mib  # the default: one 7000 x 7000 decode (262 MiB estimated) at a time
+    buffer = io.BytesIO()
+    Image.new("L", (7000, 7000), 128).save(buffer, "PNG", compress_level=9)
+    padded = buffer.getvalue() + bytes(40 * mib)  # Pillow stops at IEND: the padding is dead
+    n = 16
+
+    def requests() -> Iterator[oip.ModelInferRequest]:
+        for i in range(n):
+            request = oip.ModelInferRequest(model_name=MODEL, id=str(i))
+            request.inputs.add(name="images", datatype="BYTES", shape=[1]
+                               ).contents.bytes_contents.append(padded)
+            yield request
+
+    server = start_server(["--decode-budget-bytes", str(budget), "--max-queue-size", "64"],
+                          env={"MALLOC_MMAP_THRESHOLD_": "131072"})
+    try:
+        assert server.proc is not None
+        baseline = _proc_status(server.proc.pid, "VmRSS")
+        with grpc.insecure_channel(server.target, options=[
+                ("grpc.max_send_message_length", 64 * mib)]) as channel:
+            answers = list(oip_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+                requests(), timeout=600))
+        assert [a.infer_response.id for a in answers] == [str(i) for i in range(n)]
+        assert all(not a.error_message for a in answers), answers[0].error_message
+        peak = _proc_status(server.proc.pid, "VmHWM")
+        print(f"\nbaseline {baseline / mib:.0f} MiB, peak {peak / mib:.0f} MiB "
+              f"(+{(peak - baseline) / mib:.0f} MiB) for {n} x {len(padded) / mib:.0f} MiB")
+        assert peak < baseline + budget + 256 * mib
+        assert "Traceback" not in server.output()
+    finally:
+        server.stop()

@@ -47,8 +47,32 @@ CONTENTS_FIELDS: dict[str, str] = {
 _ALL_CONTENTS_FIELDS = tuple(dict.fromkeys(CONTENTS_FIELDS.values()))
 
 STREAM_WINDOW = 64
-"""Requests of one ModelStreamInfer stream in progress at once; the stream's next request is
-read only when one of them has been answered (the client's flow control does the rest)."""
+"""Most requests of one ModelStreamInfer stream in progress at once."""
+STREAM_WINDOW_BYTES = 64 * 1024 * 1024
+"""Most request bytes (serialized) of one ModelStreamInfer stream in progress at once; one
+request is always admitted, however large. The stream's next request is read only when the
+window has room for it (gRPC's flow control then holds the client back), so a stream holds
+about one message over this at most, not STREAM_WINDOW whole messages."""
+
+
+class _ByteWindow:
+    """Bytes in progress, bounded: ``acquire(n)`` waits until ``n`` fit beside those held
+    (or nothing is held)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self.held or self.held + n <= self.capacity)
+            self.held += n
+
+    async def release(self, n: int) -> None:
+        async with self._changed:
+            self.held -= n
+            self._changed.notify_all()
 
 
 def to_message(values: dict[str, Any], message: M) -> M:
@@ -219,26 +243,34 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[oip.ModelInferRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[oip.ModelStreamInferResponse]:
-        """Answers each request in order, up to STREAM_WINDOW scored concurrently; a failed
-        request is answered in-band (``error_message``) and the stream goes on."""
+        """Answers each request in order, up to STREAM_WINDOW requests and STREAM_WINDOW_BYTES
+        of them scored concurrently; a failed request is answered in-band (``error_message``)
+        and the stream goes on."""
         deadline = deadline_of(context)
         window = asyncio.Semaphore(STREAM_WINDOW)
-        pending: asyncio.Queue[asyncio.Future[oip.ModelStreamInferResponse] | None] = (
-            asyncio.Queue())
+        in_progress = _ByteWindow(STREAM_WINDOW_BYTES)
+        pending: asyncio.Queue[
+            tuple[asyncio.Future[oip.ModelStreamInferResponse], int] | None] = asyncio.Queue()
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    size = request.ByteSize()
                     await window.acquire()
-                    pending.put_nowait(asyncio.ensure_future(self._stream_one(request, deadline)))
+                    await in_progress.acquire(size)
+                    pending.put_nowait(
+                        (asyncio.ensure_future(self._stream_one(request, deadline)), size))
+                    del request  # held by its task only: freed once answered
             finally:
                 pending.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
-            while (answer := await pending.get()) is not None:
+            while (item := await pending.get()) is not None:
+                answer, size = item
                 response = await answer
                 window.release()
+                await in_progress.release(size)
                 yield response
             await reader  # a request the stream could not read ends the call with its status
         except UnparseableMessage:
@@ -252,7 +284,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
             reader.cancel()
             while not pending.empty():
                 if (left := pending.get_nowait()) is not None:
-                    left.cancel()
+                    left[0].cancel()
 
     async def _stream_one(
         self, request: oip.ModelInferRequest, deadline: float | None
