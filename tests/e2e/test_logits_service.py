@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -270,6 +271,10 @@ def test_metrics_endpoint_closes_and_frees_its_port():
     metrics.requests.labels("ScoreLogits", "OK").inc()
     samples = scrape(f"http://127.0.0.1:{port}/metrics")
     assert metric(samples, "hardscore_requests_total", method="ScoreLogits", code="OK") == 1
+    head = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method="HEAD")
+    with urllib.request.urlopen(head, timeout=10) as reply:  # was 405
+        assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/plain")
+        assert reply.read() == b""
     endpoint.close()
     endpoint.close()  # idempotent
     with pytest.raises(ConnectionRefusedError):

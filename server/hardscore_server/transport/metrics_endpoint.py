@@ -97,10 +97,15 @@ class MetricsHTTPServer(ThreadingMixIn, WSGIServer):
 def only_metrics(
     app: Callable[..., Iterable[bytes]],
 ) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
-    """``app`` on ``/metrics``; 404 Not Found on every other path."""
+    """``app`` on ``/metrics`` (HEAD answered as GET without the body, as load balancers and
+    uptime checks ask); 404 Not Found on every other path."""
 
     def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == METRICS_PATH:
+            if environ.get("REQUEST_METHOD") == "HEAD":
+                for _ in app({**environ, "REQUEST_METHOD": "GET"}, start_response):
+                    pass  # the same status and headers, no body
+                return []
             return app(environ, start_response)
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [f"not found: metrics are served at {METRICS_PATH}\n".encode()]
