@@ -15,9 +15,11 @@ from hardscore_client.errors import (
     WorkflowError,
 )
 from hardscore_client.messages import SampleError, ScoreResult
+from hardscore_client.probabilities import ProbabilitiesRenormalisedWarning
 
 __all__ = [
     "AsyncScoringClient", "ConnectionFailed", "InputError", "InputNotFoundError",
-    "MissingExtraError", "ProbabilitiesAsLogitsWarning", "SampleError", "ScoreResult",
-    "ScoringClient", "ServerUnavailableError", "TLSConfig", "WorkflowError",
+    "MissingExtraError", "ProbabilitiesAsLogitsWarning", "ProbabilitiesRenormalisedWarning",
+    "SampleError", "ScoreResult", "ScoringClient", "ServerUnavailableError", "TLSConfig",
+    "WorkflowError",
 ]

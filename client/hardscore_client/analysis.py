@@ -72,7 +72,7 @@ class ScoreTable:
             names = prob_names
         elif "prediction" in columns or "label" in columns:
             texts = {str(v) for c in ("prediction", "label") if c in columns for v in columns[c]}
-            names = sorted(texts - {""})
+            names = _names_in_index_order(columns) or sorted(texts - {""})
         else:
             top = max((int(np.max(columns[c], initial=-1)) for c in ("predicted_class",
                                                                      "given_label")
@@ -100,6 +100,23 @@ class ScoreTable:
         return cls(columns=columns, paths=paths, class_names=names,
                    labels=indices("label", "given_label"),
                    predicted=indices("prediction", "predicted_class"), probabilities=probs)
+
+
+def _names_in_index_order(columns: Columns) -> list[str] | None:
+    """The class names seen in a table with both names and indices (score-logits and
+    score-images tables with class names), in class index order; None when the two do not
+    pair up one to one."""
+    pairs: dict[int, str] = {}
+    for text, index in (("prediction", "predicted_class"), ("label", "given_label")):
+        if text in columns and index in columns:
+            indices = np.asarray(columns[index], dtype=np.int64)
+            seen, first = np.unique(indices, return_index=True)
+            for i, row in zip(seen.tolist(), first.tolist(), strict=True):
+                name = str(columns[text][row])
+                if i >= 0 and name and pairs.setdefault(i, name) != name:
+                    return None
+    names = [pairs[i] for i in sorted(pairs)]
+    return names if names and len(set(names)) == len(names) else None
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 from tqdm import tqdm
 
 from hardscore_client.client import (
@@ -34,8 +35,25 @@ from hardscore_client.client import (
     ScoringClient,
     TLSConfig,
 )
-from hardscore_client.errors import WorkflowError
-from hardscore_client.tables import read_table, result_columns, write_table
+from hardscore_client.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_PARTIAL,
+    InputError,
+    InputNotFoundError,
+    WorkflowError,
+)
+from hardscore_client.probabilities import (
+    ProbabilitiesRenormalisedWarning,
+    prepare_probabilities,
+)
+from hardscore_client.tables import (
+    Columns,
+    check_writable,
+    read_table,
+    result_columns,
+    write_table,
+)
 from hardscore_wire.scores import SCORE_NAMES, looks_like_probabilities
 
 DEFAULT_SERVER = "127.0.0.1:8001"
@@ -45,13 +63,68 @@ TIMEOUTS = {"score-logits": 600.0, "score-images": 300.0, "info": 30.0}
 --predict-deadline)."""
 
 
-def _class_names(args: argparse.Namespace) -> list[str] | None:
+def _class_names(args: argparse.Namespace, n_classes: int) -> list[str] | None:
+    """--class-names or --class-names-file; InputError when not one name per class."""
     if args.class_names_file:
-        return [line.strip() for line in Path(args.class_names_file).read_text().splitlines()
-                if line.strip()]
-    if args.class_names:
-        return [name.strip() for name in args.class_names.split(",")]
-    return None
+        flag, source = "--class-names-file", args.class_names_file
+        names = [line.strip() for line in _read_text(Path(source)).splitlines() if line.strip()]
+    elif args.class_names:
+        flag, source = "--class-names", args.class_names
+        names = [name.strip() for name in args.class_names.split(",")]
+    else:
+        return None
+    if len(names) != n_classes:
+        raise InputError(f"{flag} {source}: {len(names)} names for {n_classes} classes "
+                         "(one per class, in index order)")
+    return names
+
+
+def _file_error(path: Path, exc: OSError) -> InputError:
+    """The one-line error for a file that cannot be read."""
+    if isinstance(exc, FileNotFoundError):
+        return InputNotFoundError(f"{path}: no such file")
+    return InputError(f"{path}: {exc.strerror or exc}")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise _file_error(path, exc) from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _file_error(path, exc) from None
+
+
+def load_array(path: Path, what: str) -> npt.NDArray[Any]:
+    """The .npy array at ``path`` (memory-mapped); InputError naming ``what`` it should hold
+    when it is missing or not a .npy of numbers."""
+    try:
+        values = np.load(path, mmap_mode="r", allow_pickle=False)
+    except OSError as exc:
+        raise _file_error(path, exc) from None
+    except ValueError:  # pickled objects, a text file, a .npz
+        raise InputError(f"{path}: not a .npy array of numbers (expected {what}; write it "
+                         "with numpy.save)") from None
+    if not isinstance(values, np.ndarray) or values.dtype.kind not in "biuf":
+        raise InputError(f"{path}: not a .npy array of numbers (expected {what})")
+    return values
+
+
+def _labels(path: Path, n_rows: int) -> npt.NDArray[np.int64]:
+    """--labels: N class indices (-1 = none); whole-number floats are taken as indices."""
+    labels = np.asarray(load_array(path, f"{n_rows} class indices"))
+    if labels.ndim != 1 or len(labels) != n_rows:
+        raise InputError(f"--labels {path} has shape {list(labels.shape)}, expected [{n_rows}]: "
+                         "one class index per row (-1 = none)")
+    whole = labels.dtype.kind != "f" or (np.isfinite(labels) & (labels == np.round(labels))).all()
+    if not whole:
+        raise InputError(f"--labels {path}: class indices must be whole numbers (-1 = none)")
+    return labels.astype(np.int64)
 
 
 def add_connection_flags(
@@ -151,52 +224,79 @@ def rpc_error_line(exc: grpc.RpcError, args: argparse.Namespace) -> str:
 
 
 def cmd_score_logits(args: argparse.Namespace) -> int:
-    source = args.logits or args.pred_probs
-    values = np.load(source, mmap_mode="r")
-    if values.ndim != 2:
-        raise SystemExit(f"{source}: expected a 2-D array [N, C], got shape {values.shape}")
-    values = np.asarray(values)
+    source = Path(args.logits or args.pred_probs)
+    out = Path(args.out)
     if args.pred_probs and args.temperature is not None:
-        raise SystemExit("--temperature applies to --logits only: probabilities are scored "
+        raise InputError("--temperature applies to --logits only: probabilities are scored "
                          "as given")
-    if args.logits and looks_like_probabilities(values):
+    check_writable(out)  # before the work, not after it
+    values = load_array(source, "an [N, C] array")
+    if values.ndim != 2:
+        raise InputError(f"{source}: expected a 2-D array [N, C], got shape "
+                         f"{list(values.shape)}")
+    values = np.asarray(values)
+    labels = _labels(Path(args.labels), len(values)) if args.labels else None
+    class_names = _class_names(args, values.shape[1])
+    if args.pred_probs:
+        try:
+            values, renormalised = prepare_probabilities(
+                values, as_logits="pass the file with --logits instead of --pred-probs")
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
+        if renormalised is not None:
+            print(f"hardscore: warning: {source}: {renormalised.message}", file=sys.stderr)
+    elif looks_like_probabilities(values):
         print(f"hardscore: warning: {source} looks like predicted probabilities (every value "
               "in [0, 1], every row summing to 1), not logits: scoring it as logits applies "
               "a softmax on top and the scores are wrong; pass it with --pred-probs instead",
               file=sys.stderr)
-    labels = np.load(args.labels) if args.labels else None
     with _client(args) as client, tqdm(
         total=len(values), unit="rows", unit_scale=True, disable=len(values) < PROGRESS_MIN_ROWS,
         desc="scoring",
     ) as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore", ProbabilitiesAsLogitsWarning)  # said above, once
+        warnings.simplefilter("ignore", ProbabilitiesRenormalisedWarning)  # likewise
         if args.pred_probs:
             result = client.score_probabilities(
-                values, labels, class_names=_class_names(args),
+                values, labels, class_names=class_names,
                 include_probabilities=args.probabilities, progress=bar.update)
         else:
             result = client.score_logits(
-                values, labels, class_names=_class_names(args),
+                values, labels, class_names=class_names,
                 temperature=args.temperature, include_probabilities=args.probabilities,
                 progress=bar.update,
             )
-    write_table(Path(args.out), result_columns(result))
-    print(f"wrote {len(result)} rows to {args.out}", file=sys.stderr)
+    write_table(out, result_columns(result))
+    print(f"wrote {len(result)} rows to {out}", file=sys.stderr)
     return 0
 
 
 def cmd_score_images(args: argparse.Namespace) -> int:
+    """Exit 0 when every image was scored, EXIT_PARTIAL when some were skipped (each listed),
+    1 when none was (the table is written in every case, skipped rows with class -1)."""
     paths = [Path(p) for p in args.images]
-    images = [p.read_bytes() for p in paths]
+    out = Path(args.out)
     labels: list[int | str | None] | None = list(args.labels.split(",")) if args.labels else None
+    if labels is not None and len(labels) != len(paths):
+        raise InputError(f"--labels has {len(labels)} labels for {len(paths)} images: one "
+                         "class name per image, in order, separated by commas")
+    check_writable(out)
+    images: list[bytes | npt.NDArray[np.generic]] = [_read_bytes(p) for p in paths]
     with _client(args) as client:
         result = client.score_images(images, labels, ids=[str(p) for p in paths],
                                      include_probabilities=args.probabilities)
     for error in result.errors:
         print(f"skipped {paths[error.index]}: {error.reason}: {error.message}", file=sys.stderr)
-    write_table(Path(args.out), result_columns(result))
-    print(f"wrote {len(result)} rows to {args.out}", file=sys.stderr)
-    return 0
+    write_table(out, result_columns(result))
+    skipped = len({error.index for error in result.errors})
+    if skipped == len(result):
+        print(f"wrote {len(result)} rows to {out}, but no image was scored: every one was "
+              "skipped (reasons above)", file=sys.stderr)
+        return 1
+    print(f"wrote {len(result)} rows to {out}"
+          + (f"; {skipped} of {len(result)} images skipped (listed above; class -1, no "
+             "scores)" if skipped else ""), file=sys.stderr)
+    return EXIT_PARTIAL if skipped else 0
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -206,11 +306,20 @@ def cmd_top(args: argparse.Namespace) -> int:
     values = np.asarray(columns[args.by], dtype=np.float64)
     order = np.argsort(values if args.ascending else -values, kind="stable")
     order = order[~np.isnan(values[order])][: args.k]
-    shown = [c for c in ("row", "id", "predicted_class", "given_label", args.by) if c in columns]
+    shown = top_columns(columns, args.by)
     print("\t".join(shown))
     for i in order:
         print("\t".join(_show(columns[c][i]) for c in shown))
     return 0
+
+
+def top_columns(columns: Columns, by: str) -> list[str]:
+    """What ``top`` prints of a table: what names the sample (row, id, path), the predicted
+    and the given class (by name where the table has names), and the ``by`` score."""
+    shown: list[str] = [c for c in ("row", "id", "path") if c in columns]
+    for named, index in (("prediction", "predicted_class"), ("label", "given_label")):
+        shown += [named] if named in columns else [index] if index in columns else []
+    return shown + ([by] if by not in shown else [])
 
 
 def _show(value: object) -> str:
@@ -223,8 +332,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with bad usage told in one line (exit 2), pointing at --help for the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hardscore", description=__doc__.splitlines()[0])
+    from hardscore_client.workflow_cli import add_workflow_commands, count
+
+    parser = _Parser(prog="hardscore", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_server(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -235,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--logits", help=".npy of logits, shape [N, C]")
     source.add_argument("--pred-probs", help=".npy of predicted probabilities, shape [N, C]: "
-                        "values in [0, 1], rows summing to 1 within 1e-3 (scored as given)")
+                        "values in [0, 1], rows summing to 1 within 1e-3 (scored as given); "
+                        "float16/float32 rows further off by what rounding explains (float16, "
+                        "10 classes: 0.0234) are renormalised, with a warning")
     p.add_argument("--labels", help=".npy of N class indices (-1 = none)")
     p.add_argument("--class-names", help="comma-separated class names, in index order")
     p.add_argument("--class-names-file", help="file with one class name per line")
@@ -252,17 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score_images)
 
     p = sub.add_parser("top", help="print the k rows with the highest score")
-    p.add_argument("table", help="a table written by score-logits or score-images")
+    p.add_argument("table", help="a table written by score-logits, score-images or score-dir")
     p.add_argument("--by", default="label_issue_score", choices=SCORE_NAMES[1:],
                    help="score to rank by (default: label_issue_score)")
-    p.add_argument("-k", type=int, default=20, help="rows to print")
+    p.add_argument("-k", type=count, default=20, help="rows to print")
     p.add_argument("--ascending", action="store_true", help="lowest first")
     p.set_defaults(func=cmd_top)
 
     p = with_server(sub.add_parser("info", help="describe the served model"))
     p.set_defaults(func=cmd_info)
-
-    from hardscore_client.workflow_cli import add_workflow_commands
 
     add_workflow_commands(sub, add_connection_flags, client_options)
 
@@ -273,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command ``argv``; returns its exit status (argparse exits 2 on bad usage)."""
+    """Runs the command ``argv``; returns its exit status (argparse exits 2 on bad usage; the
+    table is in docs/api.md). Errors end it with one line on stderr, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
@@ -283,6 +402,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as exc:  # a status from the server (or the channel): no traceback
         print(rpc_error_line(exc, args), file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"hardscore {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `hardscore top ... | head`: the reader has all it wanted
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:  # a file or folder the command could not read or write
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"hardscore {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _discard_stdout() -> None:
+    """Points stdout at /dev/null, so the flush at exit does not fail on the closed pipe again
+    (nothing to do where stdout is not a file descriptor, e.g. captured by a test)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

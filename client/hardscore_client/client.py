@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 import hardscore_client.health_check as health_check
 from hardscore_client.connection import TLSConfig, connection_failed
+from hardscore_client.errors import InputError
 from hardscore_client.messages import (
     ScoreResult,
     chunk_rows_for,
@@ -33,6 +34,7 @@ from hardscore_client.messages import (
     logits_chunks,
     options_message,
 )
+from hardscore_client.probabilities import checked_probabilities
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 from hardscore_wire.scores import looks_like_probabilities
@@ -106,11 +108,20 @@ def warn_if_probabilities(logits: npt.NDArray[np.generic], stacklevel: int = 4) 
 
 def _prepare_logits(
     logits: npt.ArrayLike, labels: npt.ArrayLike | Sequence[str] | None,
+    ids: Sequence[str] | None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.generic] | None]:
+    """The rows as float32 (float64 kept) and the labels as an array; InputError when the
+    labels or ids are not one per row."""
     arr = np.asarray(logits)
     if arr.dtype != np.float64:
         arr = arr.astype(np.float32, copy=False)
     label_arr = None if labels is None else np.asarray(labels)
+    if arr.ndim == 2:
+        if label_arr is not None and (label_arr.ndim != 1 or len(label_arr) != len(arr)):
+            raise InputError(f"labels has shape {list(label_arr.shape)}, expected "
+                             f"[{len(arr)}]: one label per row (-1 or \"\" = none)")
+        if ids is not None and len(ids) != len(arr):
+            raise InputError(f"ids has {len(ids)} entries, expected {len(arr)} (one per row)")
     return arr, label_arr
 
 
@@ -121,6 +132,10 @@ def _image_requests(
     options: pb.ScoringOptions,
     chunk: int,
 ) -> list[pb.ScoreImagesRequest]:
+    for name, given in (("labels", labels), ("ids", ids)):
+        if given is not None and len(given) != len(images):
+            raise InputError(f"{name} has {len(given)} entries for {len(images)} images "
+                             "(one per image)")
     requests = []
     for start in range(0, max(len(images), 1), chunk):
         stop = min(start + chunk, len(images))
@@ -199,8 +214,12 @@ class _ClientCore:
         probabilities: bool = False,
     ) -> tuple[int, Iterator[pb.ScoreLogitsRequest]]:
         """(number of messages, the messages) for a score_logits (or, with ``probabilities``,
-        score_probabilities) call. Logits that look like probabilities get a warning."""
-        arr, label_arr = _prepare_logits(logits, labels)
+        score_probabilities) call. Logits that look like probabilities get a warning;
+        probabilities are checked, and renormalised where their dtype explains their row sums
+        (hardscore_client.probabilities)."""
+        if probabilities:
+            logits = checked_probabilities(logits, stacklevel=3)
+        arr, label_arr = _prepare_logits(logits, labels, ids)
         if not probabilities:
             warn_if_probabilities(arr, stacklevel=4)
         options = options_message(class_names, temperature, include_probabilities)
@@ -326,7 +345,10 @@ class ScoringClient(_ClientCore):
         [0, 1], rows summing to 1 within 1e-3; zeros allowed) with optional ``labels``.
 
         The server scores them as given (no softmax, no renormalisation): the label scores
-        equal cleanlab's on the same array. A bad row is refused (INVALID_ARGUMENT naming it).
+        equal cleanlab's on the same array. Rows further off than 1e-3 but within what the
+        dtype's rounding explains (float16, 10 classes: 0.0234; rounding_sum_tolerance) are
+        divided by their sums in float64 first, with a ProbabilitiesRenormalisedWarning. A bad
+        row raises InputError naming it and the fix, before anything is sent.
         """
         n, requests = self._logits_plan(probabilities, labels, ids, class_names, None,
                                         include_probabilities, chunk_rows, probabilities=True)

@@ -53,7 +53,14 @@ from hardscore_client.errors import (
     ServerUnavailableError,
 )
 from hardscore_client.messages import ScoreResult
-from hardscore_client.tables import INT_COLUMNS, TEXT_COLUMNS, Columns, read_table, write_table
+from hardscore_client.tables import (
+    INT_COLUMNS,
+    TEXT_COLUMNS,
+    Columns,
+    check_writable,
+    read_table,
+    write_table,
+)
 from hardscore_wire.scores import SCORE_NAMES
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -353,9 +360,14 @@ async def score_items_async(
     ``connect_timeout`` are the clients' options (AsyncScoringClient), ``busy_give_up_s`` how
     long a server may stay busy (seconds). Raises ConnectionFailed when no server can be
     reached, ServerUnavailableError when none answers (or all fail), InputError for labels
-    that are not the model's classes or an ``out`` table of other columns."""
+    that are not the model's classes, an ``out`` table of other columns or one that cannot be
+    written (unknown suffix, no such folder; checked before anything is scored).
+
+    Cancelled (Ctrl-C: asyncio.run cancels it), it saves the rows scored so far to ``out``
+    before the cancellation goes on, so a new run resumes after them."""
     if not servers:
         raise ValueError("at least one server is needed")
+    check_writable(out)  # before any work: a table that cannot be written loses it all
     started = time.perf_counter()
     summary = ScoreDirSummary(out=out, found=len(items), failures=list(failures))
     existing: Columns = read_table(out) if out.exists() else {}

@@ -1,6 +1,16 @@
-"""Errors of the client's functions; the ``hardscore`` command maps them to exit codes."""
+"""Errors of the client's functions; the ``hardscore`` command maps them to exit codes (the
+table in docs/api.md: 0 done, 1 error, 2 bad usage, 3 cannot reach the server, and the codes
+below)."""
 
 from __future__ import annotations
+
+EXIT_PARTIAL = 4
+"""Exit status of score-dir / score-images when some images were scored and others skipped."""
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
+EXIT_BROKEN_PIPE = 141
+"""Exit status, without a message, when the reader of stdout went away (``| head``): 128 +
+SIGPIPE, as shells report it for tools that SIGPIPE ends."""
 
 
 class WorkflowError(Exception):

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hardscore_client.analysis import Analysis
+from hardscore_client.errors import InputError
 
 STRATEGIES = ("hardest", "margin", "per-class", "mistakes")
 CSV_COLUMNS = (
@@ -66,9 +67,9 @@ def per_class_quota(weights: FloatArray, sizes: IntArray, budget: int) -> IntArr
 
 
 def select(analysis: Analysis, budget: int, strategy: str) -> IntArray:
-    """Row indices of the queue, in annotation order."""
+    """Row indices of the queue, in annotation order (InputError for a negative budget)."""
     if budget < 0:
-        raise ValueError("budget must be >= 0")
+        raise InputError(f"budget must be >= 0 (how many samples to select), got {budget}")
     t = analysis.table
     every = np.arange(len(t))
     if strategy == "hardest":

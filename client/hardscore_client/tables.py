@@ -1,7 +1,9 @@
 """Score tables on disk: CSV, JSON Lines, or Parquet (when pyarrow is installed).
 
 One row per sample, one column per score, plus ``row`` (input index), ``id`` when ids were
-sent, and ``p_<class>`` probability columns when probabilities were asked for.
+sent, ``label`` and ``prediction`` (the given and predicted class names, "" for none, as in
+score-dir tables) when the class names are known, and ``p_<class>`` probability columns when
+probabilities were asked for.
 """
 
 from __future__ import annotations
@@ -22,11 +24,24 @@ Columns = dict[str, npt.NDArray[np.generic]]
 FORMATS = (".csv", ".jsonl", ".parquet")
 
 
+def class_name_column(indices: npt.ArrayLike, names: list[str]) -> npt.NDArray[np.object_]:
+    """The class name of each index, "" for -1 (no class, no label) or out of range."""
+    index = np.asarray(indices, dtype=np.int64)
+    valid = (index >= 0) & (index < len(names))
+    lookup = np.asarray([*names, ""], dtype=object)
+    return np.asarray(lookup[np.where(valid, index, len(names))], dtype=object)
+
+
 def result_columns(result: ScoreResult) -> Columns:
-    """The columns written for ``result``, in output order."""
+    """The columns written for ``result``, in output order: row, id, label, prediction (when
+    the names are known), the scores (with the class indices), p_<class>."""
     columns: Columns = {"row": np.arange(len(result))}
     if result.ids:
         columns["id"] = np.asarray(result.ids, dtype=object)
+    if result.class_names:
+        if result.given_label is not None:
+            columns["label"] = class_name_column(result.given_label, result.class_names)
+        columns["prediction"] = class_name_column(result.predicted_class, result.class_names)
     columns.update(result.columns())
     if result.probabilities is not None:
         names = result.class_names or [str(i) for i in range(result.probabilities.shape[1])]
@@ -42,6 +57,24 @@ def _format(path: Path) -> str:
             f"{path}: unknown table format {suffix!r}; use one of {', '.join(FORMATS)}"
         )
     return suffix
+
+
+def check_writable(path: Path) -> None:
+    """Raises before any work when ``path`` cannot take a table: InputError for an unknown
+    suffix, InputNotFoundError for a folder that does not exist, MissingExtraError for .parquet
+    without pyarrow."""
+    kind = _format(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputNotFoundError(f"{path}: no such folder {str(folder)!r} to write the table in")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; name a table file (.csv, .jsonl or .parquet)")
+    if kind == ".parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise MissingExtraError(
+                "writing .parquet needs pyarrow: pip install pyarrow") from None
 
 
 def _cell(value: object) -> object:

@@ -17,30 +17,67 @@ from hardscore_client.dataset import (
     BATCH_SIZE,
     CHECKPOINT_S,
     CONCURRENCY,
+    IMAGE_SUFFIXES,
     Failure,
     Item,
     read_list,
     scan_folder,
     score_items,
 )
+from hardscore_client.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, InputError
 from hardscore_client.label_quality import DEFAULT_METHOD, METHODS
 from hardscore_client.report import ReportOptions, write_report
 from hardscore_client.selection import STRATEGIES, select, write_queue
+from hardscore_client.tables import check_writable, read_table
 
 DEFAULT_SERVER = "127.0.0.1:8001"
 SCORE_DIR_TIMEOUT = 300.0
 """score-dir's default per-call deadline (one batch), seconds."""
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 0 (bad usage, exit 2, otherwise)."""
+    return _at_least(text, 0)
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number >= 1 (bad usage, exit 2, otherwise)."""
+    return _at_least(text, 1)
+
+
+def _at_least(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _saved_rows(out: Path) -> int:
+    """Rows in the table ``out`` (0 when there is none yet)."""
+    if not out.exists():
+        return 0
+    columns = read_table(out)
+    return len(next(iter(columns.values()))) if columns else 0
+
+
 def cmd_score_dir(
     args: argparse.Namespace,
     client_options: Callable[[argparse.Namespace], dict[str, Any]],
 ) -> int:
-    """score-dir; ``client_options`` reads the connection flags (cli.client_options)."""
+    """score-dir; ``client_options`` reads the connection flags (cli.client_options).
+
+    Exit 0 when every image found is in the table, EXIT_PARTIAL when some were skipped (each
+    listed), 1 when none is (nothing found, or every one skipped), EXIT_INTERRUPTED on Ctrl-C
+    (the rows scored so far saved)."""
     failures: list[Failure] = []
     options = client_options(args)
+    out = Path(args.out)
     if args.from_list and args.path:
-        raise SystemExit("score-dir takes a folder or --from-list FILE, not both")
+        raise InputError("score-dir takes a folder or --from-list FILE, not both")
+    check_writable(out)
     if args.from_list:
         items, failures = read_list(Path(args.from_list))
         for failure in failures:
@@ -48,23 +85,34 @@ def cmd_score_dir(
                   file=sys.stderr)
     else:
         if not args.path:
-            raise SystemExit("score-dir needs a folder, or --from-list FILE")
+            raise InputError("score-dir needs a folder, or --from-list FILE")
         items = scan_folder(Path(args.path))
+    if not items and not failures:
+        where = args.from_list or args.path
+        raise InputError(f"{where}: no images to score (files ending "
+                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     if args.unlabelled:
         items = [Item(it.path) for it in items]
     labelled = sum(1 for it in items if it.label)
     print(f"found {len(items)} images ({labelled} with a given label)", file=sys.stderr)
-    summary = score_items(
-        items, args.server or [DEFAULT_SERVER], Path(args.out), batch_size=args.batch_size,
-        concurrency=args.concurrency, checkpoint_s=args.checkpoint_s,
-        progress=not args.no_progress, failures=failures, **options,
-    )
+    try:
+        summary = score_items(
+            items, args.server or [DEFAULT_SERVER], out, batch_size=args.batch_size,
+            concurrency=args.concurrency, checkpoint_s=args.checkpoint_s,
+            progress=not args.no_progress, failures=failures, **options,
+        )
+    except KeyboardInterrupt:  # score_items saved what it had scored before it stopped
+        print(f"interrupted: saved {_saved_rows(out)} rows to {out}, run the same command "
+              "again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     rate = summary.scored / summary.seconds if summary.seconds else 0.0
     spread = ", ".join(f"{k}: {v}" for k, v in summary.per_server.items())
     print(f"scored {summary.scored} images in {summary.seconds:.1f} s ({rate:.0f} img/s; "
-          f"{spread}); {summary.already_scored} already in {args.out}; "
+          f"{spread}); {summary.already_scored} already in {out}; "
           f"{len(summary.failures)} skipped (unreadable or refused)", file=sys.stderr)
-    return 0
+    if not summary.failures:
+        return 0
+    return EXIT_PARTIAL if summary.scored + summary.already_scored else 1
 
 
 def _analyse(args: argparse.Namespace) -> Analysis:
@@ -161,8 +209,8 @@ def add_workflow_commands(
     p.add_argument("--out", required=True, help="table to write: .parquet, .csv or .jsonl "
                    "(existing rows are kept and their paths skipped)")
     p.add_argument("--unlabelled", action="store_true", help="ignore the class folder names")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per call")
-    p.add_argument("--concurrency", type=int, default=CONCURRENCY,
+    p.add_argument("--batch-size", type=positive, default=BATCH_SIZE, help="images per call")
+    p.add_argument("--concurrency", type=positive, default=CONCURRENCY,
                    help="calls in flight per server")
     p.add_argument("--checkpoint-s", type=float, default=CHECKPOINT_S,
                    help="seconds between rewrites of the table (resumable progress)")
@@ -172,7 +220,8 @@ def add_workflow_commands(
 
     p = sub.add_parser("select", help="pick an annotation queue from a score table")
     p.add_argument("table", help="a table written by score-dir")
-    p.add_argument("--budget", type=int, required=True, help="how many samples to select")
+    p.add_argument("--budget", type=count, required=True,
+                   help="how many samples to select (>= 0)")
     p.add_argument("--strategy", choices=STRATEGIES, default="hardest")
     p.add_argument("--out", default="selection", help="writes OUT.csv and OUT.json")
     _ranking_options(p)
@@ -180,7 +229,7 @@ def add_workflow_commands(
 
     p = sub.add_parser("label-issues", help="confident learning: estimated label issues")
     p.add_argument("table", help="a table with given labels and p_<class> probabilities")
-    p.add_argument("-k", type=int, default=20, help="flagged samples to list")
+    p.add_argument("-k", type=count, default=20, help="flagged samples to list")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     _ranking_options(p)
     p.set_defaults(func=cmd_label_issues)
@@ -188,9 +237,9 @@ def add_workflow_commands(
     p = sub.add_parser("report", help="write the HTML data-set report")
     p.add_argument("table", help="a table written by score-dir")
     p.add_argument("--out", required=True, help="report folder (index.html inside)")
-    p.add_argument("--hardest", type=int, default=24, help="samples in the hardest gallery")
-    p.add_argument("--easiest", type=int, default=12, help="samples in the easiest gallery")
-    p.add_argument("--mistakes-per-class", type=int, default=8,
+    p.add_argument("--hardest", type=count, default=24, help="samples in the hardest gallery")
+    p.add_argument("--easiest", type=count, default=12, help="samples in the easiest gallery")
+    p.add_argument("--mistakes-per-class", type=count, default=8,
                    help="likely label mistakes shown per class")
     p.add_argument("--title", default="hardscore data-set report")
     _ranking_options(p)

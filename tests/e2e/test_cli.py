@@ -1,7 +1,10 @@
-"""The ``hardscore`` command line against a real server: score-logits, top, score-images, info."""
+"""The ``hardscore`` command line against a real server: score-logits, top, score-images, info;
+and how it ends when its reader goes away (``| head``) or on Ctrl-C."""
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
 
@@ -37,14 +40,21 @@ def test_score_logits_writes_a_table_that_top_ranks(tmp_path, logits_server, suf
     np.testing.assert_allclose(table["hardness"], expected.hardness, rtol=1e-12)
     np.testing.assert_allclose(table["p_c"], expected.probabilities[:, 2], rtol=1e-6)
     assert np.isnan(table["mistakenness"][7])
+    # the class names beside the indices, as score-dir tables have them ("" = no label)
+    names = np.array(["a", "b", "c", "d"])
+    assert table["prediction"].tolist() == names[expected.predicted_class].tolist()
+    assert table["label"].tolist() == [names[v] if v >= 0 else "" for v in labels]
+    assert table["given_label"].tolist() == labels.tolist()
 
     proc = hardscore("top", "--by", "label_issue_score", "-k", "5", str(out))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].split("\t") == ["row", "predicted_class", "given_label", "label_issue_score"]
+    assert lines[0].split("\t") == ["row", "prediction", "label", "label_issue_score"]
     top_rows = [int(line.split("\t")[0]) for line in lines[1:]]
     assert top_rows == np.argsort(-np.nan_to_num(expected.label_issue_score, nan=-1.0),
                                   kind="stable")[:5].tolist()
+    assert [line.split("\t")[1:3] for line in lines[1:]] == [
+        [names[expected.predicted_class[i]], names[labels[i]]] for i in top_rows]
 
 
 def test_top_names_the_missing_column(tmp_path, logits_server):
@@ -71,11 +81,25 @@ def test_score_images_reports_unreadable_files_and_scores_the_rest(tmp_path, ima
     out = tmp_path / "images.csv"
     proc = hardscore("score-images", "--server", image_server.target, *paths, str(broken),
                      "--labels", ",".join(str(v) for v in labels[:3]) + ",1", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 4, proc.stderr  # some skipped, the others scored
     assert f"skipped {broken}: decode" in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (f"wrote 4 rows to {out}; 1 of 4 images skipped "
+                                            "(listed above; class -1, no scores)")
     table = read_table(out)
     assert table["predicted_class"][:3].tolist() == labels[:3].tolist()
     assert table["predicted_class"][3] == -1
+    assert table["prediction"].tolist() == [str(v) for v in labels[:3]] + [""]  # names
+    assert table["id"].tolist() == [*paths, str(broken)]
+
+    proc = hardscore("score-images", "--server", image_server.target, str(broken), str(broken),
+                     "--out", str(out))
+    assert proc.returncode == 1, proc.stderr  # none scored
+    assert proc.stderr.splitlines()[-1] == (f"wrote 2 rows to {out}, but no image was scored: "
+                                            "every one was skipped (reasons above)")
+
+    proc = hardscore("score-images", "--server", image_server.target, *paths, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"wrote 3 rows to {out}"]
 
 
 def test_info_prints_the_model(image_server):
@@ -108,3 +132,41 @@ def test_tables_keep_number_like_class_names_as_text(tmp_path, suffix):
     assert table["predicted_class"].tolist() == [3, -1, 0]
     np.testing.assert_array_equal(table["hardness"], [0.5, np.nan, 2.0])
     assert table["extra"].tolist() == [1, 2, 3]  # unknown columns: typed from their values
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """``hardscore top ... | head -n 2``: exit 141 (128 + SIGPIPE, as for tools SIGPIPE ends),
+    nothing on stderr; the output is larger than the pipe's buffer, so the pipe does break."""
+    from hardscore_client.tables import write_table
+
+    n = 50_000
+    write_table(tmp_path / "big.csv", {"row": np.arange(n),
+                                       "hardness": np.linspace(0.0, 1.0, n)})
+    proc = subprocess.Popen([sys.executable, "-m", "hardscore_client.cli", "top",
+                             str(tmp_path / "big.csv"), "--by", "hardness", "-k", str(n)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == "row\thardness\n"
+    assert proc.stdout.readline() == f"{n - 1}\t1.000000\n"
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == ""
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    """SIGINT while ``info`` waits for a server that accepts the connection and never answers:
+    ``hardscore info: interrupted``, exit 130 (128 + SIGINT)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        silent.settimeout(60)
+        port = silent.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "hardscore_client.cli", "info",
+                                 "--server", f"127.0.0.1:{port}", "--connect-timeout", "60"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        connection, _ = silent.accept()  # the command is in its call now
+        with connection:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert (out, err) == ("", "hardscore info: interrupted\n")

@@ -7,6 +7,10 @@ import csv
 import json
 import math
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +154,33 @@ def test_interrupted_run_keeps_its_rows_and_resumes(digits_folder, image_server,
     assert len(read_table(out)["path"]) == 540
 
 
-def test_flat_folder_and_from_list(digits_folder, image_server, tmp_path, monkeypatch):
+def test_ctrl_c_saves_the_rows_and_says_how_to_resume(digits_folder, image_server, tmp_path):
+    """SIGINT in the middle of ``hardscore score-dir``: one line naming the rows saved, exit
+    130; the same command again scores the rest."""
+    out = tmp_path / "scores.csv"
+    command = [sys.executable, "-m", "hardscore_client.cli", "score-dir", str(digits_folder),
+               "--server", image_server.target, "--out", str(out), "--batch-size", "1",
+               "--concurrency", "1", "--checkpoint-s", "0", "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the first row is saved: it is scoring
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    saved = len(read_table(out)["path"])
+    assert 0 < saved < 540
+    assert err.splitlines() == [
+        "found 542 images (542 with a given label)",
+        f"interrupted: saved {saved} rows to {out}, run the same command again to resume"]
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 4, resumed.stderr  # broken.png and gone.png are skipped
+    assert f"; {saved} already in {out}; 2 skipped" in resumed.stderr.splitlines()[-1]
+    assert len(read_table(out)["path"]) == 540
+
+
+def test_flat_folder_and_from_list(digits_folder, image_server, tmp_path, monkeypatch, capsys):
     flat = tmp_path / "flat"
     flat.mkdir()
     pngs = sorted((digits_folder / "2").glob("*.png"))[:5]
@@ -184,9 +214,23 @@ def test_flat_folder_and_from_list(digits_folder, image_server, tmp_path, monkey
     columns = read_table(out)
     assert sorted(columns["label"]) == ["", "2", "3"]
     assert path_from_entry("file:///tmp/a%20b.png") == "/tmp/a b.png"
+    capsys.readouterr()
+    # some skipped (the https:// entry, the missing file), the others scored: exit 4
     assert cli.main(["score-dir", "--from-list", str(listing), "--server", image_server.target,
-                     "--out", str(tmp_path / "cli.csv"), "--no-progress"]) == 0
+                     "--out", str(tmp_path / "cli.csv"), "--no-progress"]) == 4
     assert len(read_table(tmp_path / "cli.csv")["path"]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("scored 3 images in ")
+    assert err[-1].endswith(f"; 0 already in {tmp_path / 'cli.csv'}; 2 skipped (unreadable or "
+                            "refused)")
+    # again: the 3 are in the table, the 2 are skipped again: still partial
+    assert cli.main(["score-dir", "--from-list", str(listing), "--server", image_server.target,
+                     "--out", str(tmp_path / "cli.csv"), "--no-progress"]) == 4
+    # none scored, none in the table: exit 1
+    listing.write_text("flat/missing.png\nflat/gone.png\n")
+    assert cli.main(["score-dir", "--from-list", str(listing), "--server", image_server.target,
+                     "--out", str(tmp_path / "none.csv"), "--no-progress"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1].endswith("; 2 skipped (unreadable or refused)")
 
 
 def test_unknown_folder_labels_are_refused(image_server, digits_folder, tmp_path):

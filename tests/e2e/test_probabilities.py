@@ -13,7 +13,13 @@ import grpc
 import numpy as np
 import pytest
 
-from hardscore_client import AsyncScoringClient, ProbabilitiesAsLogitsWarning, ScoringClient
+from hardscore_client import (
+    AsyncScoringClient,
+    InputError,
+    ProbabilitiesAsLogitsWarning,
+    ProbabilitiesRenormalisedWarning,
+    ScoringClient,
+)
 from hardscore_client.tables import read_table
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
@@ -134,11 +140,14 @@ NAN_ROW[3, 0] = np.nan
 
 BAD_REQUESTS = {
     "negative": (_request(probabilities=to_tensor(NEGATIVE)),
-                 "probabilities row 2 has a value outside [0, 1] (1.1 in class 0)"),
+                 "probabilities row 2 has a value outside [0, 1] (1.1 in class 0): these look "
+                 "like logits or log-probabilities: send them in the logits field"),
     "above one": (_request(probabilities=to_tensor(ABOVE_ONE)),
-                  "probabilities row 3 has a value outside [0, 1] (1.00000012 in class 0)"),
+                  "probabilities row 3 has a value outside [0, 1] (1.00000012 in class 0): a "
+                  "rounding error? clip the values to [0, 1] and divide each row by its sum"),
     "sum": (_request(probabilities=to_tensor(SHORT_SUM)),
-            "probabilities row 1 sums to 0.9, expected 1 within 0.001"),
+            "probabilities row 1 sums to 0.9, expected 1 within 0.001: if these are "
+            "probabilities, divide each row by its sum; otherwise check where they came from"),
     "nan": (_request(probabilities=to_tensor(NAN_ROW)),
             "probabilities row 3 has a non-finite value (nan in class 0)"),
     "both": (_request(logits=to_tensor(GOOD), probabilities=to_tensor(GOOD)),
@@ -226,5 +235,92 @@ def test_cli_pred_probs_equals_cleanlab_and_logits_that_are_probabilities_warn(
     proc = hardscore("score-logits", "--server", logits_server.target, "--pred-probs",
                      str(tmp_path / "bad.npy"), "--out", str(tmp_path / "bad.csv"))
     assert proc.returncode == 1
-    assert "INVALID_ARGUMENT: probabilities row 17 sums to 0.5, expected 1 within 0.001" in (
-        proc.stderr)
+    assert proc.stderr == (  # refused by the client, before anything is sent
+        f"{tmp_path / 'bad.npy'}: probabilities row 17 sums to 0.5, expected 1 within 0.001: "
+        "if these are probabilities, divide each row by its sum; otherwise check where they "
+        "came from\n")
+    assert not (tmp_path / "bad.csv").exists()
+
+
+def drifting_float16(n: int, k: int, seed: int) -> np.ndarray:
+    """Softmax rows scaled by 1 +- up to 1.4e-2 (capped at 1) and stored as float16: off the
+    sum as far as the published float16 CIFAR-10 probabilities of the confident-learning paper
+    (refused before: the server takes 1e-3)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=3.0, size=(n, k))
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p = np.minimum(p * (1.0 + rng.uniform(-0.014, 0.014, size=(n, 1))), 1.0)
+    return p.astype(np.float16)
+
+
+def renormalised(p16: np.ndarray) -> np.ndarray:
+    p = p16.astype(np.float64)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+SCORES = ("predicted_class", "confidence", "margin", "hardness", "hardness_normalized",
+          "mistakenness", "mistakenness_confidence", "label_issue_score", "margin_issue_score")
+
+
+def test_float16_probabilities_are_renormalised_and_scored_in_the_sdk(logits_server,
+                                                                      logits_client):
+    p16 = drifting_float16(3000, 10, seed=6)
+    off = np.abs(p16.sum(axis=1, dtype=np.float64) - 1.0)
+    assert 1e-3 < off.max() < 0.0234  # more than the server takes, less than float16 explains
+    labels = np.random.default_rng(6).integers(0, 10, size=3000)
+    reference = logits_client.score_probabilities(renormalised(p16), labels)
+
+    with pytest.warns(ProbabilitiesRenormalisedWarning) as caught:
+        result = logits_client.score_probabilities(p16, labels, include_probabilities=True)
+    assert [str(w.message) for w in caught] == [
+        f"float16 probabilities of 10 classes: {int((off > 1e-3).sum())} of 3000 rows sum to 1 "
+        f"only within {off.max():.3g} (largest |row sum - 1|; the server takes 0.001, float16 "
+        "rounding explains up to 0.0234): every row was divided by its sum in float64 before "
+        "scoring"]
+    assert caught[0].filename == __file__  # points at the caller's line
+    for name in SCORES:
+        np.testing.assert_array_equal(getattr(result, name), getattr(reference, name), name)
+    np.testing.assert_array_equal(result.probabilities, renormalised(p16).astype(np.float32))
+    assert_equals_cleanlab(result, renormalised(p16), labels)
+
+    async def run() -> object:
+        async with AsyncScoringClient(logits_server.target) as client:
+            return await client.score_probabilities(p16, labels, chunk_rows=1000)
+
+    with pytest.warns(ProbabilitiesRenormalisedWarning):
+        streamed = asyncio.run(run())
+    np.testing.assert_array_equal(streamed.label_issue_score, reference.label_issue_score)
+
+    far = p16.copy()
+    far[11] = (far[11] * 0.9).astype(np.float16)
+    with pytest.raises(InputError) as refused:
+        logits_client.score_probabilities(far, labels)
+    assert str(refused.value) == (
+        f"probabilities row 11 sums to {far[11].sum(dtype=np.float64):.9g}, expected 1 within "
+        "0.0234: if these are probabilities, divide each row by its sum; otherwise check where "
+        "they came from")
+
+
+def test_float16_probabilities_through_the_cli(tmp_path, logits_client, logits_server):
+    p16 = drifting_float16(500, 10, seed=7)
+    labels = np.random.default_rng(7).integers(0, 10, size=500)
+    np.save(tmp_path / "p16.npy", p16)
+    np.save(tmp_path / "y.npy", labels)
+    out = tmp_path / "scores.csv"
+    proc = hardscore("score-logits", "--server", logits_server.target, "--pred-probs",
+                     str(tmp_path / "p16.npy"), "--labels", str(tmp_path / "y.npy"),
+                     "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    off = np.abs(p16.sum(axis=1, dtype=np.float64) - 1.0)
+    assert proc.stderr.splitlines() == [
+        f"hardscore: warning: {tmp_path / 'p16.npy'}: float16 probabilities of 10 classes: "
+        f"{int((off > 1e-3).sum())} of 500 rows sum to 1 only within {off.max():.3g} (largest "
+        "|row sum - 1|; the server takes 0.001, float16 rounding explains up to 0.0234): every "
+        "row was divided by its sum in float64 before scoring",
+        f"wrote 500 rows to {out}",
+    ]
+    table = read_table(out)
+    reference = logits_client.score_probabilities(renormalised(p16), labels)
+    for name in SCORES:
+        np.testing.assert_array_equal(table[name], getattr(reference, name), name)

@@ -19,7 +19,7 @@ from hardscore_server.pipeline.image_pipeline import ImageBatch, Label
 from hardscore_server.pipeline.preprocess import SampleError
 from hardscore_server.pipeline.scores import NO_LABEL
 from hardscore_wire import scoring_pb2 as pb
-from hardscore_wire.scores import PROBABILITY_SUM_TOLERANCE
+from hardscore_wire.scores import PROBABILITY_SUM_TOLERANCE, probabilities_problem
 from hardscore_wire.tensors import TensorError, dtype_name, from_tensor
 
 
@@ -178,22 +178,12 @@ def _float_matrix(tensor: pb.Tensor, field: str, max_rows: int) -> npt.NDArray[n
 
 def check_probabilities(probs: npt.NDArray[np.floating]) -> None:
     """Every value in [0, 1] and every row summing to 1 within PROBABILITY_SUM_TOLERANCE;
-    raises InvalidRequest naming the first bad row otherwise."""
-    outside = (probs < 0.0) | (probs > 1.0)
-    if outside.any():
-        row, col = np.argwhere(outside)[0]
-        raise InvalidRequest(
-            f"probabilities row {row} has a value outside [0, 1] ({float(probs[row, col]):.9g} "
-            f"in class {col})"
-        )
-    sums = probs.sum(axis=1, dtype=np.float64)
-    off = np.flatnonzero(np.abs(sums - 1.0) > PROBABILITY_SUM_TOLERANCE)
-    if len(off):
-        row = int(off[0])
-        raise InvalidRequest(
-            f"probabilities row {row} sums to {sums[row]:.9g}, expected 1 within "
-            f"{PROBABILITY_SUM_TOLERANCE:g} (send logits as logits)"
-        )
+    raises InvalidRequest naming the first bad row and the fix otherwise (values far outside
+    [0, 1]: send them as logits; a row off the sum: renormalise it or check the source)."""
+    problem = probabilities_problem(probs, PROBABILITY_SUM_TOLERANCE,
+                                    as_logits="send them in the logits field")
+    if problem is not None:
+        raise InvalidRequest(problem)
 
 
 def image_batch(request: pb.ScoreImagesRequest, max_samples: int) -> ImageBatch:
