@@ -88,6 +88,8 @@ class HardscoreServer:
         if self.config.no_model:
             return
         model_dir = Path(self.config.model_dir) if self.config.model_dir else DEFAULT_MODEL_DIR
+        log.info("loading the model from %s and warming it up (a large model on a CPU can take "
+                 "a minute; the ports open once it is ready)", model_dir)
         runner = ModelRunner(
             model_dir,
             execution_provider=self.config.execution_provider,
@@ -131,7 +133,8 @@ class HardscoreServer:
         address = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
         self.port = self.security.add_port(self._server, address)
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC port {address}")
+            raise OSError(f"cannot bind gRPC port {address}: in use, or the address is not "
+                          "this host's (--host, --port)")
         if c.health_port >= 0:  # plaintext, health only: for probes that cannot do TLS
             self._health_server = grpc.aio.server(
                 options=[("grpc.so_reuseport", int(c.workers > 1))], interceptors=[CallGate()])
@@ -158,8 +161,10 @@ class HardscoreServer:
         if self.metrics_tls is not None and self.metrics_port >= 0:
             log.info("metrics over HTTPS%s", ", client certificates required"
                      if self.metrics_tls.client_ca_file else "")
-        log.info("serving gRPC on %s:%d, metrics on %s:%d (%s)", c.host, self.port, c.metrics_host,
-                 self.metrics_port, self.security.describe())
+        metrics = (f"metrics on {c.metrics_host}:{self.metrics_port}" if self.metrics_port >= 0
+                   else "metrics off")
+        log.info("serving gRPC on %s:%d, %s (%s)", c.host, self.port, metrics,
+                 self.security.describe())
 
     async def stop(self) -> None:
         """Drains, then stops; returns within ``grace_period_s`` + 1 s, whatever is running.

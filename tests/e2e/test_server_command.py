@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -24,6 +25,34 @@ def test_server_exits_3_on_a_bad_model_directory(tmp_path):
     assert proc.returncode == 3
     assert "cannot serve the model: manifest.json not found in model directory" in proc.stderr
 
+
+
+def test_server_exits_4_with_one_line_when_its_port_is_in_use():
+    """A busy gRPC port gave a grpcio traceback and exit 1, not the documented 4."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "hardscore_server.main", "--host", "127.0.0.1", "--port",
+             str(port), "--metrics-port", "-1", "--http-port", "-1"],
+            capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    assert f"cannot start: cannot bind gRPC port 127.0.0.1:{port}: in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "loading the model from" in proc.stderr  # said before the warm-up, not after
+
+
+def test_the_serving_line_says_metrics_off():
+    from hardscore_server.tools.local_server import ServerProcess
+
+    server = ServerProcess("--metrics-port", "-1", "--http-port", "-1")
+    try:
+        server.start()
+        assert server.metrics_port == -1
+        assert ", metrics off (plaintext, no auth)" in server.output()
+    finally:
+        server.stop()
 
 
 def test_server_modules_do_not_import_torch() -> None:

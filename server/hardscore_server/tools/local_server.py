@@ -20,7 +20,8 @@ from collections.abc import Sequence
 SERVER_PYTHON_ENV = "HARDSCORE_SERVER_PYTHON"
 """Names the interpreter the server runs under (default: this one)."""
 
-SERVING = re.compile(r"^(?!worker \d+ \| ).*serving gRPC on [^ ]+:(\d+), metrics on [^ ]+:(-?\d+)")
+SERVING = re.compile(
+    r"^(?!worker \d+ \| ).*serving gRPC on [^ ]+:(\d+), (?:metrics on [^ ]+:(-?\d+)|metrics off)")
 """The server's "serving" line; a supervisor's workers (``worker I | ...`` lines) are skipped."""
 SERVING_HTTP = re.compile(r"serving HTTP \(KServe V2 REST\) on [^ ]+:(\d+)")
 
@@ -92,7 +93,7 @@ class ServerProcess:
                     self.http_port = int(http[1])
                 match = SERVING.search(line)
                 if match:
-                    self.port, self.metrics_port = int(match[1]), int(match[2])
+                    self.port, self.metrics_port = int(match[1]), int(match[2] or -1)
                     ready.set()
 
         self._reader = threading.Thread(target=read, daemon=True)

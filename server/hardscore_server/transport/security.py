@@ -249,10 +249,14 @@ class ServerSecurity:
         return [BearerTokenInterceptor(self.tokens, metrics)] if self.tokens.enabled else []
 
     def add_port(self, server: grpc.aio.Server, address: str) -> int:
-        """Binds ``address`` with TLS when configured; returns the port (0 = failed)."""
-        if self.credentials is None:
-            return server.add_insecure_port(address)
-        return server.add_secure_port(address, self.credentials)
+        """Binds ``address`` with TLS when configured; returns the port (0 = failed, e.g. the
+        port is in use: grpcio raises RuntimeError for that since 1.64, returned 0 before)."""
+        try:
+            if self.credentials is None:
+                return server.add_insecure_port(address)
+            return server.add_secure_port(address, self.credentials)
+        except RuntimeError:
+            return 0
 
     def describe(self) -> str:
         """For the start-up log line: 'plaintext', 'TLS' or 'mutual TLS', and token auth."""
