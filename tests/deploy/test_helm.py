@@ -685,6 +685,8 @@ def test_notes() -> None:
     text = notes()
     assert f"dns:///{FULLNAME}-headless.{NAMESPACE}.svc:{GRPC_PORT}" in text
     assert "round_robin" in text and "embedded default model" in text
+    assert f"{HTTP_PORT}:{HTTP_PORT}" in text  # the REST port is forwarded too
+    assert f"curl -s localhost:{HTTP_PORT}/v2/health/ready" in text
     text = notes(SCENARIOS["gpu"] | SCENARIOS["tls-auth"] | SCENARIOS["pvc"])
     assert "GPU image" in text and "TLS is on" in text and "/models/cifar10 (pvc)" in text
 
