@@ -3,6 +3,9 @@ what decoding one really costs.
 
 ``png`` writes PNG files directly with zlib (any bit depth and colour type, in one pass over
 rows that all look alike), so a 1 x 50,000,000 image costs a second to make, not a decode.
+``chunk_bomb_png``, ``jpeg_marker_bomb``, ``gif_comment_bomb`` and ``tiff_strip_bomb`` make small
+valid images whose structure has as many pieces as asked (PNG chunks, JPEG segments, GIF
+sub-blocks, TIFF strips), each of which Pillow parses in Python.
 ``measure_peak`` runs ``preprocess.decode_image`` in a fresh interpreter and reads its peak
 resident memory from /proc (Linux).
 """
@@ -22,7 +25,8 @@ from PIL import Image
 _COLOUR_TYPES = {"L": 0, "RGB": 2, "RGBA": 6}
 
 
-def _chunk(kind: bytes, body: bytes) -> bytes:
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk: length, ``kind``, ``body`` and its CRC."""
     return (struct.pack(">I", len(body)) + kind + body
             + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
 
@@ -45,9 +49,57 @@ def png(width: int, height: int, mode: str = "L", bit_depth: int = 8, seed: int 
         left -= n
     parts.append(compressor.flush())
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, _COLOUR_TYPES[mode], 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"".join(parts))
-            + _chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"".join(parts))
+            + png_chunk(b"IEND", b""))
 
+
+def chunk_bomb_png(n_chunks: int, kind: bytes = b"prVt", after: bool = False) -> bytes:
+    """A valid 32 x 32 grey PNG with ``n_chunks`` empty chunks of type ``kind`` (default a
+    private ancillary one, which Pillow keeps a copy of) before its IDAT (``after``: between
+    IDAT and IEND), CRCs correct: 12 bytes a chunk, so 5,000,000 of them make 60 MB."""
+    plain = png(32, 32)
+    idat = plain.index(b"IDAT") - 4
+    iend = len(plain) - 12
+    chunks = png_chunk(kind, b"") * n_chunks
+    if after:
+        return plain[:iend] + chunks + plain[iend:]
+    return plain[:idat] + chunks + plain[idat:]
+
+
+def jpeg_marker_bomb(n_markers: int) -> bytes:
+    """A valid 32 x 32 JPEG with ``n_markers`` empty APP1 segments after its SOI (4 bytes each;
+    Pillow keeps every one)."""
+    plain = encode(gradient(32, 32), "JPEG")
+    return plain[:2] + b"\xff\xe1\x00\x02" * n_markers + plain[2:]
+
+
+def gif_comment_bomb(n_sub_blocks: int) -> bytes:
+    """A valid 32 x 32 GIF with a comment of ``n_sub_blocks`` one-byte sub-blocks before its
+    first frame (2 bytes each; Pillow keeps every one)."""
+    plain = encode(gradient(32, 32, "L").convert("P"), "GIF")
+    flags = plain[10]
+    start = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global palette
+    return plain[:start] + b"!\xfe" + b"\x01c" * n_sub_blocks + b"\x00" + plain[start:]
+
+
+def tiff_strip_bomb(n_strips: int) -> bytes:
+    """An uncompressed 1 x 2 grey TIFF whose first page lists ``n_strips`` strips (8 bytes each),
+    all the same byte: Pillow makes a tile of each when it opens the file."""
+    entries = [(256, 3, 1, 1), (257, 3, 1, 2), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, n_strips, 0), (277, 3, 1, 1), (278, 4, 1, 1), (279, 4, n_strips, 0)]
+    offsets = 8 + 2 + 12 * len(entries) + 4
+    counts = offsets + 4 * n_strips
+    pixel = counts + 4 * n_strips
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if tag == 273:
+            value = offsets if n_strips > 1 else pixel
+        elif tag == 279:
+            value = counts if n_strips > 1 else 1
+        ifd += struct.pack("<HHI", tag, kind, count) + (
+            struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+    return (b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+            + struct.pack("<I", pixel) * n_strips + struct.pack("<I", 1) * n_strips + b"\x80")
 
 
 def slow_pngs(n: int, side: int = 1024) -> list[bytes]:

@@ -2,8 +2,9 @@
 
 One real server (256 MiB decode budget, 2 decode threads). Every hostile file is generated here
 (tests/hostile_images.py): a 1 x 50,000,000 PNG (97 KB), 16-bit PNGs up to 7071 x 7071, lossless
-WebP, multi-page TIFF. The server's peak resident memory is read from /proc (VmHWM, reset at the
-baseline through /proc/<pid>/clear_refs), so these tests need Linux.
+WebP, multi-page TIFF, a 32 x 32 PNG of 4,000,000 empty chunks (48 MB). The server's peak
+resident memory is read from /proc (VmHWM, reset at the baseline through
+/proc/<pid>/clear_refs), so these tests need Linux.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from hardscore_wire import scoring_pb2_grpc as pb_grpc
 from hardscore_wire.tensors import from_tensor
 
 from conftest import metric, scrape
-from hostile_images import encode, gradient, png
+from hostile_images import chunk_bomb_png, encode, gradient, png
 from server_process import ServerProcess, start_server
 
 MIB = 1024 * 1024
@@ -181,6 +182,49 @@ def test_hostile_corpus_stays_within_baseline_plus_budget(
     assert metric(samples, "hardscore_decode_budget_refusals_total",
                   reason="request_too_large") == 0
     assert not stub.ScoreImages(request(*corpus.digits), timeout=30).errors
+
+
+def test_a_png_of_millions_of_chunks_is_refused_and_holds_nobody_up(
+        server: ServerProcess, stub: pb_grpc.ScoringServiceStub, corpus: Corpus) -> None:
+    """The issue's file: 32 x 32 pixels behind 4,000,000 empty private chunks (48 MB), which
+    Pillow parsed in Python twice, keeping ~113 bytes a chunk (before: two 60 MB ones took
+    155 s of CPU and 1.6 GiB, and another caller's 8 images waited 199-227 s). Now it is that
+    sample's "size" error, its neighbours are scored, and another caller's call issued at the
+    same time is answered."""
+    pid = server.proc.pid  # type: ignore[union-attr]
+    bomb = chunk_bomb_png(4_000_000)
+    assert 40_000_000 < len(bomb) < 64 * MIB - 1024  # within the server's message limit
+    digits = corpus.digits[:8]
+    assert not stub.ScoreImages(request(*digits), timeout=30).errors  # warm
+    before = decodes(server)
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+    baseline = proc_status(pid, "VmRSS")
+
+    def timed(images: tuple[bytes, ...]) -> tuple[pb.ScoreImagesResponse, float]:
+        started = time.monotonic()
+        reply = stub.ScoreImages(request(*images), timeout=120)
+        return reply, time.monotonic() - started
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        bomb_call = pool.submit(timed, (digits[0], bomb, *digits[1:4]))
+        other_call = pool.submit(timed, tuple(digits))
+        (reply, bomb_s), (other, other_s) = bomb_call.result(), other_call.result()
+    peak = proc_status(pid, "VmHWM")
+    print(f"\nchunk bomb ({len(bomb) / 1e6:.0f} MB) answered in {bomb_s:.2f} s, the other "
+          f"caller's 8 images in {other_s:.2f} s; baseline {baseline / MIB:.0f} MiB, peak "
+          f"{peak / MIB:.0f} MiB (+{(peak - baseline) / MIB:.0f} MiB)")
+    assert [(e.index, e.reason) for e in reply.errors] == [(1, "size")]
+    assert reply.errors[0].message.startswith(
+        "image (PNG): over the limit of 10000 chunks besides image data (counted up to byte ")
+    predicted = from_tensor(reply.scores.predicted_class).tolist()
+    assert len(predicted) == 5 and min(predicted[:1] + predicted[2:]) >= 0
+    assert not other.errors and len(from_tensor(other.scores.predicted_class)) == len(digits)
+    assert other_s < 60.0  # it finishes at all: before, it waited minutes
+    assert peak < baseline + BUDGET + 256 * MIB
+    after = decodes(server)
+    assert after["done"] - before["done"] == 4 + len(digits)  # the bomb never decoded
+    assert after["abandoned"] == before["abandoned"]
+    assert metric(scrape(server.metrics_url), "hardscore_decode_budget_in_use_bytes") == 0
 
 
 def decodes(server: ServerProcess) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""The header estimate of an image's decode cost, and the decode budget's admission.
+"""The header estimate of an image's decode cost, the walk of its structure before Pillow opens it,
+and the decode budget's admission.
 
 How the estimate compares with the real peak of each format is measured in fresh interpreters
 by tests/e2e/test_decode_cost_peaks.py.
@@ -7,18 +8,42 @@ by tests/e2e/test_decode_cost_peaks.py.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image, PngImagePlugin
 
 from hardscore_server.pipeline.decode_budget import DecodeBudget
-from hardscore_server.pipeline.decode_cost import SLACK_BYTES, estimate_array, estimate_image
+from hardscore_server.pipeline.decode_cost import (
+    MAX_BLOCKS,
+    MAX_CHUNKS,
+    MAX_COMPRESSED_CHUNKS,
+    MAX_STRAY_BYTES,
+    PNG_PRIVATE_CHUNK_BYTES,
+    SLACK_BYTES,
+    estimate_array,
+    estimate_image,
+    structure_bytes,
+)
 from hardscore_server.pipeline.errors import DeadlineExpired, DecodeBudgetExceeded
-from hardscore_server.pipeline.preprocess import InputSpec
+from hardscore_server.pipeline.preprocess import InputSpec, SampleError, decode_image
 
-from hostile_images import png
+from hostile_images import (
+    chunk_bomb_png,
+    encode,
+    gif_comment_bomb,
+    gradient,
+    jpeg_marker_bomb,
+    png,
+    png_chunk,
+    tiff_strip_bomb,
+)
 
 MIB = 1024 * 1024
 RGB32 = InputSpec(channels=3, height=32, width=32, mean=(0.5,) * 3, std=(0.5,) * 3,
@@ -54,6 +79,140 @@ def test_unreadable_bytes_and_float_inputs_cost_little() -> None:
     skinny = estimate_array(np.zeros((1_000_000, 1), np.uint8), RGB32)
     assert skinny.describe == "pixels 1x1000000 L"
     assert skinny.bytes > 8 * 1_000_000  # a row pointer per row, at least
+
+
+# -- structure: the walk before Pillow ---------------------------------------------------------
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The sizes (bytes) of every file Pillow's Image.open is given while the test runs."""
+    sizes: list[int] = []
+    real_open = Image.open
+
+    def counting_open(fp: Any, *args: Any, **kwargs: Any) -> Image.Image:
+        if isinstance(fp, io.BytesIO):
+            with fp.getbuffer() as view:
+                sizes.append(view.nbytes)
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    yield sizes
+
+
+def refusal(data: bytes) -> SampleError:
+    with pytest.raises(SampleError) as info:
+        estimate_image(data, RGB32)
+    assert info.value.reason == "size"
+    return info.value
+
+
+def test_a_png_of_a_million_chunks_is_refused_before_pillow_opens_it(opened: list[int]) -> None:
+    """The issue's file (12 MB here, 60 MB there): Pillow took 2.2 s and 113 bytes a chunk to
+    read its header, and as long again to decode it. The walk stops at the limit."""
+    for after in (False, True):  # before the pixels, or after them (Pillow reads those too)
+        bomb = chunk_bomb_png(1_000_000, after=after)
+        started = time.monotonic()
+        error = refusal(bomb)
+        print(f"\nrefused in {time.monotonic() - started:.3f} s: {error.message}")
+        assert error.message.startswith(
+            f"image (PNG): over the limit of {MAX_CHUNKS} chunks besides image data (counted "
+            "up to byte ")
+        assert error.message.endswith(
+            f" of {len(bomb)}); Pillow reads each one in Python, so it is not decoded")
+    assert opened == []
+
+
+def test_pngs_within_the_limits_are_estimated_with_what_pillow_keeps(opened: list[int]) -> None:
+    plain = png(32, 32)
+    base = estimate_image(plain, RGB32)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", "digits")
+    info.add_text("Comment", "x" * 4000, zip=True)
+    info.add_itxt("Description", "ü" * 300, zip=True)
+    texts = encode(gradient(32, 32, "L"), "PNG", pnginfo=info)
+    most = chunk_bomb_png(MAX_CHUNKS - 1)  # IHDR and 9,999 private chunks
+    assert structure_bytes(plain) < 1024
+    assert estimate_image(texts, RGB32).bytes > base.bytes + 5 * 4000
+    assert estimate_image(most, RGB32).bytes >= base.bytes + (MAX_CHUNKS - 1) * (
+        PNG_PRIVATE_CHUNK_BYTES)
+    assert len(opened) == 3
+    for data in (texts, most):
+        assert decode_image(data, RGB32).shape == (3, 32, 32)
+    assert "over the limit" in refusal(chunk_bomb_png(MAX_CHUNKS)).message  # + IHDR
+
+
+def test_other_png_structure_limits() -> None:
+    plain = png(32, 32)
+    at = plain.index(b"IDAT") - 4
+    end = len(plain) - 12
+    data_chunks = plain[:end] + png_chunk(b"IDAT", b"") * MAX_BLOCKS + plain[end:]
+    assert "over the limit of 100000 image-data chunks" in refusal(data_chunks).message
+    assert decode_image(plain[:end] + png_chunk(b"IDAT", b"") * 1000 + plain[end:], RGB32).shape
+    zipped = png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"v" * 10_000))
+    many = plain[:at] + zipped * (MAX_COMPRESSED_CHUNKS + 1) + plain[at:]
+    assert "over the limit of 64 compressed chunks" in refusal(many).message
+    few = plain[:at] + zipped * MAX_COMPRESSED_CHUNKS + plain[at:]
+    assert estimate_image(few, RGB32).bytes > 64 * 5 * 10_000
+
+
+BOMBS: dict[str, tuple[Callable[[int], bytes], int, str]] = {
+    "jpeg APP1 segments": (jpeg_marker_bomb, MAX_CHUNKS, "markers"),
+    "gif comment sub-blocks": (gif_comment_bomb, MAX_BLOCKS, "sub-blocks before the first frame"),
+    "tiff strips": (tiff_strip_bomb, MAX_BLOCKS, "values in tag 273"),
+}
+
+
+@pytest.mark.parametrize("case", list(BOMBS))
+def test_structure_bombs_of_other_formats_are_refused_and_smaller_ones_decoded(
+        case: str, opened: list[int]) -> None:
+    """1,000,000 pieces of each: 1.3 s (JPEG), 0.2 s (GIF), 1.3 s (TIFF) and 90-220 MiB for
+    Pillow to open, before any limit."""
+    make, limit, what = BOMBS[case]
+    bomb = make(1_000_000)
+    assert f"over the limit of {limit} {what}" in refusal(bomb).message
+    assert f"over the limit of {limit} {what}" in refusal(make(limit + 1)).message
+    assert opened == []
+    fits = make(limit // 10)
+    assert estimate_image(fits, RGB32).bytes > estimate_image(make(1), RGB32).bytes
+    assert decode_image(fits, RGB32).shape == (3, 32, 32)
+
+
+def test_stray_bytes_pillow_steps_over_one_at_a_time_are_limited() -> None:
+    jpeg = encode(gradient(32, 32), "JPEG")
+    for fill in (b"\x00", b"\xff"):  # junk after a segment, or fill bytes before a marker
+        padded = jpeg[:2] + b"\xff\xe0\x00\x02" + fill * (MAX_STRAY_BYTES + 1) + jpeg[2:]
+        assert "over the limit of 1048576 stray bytes" in refusal(padded).message
+        small = jpeg[:2] + b"\xff\xe0\x00\x02" + fill * 1000 + jpeg[2:]
+        assert decode_image(small, RGB32).shape == (3, 32, 32)
+        assert structure_bytes(small) < 64 * 1024
+    gif = gif_comment_bomb(0)
+    start = gif.index(b"!\xfe")
+    junk = gif[:start] + b"\x00" * (MAX_STRAY_BYTES + 1) + gif[start:]
+    assert "over the limit of 1048576 stray bytes" in refusal(junk).message
+
+
+def test_the_walk_never_fails_on_broken_files() -> None:
+    """Truncated and bit-flipped files of every walked format: an estimate or a SampleError,
+    never another exception."""
+    rng = np.random.default_rng(0)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("k", "v" * 100, zip=True)
+    files = [png(40, 30), encode(gradient(40, 30), "PNG", pnginfo=info),
+             encode(gradient(40, 30), "JPEG"), encode(gradient(40, 30), "JPEG", progressive=True),
+             encode(gradient(40, 30, "L").convert("P"), "GIF"), encode(gradient(40, 30), "TIFF"),
+             encode([gradient(40, 30)] * 2, "TIFF", compression="tiff_adobe_deflate"),
+             encode(gradient(40, 30), "TIFF", big_tiff=True), gif_comment_bomb(3),
+             jpeg_marker_bomb(3), tiff_strip_bomb(3), chunk_bomb_png(3)]
+    for data in files:
+        for _ in range(1000):
+            broken = bytearray(data[:int(rng.integers(4, len(data) + 1))])
+            for at in rng.integers(0, len(broken), int(rng.integers(0, 6))):
+                broken[at] = int(rng.integers(0, 256))
+            try:
+                assert structure_bytes(bytes(broken)) >= 0
+            except SampleError as exc:
+                assert exc.reason == "size"
 
 
 # -- the budget -------------------------------------------------------------------------------

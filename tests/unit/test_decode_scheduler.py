@@ -1,10 +1,10 @@
 """The decode scheduler's guarantees (pipeline/decode_scheduler.py), one test or a few each.
 
 No server and no model: a real DecodeScheduler with a real ServerMetrics, whose per-image decode
-is the production one wrapped by ``Recorder``, which notes the order images start and finish in
-and can hold an image until the test lets it go, make it last a whole step, or raise. The tests
-assert orders and counts; where they wait for a thread they poll with a limit (``WAIT_S``) that
-a passing run never reaches.
+and header read (``estimate_image``) are the production ones wrapped by ``Recorder``, which notes
+the order images start and finish in and can hold an image until the test lets it go, make it
+last a whole step, or raise. The tests assert orders and counts; where they wait for a thread
+they poll with a limit (``WAIT_S``) that a passing run never reaches.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import asyncio
 import io
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from unittest import mock
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +26,13 @@ from PIL import Image
 
 from hardscore_server.config import ServerConfig
 from hardscore_server.metrics import ServerMetrics
-from hardscore_server.pipeline.decode_cost import estimate_array
+from hardscore_server.pipeline import decode_scheduler
+from hardscore_server.pipeline.decode_cost import (
+    MAX_CHUNKS,
+    DecodeCost,
+    estimate_array,
+    estimate_image,
+)
 from hardscore_server.pipeline.decode_scheduler import (
     DECODE_STEP_S,
     DecodeScheduler,
@@ -33,6 +41,8 @@ from hardscore_server.pipeline.decode_scheduler import (
 )
 from hardscore_server.pipeline.errors import DeadlineExpired, ShuttingDown
 from hardscore_server.pipeline.preprocess import InputSpec, SampleError, encode_png, header_pixels
+
+from hostile_images import chunk_bomb_png, png_chunk
 
 T = TypeVar("T")
 MIB = 1024 * 1024
@@ -52,12 +62,18 @@ def png(value: int, size: int = 8) -> bytes:
 class Recorder:
     """``decode_one`` wrapped: notes each image's start and finish by name and, per name, can
     hold it until ``gates[name]`` is set, make it last at least ``DECODE_STEP_S`` (``slow``,
-    so that a step ends after it), raise RuntimeError (``fail``), or call ``during(name)``."""
+    so that a step ends after it), raise RuntimeError (``fail``), or call ``during(name)``.
+    ``header`` wraps ``estimate_image`` alike: ``headers`` in the order read, ``header_gates``,
+    ``slow_headers``."""
 
     def __init__(self) -> None:
         self.names: dict[int, str] = {}
         self.began: dict[str, threading.Event] = {}
         self.ended: dict[str, threading.Event] = {}
+        self.headers: list[str] = []
+        self.header_began: dict[str, threading.Event] = {}
+        self.header_gates: dict[str, threading.Event] = {}
+        self.slow_headers: set[str] = set()
         self.gates: dict[str, threading.Event] = {}
         self.slow: set[str] = set()
         self.fail: set[str] = set()
@@ -74,11 +90,26 @@ class Recorder:
         self.names[id(image)] = name
         self.began[name] = threading.Event()
         self.ended[name] = threading.Event()
+        self.header_began[name] = threading.Event()
         return image
 
     def release_all(self) -> None:
-        for gate in self.gates.values():
+        for gate in [*self.gates.values(), *self.header_gates.values()]:
             gate.set()
+
+    def header(self, data: bytes, spec: InputSpec) -> DecodeCost:
+        """``estimate_image`` of ``data``, noted, held or slowed as asked (any thread)."""
+        name = self.names.get(id(data), "?")
+        with self._lock:
+            self.headers.append(name)
+        if name in self.header_began:
+            self.header_began[name].set()
+        gate = self.header_gates.get(name)
+        if gate is not None and not gate.wait(WAIT_S):
+            raise AssertionError(f"{name}'s header was never let go")
+        if name in self.slow_headers:
+            time.sleep(DECODE_STEP_S)
+        return estimate_image(data, spec)
 
     def __call__(self, image: bytes | np.ndarray, spec: InputSpec) -> npt.NDArray[np.float32]:
         name = self.names[id(image)]
@@ -137,7 +168,8 @@ def run(test: Callable[[Rig], Awaitable[T]], spec: InputSpec = SPEC, **config: A
         scheduler = DecodeScheduler(spec, ServerConfig(**config), metrics, "test",
                                     decode=recorder)
         try:
-            return await test(Rig(scheduler, recorder, metrics))
+            with mock.patch.object(decode_scheduler, "estimate_image", recorder.header):
+                return await test(Rig(scheduler, recorder, metrics))
         finally:
             recorder.release_all()
             scheduler.close()
@@ -215,6 +247,35 @@ def test_turn_taking_a_step_holds_many_quick_images() -> None:
     run(test, preprocess_threads=1)
 
 
+def test_turn_taking_a_small_call_is_not_stuck_behind_a_large_calls_headers() -> None:
+    """Header reads take turns like decodes: the small call's headers and decodes come between
+    the large call's header reads (before, a call's headers were one step: all 20 first)."""
+
+    async def test(rig: Rig) -> None:
+        d = rig.decode
+        large = [d.image(f"L{i}", png(i)) for i in range(20)]
+        small = [d.image(f"S{i}", png(200 + i)) for i in range(2)]
+        d.slow_headers.update(d.names[id(image)] for image in large)  # a whole step each
+        d.header_gates["L0"] = threading.Event()
+        read_before_s1: list[str] = []
+        d.during = lambda name: read_before_s1.extend(d.headers) if name == "S1" else None
+        large_call = asyncio.ensure_future(rig.scheduler.preprocess(large))
+        await until(d.header_began["L0"].is_set, "L0's header is being read")
+        small_call = asyncio.ensure_future(rig.scheduler.preprocess(small))
+        await asyncio.sleep(0)  # the small call's header step queues behind L0's step
+        d.header_gates["L0"].set()
+        assert all(map(is_input, await small_call))
+        assert all(map(is_input, await large_call))
+        assert read_before_s1[:2] == ["L0", "S0"]
+        # L1 while S's decode step waited; L2 or L3 only if a step of S outlasted DECODE_STEP_S
+        assert [n for n in read_before_s1 if n.startswith("L")] in (
+            ["L0", "L1"], ["L0", "L1", "L2"], ["L0", "L1", "L2", "L3"])
+        assert rig.decodes() == {"done": 22, "after_cancel": 0, "abandoned": 0}
+        await rig.budget_back()
+
+    run(test, preprocess_threads=1)
+
+
 # -- parallelism within the budget ------------------------------------------------------------
 
 
@@ -284,6 +345,39 @@ def test_an_image_over_the_pixel_limit_and_the_budget_is_a_size_error_too() -> N
     run(test, spec, decode_budget_bytes=16 * MIB)
 
 
+def test_a_structure_bomb_is_a_size_error_that_pillow_never_opens(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's PNG of tiny chunks (1,000,000 here): refused by the walk before Pillow, for
+    its header as for its decode; its neighbours are decoded."""
+    bomb = chunk_bomb_png(1_000_000)
+    opened: list[int] = []  # the size of every file Pillow opens
+    real_open = Image.open
+
+    def counting_open(fp: Any, *args: Any, **kwargs: Any) -> Image.Image:
+        with fp.getbuffer() as view:
+            opened.append(view.nbytes)
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+
+    async def test(rig: Rig) -> None:
+        d = rig.decode
+        results = await rig.scheduler.preprocess(
+            [d.image("P0", png(1)), d.image("B1", bomb), d.image("P2", png(2))])
+        error = results[1]
+        assert isinstance(error, SampleError) and error.reason == "size"
+        assert error.message.startswith(
+            f"image (PNG): over the limit of {MAX_CHUNKS} chunks besides image data")
+        assert is_input(results[0]) and is_input(results[2])
+        assert sorted(d.headers) == ["B1", "P0", "P2"]
+        assert sorted(d.started) == ["P0", "P2"]  # never decoded
+        assert len(bomb) not in opened and len(opened) == 4  # P0, P2: header and decode
+        assert rig.decodes() == {"done": 2, "after_cancel": 0, "abandoned": 0}
+        await rig.budget_back()
+
+    run(test)
+
+
 # -- nothing new after the call is gone -------------------------------------------------------
 
 
@@ -318,11 +412,13 @@ def test_nothing_new_starts_after_the_deadline(when: str) -> None:
                 time.sleep(0.001)
 
         d.during = past_the_deadline
-        with pytest.raises(DeadlineExpired, match="deadline passed while decoding images"):
+        expected = ("deadline passed while decoding images" if when == "while decoding" else
+                    r"deadline passed while reading image headers \(0 of 10 read\)")
+        with pytest.raises(DeadlineExpired, match=expected):
             await rig.scheduler.preprocess(images, deadline)
         await rig.budget_back()
         if when == "before the call":
-            assert d.started == []
+            assert d.started == [] and d.headers == []
         else:  # I0, unless reading the headers outlasted the deadline
             assert d.started in (["I0"], [])
         counts = rig.decodes()
@@ -330,6 +426,55 @@ def test_nothing_new_starts_after_the_deadline(when: str) -> None:
         assert counts["abandoned"] == 10 - len(d.started)
 
     run(test, preprocess_threads=1)
+
+
+@pytest.mark.parametrize("how", ["cancelled", "deadline"])
+def test_a_gone_call_stops_reading_headers(how: str) -> None:
+    """A call that goes while its first header is read reads no other: its 10 images are
+    counted abandoned, it held no budget, and the next call's headers come right after."""
+
+    async def test(rig: Rig) -> None:
+        d = rig.decode
+        images = [d.image(f"I{i}", png(i)) for i in range(10)]
+        gate = d.header_gates["I0"] = threading.Event()
+        deadline = time.monotonic() + 0.2 if how == "deadline" else None
+        call = asyncio.ensure_future(rig.scheduler.preprocess(images, deadline))
+        await until(d.header_began["I0"].is_set, "I0's header is being read")
+        if how == "cancelled":
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call  # at once: I0's header is still held
+        else:
+            asyncio.get_running_loop().call_later(0.3, gate.set)  # after the deadline
+            with pytest.raises(DeadlineExpired, match=r"while reading image headers \(1 of 10"):
+                await call
+        assert rig.decodes() == {"done": 0, "after_cancel": 0, "abandoned": 10}
+        gate.set()
+        after = [d.image(f"A{i}", png(100 + i)) for i in range(2)]  # queued behind I's steps
+        assert all(map(is_input, await rig.scheduler.preprocess(after)))
+        assert d.headers == ["I0", "A0", "A1"]
+        assert d.started == ["A0", "A1"]
+        assert rig.decodes() == {"done": 2, "after_cancel": 0, "abandoned": 10}
+        await rig.budget_back()
+
+    run(test, preprocess_threads=1)
+
+
+def test_a_call_gone_while_waiting_for_budget_counts_its_images_abandoned() -> None:
+    async def test(rig: Rig) -> None:
+        budget = rig.scheduler.budget
+        await budget.acquire(budget.capacity)  # another call holds all of it
+        call = asyncio.ensure_future(rig.scheduler.preprocess([png(1), png(2), png(3)]))
+        await until(lambda: rig.metrics.registry.get_sample_value(
+            "hardscore_decode_budget_waiting_calls") == 1, "the call waits for budget")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert rig.decodes() == {"done": 0, "after_cancel": 0, "abandoned": 3}
+        budget.release(budget.capacity)
+        await rig.budget_back()
+
+    run(test)
 
 
 # -- budget returned on every path ------------------------------------------------------------
@@ -466,6 +611,10 @@ def test_only_small_images_are_preprocessed_on_the_event_loop() -> None:
     assert _cheap_to_prepare(np.zeros((3, 32, 32), dtype=np.float32))
     assert not _cheap_to_prepare(np.zeros((3, 224, 224), dtype=np.float32))
     assert not _cheap_to_prepare(b"garbage")  # decoded (and refused) in the pool
+    zipped = png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b""))
+    small = encode_png(np.zeros((8, 8), dtype=np.uint8))
+    over = small[:33] + zipped * 65 + small[33:]  # after IHDR, 65 compressed chunks: too many
+    assert len(over) < 16 * 1024 and not _cheap_to_prepare(over)  # refused in the pool
 
 
 def test_a_lone_small_image_is_decoded_on_the_event_loop_and_others_in_the_pool() -> None:

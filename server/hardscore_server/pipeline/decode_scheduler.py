@@ -3,18 +3,21 @@
 ``DecodeScheduler.preprocess(images, deadline)`` turns one call's images (encoded files, pixel
 arrays, model-input arrays, or SampleErrors found earlier) into model inputs, float32
 [C, H, W], or the SampleError saying why not. It first estimates each image's decode memory
-from its header (decode_cost; one pool step for the whole call), takes what the call needs from
-the server-wide ``DecodeBudget`` (decode_budget), then decodes, resizes and normalises the images
-in ``preprocess_threads`` threads that all calls share. With ``jpeg_decode_device`` other than
+from its structure and header (decode_cost: a file whose structure is over its limits is a
+"size" SampleError here, never opened by Pillow), takes what the call needs from the
+server-wide ``DecodeBudget`` (decode_budget), then decodes, resizes and normalises the images in
+``preprocess_threads`` threads that all calls share. With ``jpeg_decode_device`` other than
 cpu, JPEGs are decoded in batches by torchvision (torch_decode), everything else by Pillow.
 
 Guarantees, each pinned by tests/unit/test_decode_scheduler.py:
 
-- **Turn taking.** A decode thread works for one call for one unit (an image, or a torch JPEG
-  batch), then for more of its units only until ``DECODE_STEP_S`` has passed since the step
-  began; the call's next step then queues behind every step already waiting (first in, first
-  out). So a small call waits for the steps queued before its own, not for a large call's last
-  image. (Reading a call's headers is one step, however many images it holds.)
+- **Turn taking.** A decode thread works for one call for one unit (an image's header read, an
+  image's decode, or a torch JPEG batch), then for more of its units only until
+  ``DECODE_STEP_S`` has passed since the step began; the call's next step then queues behind
+  every step already waiting (first in, first out). So a small call waits for the steps queued
+  before its own, not for a large call's last header or image. A call's header reads come
+  first, in as many chains of steps as it has images (at most ``preprocess_threads``), then its
+  decodes.
 - **Parallelism within the budget.** A call takes from the budget, before its first decode,
   the summed estimate of its k costliest units, k as many of them as fit the whole budget
   together (at most ``preprocess_threads``, at least one), and k threads take its units one at
@@ -24,14 +27,18 @@ Guarantees, each pinned by tests/unit/test_decode_scheduler.py:
   decoded; its neighbours are. An image over the pixel limit counts as ``SLACK_BYTES``, since
   its header is all that is read (the decode's own "size" error).
 - **Nothing new after the call is gone.** Once the awaiting call is cancelled or its deadline
-  has passed, no further image of it starts: decodes already running finish, the images never
-  started are counted ``abandoned``, a cancelled call returns without waiting for its running
-  decodes, and a call with images left undecoded at its deadline gets DeadlineExpired (as does
-  one whose deadline passes while it waits for budget).
+  has passed, no further header read or decode of it starts: those already running finish (at
+  most one per thread), the images never decoded are counted ``abandoned`` (whether the call
+  went while its headers were read, while it waited for budget, or while it was decoded), a
+  cancelled call returns without waiting for its running steps, and a call with headers unread
+  or images undecoded at its deadline gets DeadlineExpired (as does one whose deadline passes
+  while it waits for budget).
 - **Budget returned on every path.** What a call took comes back, on the event loop, once its
   last decode thread has stopped, whatever ended the call: success, an exception raised inside
-  a decode (re-raised to the call, never lost in the pool), cancellation, the deadline, or the
-  pool shut down by ``close()`` (steps queued then are dropped and the call gets ShuttingDown).
+  a decode or a header read (re-raised to the call, never lost in the pool), cancellation, the
+  deadline, or the pool shut down by ``close()`` (steps queued then are dropped and the call
+  gets ShuttingDown). Header reads take no budget: a call gone while reading headers holds
+  nothing.
 - **Order kept.** The result has one entry per image, in input order, each SampleError in its
   image's place, whatever order the threads finished in.
 
@@ -48,7 +55,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +68,7 @@ from hardscore_server.pipeline.decode_cost import (
     DecodeCost,
     estimate_array,
     estimate_image,
+    structure_bytes,
 )
 from hardscore_server.pipeline.errors import DeadlineExpired, ShuttingDown
 from hardscore_server.pipeline.preprocess import (
@@ -84,8 +92,9 @@ DecodeOne = Callable[[bytes | np.ndarray, InputSpec], Float32Array]
 spec; raises SampleError for a bad image. Called from the decode threads."""
 
 DECODE_STEP_S = 0.002
-"""A decode thread keeps to one call's images for this long (seconds, at least one unit)
-before that call's next images queue behind other calls': small images go many to a step."""
+"""A decode thread keeps to one call's header reads or images for this long (seconds, at least
+one unit) before that call's next ones queue behind other calls': small images go many to a
+step."""
 
 INLINE_PREPROCESS_BYTES = 16 * 1024
 """A lone sample up to this size is preprocessed on the event loop, not in the thread pool."""
@@ -116,6 +125,10 @@ def _cheap_to_prepare(image: Image) -> bool:
         return False
     if not isinstance(image, bytes):
         return True
+    try:
+        structure_bytes(image)  # Pillow reads no file whose structure is over the limits
+    except SampleError:
+        return False
     pixels = header_pixels(image)
     return pixels is not None and pixels <= INLINE_PREPROCESS_PIXELS
 
@@ -196,11 +209,16 @@ class DecodeScheduler:
             return []
         budget = self.budget
         lone = len(images) == 1 and _cheap_to_prepare(images[0])
-        if lone:
-            estimates = [self._estimate(images[0])]  # a header of at most 16 KiB
-        else:  # header reads off the event loop: a request may hold a thousand TIFF headers
-            estimates = await self.run_in_pool(self._estimate_all, images)
-        images = [self._over_budget(cost) or image
+        estimates: list[DecodeCost | SampleError | None] = [None] * len(images)
+        try:
+            if lone:
+                estimates[0] = self._estimate(images[0])  # a header of at most 16 KiB
+            else:  # in the pool, a step at a time: a request may hold a thousand TIFF headers
+                await self._estimate_all(images, estimates, deadline)
+        except BaseException:
+            self._decodes_abandoned.inc(self._undecoded(images, estimates))
+            raise
+        images = [self._refusal(cost) or image
                   for image, cost in zip(images, estimates, strict=True)]
         costs = [self._held(cost) for cost in estimates]
         if lone and budget.try_acquire(costs[0]):
@@ -214,22 +232,18 @@ class DecodeScheduler:
         units = self._units(images, todo, costs)
         threads, need = decode_parallelism(
             [sum(costs[i] for i in unit) for unit in units], self._threads, budget.capacity)
-        await budget.acquire(need, deadline)
-        job = _DecodeJob(images, todo, units, deadline, threads, asyncio.get_running_loop())
-        job.done.add_done_callback(lambda _: self._job_ended(job, need))
-        for _ in range(threads):
-            if not self._submit(job):
-                job.chain_ended()
         try:
-            await asyncio.shield(job.done)
-        except asyncio.CancelledError:
-            job.cancelled.set()  # queued steps return at once; running ones are the last
+            await budget.acquire(need, deadline)
+        except (asyncio.CancelledError, DeadlineExpired):  # gone before its first decode
+            self._decodes_abandoned.inc(len(todo))
             raise
-        if job.error is not None:
-            raise job.error
-        results = job.results
-        if any(results[i] is None for i in todo):
-            done = sum(1 for i in todo if results[i] is not None)
+        results: list[Float32Array | SampleError | None] = [None] * len(images)
+        job = _Job(units, deadline, threads, asyncio.get_running_loop(), results,
+                   lambda unit: self._preprocess_unit(images, unit), decodes=True)
+        job.done.add_done_callback(lambda _: self._job_ended(job, need))
+        await self._run(job)
+        if job.left():
+            done = len(todo) - job.left()
             if job.shut_down:
                 raise ShuttingDown(f"the server stopped while decoding images ({done} of "
                                    f"{len(todo)} decoded); not computed")
@@ -239,26 +253,78 @@ class DecodeScheduler:
         return [image if isinstance(image, SampleError) else results[i]  # type: ignore[misc]
                 for i, image in enumerate(images)]
 
+    async def _run(self, job: _Job[Any]) -> None:
+        """Runs ``job`` in its chains of pool steps until every chain has stopped. Cancelled, it
+        stops the job (steps queued return at once, running ones are the last) and returns
+        without waiting for them. Re-raises what a step raised."""
+        for _ in range(job.chains):
+            if not self._submit(job):
+                job.chain_ended()
+        try:
+            await asyncio.shield(job.done)
+        except asyncio.CancelledError:
+            job.cancelled.set()
+            raise
+        if job.error is not None:
+            raise job.error
+
     # -- estimates ----------------------------------------------------------------------------
 
-    def _estimate(self, image: Image) -> DecodeCost | None:
-        """``image``'s estimated preprocessing cost (see decode_cost); None for a SampleError."""
+    def _estimate(self, image: Image) -> DecodeCost | SampleError | None:
+        """``image``'s estimated preprocessing cost (see decode_cost), or the "size" error of a
+        file whose structure is over the limits; None for a SampleError (any thread)."""
         if isinstance(image, bytes):
-            return estimate_image(image, self.spec)
+            try:
+                return estimate_image(image, self.spec)
+            except SampleError as exc:
+                return exc
         if isinstance(image, np.ndarray):
             return estimate_array(image, self.spec)
         return None
 
-    def _estimate_all(self, images: Sequence[Image]) -> list[DecodeCost | None]:
-        return [self._estimate(image) for image in images]
+    async def _estimate_all(self, images: Sequence[Image],
+                            estimates: list[DecodeCost | SampleError | None],
+                            deadline: float | None) -> None:
+        """Fills ``estimates`` (None for a SampleError) in pool steps, each image a unit, in
+        turn with every call's steps. Raises DeadlineExpired (the deadline passed before every
+        header was read), ShuttingDown, and what an estimate raised; cancelled, returns at once
+        (a header read running finishes, no other starts)."""
+        todo = [i for i, image in enumerate(images) if not isinstance(image, SampleError)]
+        if not todo:
+            return
+        job = _Job([[i] for i in todo], deadline, min(self._threads, len(todo)),
+                   asyncio.get_running_loop(), estimates,
+                   lambda unit: [self._estimate(images[i]) for i in unit])
+        await self._run(job)
+        if job.left():
+            read = len(todo) - job.left()
+            if job.shut_down:
+                raise ShuttingDown(f"the server stopped while reading image headers ({read} of "
+                                   f"{len(todo)} read); not computed")
+            raise DeadlineExpired(f"deadline passed while reading image headers ({read} of "
+                                  f"{len(todo)} read); not computed")
+
+    def _undecoded(self, images: Sequence[Image],
+                   estimates: Sequence[DecodeCost | SampleError | None]) -> int:
+        """How many of a call's ``images`` it would have decoded, seen while its headers are
+        read: all but SampleErrors and those their estimate refuses (unread ones count)."""
+        return sum(1 for image, cost in zip(images, estimates, strict=True)
+                   if not isinstance(image, SampleError) and self._refusal(cost) is None)
+
+    def _refusal(self, cost: DecodeCost | SampleError | None) -> SampleError | None:
+        """The SampleError an estimate stands for: a structure over the limits, or a decode
+        over the budget (see _over_budget); None for an image to decode."""
+        if isinstance(cost, SampleError):
+            return cost
+        return self._over_budget(cost)
 
     def _over_limit(self, cost: DecodeCost) -> bool:
         """Over the pixel limit: the decode refuses it on its header, decoding nothing."""
         return cost.pixels > self.spec.max_image_pixels
 
-    def _held(self, cost: DecodeCost | None) -> int:
+    def _held(self, cost: DecodeCost | SampleError | None) -> int:
         """The budget an image holds while preprocessed (bytes); 0 for a SampleError."""
-        if cost is None:
+        if not isinstance(cost, DecodeCost):
             return 0
         return SLACK_BYTES if self._over_limit(cost) else cost.bytes
 
@@ -327,32 +393,31 @@ class DecodeScheduler:
                 results.append(result)
         return results
 
-    def _submit(self, job: _DecodeJob) -> bool:
+    def _submit(self, job: _Job[Any]) -> bool:
         """Queues a step of ``job`` behind every step waiting; False when the pool is shut
         down (``job`` is then stopped; the caller ends the chain)."""
         try:
-            step = self._pool.submit(self._decode_step, job)
+            step = self._pool.submit(self._step, job)
         except RuntimeError:  # the pool is shut down: the server is stopping
             job.stop_shut_down()
             return False
         step.add_done_callback(job.step_dropped)
         return True
 
-    def _decode_step(self, job: _DecodeJob) -> None:
-        """Decode thread: units of ``job`` one at a time for up to ``DECODE_STEP_S`` (at least
-        one), then the job queues its next step behind every step already waiting. Starts no
-        unit once the call is gone or past its deadline."""
+    def _step(self, job: _Job[Any]) -> None:
+        """Decode thread: units of ``job`` (header reads or decodes) one at a time for up to
+        ``DECODE_STEP_S`` (at least one), then the job queues its next step behind every step
+        already waiting. Starts no unit once the call is gone or past its deadline."""
         handed_on = False
         try:
             started = time.perf_counter()
             while (unit := job.take()) is not None:
-                for index, result in zip(unit, self._preprocess_unit(job.images, unit),
-                                         strict=True):
+                for index, result in zip(unit, job.work(unit), strict=True):
                     job.results[index] = result
-                if job.cancelled.is_set():
-                    self._decodes_after_cancel.inc(len(unit))
-                else:
-                    self._decodes_done.inc(len(unit))
+                if job.decodes:
+                    outcome = (self._decodes_after_cancel if job.cancelled.is_set()
+                               else self._decodes_done)
+                    outcome.inc(len(unit))
                 if time.perf_counter() - started >= DECODE_STEP_S:
                     break
             if job.has_more():
@@ -364,37 +429,44 @@ class DecodeScheduler:
             if not handed_on:
                 job.chain_ended()
 
-    def _job_ended(self, job: _DecodeJob, need: int) -> None:
+    def _job_ended(self, job: _Job[Any], need: int) -> None:
         """Event loop, once every decode thread of ``job`` has stopped: the budget comes back."""
         self.budget.release(need)
-        left = sum(1 for i in job.todo if job.results[i] is None)
+        left = job.left()
         if left:
             self._decodes_abandoned.inc(left)
 
 
-class _DecodeJob:
-    """The images of one call, decoded by ``chains`` sequences of pool steps.
+class _Job(Generic[R]):
+    """One call's header reads or decodes, run by ``chains`` sequences of pool steps.
 
-    ``todo`` (indices to decode) is taken in order under ``lock``, in ``units`` (lists of
-    indices decoded at once, see DecodeScheduler._units); ``cancelled`` stops further takes;
-    ``done`` (an event-loop future) completes when every chain has ended.
+    ``units`` (lists of indices into ``results``, done at once: see DecodeScheduler._units) are
+    taken in order under ``lock``; ``work(unit)`` gives their results, one per index, stored in
+    ``results``; ``decodes``: the units are decodes (counted in the metrics). ``cancelled``
+    stops further takes; ``done`` (an event-loop future) completes when every chain has ended.
     """
 
-    def __init__(self, images: Sequence[Image], todo: list[int], units: list[list[int]],
-                 deadline: float | None, chains: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.images = images
-        self.todo = todo
+    def __init__(self, units: list[list[int]], deadline: float | None, chains: int,
+                 loop: asyncio.AbstractEventLoop, results: list[R | None],
+                 work: Callable[[list[int]], Sequence[R]], decodes: bool = False) -> None:
         self.units = units
         self.deadline = deadline
+        self.chains = chains
+        self.results = results
+        self.work = work
+        self.decodes = decodes
         self.next = 0
         self.lock = threading.Lock()
         self.cancelled = threading.Event()
         self.shut_down = False
         self.error: BaseException | None = None
-        self.results: list[Float32Array | SampleError | None] = [None] * len(images)
         self.done: asyncio.Future[None] = loop.create_future()
         self._chains = chains
         self._loop = loop
+
+    def left(self) -> int:
+        """How many indices of ``units`` have no result (yet)."""
+        return sum(1 for unit in self.units for i in unit if self.results[i] is None)
 
     def take(self) -> list[int] | None:
         """The next unit's indices, or None: none left, the call gone or past its deadline."""
