@@ -128,6 +128,24 @@ class ServerConfig:
         metadata={"help": "estimated image-decoding memory in use at once, all calls together "
                   "(bytes); an image over it gets a size error"}
     )
+    http_body_budget_bytes: int = field(
+        default=512 * 1024 * 1024,
+        metadata={"help": "REST request bodies being read and parsed at once, all requests "
+                  "together: their bytes plus the estimated parsing memory (JSON 10x its size "
+                  "until its content is counted, binary tensor data 1x); a body over it alone "
+                  "gets 413, one that does not fit now waits up to http_body_timeout_s (503)"}
+    )
+    http_header_timeout_s: float = field(
+        default=65.0,
+        metadata={"help": "longest a REST connection may take to send a request's complete "
+                  "headers, counted from its opening or its previous reply (idle keep-alive "
+                  "connections close after it too)"}
+    )
+    http_body_timeout_s: float = field(
+        default=30.0,
+        metadata={"help": "longest a REST request body may stop arriving (408), and longest a "
+                  "body waits for http_body_budget_bytes (503)"}
+    )
     grace_period_s: float = field(
         default=30.0, metadata={"help": "on SIGTERM, longest wait for accepted calls to finish"}
     )
@@ -202,6 +220,13 @@ class ServerConfig:
              f"preprocess_threads must be >= 1, got {self.preprocess_threads}"),
             (self.decode_budget_bytes >= 16 * 1024 * 1024,
              f"decode_budget_bytes must be >= 16777216 (16 MiB), got {self.decode_budget_bytes}"),
+            (self.http_body_budget_bytes >= 16 * 1024 * 1024,
+             "http_body_budget_bytes must be >= 16777216 (16 MiB), got "
+             f"{self.http_body_budget_bytes}"),
+            (self.http_header_timeout_s > 0,
+             f"http_header_timeout_s must be > 0, got {self.http_header_timeout_s}"),
+            (self.http_body_timeout_s > 0,
+             f"http_body_timeout_s must be > 0, got {self.http_body_timeout_s}"),
             (self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}"),
             (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"),

@@ -190,9 +190,11 @@ class HardscoreServer:
         # move on, so grpc's shutdown, which cancels calls it holds but has not handed to a
         # handler (CANCELLED), finds none. Calls that take longer keep running after it.
         await self.gate.wait_drained(min(grace, REFUSAL_WINDOW_S), DRAIN_QUIET_S)
-        # Then the REST listener closes (aiohttp closes idle keep-alive connections with it)
+        # Then the REST port closes once its own clients have moved on (the same window and
+        # quiet time; its replies say Connection: close), idle keep-alive connections first,
         # and its requests in progress finish beside gRPC's, bounded by the grace period.
-        rest_stopped = asyncio.ensure_future(self._rest.stop()) if self._rest else None
+        rest_stopped = asyncio.ensure_future(self._rest.stop(
+            min(grace, REFUSAL_WINDOW_S), DRAIN_QUIET_S)) if self._rest else None
         # GOAWAY: clients open new connections (to other replicas) for their next calls.
         margin = CUT_OFF_TIMEOUT_S + REFUSAL_GRACE_S
         stopping = asyncio.ensure_future(

@@ -419,7 +419,9 @@ def test_rest_answers_503_while_draining_and_its_started_calls_finish():
     assert not result.errors  # started before SIGTERM: it finished with its result
     refusal = json.dumps({"error": "the server is shutting down and accepts no new requests; "
                                    "retry (another replica)"}).encode()
-    assert answers == [("/v2/health/ready", 400, b""), (f"/v2/models/{MODEL}", 503, refusal)] * 2
+    not_ready = json.dumps({"ready": False}).encode()  # KServe's body
+    assert answers == [("/v2/health/ready", 400, not_ready),
+                       (f"/v2/models/{MODEL}", 503, refusal)] * 2
 
 
 def _rest_during_drain(server: ServerProcess, request: pb.ScoreImagesRequest

@@ -7,12 +7,18 @@ event loop the batcher runs on. JSON tensors and Triton's binary tensor data ext
 (``"binary_data": true`` on an output, or ``"binary_data_output": true`` on the request).
 
 Errors are Triton's: ``{"error": "<message>"}`` with 400 for a bad request, 404 for an unknown
-model or path, 401 without an accepted bearer token (when tokens are configured), 413 for a body
-over ``max_message_bytes``, 503 when the queue is full, the decode budget stays busy or the
-server is draining, 504 when a request's ``timeout`` parameter (microseconds) passes in the
-queue (request errors take their status from ``transport.statuses``), 500 for anything unexpected
-(logged). The bearer tokens and TLS files are the gRPC port's; ``/v2/health/live`` and
-``/v2/health/ready`` answer without a token, as ``grpc.health.v1`` does on the gRPC port.
+model or path, 401 without an accepted bearer token (when tokens are configured), 408 for a body
+that stops arriving, 413 for a body over ``max_message_bytes`` or one that could never fit the
+body budget, 503 when the queue is full, the decode or body budget stays busy or the server is
+draining, 504 when a request's ``timeout`` parameter (microseconds) passes in the queue (request
+errors take their status from ``transport.statuses``), 500 for anything unexpected (logged). The
+bearer tokens and TLS files are the gRPC port's; ``/v2/health/live`` and ``/v2/health/ready``
+answer without a token, as ``grpc.health.v1`` does on the gRPC port.
+
+Bodies are bounded before they are parsed (docs/security.md, "REST bounds"): every body is read
+in chunks against its route's size limit (after gzip or deflate inflation) while it holds its
+estimated memory from the server-wide ``BodyBudget``; a connection gets
+``http_header_timeout_s`` for its headers and a body ``http_body_timeout_s`` between bytes.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
-from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from hardscore_server.config import ServerConfig
 from hardscore_server.metrics import ServerMetrics
@@ -52,6 +59,24 @@ UNAUTHENTICATED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 """Paths answered without a bearer token (load balancers and Kubernetes probes)."""
 
 JsonObject = dict[str, Any]
+
+MIB = 1024 * 1024
+
+JSON_PARSE_FACTOR = 10
+"""Bytes of memory a byte of JSON body is taken to cost once parsed, before its content is
+counted (``parse_cost``): typical tensor data in JSON costs 4x (long floats) to 15x (short
+ones)."""
+BINARY_PARSE_FACTOR = 1
+"""The same for binary tensor data: one copy, into the tensor."""
+INLINE_BYTES = 1024 * 1024
+"""Bodies up to this size are counted on the event loop; larger ones in a worker thread."""
+LINGER_S = 10.0
+"""Longest the rest of a body left unread (a refused request) is received and dropped so that a
+client still sending reads the reply, before the connection closes (aiohttp's lingering time;
+at most http_body_timeout_s)."""
+IDLE_CLOSE_S = 0.1
+"""At the end of a drain, seconds between closing the idle keep-alive connections and closing
+the listener: a client that finds its connection closed reconnects and is answered 503."""
 
 #: The protocol's name of each handler, for the ``method`` label of the request metrics.
 _METHODS = {"_live": "ServerLive", "_ready": "ServerReady", "_server_metadata": "ServerMetadata",
@@ -83,6 +108,182 @@ def http_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
+# -- bounds on request bodies -------------------------------------------------------------------
+
+
+def mib(n: int) -> str:
+    """``n`` bytes as a short MiB figure for messages, e.g. "512.0 MiB"."""
+    return f"{n / MIB:.1f} MiB"
+
+
+class BodyRefused(Exception):
+    """A request refused for its body, before or while it is read: the reply's HTTP status (408
+    stopped arriving, 413 too large, 503 body budget busy) and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def read_cost(size: int, header_length: int | None) -> int:
+    """Estimated memory (bytes) of a body's first ``size`` bytes once read and parsed, before
+    their content is seen: the bytes, plus JSON_PARSE_FACTOR per byte of JSON and
+    BINARY_PARSE_FACTOR per byte of binary tensor data, which follows ``header_length`` bytes of
+    JSON (None: the body is JSON)."""
+    json_bytes = size if header_length is None else min(size, header_length)
+    return size + JSON_PARSE_FACTOR * json_bytes + BINARY_PARSE_FACTOR * (size - json_bytes)
+
+
+# What parsing JSON costs, counted from its text (parse_cost). Measured peaks: short floats
+# ("0.5,") 57 bytes per value, 3-digit integers 61, "[0.5]," 176, '"ab",' 142, "[]," 108.
+VALUE_BYTES = 64
+"""Per value (a separator or an opening bracket before it): its object, the list's pointer to
+it, the tensor's copies."""
+CONTAINER_BYTES = 80
+"""Per list or object, beyond its values."""
+QUOTE_BYTES = 48
+"""Per double quote (two per string): the string object, and its bytes for a BYTES tensor."""
+
+
+def parse_cost(body: bytes | bytearray, header_length: int | None) -> int:
+    """Estimated peak memory (bytes) of ``body`` once parsed, from its content (an upper bound
+    for what json and the tensor reader make of it): the body; for its JSON part the text
+    decoded (4 bytes a character when not ASCII) and each value, list, object and string,
+    counted from its commas, brackets and quotes; one copy of the binary tensor data after
+    ``header_length`` bytes of JSON (None: the body is JSON)."""
+    end = len(body) if header_length is None else max(0, min(header_length, len(body)))
+    opens = body.count(b"[", 0, end) + body.count(b"{", 0, end)
+    values = body.count(b",", 0, end) + opens + 1
+    ascii_text = body.isascii() if end == len(body) else body[:end].isascii()
+    text = (2 if ascii_text else 6) * end  # decoded text, a copy of the JSON part, strings
+    json_cost = (text + VALUE_BYTES * values + CONTAINER_BYTES * opens
+                 + QUOTE_BYTES * body.count(b'"', 0, end))
+    return len(body) + json_cost + BINARY_PARSE_FACTOR * (len(body) - end)
+
+
+class BodyBudget:
+    """The server-wide budget of REST bodies in progress (bytes): what they hold read plus
+    what parsing them is estimated to cost, all requests together.
+
+    A request that does not fit now waits until others give budget back, first fit (a small
+    request passes a large one that does not fit yet), for at most its wait; then 503. One
+    that could never fit, even alone, is refused at once (413). Event loop only.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def try_take(self, need: int) -> bool:
+        """Takes ``need`` bytes now if they fit; whether it did."""
+        if self.in_use + need > self.capacity:
+            return False
+        self.in_use += need
+        return True
+
+    async def acquire(self, need: int, wait_s: float, held: int = 0) -> None:
+        """Takes ``need`` more bytes for a request already holding ``held``, waiting up to
+        ``wait_s`` seconds; BodyRefused (413 or 503) when it cannot. Cancelled while waiting,
+        it takes nothing."""
+        if held + need > self.capacity:
+            raise BodyRefused(
+                413, f"the request body needs an estimated {mib(held + need)} of memory to be "
+                f"read and parsed, more than this server's REST body budget of "
+                f"{mib(self.capacity)} (http_body_budget_bytes); send the tensors as binary "
+                "data (JSON takes 4 to 20 times its size to parse) or in smaller requests")
+        if self.try_take(need):
+            return
+        granted = asyncio.get_running_loop().create_future()
+        waiter = (need, granted)
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(granted), wait_s)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if granted.done():  # granted in the same instant: give it back
+                self.release(need)
+            else:
+                granted.cancel()
+                self._waiters.remove(waiter)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise BodyRefused(
+                503, f"REST body budget busy: {mib(self.in_use)} of {mib(self.capacity)} in "
+                f"use by other requests, this one needs {mib(need)} more and waited "
+                f"{wait_s:g} s (http_body_timeout_s); retry later") from None
+
+    def release(self, amount: int) -> None:
+        """Gives ``amount`` bytes back and lets in the waiters that fit now, in order."""
+        self.in_use -= amount
+        for waiter in list(self._waiters):
+            need, granted = waiter
+            if self.try_take(need):
+                self._waiters.remove(waiter)
+                granted.set_result(None)
+
+
+class BodyHold:
+    """The part of the body budget one request holds, all given back when it ends
+    (``async with``)."""
+
+    def __init__(self, budget: BodyBudget, wait_s: float) -> None:
+        self._budget = budget
+        self._wait_s = wait_s
+        self.held = 0
+
+    async def reach(self, total: int, keep: int = 0) -> None:
+        """Holds ``total`` bytes from now on: gives the excess back, or takes the difference.
+        When that is not free now, the request holds only ``keep`` (the bytes it has read)
+        while it waits for the rest, so that requests waiting for more never keep each other
+        waiting. BodyRefused (413, 503) when it cannot."""
+        if total <= self.held:
+            self._budget.release(self.held - total)
+            self.held = total
+        elif self._budget.try_take(total - self.held):
+            self.held = total
+        else:
+            if self.held > keep:
+                self._budget.release(self.held - keep)
+                self.held = keep
+            await self._budget.acquire(total - self.held, self._wait_s, self.held)
+            self.held = total
+
+    async def __aenter__(self) -> BodyHold:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._budget.release(self.held)
+        self.held = 0
+
+
+def header_length_of(request: web.Request) -> int | None:
+    """The binary tensor data extension's JSON length when the header holds one (else None:
+    the body is taken as JSON; parse_infer_body refuses a bad header)."""
+    value = request.headers.get(HEADER_LENGTH)
+    if value is None or not (value.isascii() and value.isdigit() and len(value) <= 20):
+        return None
+    return int(value)
+
+
+CLIENT_ERRORS = (HttpProcessingError, RequestPayloadError, ConnectionError)
+"""Errors a client causes in aiohttp's own code: a malformed request, a body that does not
+decode or ends early, a connection that goes away."""
+
+
+class ClientErrorLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log, where an error a client caused is one DEBUG line, without its
+    traceback: anyone who reaches the port could otherwise fill the log at ERROR. Everything
+    else passes through as it is."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if level >= logging.ERROR and isinstance(error, CLIENT_ERRORS):
+            self.logger.debug("%s: %s: %s", str(msg) % args if args else msg,
+                              type(error).__name__, str(error).replace("\n", " "))
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
 # -- the request body --------------------------------------------------------------------------
 
 
@@ -105,7 +306,7 @@ def _string(obj: JsonObject, key: str, what: str, default: str | None = None) ->
 
 
 def parse_infer_body(
-    body: bytes, header_length: str | None, model: str, version: str
+    body: bytes | bytearray, header_length: str | None, model: str, version: str
 ) -> tuple[InferRequest, bool]:
     """The neutral request of an infer body (JSON, or JSON + binary tensor data), and whether
     outputs default to binary (``binary_data_output``)."""
@@ -244,6 +445,10 @@ class RestServer:
         self._tokens = tokens
         self._runner: web.AppRunner | None = None
         self._draining = False
+        self._drain_started = 0.0
+        self._last_activity = 0.0  # time.monotonic() of the last request's start or end
+        self._budget = BodyBudget(config.http_body_budget_bytes)
+        self._body_timeout = config.http_body_timeout_s
         self.port = -1
         self.app = web.Application(
             client_max_size=config.max_message_bytes,
@@ -251,7 +456,10 @@ class RestServer:
         self._routes()
 
     def _routes(self) -> None:
-        add = self.app.router.add_route
+        def add(method: str, path: str, handler: Handler) -> None:
+            expect = self._expect if method == "POST" else None  # GET: aiohttp's own
+            self.app.router.add_route(method, path, handler, expect_handler=expect)
+
         add("GET", "/v2/health/live", self._live)
         add("GET", "/v2/health/ready", self._ready)
         add("GET", "/v2", self._server_metadata)
@@ -272,29 +480,54 @@ class RestServer:
 
     async def start(self, host: str, port: int) -> int:
         """Binds ``host:port`` (0 = a free port), with TLS when configured; returns the port."""
+        c = self._config
         # handler_cancellation: a client that disconnects cancels its request's handler, so
-        # its images stop being decoded (no further image starts), as a cancelled gRPC call's
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=self._config.grace_period_s,
-                                     handler_cancellation=True)
+        # its images stop being decoded (no further image starts), as a cancelled gRPC call's.
+        # keepalive_timeout: aiohttp closes a connection still without complete headers this
+        # long after it opened or its last reply ended (idle keep-alive ones included).
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=c.grace_period_s,
+            handler_cancellation=True, keepalive_timeout=c.http_header_timeout_s,
+            lingering_time=min(LINGER_S, c.http_body_timeout_s),
+            logger=ClientErrorLog(logging.getLogger("aiohttp.server")))
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=http_ssl_context(self._config),
-                           reuse_port=self._config.workers > 1)  # workers share the port
+        site = web.TCPSite(self._runner, host, port, ssl_context=http_ssl_context(c),
+                           reuse_port=c.workers > 1)  # workers share the port
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         return self.port
 
     def begin_drain(self) -> None:
-        """From now on new requests (except the two health probes) are answered 503, and
-        readiness turns false; requests already started run to their end (stop)."""
+        """From now on new requests (except the two health probes) are answered 503, every reply
+        carries ``Connection: close`` and readiness turns false; requests already started run to
+        their end (stop)."""
         self._draining = True
         self._core.draining = True
+        self._drain_started = time.monotonic()
 
-    async def stop(self) -> None:
-        """Stops accepting; requests in progress get up to grace_period_s to finish."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    async def stop(self, window_s: float = 0.0, quiet_s: float = 0.0) -> None:
+        """Closes the port, after a drain.
+
+        First, for up to ``window_s`` seconds from the drain's start, it waits until no request
+        has started or ended for ``quiet_s``: clients sending on keep-alive connections are
+        answered (503, ``Connection: close``) rather than cut off. Then it closes the idle
+        keep-alive connections (a FIN, not a reset: their clients' next request goes to a new
+        connection), then the listener. Requests in progress get up to grace_period_s to
+        finish; their connections close after the reply.
+        """
+        if self._runner is None:
+            return
+        until = self._drain_started + window_s
+        while (now := time.monotonic()) < until and now - self._last_activity < quiet_s:
+            await asyncio.sleep(min(until - now, quiet_s - (now - self._last_activity)))
+        server = self._runner.server
+        idle = [c for c in server.connections if _idle(c)] if server is not None else []
+        for connection in idle:
+            connection.force_close()
+        if idle:
+            await asyncio.sleep(IDLE_CLOSE_S)
+        await self._runner.cleanup()
+        self._runner = None
 
     # -- middleware: errors, auth, metrics --------------------------------------------------
 
@@ -305,18 +538,30 @@ class RestServer:
         route = request.match_info.route
         method = _METHODS.get(getattr(route.handler, "__name__", ""), "unknown")
         label = f"http:{method}"
+        self._last_activity = time.monotonic()
         try:
             response = await self._answer(request, handler)
         except asyncio.CancelledError:  # the client went away (handler_cancellation)
             self._metrics.requests.labels(label, "CANCELLED").inc()
             self._metrics.request_duration.labels(label).observe(time.perf_counter() - started)
             raise
+        finally:
+            self._last_activity = time.monotonic()
+        if self._draining:  # the client's next request goes to a new connection
+            response.force_close()
+        if not request.content.is_eof():  # a body left unread: refused, or stopped at an error
+            response.force_close()
+            # The rest is dropped as it arrives, never parsed nor inflated, for up to
+            # LINGER_S (a client still sending reads the reply); then the connection closes.
+            request.protocol.close()
         code = http_code_name(response.status)
         self._metrics.requests.labels(label, code).inc()
         self._metrics.request_duration.labels(label).observe(time.perf_counter() - started)
         return response
 
-    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """The reply to a request refused on its headers alone (draining, no accepted token),
+        else None."""
         if self._draining and request.path not in UNAUTHENTICATED_PATHS:
             return error_response(
                 503, "the server is shutting down and accepts no new requests; retry "
@@ -327,15 +572,35 @@ class RestServer:
                 self._tokens)
             if detail:
                 return error_response(401, detail, {"WWW-Authenticate": CHALLENGE[0][1]})
+        return None
+
+    async def _expect(self, request: web.Request) -> None:
+        """``Expect: 100-continue``: the client is asked for its body only when the request would
+        be read; otherwise the refusal (401, 413, 503) comes without it."""
+        expect = request.headers.get(hdrs.EXPECT, "")
+        if expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"unknown Expect: {expect[:40]}")
+        if request.version != HttpVersion11 or self._refusal(request) is not None:
+            return
+        limit = _body_limit(request, self._config)
+        length = request.content_length
+        if length is not None and (length > limit[0] or read_cost(
+                length, header_length_of(request)) > self._budget.capacity):
+            return
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own: the reply has not started
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
         try:
             return await handler(request)
-        except web.HTTPException as exc:  # aiohttp's own: unknown path, method, size limit
-            if exc.status == 413 and request.path.endswith("/infer"):
-                message = (f"request body exceeds {self._config.max_message_bytes} bytes "
-                           "(max_message_bytes)")
-            elif exc.status == 413:
-                message = f"request body exceeds {SMALL_BODY_BYTES} bytes, the most this path takes"
-            elif exc.status == 404:
+        except BodyRefused as exc:
+            headers = {"Retry-After": "1"} if exc.status == 503 else None
+            return error_response(exc.status, str(exc), headers)
+        except web.HTTPException as exc:  # aiohttp's own: unknown path, method
+            if exc.status == 404:
                 message = f"not found: {request.method} {request.path}"
             elif exc.status == 405:
                 message = f"method {request.method} is not allowed on {request.path}"
@@ -379,7 +644,7 @@ class RestServer:
         return web.json_response(self._core.model_statistics(name, version))
 
     async def _repository_index(self, request: web.Request) -> web.Response:
-        ready = (await _json_body(request)).get("ready", False)
+        ready = (await self._json_body(request)).get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidRequest("'ready' must be true or false")
         return web.json_response(self._core.repository_index("", ready))
@@ -391,7 +656,7 @@ class RestServer:
             self._core.shared_memory.status(request.match_info.get("region", "")))
 
     async def _shm_register(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await self._json_body(request)
         key = body.get("key")
         if not isinstance(key, str):
             raise InvalidRequest("registering a region needs 'key' as a string")
@@ -404,19 +669,81 @@ class RestServer:
         self._core.shared_memory.unregister(request.match_info.get("region", ""))
         return web.Response(status=200)
 
+    # -- request bodies ---------------------------------------------------------------------
+
+    async def _read_body(self, request: web.Request, hold: BodyHold,
+                         header_length: int | None) -> bytearray:
+        """The whole body, at most its route's limit (after gzip or deflate inflation), with its
+        estimated memory (read_cost) taken into ``hold`` first: all of it before the first byte
+        when the Content-Length gives the size, else as the chunks come.
+
+        BodyRefused: 413 over the limit (at once when the Content-Length says so) or over the
+        whole body budget, 408 when no byte arrives for http_body_timeout_s, 503 when the budget
+        stays busy as long; InvalidRequest when the body does not decode or ends early.
+        """
+        limit, too_large = _body_limit(request, self._config)
+        length = request.content_length
+        if length is not None and length > limit:
+            raise BodyRefused(413, too_large)
+        # Inflated, a body's size is unknown until it is read: it is counted as it comes.
+        identity = request.headers.get(hdrs.CONTENT_ENCODING, "identity").lower() in (
+            "", "identity")
+        sized = length is not None and identity
+        if length is not None and identity:
+            await hold.reach(read_cost(length, header_length))
+        body = bytearray(length if length is not None and identity else 0)
+        size = 0
+        while True:
+            try:
+                async with asyncio.timeout(self._body_timeout):
+                    chunk = await request.content.readany()
+            except TimeoutError:
+                raise BodyRefused(
+                    408, f"the request body stopped arriving: no byte for "
+                    f"{self._body_timeout:g} s (http_body_timeout_s) after {size} bytes") from None
+            except RequestPayloadError as exc:  # e.g. a body that does not inflate as encoded
+                reason = exc.args[0] if exc.args else exc
+                raise InvalidRequest(f"cannot read the request body: {reason}") from None
+            if not chunk:
+                break
+            end = size + len(chunk)
+            if end > limit:
+                raise BodyRefused(413, too_large)
+            if sized:
+                body[size:end] = chunk
+            else:
+                await hold.reach(read_cost(end, header_length), keep=size)
+                body += chunk
+            size = end
+        del body[size:]  # (aiohttp holds a sized body to its length: nothing to cut)
+        return body
+
+    async def _json_body(self, request: web.Request) -> JsonObject:
+        """A small request's JSON object body ({} when empty), at most SMALL_BODY_BYTES, held in
+        the body budget while it is read and parsed (off the event loop)."""
+        async with BodyHold(self._budget, self._body_timeout) as hold:
+            body = await self._read_body(request, hold, None)
+            if not body.strip():
+                return {}
+            await hold.reach(parse_cost(body, None), keep=len(body))
+            return await asyncio.to_thread(_parse_object, body)
+
     # -- inference --------------------------------------------------------------------------
 
     async def _infer(self, request: web.Request) -> web.StreamResponse:
         name, version = _model(request)
         binary_default = False
+        header_length = header_length_of(request)
 
-        async def parse() -> InferRequest:
+        async def parse(hold: BodyHold) -> InferRequest:
             nonlocal binary_default
-            try:  # gzip and deflate are inflated on the fly, bounded as well (413)
-                body = await request.read()  # bounded by client_max_size (413 beyond it)
-            except RequestPayloadError as exc:
-                reason = exc.args[0] if exc.args else exc
-                raise InvalidRequest(f"cannot read the request body: {reason}") from None
+            body = await self._read_body(request, hold, header_length)
+            # What parsing will take, counted from the text: held (or 413, 503) before it starts
+            if len(body) <= INLINE_BYTES:
+                cost = parse_cost(body, header_length)
+            else:
+                cost = await asyncio.to_thread(parse_cost, body, header_length)
+            await hold.reach(cost, keep=len(body))
             neutral, binary_default = await asyncio.to_thread(
                 parse_infer_body, body, request.headers.get(HEADER_LENGTH), name, version)
             return neutral
@@ -424,11 +751,13 @@ class RestServer:
         def encode(result: InferResult) -> tuple[list[bytes], int | None]:
             return infer_reply(result, binary_default)
 
-        parts, header_length = await self._core.infer(name, parse, encode)
-        if header_length is None:
+        # The body's memory is held until the request ends: its tensors live as long.
+        async with BodyHold(self._budget, self._body_timeout) as hold:
+            parts, reply_header = await self._core.infer(name, lambda: parse(hold), encode)
+        if reply_header is None:
             return web.Response(body=parts[0], content_type="application/json")
         response = web.Response(body=b"".join(parts), content_type="application/octet-stream")
-        response.headers[HEADER_LENGTH] = str(header_length)
+        response.headers[HEADER_LENGTH] = str(reply_header)
         return response
 
 
@@ -436,30 +765,23 @@ SMALL_BODY_BYTES = 64 * 1024
 """Most bytes a repository or shared-memory request's JSON body may hold (413 beyond)."""
 
 
-async def _json_body(request: web.Request) -> JsonObject:
-    """A small request's JSON object body ({} when empty), at most SMALL_BODY_BYTES, parsed off
-    the event loop."""
-    if (request.content_length or 0) > SMALL_BODY_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=SMALL_BODY_BYTES,
-                                            actual_size=request.content_length or 0)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.content.iter_chunked(SMALL_BODY_BYTES):
-            size += len(chunk)
-            if size > SMALL_BODY_BYTES:
-                raise web.HTTPRequestEntityTooLarge(max_size=SMALL_BODY_BYTES, actual_size=size)
-            chunks.append(chunk)
-    except RequestPayloadError as exc:  # e.g. a body that does not inflate as its encoding
-        reason = exc.args[0] if exc.args else exc
-        raise InvalidRequest(f"cannot read the request body: {reason}") from None
-    body = b"".join(chunks)
-    if not body.strip():
-        return {}
-    return await asyncio.to_thread(_parse_object, body)
+def _body_limit(request: web.Request, config: ServerConfig) -> tuple[int, str]:
+    """The most bytes the request's route reads from a body, and the 413 message beyond it."""
+    if request.match_info.route.handler.__name__ == "_infer":
+        return config.max_message_bytes, (
+            f"request body exceeds {config.max_message_bytes} bytes (max_message_bytes)")
+    return SMALL_BODY_BYTES, (
+        f"request body exceeds {SMALL_BODY_BYTES} bytes, the most this path takes")
 
 
-def _parse_object(body: bytes) -> JsonObject:
+def _idle(connection: RequestHandler) -> bool:
+    """Whether the connection waits for its next request (none being answered or queued):
+    the test aiohttp's own keep-alive timer makes before it closes one."""
+    waiter = getattr(connection, "_waiter", None)
+    return waiter is not None and not waiter.done()
+
+
+def _parse_object(body: bytes | bytearray) -> JsonObject:
     try:
         return _object(json.loads(body), "the request")
     except (UnicodeDecodeError, ValueError) as exc:
