@@ -92,6 +92,14 @@ def served_oip_methods() -> frozenset[str]:
     return frozenset(re.findall(r"^\s*rpc\s+(\w+)\s*\(", text, re.MULTILINE))
 
 
+def proc_status(pid: int, key: str) -> int:
+    """A /proc/<pid>/status memory figure in bytes (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """The exposition at ``url``, parsed by prometheus_client: {(name, labels): value}."""
     text = urllib.request.urlopen(url, timeout=10).read().decode()

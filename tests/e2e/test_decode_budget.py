@@ -28,7 +28,7 @@ from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 from hardscore_wire.tensors import from_tensor
 
-from conftest import metric, scrape
+from conftest import metric, proc_status, scrape
 from hostile_images import chunk_bomb_png, encode, gradient, png
 from server_process import ServerProcess, start_server
 
@@ -39,13 +39,6 @@ SPEC = InputSpec(channels=3, height=32, width=32, mean=(0.5,) * 3, std=(0.5,) * 
                  resize="resize")
 """The default model's input (digits-resnet)."""
 
-
-def proc_status(pid: int, key: str) -> int:
-    """A /proc/<pid>/status memory figure in bytes (VmRSS, VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from tritonclient.utils import InferenceServerException
 from hardscore_server.pipeline.preprocess import encode_png
 from hardscore_server.tools.digits import upscale_rgb
 
-from conftest import REPO, error_of, http
+from conftest import REPO, error_of, http, proc_status
 from oip_inputs import infer_input, model_input
 from server_process import ServerProcess
 
@@ -411,13 +411,6 @@ def test_perf_analyzer_sends_encoded_pngs_from_its_input_data_file(
 # -- a stream's memory -------------------------------------------------------------------------
 
 
-def _proc_status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def test_one_stream_holds_about_one_large_message_not_its_whole_window():
     """40 requests of a tiny 7000 x 7000 PNG padded with 40 MB after IEND, waiting on the
     decode budget, took one stream's server from 126 to 4,486 MiB: the stream kept 64 whole
@@ -448,14 +441,14 @@ def test_one_stream_holds_about_one_large_message_not_its_whole_window():
                           env={"MALLOC_MMAP_THRESHOLD_": "131072"})
     try:
         assert server.proc is not None
-        baseline = _proc_status(server.proc.pid, "VmRSS")
+        baseline = proc_status(server.proc.pid, "VmRSS")
         with grpc.insecure_channel(server.target, options=[
                 ("grpc.max_send_message_length", 64 * mib)]) as channel:
             answers = list(oip_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
                 requests(), timeout=600))
         assert [a.infer_response.id for a in answers] == [str(i) for i in range(n)]
         assert all(not a.error_message for a in answers), answers[0].error_message
-        peak = _proc_status(server.proc.pid, "VmHWM")
+        peak = proc_status(server.proc.pid, "VmHWM")
         print(f"\nbaseline {baseline / mib:.0f} MiB, peak {peak / mib:.0f} MiB "
               f"(+{(peak - baseline) / mib:.0f} MiB) for {n} x {len(padded) / mib:.0f} MiB")
         assert peak < baseline + budget + 256 * mib

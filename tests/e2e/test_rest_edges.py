@@ -37,7 +37,7 @@ import tritonclient.grpc as tgrpc
 from hardscore_server.tools.digits import heldout_split
 from hardscore_server.transport.inference_protocol.rest import mib, read_cost
 
-from conftest import error_of, http, metric, scrape
+from conftest import error_of, http, metric, proc_status, scrape
 from oip_inputs import model_input
 from server_process import ServerProcess, start_server
 
@@ -46,13 +46,6 @@ MODEL = "digits-resnet"
 INFER = f"/v2/models/{MODEL}/infer"
 INFER_METHOD = "http:ModelInfer"
 
-
-def proc_status(pid: int, key: str) -> int:
-    """A /proc/<pid>/status memory figure in bytes (VmRSS, VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def reset_peak(server: ServerProcess) -> int:
