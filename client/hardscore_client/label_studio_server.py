@@ -159,6 +159,22 @@ class Backend:
             await self._session.close()
         await self.client.close()
 
+    def pin_hostname(self, hostname: str) -> str | None:
+        """Takes Label Studio's URL from the first /setup that names one (when
+        ``label_studio_url`` is not set); the API key goes only there. A later /setup naming
+        another host is refused: its message, else None."""
+        hostname = hostname.rstrip("/")
+        if self._hostname is None:
+            self._hostname = hostname
+            log.warning("Label Studio is at %s (from its /setup): images there are fetched "
+                        "with the API key; pass --label-studio-url to fix it instead", hostname)
+            return None
+        if hostname != self._hostname:
+            return (f"this backend serves the Label Studio at {self._hostname} (its first "
+                    f"/setup); a /setup naming {hostname[:200]!r} is refused: the API key goes "
+                    "only to that host (restart the backend, or pass --label-studio-url)")
+        return None
+
     @property
     def base_url(self) -> str:
         base = self.settings.label_studio_url or self._hostname
@@ -337,8 +353,10 @@ async def setup(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     body = await _json_object(request)
     hostname = body.get("hostname")
-    if isinstance(hostname, str) and hostname:
-        backend._hostname = hostname
+    if isinstance(hostname, str) and hostname and not backend.settings.label_studio_url:
+        refused = backend.pin_hostname(hostname)
+        if refused:
+            return _error(409, refused)
     schema = body.get("schema")
     if isinstance(schema, str) and schema:
         try:
