@@ -20,6 +20,7 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
+from hardscore_client import ScoringClient
 from hardscore_server.pipeline.preprocess import encode_png
 from hardscore_server.pipeline.scores import score_logits
 from hardscore_server.tools.digits import upscale_rgb
@@ -334,6 +335,96 @@ def test_statistics_count_requests_samples_batches_and_failures(client, image_se
     assert failed("ModelInfer", "INVALID_ARGUMENT") == 1
     assert failed("http:ModelInfer", "INVALID_ARGUMENT") == 2
     assert failed("http:ModelInfer", "NOT_FOUND") == 1
+
+
+def _batch_sums(s: dict[str, Any]) -> tuple[int, int]:
+    """(executions, samples in them) from one model's batch_stats."""
+    counts = [(int(b["batch_size"]), int(b["compute_infer"]["count"])) for b in s["batch_stats"]]
+    return sum(c for _, c in counts), sum(size * c for size, c in counts)
+
+
+def test_statistics_count_each_served_name_apart_and_never_score_images(digits):
+    """On a fresh server: each served name counts only its own requests' samples and the
+    batches that ran them; ScoreImages counts in none; both transports say the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images, _ = digits
+    files = f"{MODEL}-files"
+    pngs = np.array([encode_png(img) for img in images[:9]], dtype=np.object_)
+    with start_server(["--max-batch-size", "16", "--max-queue-delay-ms", "5",
+                       "--max-queue-size", "256"]) as server, \
+            thttp.InferenceServerClient(f"127.0.0.1:{server.http_port}") as rest, \
+            tgrpc.InferenceServerClient(server.target) as g, \
+            ScoringClient(server.target, timeout=60) as scoring:
+
+        def stats() -> dict[str, dict[str, Any]]:
+            every = rest.get_inference_statistics()["model_stats"]
+            assert [s["name"] for s in every] == [MODEL, f"{MODEL}-pixels", files]
+            for s in every:  # gRPC's own message says the same
+                assert int(s["inference_count"]) == g.get_inference_statistics(
+                    s["name"]).model_stats[0].inference_count
+            return {s["name"]: s for s in every}
+
+        # one at a time, so no batch mixes names: 20 + 3 to the model, 5 + 2 to -files
+        g.infer(MODEL, [infer_input(tgrpc, "images", model_input(images[:20]), "FP32")])
+        rest.infer(MODEL, [infer_input(thttp, "images", model_input(images[:3]), "FP32")])
+        rest.infer(files, [infer_input(thttp, "image_files", pngs[:5, None], "BYTES")])
+        g.infer(files, [infer_input(tgrpc, "image_files", pngs[:2, None], "BYTES")])
+        with pytest.raises(InferenceServerException):  # a failure: no samples counted
+            g.infer(files, [infer_input(tgrpc, "image_files", np.array([[b"no image"]],
+                                                                      np.object_), "BYTES")])
+        result = scoring.score_images(list(pngs[:7]))  # hardscore.v1
+        assert len(result.predicted_class) == 7 and not result.errors
+        k1, k2, k_v1 = 23, 7, 7
+        s = stats()
+        assert [int(s[n]["inference_count"]) for n in s] == [k1, 0, k2]
+        assert [int(s[n]["inference_stats"]["success"]["count"]) for n in s] == [2, 0, 2]
+        assert [int(s[n]["inference_stats"]["fail"]["count"]) for n in s] == [0, 0, 1]
+        assert [int(s[n]["execution_count"]) for n in s] == [3, 0, 2]  # 16 + 4, 3; 5, 2
+        assert {int(b["batch_size"]) for b in s[MODEL]["batch_stats"]} == {16, 4, 3}
+        assert s[f"{MODEL}-pixels"]["batch_stats"] == []
+        assert int(s[f"{MODEL}-pixels"]["last_inference"]) == 0
+        for n in (MODEL, files):  # no batch mixed names: the batches hold exactly the samples
+            assert _batch_sums(s[n]) == (int(s[n]["execution_count"]),
+                                         int(s[n]["inference_count"]))
+            assert int(s[n]["last_inference"]) > 0
+        # the model ran every sample once: the names' sum plus ScoreImages, nothing counted twice
+        samples = scrape(server.metrics_url)
+        ran = metric(samples, "hardscore_batch_size_sum", model=MODEL)
+        assert ran == k1 + k2 + k_v1 == sum(int(x["inference_count"]) for x in s.values()) + k_v1
+        assert metric(samples, "hardscore_batch_size_count", model=MODEL) > 5  # + ScoreImages
+
+        # both names at once (gRPC's client is thread-safe): batches may mix them; each name's
+        # counts stay its own
+        def send(i: int) -> None:
+            if i % 2:
+                g.infer(MODEL, [infer_input(tgrpc, "images", model_input(images[:4]), "FP32")])
+            else:
+                g.infer(files, [infer_input(tgrpc, "image_files", pngs[:3, None], "BYTES")])
+
+        before, batches_before = s, metric(samples, "hardscore_batch_size_count", model=MODEL)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(send, range(24)))
+        after = stats()
+        batches = metric(scrape(server.metrics_url), "hardscore_batch_size_count",
+                         model=MODEL) - batches_before
+        grew = {n: int(after[n]["execution_count"]) - int(before[n]["execution_count"])
+                for n in (MODEL, files)}
+        assert int(after[MODEL]["inference_count"]) == k1 + 12 * 4
+        assert int(after[files]["inference_count"]) == k2 + 12 * 3
+        assert 1 <= grew[MODEL] <= 12 * 4 and 1 <= grew[files] <= 12 * 3
+        assert max(grew.values()) <= batches <= sum(grew.values())  # a mixed batch counts twice
+        for n in (MODEL, files):
+            executions, held = _batch_sums(after[n])
+            assert executions == int(after[n]["execution_count"])
+            assert held >= int(after[n]["inference_count"])  # mixed batches hold the other's too
+            assert max(int(b["batch_size"]) for b in after[n]["batch_stats"]) <= 16
+        # REST's per-model path and gRPC's message agree with the list
+        status, _, body = http(server, f"/v2/models/{files}/stats")
+        assert status == 200 and json.loads(body)["model_stats"] == [after[files]]
+        (grpc_files,) = g.get_inference_statistics(files).model_stats
+        assert (grpc_files.execution_count, len(grpc_files.batch_stats)) == (
+            int(after[files]["execution_count"]), len(after[files]["batch_stats"]))
 
 
 def test_a_burst_beyond_the_queue_is_refused_with_503_and_the_rest_is_served(digits):

@@ -63,10 +63,13 @@ RunBatch = Callable[[int, Array], Array]
 @dataclass
 class RequestTiming:
     """Where one request's time went in the batcher (nanoseconds): ``queue_ns`` from enqueue to
-    the start of its first batch, ``compute_ns`` the summed model time of the batches it ran in."""
+    the start of its first batch, ``compute_ns`` the summed model time of the batches it ran in.
+    ``stats_key``, when given, names the statistics (``stats_snapshot(key)``) that count the
+    batches this request's samples ran in."""
 
     queue_ns: int = 0
     compute_ns: int = 0
+    stats_key: str | None = None
 
 
 @dataclass(eq=False)
@@ -109,7 +112,9 @@ class BatcherStats:
     """Cumulative counts since start (what Triton's ModelStatistics reports).
 
     ``samples`` computed, ``batches`` run, ``queue_ns`` summed over samples (time from enqueue to
-    batch start), ``compute_ns`` summed over batches; ``by_batch_size`` per batch size.
+    batch start), ``compute_ns`` summed over batches; ``by_batch_size`` per batch size (the
+    whole batch's size). Per stats key: only the batches that held samples of requests with
+    that key, ``samples`` only theirs, ``queue_ns`` 0.
     """
 
     samples: int = 0
@@ -118,6 +123,18 @@ class BatcherStats:
     compute_ns: int = 0
     last_batch_unix_ms: int = 0
     by_batch_size: dict[int, BatchSizeStats] = field(default_factory=dict)
+
+
+def _count_batch(stats: BatcherStats, samples: int, size: int, ns: int, unix_ms: int) -> None:
+    """Adds one batch of ``size`` samples (``samples`` of them counted here) that ran ``ns``
+    nanoseconds, finished at ``unix_ms`` (milliseconds since the epoch)."""
+    stats.samples += samples
+    stats.batches += 1
+    stats.compute_ns += ns
+    stats.last_batch_unix_ms = unix_ms
+    size_stats = stats.by_batch_size.setdefault(size, BatchSizeStats())
+    size_stats.count += 1
+    size_stats.compute_ns += ns
 
 
 class Reservation:
@@ -209,6 +226,7 @@ class DynamicBatcher:
         self._return_s: float | None = None
         self._all_back = False  # every caller of the last batch is back: go now
         self.stats = BatcherStats()
+        self._key_stats: dict[str, BatcherStats] = {}
         self._stats_lock = threading.Lock()
         # One thread per instance, fed through its own queue; None tells it to stop.
         self._work: list[queue.SimpleQueue[tuple[_Batch, asyncio.AbstractEventLoop] | None]] = [
@@ -226,10 +244,12 @@ class DynamicBatcher:
         """False once close() has begun: the server is draining."""
         return not self._closing
 
-    def stats_snapshot(self) -> BatcherStats:
-        """A consistent copy of the cumulative statistics."""
+    def stats_snapshot(self, key: str | None = None) -> BatcherStats:
+        """A consistent copy of the cumulative statistics: of every batch, or with ``key`` of
+        the batches that held samples of requests whose RequestTiming had that ``stats_key``
+        (a batch counts once for each key it held; zeros for a key never seen)."""
         with self._stats_lock:
-            s = self.stats
+            s = self.stats if key is None else self._key_stats.get(key, BatcherStats())
             return replace(s, by_batch_size={
                 size: replace(b) for size, b in s.by_batch_size.items()})
 
@@ -467,18 +487,21 @@ class DynamicBatcher:
         started = time.perf_counter()
         outputs = self._run_batch(instance, inputs)
         seconds = time.perf_counter() - started
+        ns = int(seconds * 1e9)
+        unix_ms = int(time.time() * 1000)
         with self._stats_lock:
-            stats = self.stats
-            stats.samples += batch.size
-            stats.batches += 1
-            stats.compute_ns += int(seconds * 1e9)
-            stats.last_batch_unix_ms = int(time.time() * 1000)
-            size_stats = stats.by_batch_size.setdefault(batch.size, BatchSizeStats())
-            size_stats.count += 1
-            size_stats.compute_ns += int(seconds * 1e9)
+            _count_batch(self.stats, batch.size, batch.size, ns, unix_ms)
+            keyed: dict[str, int] = {}  # samples of this batch per stats key
             for seg in batch.segments:
-                if seg.request.timing is not None:
-                    seg.request.timing.compute_ns += int(seconds * 1e9)
+                timing = seg.request.timing
+                if timing is not None:
+                    timing.compute_ns += ns
+                    if timing.stats_key is not None:
+                        keyed[timing.stats_key] = (
+                            keyed.get(timing.stats_key, 0) + seg.stop - seg.start)
+            for key, samples in keyed.items():
+                stats = self._key_stats.setdefault(key, BatcherStats())
+                _count_batch(stats, samples, batch.size, ns, unix_ms)
         if self._m is not None:
             self._m.inference_time.observe(seconds)
             self._m.batch_size.observe(batch.size)

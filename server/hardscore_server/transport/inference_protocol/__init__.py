@@ -50,7 +50,8 @@ full queue or a busy decode budget RESOURCE_EXHAUSTED, an expired deadline DEADL
 (over HTTP: 404, 400, 503, 504; see ``rest``). Unlike Triton, a request may hold more than
 ``max_batch_size`` images: the batcher splits it across batches.
 
-Statistics count requests (``success``, ``fail``, queue and compute durations, per served name)
-as Triton does; ``inference_count`` (samples) and ``execution_count`` (batches) come from the
-one batcher.
+Statistics count per served name as Triton counts per model: requests (``success``, ``fail``,
+queue and compute durations), ``inference_count`` (samples of successful requests) and
+``execution_count`` / ``batch_stats`` (batches that held that name's samples; a batch mixing
+names counts for each). hardscore.v1 traffic is in none of them (docs/inference-protocol.md).
 """

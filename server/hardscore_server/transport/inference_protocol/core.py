@@ -150,8 +150,10 @@ class InferenceCore:
         names = [name] if name else list(self.models)
         with self._lock:
             counts = {n: dataclasses.replace(self._counts[n]) for n in names}
-        batches = self.pipeline.batcher.stats_snapshot()
-        return {"model_stats": [model_statistics(self.pipeline, n, counts[n], batches)
+        # read after the requests: a request counted there has its batches counted here
+        batcher = self.pipeline.batcher
+        return {"model_stats": [model_statistics(self.pipeline, n, counts[n],
+                                                 batcher.stats_snapshot(n))
                                 for n in names]}
 
     def repository_index(self, repository: str = "", ready_only: bool = False
@@ -191,8 +193,9 @@ class InferenceCore:
         max_reply_bytes: int | None = None,
     ) -> R:
         """One inference request of a transport, recorded once in the statistics of served model
-        ``model_name`` (as a success with its queue, compute and output times, or as a failure,
-        whichever step failed; nothing is recorded for a name that is not served).
+        ``model_name`` (as a success with its samples and its queue, compute and output times,
+        or as a failure, whichever step failed; nothing is recorded for a name that is not
+        served). The batches its samples run in count in that name's batch statistics.
 
         ``parse()`` reads the transport's message into an InferRequest (the transport's own
         checks: InvalidRequest); ``encode(result)`` turns the result into the transport's reply
@@ -203,7 +206,7 @@ class InferenceCore:
         QueueFull, DecodeBudgetExceeded, DeadlineExpired.
         """
         started = time.perf_counter_ns()
-        timing = RequestTiming()
+        timing = RequestTiming(stats_key=model_name if model_name in self._counts else None)
         try:
             request = await parse()
             if request.timeout_us:
@@ -218,7 +221,7 @@ class InferenceCore:
             if model_name in self._counts:
                 self._record_failure(model_name, time.perf_counter_ns() - started)
             raise
-        self._record_success(model_name, started, packing, timing)
+        self._record_success(model_name, started, packing, timing, result.samples)
         return reply
 
     async def _score(
@@ -261,16 +264,17 @@ class InferenceCore:
                    * itemsize[spec.datatype]
                    for spec, parameters in parsed.outputs if SHM_REGION not in parameters)
 
-    def _record_success(self, name: str, started: int, packing: int, timing: RequestTiming
-                        ) -> None:
+    def _record_success(self, name: str, started: int, packing: int, timing: RequestTiming,
+                        samples: int) -> None:
         """Output time: from the scores to the transport's encoded reply; input time: the rest
-        outside the queue and the model."""
+        outside the queue and the model; ``samples``: the images scored."""
         now = time.perf_counter_ns()
         total = now - started
         output = now - packing
         with self._lock:
             c = self._counts[name]
             c.success += 1
+            c.samples += samples
             c.success_ns += total
             c.queue_ns += timing.queue_ns
             c.compute_infer_ns += timing.compute_ns

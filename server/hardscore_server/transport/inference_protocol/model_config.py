@@ -149,18 +149,19 @@ def _duration(count: int, ns: int = 0) -> dict[str, int]:
 def model_statistics(
     pipeline: ImagePipeline, name: str, requests: RequestCounts, batches: BatcherStats
 ) -> dict[str, Any]:
-    """Statistics of served model ``name`` with Triton's meanings: ``success``/``fail`` and the
-    queue and compute durations count its inference requests (of either transport);
-    ``inference_count`` samples and ``execution_count`` batches come from the one batcher that
-    every served name (and ScoreImages) shares."""
+    """Statistics of served model ``name`` with Triton's meanings, counting only requests to
+    that name (of either transport; never ScoreImages): ``success``/``fail`` and the queue and
+    compute durations count requests, ``inference_count`` the samples of its successful
+    requests. ``batches`` holds the shared batcher's batches that ran samples of its requests
+    (a batch mixing names counts for each): ``execution_count``, ``batch_stats`` (the whole
+    batch's size) and ``last_inference`` (when the last of them finished, ms since the epoch)."""
     m = pipeline.manifest
-    # list() copies under the GIL: the worker thread may add a batch size meanwhile.
-    by_size = sorted(list(batches.by_batch_size.items()))
+    by_size = sorted(batches.by_batch_size.items())
     r = requests
     return {
         "name": name, "version": m.version,
         "last_inference": batches.last_batch_unix_ms,
-        "inference_count": batches.samples, "execution_count": batches.batches,
+        "inference_count": r.samples, "execution_count": batches.batches,
         "inference_stats": {
             "success": _duration(r.success, r.success_ns),
             "fail": _duration(r.fail, r.fail_ns),
@@ -182,12 +183,14 @@ def model_statistics(
 @dataclass
 class RequestCounts:
     """Cumulative inference requests (nanoseconds summed over requests): ``success`` and
-    ``fail`` requests with their total server time; for the successes, time in the batcher's
-    queue, in the model (``compute_infer``), packing the outputs (``compute_output``) and
-    everything else (``compute_input``: reading tensors, decoding images, scoring). Failures
-    by cause are in hardscore_requests_total's ``code`` label."""
+    ``fail`` requests with their total server time; for the successes, their ``samples``
+    (images), time in the batcher's queue, in the model (``compute_infer``), packing the
+    outputs (``compute_output``) and everything else (``compute_input``: reading tensors,
+    decoding images, scoring). Failures by cause are in hardscore_requests_total's ``code``
+    label."""
 
     success: int = 0
+    samples: int = 0
     success_ns: int = 0
     fail: int = 0
     fail_ns: int = 0
