@@ -49,7 +49,7 @@ def dataset_part(target: str, workdir: Path | None = None) -> Path:
               f"{int(analysis.flagged.sum())} flagged ({hits} of them really corrupted, of "
               f"{corrupted}); label health score {issues.health:.3f}")
     written = write_queue(analysis, select(analysis, 60, "mistakes"), "mistakes",
-                          root / "queue")
+                          root / "queue", label_studio_json=True)
     print(f"select --strategy mistakes --budget 60: {written.csv} and {written.json}")
     index = write_report(analysis, root / "report", source=str(scores))
     print(f"report: {index}  (open it in a browser)")

@@ -10,6 +10,7 @@ Reads the tables ``score-dir`` writes (``path``, ``label``, ``prediction``, scor
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -61,8 +62,9 @@ class ScoreTable:
         return self.class_names[index] if 0 <= index < len(self.class_names) else ""
 
     @classmethod
-    def load(cls, path: Path) -> ScoreTable:
-        return cls.from_columns(read_table(path))
+    def load(cls, path: Path, keep: Callable[[str], bool] | None = None) -> ScoreTable:
+        """The table at ``path``; ``keep`` picks the columns read (tables.read_table)."""
+        return cls.from_columns(read_table(path, keep))
 
     @classmethod
     def from_columns(cls, columns: Columns) -> ScoreTable:

@@ -12,22 +12,26 @@ Strategies (rows with a missing score are never selected):
   analysis's ranking (default: label_issue_score, 1 - p(given label); another
   ``--method`` / ``--adjust-pred-probs``: its label quality, lowest first).
 
-The queue is written as CSV and as a JSON task list (format in docs/dataset-workflow.md).
+The queue is written as CSV, at full precision, and on request as a Label Studio task list
+(JSON; formats in docs/dataset-workflow.md).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 import numpy as np
 import numpy.typing as npt
 
 from hardscore_client.analysis import Analysis
 from hardscore_client.errors import InputError
+from hardscore_client.label_quality import DEFAULT_METHOD
+from hardscore_client.tables import class_name_column
 
 STRATEGIES = ("hardest", "margin", "per-class", "mistakes")
 CSV_COLUMNS = (
@@ -98,74 +102,137 @@ def select(analysis: Analysis, budget: int, strategy: str) -> IntArray:
     raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
 
 
+NEEDED_COLUMNS = frozenset({
+    "row", "id", "path", "label", "prediction", "predicted_class", "given_label",
+    "confidence", "margin", "hardness", "label_issue_score",
+})
+"""The columns of a score table that select reads, with every ``p_<class>``."""
+
+
+def needed_column(name: str) -> bool:
+    """Whether select reads column ``name`` of a score table (ScoreTable.load's ``keep``)."""
+    return name in NEEDED_COLUMNS or name.startswith("p_")
+
+
+def order_score(analysis: Analysis, strategy: str) -> tuple[str, FloatArray]:
+    """The score a strategy orders by, per row, and its name (for what select prints)."""
+    if strategy == "margin":
+        return "margin", analysis.table.score("margin")
+    if strategy == "mistakes":
+        if analysis.ranking != DEFAULT_METHOD:
+            return f"label_quality ({analysis.ranking})", analysis.label_quality()
+        return "label_issue_score", analysis.issue_score()
+    return "hardness", analysis.table.score("hardness")
+
+
 @dataclass(frozen=True)
 class Written:
     csv: Path
-    json: Path
+    json: Path | None
+    """None when the Label Studio task list was not asked for."""
     rows: int
 
 
-def _number(value: float) -> float | None:
-    return None if math.isnan(value) else round(float(value), 6)
+def file_uri(path: str) -> str:
+    """``path`` as a ``file://`` URI when it is absolute (Path.as_uri), else as it is."""
+    if os.sep == "/" and _normal_absolute(path):  # what Path.as_uri does with it, faster
+        return "file://" + quote_from_bytes(os.fsencode(path))
+    p = Path(path)
+    return p.as_uri() if p.is_absolute() else path
+
+
+def _normal_absolute(path: str) -> bool:
+    """An absolute POSIX path that pathlib keeps as it is (no //, no /./, no trailing /)."""
+    return (path.startswith("/") and "//" not in path and "/./" not in path
+            and not path.endswith(("/", "/.")))
+
+
+def _cells(values: FloatArray) -> list[object]:
+    """Full-precision floats (their repr round-trips), None for NaN."""
+    out: list[object] = np.asarray(values, dtype=np.float64).tolist()
+    for i in np.flatnonzero(np.isnan(values)).tolist():
+        out[i] = None
+    return out
+
+
+def queue_columns(analysis: Analysis, rows: IntArray, strategy: str) -> dict[str, list[object]]:
+    """The queue's CSV columns (CSV_COLUMNS, in order) for ``rows``; None for an empty cell."""
+    t = analysis.table
+    rows = np.asarray(rows, dtype=np.int64)
+    n = len(rows)
+    paths = [t.paths[i] for i in rows.tolist()]
+    names = t.class_names
+    flagged: list[object] = (analysis.flagged[rows].tolist() if analysis.issues is not None
+                             else [None] * n)
+    return {
+        "rank": list(range(1, n + 1)), "path": paths, "uri": [file_uri(p) for p in paths],
+        "given_label": class_name_column(t.labels[rows], names).tolist(),
+        "predicted_label": class_name_column(t.predicted[rows], names).tolist(),
+        "group": class_name_column(analysis.group()[rows], names).tolist(),
+        **{name: _cells(t.score(name)[rows]) for name in ("confidence", "margin", "hardness")},
+        "label_issue_score": _cells(analysis.issue_score()[rows]),
+        "flagged_label_issue": flagged,
+        "strategy": [strategy] * n,
+        "label_quality": _cells(analysis.label_quality()[rows]),
+        "ranking": [analysis.ranking] * n,
+    }
 
 
 def queue_records(analysis: Analysis, rows: IntArray, strategy: str) -> list[dict[str, object]]:
     """One flat record per selected row (the CSV columns)."""
-    t = analysis.table
-    group = analysis.group()
-    scores = {name: t.score(name) for name in ("confidence", "margin", "hardness")}
-    issue = analysis.issue_score()
-    quality = analysis.label_quality()
-    records = []
-    for rank, i in enumerate(rows.tolist(), start=1):
-        path = t.paths[i]
-        uri = Path(path).as_uri() if Path(path).is_absolute() else path
-        records.append({
-            "rank": rank, "path": path, "uri": uri,
-            "given_label": t.name(int(t.labels[i])),
-            "predicted_label": t.name(int(t.predicted[i])),
-            "group": t.name(int(group[i])),
-            **{name: _number(values[i]) for name, values in scores.items()},
-            "label_issue_score": _number(issue[i]),
-            "flagged_label_issue": (bool(analysis.flagged[i]) if analysis.issues is not None
-                                    else None),
-            "strategy": strategy,
-            "label_quality": _number(quality[i]),
-            "ranking": analysis.ranking,
-        })
-    return records
+    columns = queue_columns(analysis, rows, strategy)
+    return [dict(zip(columns, values, strict=True))
+            for values in zip(*columns.values(), strict=True)]
+
+
+def label_studio_task(record: dict[str, object]) -> dict[str, object]:
+    """One record as a Label Studio task: ``data`` holds the image URI and the record,
+    ``predictions`` the model's class as a pre-annotation (Choices "label" on Image "image")."""
+    data = {"image": record["uri"], **{k: v for k, v in record.items() if k != "uri"}}
+    task: dict[str, object] = {"data": data}
+    if record["predicted_label"]:
+        task["predictions"] = [{
+            "model_version": "hardscore",
+            "score": record["confidence"],
+            "result": [{"from_name": "label", "to_name": "image", "type": "choices",
+                        "value": {"choices": [record["predicted_label"]]}}],
+        }]
+    return task
 
 
 def label_studio_tasks(records: list[dict[str, object]]) -> list[dict[str, object]]:
-    """The records as a Label Studio task list: ``data`` holds the image URI and the record,
-    ``predictions`` the model's class as a pre-annotation (Choices "label" on Image "image")."""
-    tasks = []
-    for r in records:
-        data = {"image": r["uri"], **{k: v for k, v in r.items() if k != "uri"}}
-        task: dict[str, object] = {"data": data}
-        if r["predicted_label"]:
-            task["predictions"] = [{
-                "model_version": "hardscore",
-                "score": r["confidence"],
-                "result": [{"from_name": "label", "to_name": "image", "type": "choices",
-                            "value": {"choices": [r["predicted_label"]]}}],
-            }]
-        tasks.append(task)
-    return tasks
+    """The records as a Label Studio task list (label_studio_task each)."""
+    return [label_studio_task(r) for r in records]
 
 
-def write_queue(analysis: Analysis, rows: IntArray, strategy: str, out: Path) -> Written:
-    """Writes ``out``.csv and ``out``.json (a suffix .csv/.json on ``out`` is dropped)."""
+_ENCODER = json.JSONEncoder(allow_nan=False)
+
+
+def write_label_studio_json(path: Path, columns: dict[str, list[object]]) -> None:
+    """Writes the queue as a Label Studio task list, one task a line, task by task."""
+    keys = list(columns)
+    with path.open("w") as f:
+        f.write("[")
+        for i, values in enumerate(zip(*columns.values(), strict=True)):
+            task = label_studio_task(dict(zip(keys, values, strict=True)))
+            f.write(("\n" if i == 0 else ",\n") + _ENCODER.encode(task))
+        f.write("\n]\n")
+
+
+def write_queue(
+    analysis: Analysis, rows: IntArray, strategy: str, out: Path, label_studio_json: bool = False
+) -> Written:
+    """Writes ``out``.csv, and ``out``.json (Label Studio tasks) with ``label_studio_json``; a
+    suffix .csv/.json on ``out`` is dropped."""
     if out.suffix.lower() in (".csv", ".json"):
         out = out.with_suffix("")
     out.parent.mkdir(parents=True, exist_ok=True)
-    records = queue_records(analysis, rows, strategy)
+    columns = queue_columns(analysis, rows, strategy)
     csv_path, json_path = out.with_name(out.name + ".csv"), out.with_name(out.name + ".json")
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for r in records:
-            writer.writerow({k: "" if v is None else v for k, v in r.items()})
-    tasks = label_studio_tasks(records)
-    json_path.write_text(json.dumps(tasks, indent=1, allow_nan=False) + "\n")
-    return Written(csv_path, json_path, len(records))
+        writer = csv.writer(f)  # None is written as an empty cell, a float as its repr
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(zip(*columns.values(), strict=True))
+    if label_studio_json:
+        write_label_studio_json(json_path, columns)
+    return Written(csv_path, json_path if label_studio_json else None, len(rows))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -120,23 +120,26 @@ INT_COLUMNS = ("row", "predicted_class", "given_label")
 """Columns read back as int64; an empty cell becomes -1 (no class, no label)."""
 
 
-def read_table(path: Path) -> Columns:
+def read_table(path: Path, keep: Callable[[str], bool] | None = None) -> Columns:
     """Reads a table written by write_table (or any CSV/JSONL/Parquet of the same columns).
 
     Known columns are typed by name (TEXT_COLUMNS, INT_COLUMNS, the rest float64); columns of
-    other names become int64 or float64 when every value is a number, text otherwise. Raises
-    InputNotFoundError for a missing file, InputError for an unknown suffix.
+    other names become int64 or float64 when every value is a number, text otherwise. ``keep``
+    picks the columns by name (default: all). Raises InputNotFoundError for a missing file,
+    InputError for an unknown suffix.
     """
     kind = _format(path)
     if not path.exists():
         raise InputNotFoundError(f"{path}: no such file")
+    wanted = keep or (lambda _: True)
     if kind == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise MissingExtraError(
                 "reading .parquet needs pyarrow: pip install pyarrow") from None
-        table = pq.read_table(path)
+        names = [n for n in pq.read_schema(path).names if wanted(n)]
+        table = pq.read_table(path, columns=names)
         out: Columns = {}
         for name in table.column_names:
             values = table[name].to_numpy(zero_copy_only=False)  # typed already: no parsing
@@ -148,9 +151,10 @@ def read_table(path: Path) -> Columns:
             reader = csv.reader(f)
             header = next(reader, [])
             raw = list(zip(*reader, strict=True)) or [() for _ in header]
-        return {name: _column(name, list(values)) for name, values in zip(header, raw, strict=True)}
+        return {name: _column(name, list(values))
+                for name, values in zip(header, raw, strict=True) if wanted(name)}
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    keys = list(records[0]) if records else []
+    keys = [k for k in records[0] if wanted(k)] if records else []
     return {k: _column(k, [r.get(k) for r in records]) for k in keys}
 
 
@@ -160,23 +164,41 @@ def _missing(value: object) -> bool:
 
 def _column(name: str, values: list[object]) -> npt.NDArray[np.generic]:
     if name in TEXT_COLUMNS:
+        if all(type(v) is str for v in values):  # the usual case, without a check per value
+            return np.array(values, dtype=object)
         return np.array(["" if _missing(v) else str(v) for v in values], dtype=object)
     if name in INT_COLUMNS:
+        whole = _whole_numbers(values)
+        if whole is not None:
+            return whole
         return np.array([-1 if _missing(v) else int(float(v)) for v in values],  # type: ignore[arg-type]
                         dtype=np.int64)
     return _typed(values)
 
 
+def _whole_numbers(values: list[object]) -> npt.NDArray[np.int64] | None:
+    """``values`` as int64 when every one is an int or the text of one (no empty cell)."""
+    if all(type(v) is int for v in values):
+        return np.array(values, dtype=np.int64)
+    if not all(type(v) is str and v.strip().lstrip("+-").isdigit() for v in values):
+        return None
+    try:
+        return np.array(values, dtype=np.int64)
+    except (ValueError, OverflowError):
+        return None
+
+
 def _typed(values: list[object]) -> npt.NDArray[np.generic]:
     """Numbers become int64/float64 arrays (empty cells NaN); anything else stays text."""
-    cleaned = [None if v in ("", None) else v for v in values]
+    nan = math.nan
     try:
-        floats = np.array([math.nan if v is None else float(v) for v in cleaned])  # type: ignore[arg-type]
+        floats = np.array([nan if v is None or v == "" else float(v)  # type: ignore[arg-type]
+                           for v in values])
     except (TypeError, ValueError):
-        return np.asarray(["" if v is None else str(v) for v in cleaned], dtype=object)
+        return np.asarray(["" if v is None else str(v) for v in values], dtype=object)
     if len(floats) and np.isfinite(floats).all() and (floats == np.round(floats)).all() and all(
         isinstance(v, int) or (isinstance(v, str) and "." not in v and "e" not in v.lower())
-        for v in cleaned
+        for v in values
     ):
         return floats.astype(np.int64)
     return floats

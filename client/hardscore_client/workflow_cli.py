@@ -8,7 +8,7 @@ import functools
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,13 @@ from hardscore_client.dataset import (
 from hardscore_client.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, InputError
 from hardscore_client.label_quality import DEFAULT_METHOD, METHODS
 from hardscore_client.report import ReportOptions, write_report
-from hardscore_client.selection import STRATEGIES, select, write_queue
+from hardscore_client.selection import (
+    STRATEGIES,
+    needed_column,
+    order_score,
+    select,
+    write_queue,
+)
 from hardscore_client.tables import check_writable, read_table
 
 DEFAULT_SERVER = "127.0.0.1:8001"
@@ -115,9 +121,11 @@ def cmd_score_dir(
     return EXIT_PARTIAL if summary.scored + summary.already_scored else 1
 
 
-def _analyse(args: argparse.Namespace) -> Analysis:
-    """The table of ``args.table`` analysed with the ranking of --method/--adjust-pred-probs."""
-    analysis = analyse(ScoreTable.load(Path(args.table)), args.method, args.adjust_pred_probs)
+def _analyse(args: argparse.Namespace, keep: Callable[[str], bool] | None = None) -> Analysis:
+    """The table of ``args.table`` analysed with the ranking of --method/--adjust-pred-probs;
+    ``keep`` picks the columns read (default: all)."""
+    table = ScoreTable.load(Path(args.table), keep)
+    analysis = analyse(table, args.method, args.adjust_pred_probs)
     custom = args.method != DEFAULT_METHOD or args.adjust_pred_probs
     if custom and analysis.table.probabilities is None:
         raise SystemExit(f"{args.table}: --method {analysis.ranking} needs p_<class> "
@@ -125,19 +133,59 @@ def _analyse(args: argparse.Namespace) -> Analysis:
     return analysis
 
 
+PREVIEW_ROWS = 10
+"""Rows of the queue that select prints."""
+
+
 def cmd_select(args: argparse.Namespace) -> int:
-    analysis = _analyse(args)
+    analysis = _analyse(args, needed_column)
     if args.strategy == "mistakes" and not analysis.table.labelled.any():
         raise SystemExit(f"{args.table} has no given labels: 'mistakes' needs them")
     rows = select(analysis, args.budget, args.strategy)
-    written = write_queue(analysis, rows, args.strategy, Path(args.out))
-    print(f"selected {written.rows} of {len(analysis.table)} rows ({args.strategy}): "
-          f"{written.csv}, {written.json}", file=sys.stderr)
+    written = write_queue(analysis, rows, args.strategy, Path(args.out), args.label_studio_json)
+    files = f"{written.csv}, {written.json}" if written.json else str(written.csv)
+    print(f"selected {written.rows} of {len(analysis.table)} rows ({args.strategy}): {files}",
+          file=sys.stderr)
+    stale = written.csv.with_suffix(".json")
+    if written.json is None and stale.exists():
+        print(f"note: {stale} is from an earlier run, not this queue (--label-studio-json "
+              "rewrites it)", file=sys.stderr)
+    name, score = order_score(analysis, args.strategy)
+    top = rows[:PREVIEW_ROWS]
+    if len(top):
+        t = analysis.table
+        print(f"first {len(top)}: rank, {name}, given -> predicted label, path", file=sys.stderr)
+        texts = score_texts(score[top].tolist())
+        width = max(len(text) for text in texts)
+        for rank, (i, text) in enumerate(zip(top.tolist(), texts, strict=True), start=1):
+            print(f"{rank:>4}  {text:<{width}}  {t.name(int(t.labels[i])) or '-'} -> "
+                  f"{t.name(int(t.predicted[i])) or '-'}  {t.paths[i]}", file=sys.stderr)
     return 0
 
 
 def _value(v: float) -> str:
     return "n/a" if math.isnan(v) else f"{v:.3f}"
+
+
+def score_texts(values: Sequence[float], digits: int = 4) -> list[str]:
+    """``values`` as text with ``digits`` significant digits, or as many more as it takes
+    (up to 17) for different values to read differently; a value just under 1 reads
+    ``1 - 2.345e-05``, NaN ``n/a``."""
+    distinct = len({v for v in values if not math.isnan(v)})
+    texts: list[str] = []
+    for d in range(digits, 18):
+        texts = [_score_text(v, d) for v in values]
+        if len({t for t, v in zip(texts, values, strict=True) if not math.isnan(v)}) == distinct:
+            break
+    return texts
+
+
+def _score_text(value: float, digits: int) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if 0.999 < value < 1.0:  # 1 - value is exact here: its digits tell such values apart
+        return f"1 - {1.0 - value:.{digits}g}"
+    return f"{value:.{digits}g}"
 
 
 def cmd_label_issues(args: argparse.Namespace) -> int:
@@ -173,9 +221,10 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
         print(f"\nmost likely label mistakes (given -> predicted, label quality by "
               f"{analysis.ranking}, lowest first):")
         score = analysis.label_quality()
-    for i in analysis.issue_rows[: args.k]:
+    shown = analysis.issue_rows[: args.k]
+    for i, text in zip(shown.tolist(), score_texts(score[shown].tolist()), strict=True):
         print(f"  {t.paths[i]}  {t.name(int(t.labels[i]))} -> {t.name(int(t.predicted[i]))}"
-              f"  {_value(score[i])}")
+              f"  {text}")
     return 0
 
 
@@ -223,7 +272,10 @@ def add_workflow_commands(
     p.add_argument("--budget", type=count, required=True,
                    help="how many samples to select (>= 0)")
     p.add_argument("--strategy", choices=STRATEGIES, default="hardest")
-    p.add_argument("--out", default="selection", help="writes OUT.csv and OUT.json")
+    p.add_argument("--out", default="selection",
+                   help="writes OUT.csv (and OUT.json with --label-studio-json)")
+    p.add_argument("--label-studio-json", action="store_true",
+                   help="also write OUT.json, the queue as a Label Studio task list")
     _ranking_options(p)
     p.set_defaults(func=cmd_select)
 

@@ -289,7 +289,8 @@ def test_select_strategies(scored, tmp_path):
     score = t.score("label_issue_score")
     assert (np.diff(score[rows[:n_flagged]]) <= 0).all()
 
-    written = write_queue(analysis, rows[:10], "mistakes", tmp_path / "queue.csv")
+    written = write_queue(analysis, rows[:10], "mistakes", tmp_path / "queue.csv",
+                          label_studio_json=True)
     assert written.csv == tmp_path / "queue.csv" and written.json == tmp_path / "queue.json"
     with written.csv.open() as f:
         records = list(csv.DictReader(f))
@@ -332,6 +333,9 @@ def test_cli_score_dir_select_report_label_issues(digits_folder, image_server, t
     assert "scored 53 images" in err and "found 53 images (53 with a given label)" in err
     assert cli.main(["select", str(out), "--budget", "5", "--strategy", "hardest",
                      "--out", str(tmp_path / "q")]) == 0
+    assert not (tmp_path / "q.json").exists()  # the Label Studio tasks only when asked
+    assert cli.main(["select", str(out), "--budget", "5", "--strategy", "hardest",
+                     "--out", str(tmp_path / "q"), "--label-studio-json"]) == 0
     assert len(json.loads((tmp_path / "q.json").read_text())) == 5
     with pytest.raises(SystemExit, match="at least two classes"):
         cli.main(["label-issues", str(out)])  # one class only

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import warnings
 
@@ -151,11 +152,14 @@ def test_workflow_orders_label_issues_like_cleanlab(tmp_path, method, adjust, ca
     assert summary["flagged_paths"] == [f"/data/{i:04d}.png" for i in rows]
     out = tmp_path / "queue"
     assert cli.main(["select", str(path), "--budget", "30", "--strategy", "mistakes",
-                     "--out", str(out), *flags]) == 0
+                     "--out", str(out), "--label-studio-json", *flags]) == 0
     records = json.loads(out.with_suffix(".json").read_text())
     assert [r["data"]["path"] for r in records] == [f"/data/{i:04d}.png" for i in queue[:30]]
     assert records[0]["data"]["ranking"] == analysis.ranking
-    assert records[0]["data"]["label_quality"] == round(float(quality[queue[0]]), 6)
+    assert [r["data"]["label_quality"] for r in records] == quality[queue[:30]].tolist()
+    with out.with_suffix(".csv").open() as f:  # the CSV too, at full precision
+        written = [float(r["label_quality"]) for r in csv.DictReader(f)]
+    assert written == quality[queue[:30]].tolist()
 
     # the report's "most likely label mistakes" galleries follow the same ranking
     report = tmp_path / "report"
