@@ -10,12 +10,10 @@ whole budget is refused at once. Used on the event loop only (not thread-safe).
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import time
-from dataclasses import dataclass
 
 from hardscore_server.metrics import ServerMetrics
+from hardscore_server.pipeline.byte_budget import ByteBudget
 from hardscore_server.pipeline.errors import DeadlineExpired, DecodeBudgetExceeded
 
 MAX_WAIT_S = 30.0
@@ -29,13 +27,7 @@ def mib(n: int) -> str:
     return f"{n / MIB:.1f} MiB"
 
 
-@dataclass
-class _Waiter:
-    need: int
-    granted: asyncio.Future[None]
-
-
-class DecodeBudget:
+class DecodeBudget(ByteBudget):
     """``capacity`` bytes (>= 1) of decode memory shared by every call, granted in arrival
     order."""
 
@@ -43,10 +35,8 @@ class DecodeBudget:
                  max_wait_s: float = MAX_WAIT_S) -> None:
         if capacity < 1:
             raise ValueError(f"decode budget must be >= 1 byte, got {capacity}")
-        self.capacity = capacity
-        self.in_use = 0
+        super().__init__(capacity, on_change=self._update_metrics)
         self.max_wait_s = max_wait_s
-        self._waiters: collections.deque[_Waiter] = collections.deque()
         self._metrics = metrics
         if metrics is not None:
             metrics.decode_budget.set(capacity)
@@ -54,10 +44,7 @@ class DecodeBudget:
     def try_acquire(self, need: int) -> bool:
         """Takes ``need`` bytes now if they fit and nobody waits (0 always fits); whether it
         did."""
-        if need and (self._waiters or self.in_use + need > self.capacity):
-            return False
-        self._take(need)
-        return True
+        return self.try_take(need)
 
     async def acquire(self, need: int, deadline: float | None = None) -> None:
         """Takes ``need`` bytes (>= 0), waiting in line for them.
@@ -72,26 +59,12 @@ class DecodeBudget:
                 f"the request's images need an estimated {mib(need)} of decode memory at once "
                 f"(its largest images, decoded in parallel), more than this server's decode "
                 f"budget of {mib(self.capacity)}; send the large images in separate requests")
-        if need == 0 or self.try_acquire(need):
-            return
-        waiter = _Waiter(need, asyncio.get_running_loop().create_future())
-        self._waiters.append(waiter)
-        self._update_waiting()
         timeout = self.max_wait_s
         if deadline is not None:
             timeout = min(timeout, deadline - time.monotonic())
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.granted), max(timeout, 0.0))
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            if waiter.granted.done():  # granted in the same instant: give it back
-                self.release(need)
-            else:
-                waiter.granted.cancel()
-                self._waiters.remove(waiter)
-                self._grant()  # those behind it may fit now
-            self._update_waiting()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            await self.take(need, timeout)
+        except TimeoutError:
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExpired(
                     "deadline passed while waiting for decode memory; nothing decoded") from None
@@ -100,32 +73,12 @@ class DecodeBudget:
                 f"decode budget busy: {mib(self.in_use)} of {mib(self.capacity)} in use, this "
                 f"request needs {mib(need)} and waited {self.max_wait_s:g} s; retry later"
             ) from None
-        self._update_waiting()
-
-    def release(self, need: int) -> None:
-        """Gives ``need`` bytes back and wakes the waiters that fit now, in order."""
-        self.in_use -= need
-        self._grant()
-        self._update_use()
-
-    def _take(self, need: int) -> None:
-        self.in_use += need
-        self._update_use()
-
-    def _grant(self) -> None:
-        while self._waiters and self.in_use + self._waiters[0].need <= self.capacity:
-            waiter = self._waiters.popleft()
-            self._take(waiter.need)
-            waiter.granted.set_result(None)
 
     def _refuse(self, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.decode_budget_refusals.labels(reason).inc()
 
-    def _update_use(self) -> None:
+    def _update_metrics(self) -> None:
         if self._metrics is not None:
             self._metrics.decode_budget_in_use.set(self.in_use)
-
-    def _update_waiting(self) -> None:
-        if self._metrics is not None:
-            self._metrics.decode_budget_waiting.set(len(self._waiters))
+            self._metrics.decode_budget_waiting.set(self.waiting)

@@ -39,6 +39,8 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from hardscore_server.config import ServerConfig
 from hardscore_server.metrics import ServerMetrics
+from hardscore_server.pipeline.byte_budget import ByteBudget
+from hardscore_server.pipeline.decode_budget import mib
 from hardscore_server.pipeline.errors import InvalidRequest
 from hardscore_server.transport.inference_protocol.core import (
     InferenceCore,
@@ -59,8 +61,6 @@ UNAUTHENTICATED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 """Paths answered without a bearer token (load balancers and Kubernetes probes)."""
 
 JsonObject = dict[str, Any]
-
-MIB = 1024 * 1024
 
 JSON_PARSE_FACTOR = 10
 """Bytes of memory a byte of JSON body is taken to cost once parsed, before its content is
@@ -111,11 +111,6 @@ def http_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
 # -- bounds on request bodies -------------------------------------------------------------------
 
 
-def mib(n: int) -> str:
-    """``n`` bytes as a short MiB figure for messages, e.g. "512.0 MiB"."""
-    return f"{n / MIB:.1f} MiB"
-
-
 class BodyRefused(Exception):
     """A request refused for its body, before or while it is read: the reply's HTTP status (408
     stopped arriving, 413 too large, 503 body budget busy) and message."""
@@ -161,7 +156,7 @@ def parse_cost(body: bytes | bytearray, header_length: int | None) -> int:
     return len(body) + json_cost + BINARY_PARSE_FACTOR * (len(body) - end)
 
 
-class BodyBudget:
+class BodyBudget(ByteBudget):
     """The server-wide budget of REST bodies in progress (bytes): what they hold read plus
     what parsing them is estimated to cost, all requests together.
 
@@ -171,16 +166,7 @@ class BodyBudget:
     """
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.in_use = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-
-    def try_take(self, need: int) -> bool:
-        """Takes ``need`` bytes now if they fit; whether it did."""
-        if self.in_use + need > self.capacity:
-            return False
-        self.in_use += need
-        return True
+        super().__init__(capacity, first_fit=True)
 
     async def acquire(self, need: int, wait_s: float, held: int = 0) -> None:
         """Takes ``need`` more bytes for a request already holding ``held``, waiting up to
@@ -192,34 +178,13 @@ class BodyBudget:
                 f"read and parsed, more than this server's REST body budget of "
                 f"{mib(self.capacity)} (http_body_budget_bytes); send the tensors as binary "
                 "data (JSON takes 4 to 20 times its size to parse) or in smaller requests")
-        if self.try_take(need):
-            return
-        granted = asyncio.get_running_loop().create_future()
-        waiter = (need, granted)
-        self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(granted), wait_s)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            if granted.done():  # granted in the same instant: give it back
-                self.release(need)
-            else:
-                granted.cancel()
-                self._waiters.remove(waiter)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            await self.take(need, wait_s)
+        except TimeoutError:
             raise BodyRefused(
                 503, f"REST body budget busy: {mib(self.in_use)} of {mib(self.capacity)} in "
                 f"use by other requests, this one needs {mib(need)} more and waited "
                 f"{wait_s:g} s (http_body_timeout_s); retry later") from None
-
-    def release(self, amount: int) -> None:
-        """Gives ``amount`` bytes back and lets in the waiters that fit now, in order."""
-        self.in_use -= amount
-        for waiter in list(self._waiters):
-            need, granted = waiter
-            if self.try_take(need):
-                self._waiters.remove(waiter)
-                granted.set_result(None)
 
 
 class BodyHold:

@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from hardscore_server.metrics import ServerMetrics
+from hardscore_server.pipeline.byte_budget import ByteBudget
 from hardscore_server.pipeline.errors import InvalidRequest, check_reply_fits
 from hardscore_server.transport.call_gate import UnparseableMessage
 from hardscore_server.transport.calls import CallRecorder, deadline_of
@@ -53,26 +54,6 @@ STREAM_WINDOW_BYTES = 64 * 1024 * 1024
 request is always admitted, however large. The stream's next request is read only when the
 window has room for it (gRPC's flow control then holds the client back), so a stream holds
 about one message over this at most, not STREAM_WINDOW whole messages."""
-
-
-class _ByteWindow:
-    """Bytes in progress, bounded: ``acquire(n)`` waits until ``n`` fit beside those held
-    (or nothing is held)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.held = 0
-        self._changed = asyncio.Condition()
-
-    async def acquire(self, n: int) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: not self.held or self.held + n <= self.capacity)
-            self.held += n
-
-    async def release(self, n: int) -> None:
-        async with self._changed:
-            self.held -= n
-            self._changed.notify_all()
 
 
 def to_message(values: dict[str, Any], message: M) -> M:
@@ -248,16 +229,17 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         and the stream goes on."""
         deadline = deadline_of(context)
         window = asyncio.Semaphore(STREAM_WINDOW)
-        in_progress = _ByteWindow(STREAM_WINDOW_BYTES)
+        in_progress = ByteBudget(STREAM_WINDOW_BYTES)
         pending: asyncio.Queue[
             tuple[asyncio.Future[oip.ModelStreamInferResponse], int] | None] = asyncio.Queue()
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    size = request.ByteSize()
+                    # one request always fits, however large: what it takes is capped
+                    size = min(request.ByteSize(), STREAM_WINDOW_BYTES)
                     await window.acquire()
-                    await in_progress.acquire(size)
+                    await in_progress.take(size, None)
                     pending.put_nowait(
                         (asyncio.ensure_future(self._stream_one(request, deadline)), size))
                     del request  # held by its task only: freed once answered
@@ -270,7 +252,7 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
                 answer, size = item
                 response = await answer
                 window.release()
-                await in_progress.release(size)
+                in_progress.release(size)
                 yield response
             await reader  # a request the stream could not read ends the call with its status
         except UnparseableMessage:
