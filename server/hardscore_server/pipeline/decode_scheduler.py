@@ -242,14 +242,7 @@ class DecodeScheduler:
                    lambda unit: self._preprocess_unit(images, unit), decodes=True)
         job.done.add_done_callback(lambda _: self._job_ended(job, need))
         await self._run(job)
-        if job.left():
-            done = len(todo) - job.left()
-            if job.shut_down:
-                raise ShuttingDown(f"the server stopped while decoding images ({done} of "
-                                   f"{len(todo)} decoded); not computed")
-            raise DeadlineExpired(
-                f"deadline passed while decoding images ({done} of {len(todo)} decoded); "
-                "not computed")
+        _check_finished(job, len(todo), "decoding images", "decoded")
         return [image if isinstance(image, SampleError) else results[i]  # type: ignore[misc]
                 for i, image in enumerate(images)]
 
@@ -296,13 +289,7 @@ class DecodeScheduler:
                    asyncio.get_running_loop(), estimates,
                    lambda unit: [self._estimate(images[i]) for i in unit])
         await self._run(job)
-        if job.left():
-            read = len(todo) - job.left()
-            if job.shut_down:
-                raise ShuttingDown(f"the server stopped while reading image headers ({read} of "
-                                   f"{len(todo)} read); not computed")
-            raise DeadlineExpired(f"deadline passed while reading image headers ({read} of "
-                                  f"{len(todo)} read); not computed")
+        _check_finished(job, len(todo), "reading image headers", "read")
 
     def _undecoded(self, images: Sequence[Image],
                    estimates: Sequence[DecodeCost | SampleError | None]) -> int:
@@ -508,3 +495,16 @@ class _Job(Generic[R]):
     def _finish(self) -> None:
         if not self.done.done():
             self.done.set_result(None)
+
+
+def _check_finished(job: _Job[Any], total: int, doing: str, done: str) -> None:
+    """Raises, for a job that ended with units left, ShuttingDown (the pool was shut down) or
+    DeadlineExpired (the call's deadline passed), saying how many of ``total`` were ``done``."""
+    if not job.left():
+        return
+    finished = total - job.left()
+    if job.shut_down:
+        raise ShuttingDown(f"the server stopped while {doing} ({finished} of {total} {done}); "
+                           "not computed")
+    raise DeadlineExpired(f"deadline passed while {doing} ({finished} of {total} {done}); "
+                          "not computed")
