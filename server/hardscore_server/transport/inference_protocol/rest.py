@@ -287,12 +287,7 @@ def parse_infer_body(
             raise InvalidRequest(
                 f"{HEADER_LENGTH} is {length}, but the body holds {len(body)} bytes")
         header, binary = body[:length], memoryview(body)[length:]
-    try:
-        request = _object(json.loads(header), "the request")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRequest(f"failed to parse the request JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidRequest("failed to parse the request JSON: nested too deeply") from None
+    request = _parse_object(header)
     params = _parameters(request.get("parameters"), "the request")
     inputs_json = request.get("inputs")
     if not isinstance(inputs_json, list):
@@ -747,6 +742,7 @@ def _idle(connection: RequestHandler) -> bool:
 
 
 def _parse_object(body: bytes | bytearray) -> JsonObject:
+    """The JSON object ``body`` holds; InvalidRequest saying why it is not one."""
     try:
         return _object(json.loads(body), "the request")
     except (UnicodeDecodeError, ValueError) as exc:
