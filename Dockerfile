@@ -61,15 +61,21 @@ RUN groupadd --system --gid 10001 hardscore \
 # Owned by root and read-only to the server: nothing in the image is writable at run time
 # (the Helm chart also mounts the root filesystem read-only; only /tmp is writable there).
 COPY --from=builder /opt/hardscore /opt/hardscore
-ENV PATH=/opt/hardscore/bin:${PATH}
+# A bare hardscore-server listens on 127.0.0.1 only; in a container it must take every
+# interface for published ports to reach it. As environment, not CMD arguments, so that
+# `docker run IMAGE --port 9001` keeps it (and --host or -e HARDSCORE_HOST=... still override).
+ENV PATH=/opt/hardscore/bin:${PATH} \
+    HARDSCORE_HOST=0.0.0.0 \
+    HARDSCORE_METRICS_HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /tmp
 # gRPC (hardscore.v1, the Open Inference Protocol, health, reflection), the Open Inference
 # Protocol over HTTP/REST, and Prometheus /metrics.
 EXPOSE 8001 8000 8002
-# The gRPC health service (SERVING once the model is loaded and warmed up) on 127.0.0.1, at
-# HARDSCORE_HEALTH_PORT when set (the plaintext health-only port, which works with TLS on), else
-# HARDSCORE_PORT, else 8001. Kubernetes ignores it and runs the chart's own probes.
+# The gRPC health service (SERVING once the model is loaded and warmed up) on 127.0.0.1, at the
+# port the server (PID 1) was configured with by its flags, environment or --config file: the
+# plaintext health-only port when on (it works with TLS on), else the gRPC port; so
+# `docker run IMAGE --port 9001` is checked on 9001. Kubernetes runs the chart's own probes.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "hardscore_server.tools.health_probe", "--timeout", "3"]
 # Exec form: the server is PID 1 and receives SIGTERM itself (docker stop, Kubernetes), turns

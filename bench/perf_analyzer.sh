@@ -183,7 +183,21 @@ if grep -qE 'Traceback|ERROR' "$WORK/server.log"; then
 fi
 [[ -n "$CSV_OUT" ]] && cp "$WORK/results.csv" "$CSV_OUT"
 
-INPUTS="perf_analyzer's default random FP32 input"
+# What was sent, for the table's heading: by the served name's input form and --input-data.
+case "$MODEL" in
+  *-pixels) INPUTS="perf_analyzer's default random UINT8 pixels" ;;
+  *-files) INPUTS="perf_analyzer's default random bytes (no image: each sample fails)" ;;
+  *) INPUTS="perf_analyzer's default random FP32 input" ;;
+esac
+for ((i = 0; i + 1 < ${#EXTRA[@]}; i++)); do
+  if [[ "${EXTRA[$i]}" == --input-data ]]; then
+    case "$MODEL" in
+      *-files) INPUTS="encoded image files (PNG, JPEG...) from --input-data ${EXTRA[$((i + 1))]##*/}" ;;
+      *-pixels) INPUTS="UINT8 pixels from --input-data ${EXTRA[$((i + 1))]##*/}" ;;
+      *) INPUTS="FP32 tensors from --input-data ${EXTRA[$((i + 1))]##*/}" ;;
+    esac
+  fi
+done
 [[ "$FIXED_INPUTS" -gt 0 ]] && INPUTS="$FIXED_INPUTS fixed seeded FP32 images (--fixed-inputs)"
 "$PYTHON" - "$WORK/results.csv" "$BATCH_SIZE" "$INPUTS" <<'EOF'
 import csv, sys

@@ -4,6 +4,7 @@ module, which needs the ``label-studio`` extra, is imported only when the comman
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -22,6 +23,13 @@ def add_label_studio_command(
     p = with_server(sub.add_parser(
         "label-studio", help="run a Label Studio ML backend that scores through the server"),
         timeout=None, timeout_default="--predict-deadline")
+    p.add_argument("action", nargs="?", choices=("serve", "rescore"), default="serve",
+                   help="serve (default): run the backend; rescore: score every annotated "
+                        "task of --project again, replace its label-QA prediction and exit "
+                        "(for annotations saved while the webhook could not reach the backend; "
+                        "needs --label-studio-url and LABEL_STUDIO_API_KEY)")
+    p.add_argument("--project", type=int, default=None,
+                   help="rescore: the Label Studio project id (in its URL: /projects/ID)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: "
                    "127.0.0.1; 0.0.0.0 to be reached from other machines or containers)")
     p.add_argument("--port", type=int, default=9090, help="HTTP port (default: 9090)")
@@ -74,7 +82,38 @@ def add_label_studio_command(
         except ValueError as exc:
             raise SystemExit(f"hardscore label-studio: {exc}") from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        if args.action == "rescore":
+            return rescore(args, settings, options)
         server.serve(settings, args.host, args.port, args.server, **options)
         return 0
 
+    def rescore(args: argparse.Namespace, settings: Any, options: dict[str, Any]) -> int:
+        from hardscore_client import label_studio_server as server
+
+        if args.project is None or args.project < 1:
+            raise SystemExit("hardscore label-studio rescore: --project ID is required (the "
+                             "number in the project's URL, /projects/ID)")
+        if not settings.label_studio_url:
+            raise SystemExit("hardscore label-studio rescore: pass --label-studio-url (or set "
+                             f"{server.URL_ENV}) and {server.API_KEY_ENV}")
+        try:
+            counts = asyncio.run(server.rescore_project(settings, args.project, args.server,
+                                                        **options))
+        except (server.FetchError, server.LabelConfigError, ValueError) as exc:
+            raise SystemExit(f"hardscore label-studio rescore: {exc}") from None
+        except aiohttp_errors() as exc:
+            raise SystemExit(f"hardscore label-studio rescore: Label Studio refused a "
+                             f"prediction: {exc}") from None
+        print(f"project {counts['project']}: {counts['annotated']} annotated tasks, "
+              f"{counts['rescored']} label-QA predictions replaced, {counts['not_scored']} not "
+              "scored" + (" (the log above says why)" if counts["not_scored"] else ""))
+        return 4 if counts["not_scored"] else 0
+
     p.set_defaults(func=run)
+
+
+def aiohttp_errors() -> tuple[type[Exception], ...]:
+    """aiohttp's response error (imported with the extra, on use)."""
+    import aiohttp
+
+    return (aiohttp.ClientResponseError,)

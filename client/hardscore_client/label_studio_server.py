@@ -5,7 +5,9 @@ Routes (Label Studio's ML backend API): ``GET /health`` and ``GET /`` (liveness,
 once: Label Studio waits 1 s), ``POST /setup`` (checks the label config, returns the model
 version; Label Studio waits 3 s), ``POST /predict`` (tasks in, one list of predictions per task
 out; Label Studio waits 100 s by default), ``POST /webhook`` (Label Studio's events; annotation
-events refresh that task's label-QA prediction), ``GET /versions``.
+events refresh that task's label-QA prediction), ``GET /versions``; and its own ``POST
+/rescore`` (``{"project": ID}``: every annotated task's label-QA prediction scored again and
+replaced, as ``hardscore label-studio rescore`` does).
 
 Images are fetched from Label Studio (``/data/upload/...``, ``/data/local-files/?d=...``, any
 path on its host) with the API key the backend is given, or from other http(s) URLs without it;
@@ -303,6 +305,68 @@ class Backend:
         except Exception:  # a background job: log, never raise into the loop
             log.exception("label QA refresh of task %s failed", task.get("id"))
 
+    # -- rescoring a project ----------------------------------------------------------------
+
+    async def _api_get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """GET ``path`` of Label Studio's API as JSON, with the API key (refreshed once on 401)."""
+        assert self._session is not None
+        base = self.base_url
+        url = f"{base}{path}"
+        for attempt in (0, 1):
+            headers = await self._auth.header(self._session, base, attempt == 1)
+            try:
+                async with self._session.get(
+                        url, params=params, headers=headers,
+                        timeout=aiohttp.ClientTimeout(total=self.settings.predict_deadline),
+                ) as resp:
+                    if resp.status == 401 and attempt == 0 and self.settings.api_key:
+                        continue
+                    if resp.status != 200:
+                        hint = (f" (set {API_KEY_ENV} to a Label Studio access token)"
+                                if resp.status in (401, 403) else "")
+                        raise FetchError(f"GET {url}: HTTP {resp.status}{hint}")
+                    return await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise FetchError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+        raise FetchError(f"GET {url}: HTTP 401 after refreshing the access token")
+
+    async def rescore(self, project: int) -> dict[str, int]:
+        """Scores every annotated task of ``project`` again and replaces its label-QA
+        prediction: for annotations saved while the webhook could not reach the backend (no
+        credentials yet, backend down), which Label Studio's "Retrieve Predictions" skips
+        because those tasks already have a prediction. Returns the counts: annotated tasks,
+        rescored, not scored (no image, or a label that is no class of the model)."""
+        if not self.settings.qa:
+            raise ValueError("rescoring writes label-QA predictions: run it without --no-qa")
+        started = time.monotonic()
+        info = await self._api_get(f"/api/projects/{project}/")
+        label_config = info.get("label_config") if isinstance(info, dict) else None
+        if not isinstance(label_config, str):
+            raise FetchError(f"project {project}: Label Studio sent no label config")
+        self.control(label_config)  # LabelConfigError when the project does not fit the model
+        # Label Studio's JSON export holds exactly the tasks with annotations, with them.
+        exported = await self._api_get(f"/api/projects/{project}/export",
+                                       {"exportType": "JSON"})
+        tasks = [t for t in exported if isinstance(t, dict) and any(
+            isinstance(a, dict) and not a.get("was_cancelled")
+            for a in t.get("annotations") or [])] if isinstance(exported, list) else []
+        rescored = 0
+        for start in range(0, len(tasks), self.settings.batch_size):
+            chunk = tasks[start:start + self.settings.batch_size]
+            deadline = time.monotonic() + self.settings.predict_deadline
+            for task, predictions in zip(chunk, await self.predict(chunk, label_config, deadline),
+                                         strict=True):
+                qa = [p for p in predictions if p["model_version"].endswith(QA_SUFFIX)]
+                if qa:
+                    await self._replace_prediction(int(task["id"]), qa[0])
+                    rescored += 1
+        counts = {"project": project, "annotated": len(tasks), "rescored": rescored,
+                  "not_scored": len(tasks) - rescored}
+        log.info("rescore of project %d: %d annotated tasks, %d label-QA predictions replaced, "
+                 "%d not scored, %.1f s", project, len(tasks), rescored, len(tasks) - rescored,
+                 time.monotonic() - started)
+        return counts
+
     async def _replace_prediction(self, task_id: int, prediction: dict[str, Any]) -> None:
         assert self._session is not None
         base = self.base_url
@@ -406,6 +470,29 @@ async def webhook(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "action": action, "queued": False})
 
 
+async def rescore(request: web.Request) -> web.Response:
+    """``POST /rescore`` ``{"project": ID}``: every annotated task's label-QA prediction
+    scored again and replaced (``Backend.rescore``); answers the counts when done."""
+    backend = request.app[BACKEND]
+    body = await _json_object(request)
+    project = body.get("project")
+    if isinstance(project, str) and project.isdigit():
+        project = int(project)
+    if not isinstance(project, int) or isinstance(project, bool) or project < 1:
+        return _error(400, "project must be a Label Studio project id (an integer)")
+    try:
+        return web.json_response(await backend.rescore(project))
+    except (LabelConfigError, ValueError) as exc:
+        return _error(400, str(exc))
+    except FetchError as exc:
+        return _error(502, str(exc))
+    except aiohttp.ClientResponseError as exc:
+        return _error(502, f"Label Studio answered {exc.status} to {exc.request_info.url}")
+    except Exception as exc:  # grpc errors and the like: the reason, not a stack trace
+        log.exception("rescore failed")
+        return _error(502, f"scoring failed: {type(exc).__name__}: {exc}")
+
+
 async def versions(request: web.Request) -> web.Response:
     return web.json_response({"versions": [request.app[BACKEND].model_version]})
 
@@ -466,7 +553,19 @@ def make_app(settings: BackendSettings, hardscore_target: str, **client_options:
     app.router.add_post("/predict", predict)
     app.router.add_post("/webhook", webhook)
     app.router.add_get("/versions", versions)
+    app.router.add_post("/rescore", rescore)
     return app
+
+
+async def rescore_project(settings: BackendSettings, project: int, hardscore_target: str,
+                          **client_options: Any) -> dict[str, int]:
+    """``hardscore label-studio rescore``: ``Backend.rescore`` once, without serving."""
+    backend = Backend(settings, AsyncScoringClient(hardscore_target, **client_options))
+    try:
+        await backend.start()
+        return await backend.rescore(project)
+    finally:
+        await backend.stop()
 
 
 def serve(settings: BackendSettings, host: str, port: int, hardscore_target: str,

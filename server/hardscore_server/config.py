@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -31,14 +32,19 @@ class ConfigError(ValueError):
 class ServerConfig:
     """Every knob of the server. Units are in the names (``_bytes``, ``_ms``, ``_s``)."""
 
-    host: str = field(default="0.0.0.0", metadata={"help": "gRPC listen address"})
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "listen address of the gRPC and REST ports "
+                                       "(0.0.0.0 = every IPv4 interface: containers, other "
+                                       "machines; then set tokens or TLS)"}
+    )
     port: int = field(default=8001, metadata={"help": "gRPC port (0 = pick a free one)"})
     http_port: int = field(
         default=8000, metadata={"help": "KServe V2 REST port on host (0 = free one, -1 = off)"}
     )
     metrics_host: str = field(
-        default="0.0.0.0", metadata={"help": "bind address of the /metrics port (0.0.0.0 = every "
-                                     "IPv4 interface, so that Prometheus can scrape the pod)"}
+        default="127.0.0.1", metadata={"help": "bind address of the /metrics port (0.0.0.0 = "
+                                       "every IPv4 interface, so that Prometheus can scrape "
+                                       "a pod)"}
     )
     metrics_port: int = field(
         default=8002, metadata={"help": "Prometheus /metrics port (0 = free one, -1 = off)"}
@@ -263,6 +269,28 @@ class ServerConfig:
              "auth_tokens: a token must be 1 or more printable ASCII characters without "
              "spaces or commas"),
         ]
+
+
+def is_loopback(host: str) -> bool:
+    """True if ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name, or "" (every interface)
+        return False
+
+
+def exposure_warning(config: ServerConfig) -> str:
+    """The start-up warning when the gRPC and REST ports listen beyond loopback with neither
+    bearer tokens nor TLS ("" when they do not)."""
+    if is_loopback(config.host) or config.tls_cert_file or config.auth_tokens_file \
+            or config.auth_tokens:
+        return ""
+    return (f"listening on {config.host or 'every interface'}, beyond loopback, with neither "
+            "bearer tokens nor TLS: anyone who reaches these ports can call them; set "
+            "auth_tokens_file (or HARDSCORE_AUTH_TOKENS) or tls_cert_file, or --host "
+            "127.0.0.1 (docs/security.md)")
 
 
 def valid_token(token: str) -> bool:

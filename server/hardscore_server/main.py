@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from hardscore_server.config import ConfigError, ServerConfig, parse_args
+from hardscore_server.config import ConfigError, ServerConfig, exposure_warning, parse_args
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model.model_dir import DEFAULT_MODEL_DIR, ModelDirError
 from hardscore_server.model.runner import ModelLoadError, ModelRunner, gpu_settings
@@ -88,8 +88,11 @@ class HardscoreServer:
         if self.config.no_model:
             return
         model_dir = Path(self.config.model_dir) if self.config.model_dir else DEFAULT_MODEL_DIR
-        log.info("loading the model from %s and warming it up (a large model on a CPU can take "
-                 "a minute; the ports open once it is ready)", model_dir)
+        warm_up_sizes = tuple(sorted({1, self.config.max_batch_size}))
+        log.info("loading the model from %s and warming it up: %d batch size(s) (%s) per "
+                 "instance, %d instance(s); a large model on a CPU can take a minute, the ports "
+                 "open once it is ready", model_dir, len(warm_up_sizes),
+                 ", ".join(map(str, warm_up_sizes)), self.config.instances)
         runner = ModelRunner(
             model_dir,
             execution_provider=self.config.execution_provider,
@@ -99,7 +102,7 @@ class HardscoreServer:
             gpu=gpu_settings(self.config),
             io_binding=self.config.io_binding,
         )
-        seconds = runner.warm_up((1, self.config.max_batch_size))
+        seconds = runner.warm_up(warm_up_sizes)
         log.info("model %s v%s from %s on %s (%d instance(s), %d thread(s) each), warm-up %.2fs",
                  runner.manifest.name, runner.manifest.version, model_dir, runner.provider,
                  len(runner.sessions), runner.intra_op_threads, seconds)
@@ -163,6 +166,8 @@ class HardscoreServer:
                      if self.metrics_tls.client_ca_file else "")
         metrics = (f"metrics on {c.metrics_host}:{self.metrics_port}" if self.metrics_port >= 0
                    else "metrics off")
+        if not is_worker() and exposure_warning(c):  # a supervisor warns once for its workers
+            log.warning("%s", exposure_warning(c))
         log.info("serving gRPC on %s:%d, %s (%s)", c.host, self.port, metrics,
                  self.security.describe())
 

@@ -104,6 +104,9 @@ def test_dockerfile_structure() -> None:
     assert run["STOPSIGNAL"] == "SIGTERM"
     assert "--from=builder /opt/hardscore /opt/hardscore" in run["COPY"]
     assert "/opt/hardscore/bin" in run["ENV"]
+    # a bare server listens on loopback only; the image opens every interface, as environment
+    # so that arguments given to `docker run` keep it
+    assert "HARDSCORE_HOST=0.0.0.0" in run["ENV"] and "HARDSCORE_METRICS_HOST=0.0.0.0" in run["ENV"]
     assert "CMD [" in run["HEALTHCHECK"]
 
     # Both flavors run the same Python image; the GPU one gets CUDA from the gpu extra's pip
@@ -127,6 +130,37 @@ def test_healthcheck_command_reports_a_serving_server(logits_server: ServerProce
                             text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "SERVING" in result.stderr
+
+
+def test_healthcheck_follows_the_port_given_on_the_servers_command_line() -> None:
+    """The HEALTHCHECK probed 8001 whatever `docker run IMAGE --port N` said: it reads the
+    server's own flags (PID 1 in the image; here the process HARDSCORE_SERVER_PID names)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARDSCORE_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hardscore_server.main", "--no-model", "--port", str(port),
+         "--http-port", "-1", "--metrics-port", "-1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:
+            if "serving gRPC on" in line:
+                break
+        else:
+            pytest.fail("the server did not start")
+        command = healthcheck_command()
+        probe_env = {**env, "HARDSCORE_SERVER_PID": str(server.pid)}
+        result = subprocess.run([sys.executable, *command[1:]], env=probe_env,
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert f"health 127.0.0.1:{port}: SERVING" in result.stderr
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def test_healthcheck_command_fails_without_a_server() -> None:
@@ -279,5 +313,12 @@ def test_health_check_flags() -> None:
     assert health.default_target(both) == "127.0.0.1:9001", "the plaintext health port first"
     off = {"HARDSCORE_PORT": "9000", "HARDSCORE_HEALTH_PORT": "-1"}
     assert health.default_target(off) == "127.0.0.1:9000"
+    # the server's own flags (PID 1's command line) come first, over its environment
+    assert health.default_target({}, ["--port", "9100"]) == "127.0.0.1:9100"
+    assert health.default_target({"HARDSCORE_PORT": "9000"}, ["--port=9100"]) == "127.0.0.1:9100"
+    assert health.default_target({"HARDSCORE_PORT": "9000"}, []) == "127.0.0.1:9000"
+    assert health.default_target({}, ["--port", "9100", "--health-port", "9101"]) == \
+        "127.0.0.1:9101"
+    assert health.default_target({}, ["--port", "nope"]) == "127.0.0.1:8001", "unreadable: env"
 
 

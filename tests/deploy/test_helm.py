@@ -821,6 +821,50 @@ def test_label_studio_sidecar_reaches_the_server_over_tls_with_a_token() -> None
     assert "--tls-cert" not in args and "--tls-key" not in args
 
 
+def test_in_pod_clients_take_the_ca_from_a_secret_of_its_own_or_fall_back() -> None:
+    """`kubectl create secret tls` makes no ca.crt, and the sidecar (and exec probes) exited at
+    start: the CA may come from a Secret of its own (tls.probe.caSecretName), be the server's
+    self-signed certificate (caKey tls.crt), or be the system's roots (caKey "")."""
+    base = merged(SCENARIOS["label-studio-tls-auth"]) | {"probes": {"mode": "exec"}}
+
+    def clients(probe: dict[str, Any]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+        values = merged(base | {"tls": base["tls"] | {"probe": probe}})
+        objects = render(values)
+        command = server_container(objects)["livenessProbe"]["exec"]["command"]
+        pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+        return sidecar(objects)["args"], command, pod["volumes"]
+
+    args, command, volumes = clients({"caSecretName": "scoring-ca"})
+    ca = "/etc/hardscore/probe-ca/ca.crt"
+    assert args[args.index("--tls-ca") + 1] == ca
+    assert command[command.index("--tls-ca-file") + 1] == ca
+    assert {"name": "probe-ca", "secret": {"secretName": "scoring-ca", "defaultMode": 0o440}} \
+        in volumes
+    objects = render(merged(base | {"tls": base["tls"] | {"probe": {"caSecretName": "ca"}}}))
+    for container in (server_container(objects), sidecar(objects)):
+        assert {"name": "probe-ca", "mountPath": "/etc/hardscore/probe-ca", "readOnly": True} \
+            in container["volumeMounts"]
+    # the certificate itself (self-signed), from the server's own Secret
+    args, command, volumes = clients({"caKey": "tls.crt"})
+    assert args[args.index("--tls-ca") + 1] == "/etc/hardscore/tls/tls.crt"
+    assert command[command.index("--tls-ca-file") + 1] == "/etc/hardscore/tls/tls.crt"
+    assert "probe-ca" not in {v["name"] for v in volumes}
+    # the system's CA roots
+    args, command, _ = clients({"caKey": ""})
+    assert "--tls" in args and "--tls-ca" not in args
+    assert "--tls" in command and "--tls-ca-file" not in command
+    assert command[command.index("--tls-server-name") + 1] == f"{FULLNAME}.{NAMESPACE}.svc"
+    # the flags are the commands' own
+    from hardscore_server.tools import health_probe as health
+
+    parser = argparse.ArgumentParser()
+    health.add_arguments(parser)
+    parser.parse_args(command[3:])
+    # the default is unchanged: ca.crt in tls.secretName
+    args, command, _ = clients({})
+    assert args[args.index("--tls-ca") + 1] == "/etc/hardscore/tls/ca.crt"
+
+
 def test_label_studio_port_must_be_free_in_the_pod() -> None:
     enabled = merged(SCENARIOS["label-studio"])["labelStudio"]
     for port, values in ((GRPC_PORT, {}), (HTTP_PORT, {}), (METRICS_PORT, {}),

@@ -189,6 +189,7 @@ def run(label_studio, hardscore, tmp_path_factory) -> Iterator[dict]:
         out["backend_log"] = str(log)
         out["backend_url"] = spec["backend"]
         out["cookies"] = cookies
+        out["token"] = token
         print(json.dumps({"seconds": out["seconds"]}), file=sys.stderr)
         for line in log.read_text().splitlines():
             if "predict:" in line:
@@ -384,3 +385,82 @@ def test_browser_shows_the_project_sorted_by_hardness(run, label_studio, tmp_pat
     # A rendered page, not a blank one: many colours, and the dark digit thumbnails.
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50
     assert (image.max(axis=2) < 40).sum() > 500
+
+
+def test_rescore_gives_label_qa_to_annotations_the_webhook_missed(run, label_studio, hardscore):
+    """Annotations saved while the webhook could not reach the backend (here: its basic-auth
+    header removed, as before it is added) got no label-QA score, and Retrieve Predictions
+    skips tasks that have a prediction; `hardscore label-studio rescore` (and POST /rescore)
+    score every annotated task again. Runs last: it changes the project."""
+    project, token = run["project"], run["token"]
+    access = requests.post(f"{label_studio}/api/token/refresh/", json={"refresh": token},
+                           timeout=60).json()["access"]
+    api = requests.Session()
+    api.headers["Authorization"] = f"Bearer {access}"
+    hooks = api.get(f"{label_studio}/api/webhooks/", params={"project": project},
+                    timeout=60).json()
+    [hook] = [h for h in hooks if h["url"] == run["backend_url"] + "/webhook"]
+    api.patch(f"{label_studio}/api/webhooks/{hook['id']}/", json={"headers": {}},
+              timeout=60).raise_for_status()
+
+    files = {int(k): v for k, v in run["files"].items()}
+    annotated = {int(k) for k in run["annotated"]}
+    fresh = sorted(set(files) - annotated)[:6]
+    labels = {}
+    for n, task in enumerate(fresh):
+        true = int(run["truth"][files[task]]["true_label"])
+        label = true if n % 2 == 0 else (true + 1) % 10  # three right, three wrong
+        labels[task] = label
+        api.post(f"{label_studio}/api/tasks/{task}/annotations/", timeout=60, json={"result": [{
+            "from_name": "digit", "to_name": "image", "type": "choices",
+            "value": {"choices": [CHOICES[label]]}}]}).raise_for_status()
+    qa_version = run["backend"]["model_version"] + "-label-qa"
+
+    def qa_predictions() -> dict[int, list[float]]:
+        out: dict[int, list[float]] = {}
+        for p in api.get(f"{label_studio}/api/predictions/", params={"project": project},
+                         timeout=60).json():
+            if p["model_version"] == qa_version:
+                out.setdefault(p["task"], []).append(p["score"])
+        return out
+
+    time.sleep(3)  # the webhook, refused by the backend (401), changes nothing
+    before = qa_predictions()
+    assert not set(fresh) & set(before), "the webhook without credentials scored a task"
+    assert set(before) == annotated
+
+    env = {**os.environ, "LABEL_STUDIO_API_KEY": token}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "hardscore_client.cli", "label-studio", "rescore", "--project",
+         str(project), "--server", hardscore.target, "--label-studio-url", label_studio],
+        env=env, capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n = len(annotated) + len(fresh)
+    assert f"project {project}: {n} annotated tasks, {n} label-QA predictions replaced, 0 not " \
+        "scored" in proc.stdout, proc.stdout
+    print(f"rescore of {n} annotated tasks: {seconds:.1f} s", file=sys.stderr)
+
+    after = qa_predictions()
+    assert set(after) == annotated | set(fresh)
+    assert all(len(v) == 1 for v in after.values()), "one QA prediction per task, replaced"
+    root = Path(run["root"]) / "digits"
+    images = [(root / run["truth"][files[t]]["file"]).read_bytes() for t in fresh]
+    with ScoringClient(hardscore.target) as client:
+        ref = client.score_images(images, [str(labels[t]) for t in fresh])
+    assert ref.label_issue_score is not None
+    for row, task in enumerate(fresh):
+        assert after[task][0] == pytest.approx(float(ref.label_issue_score[row]), abs=1e-12)
+    wrong = [after[t][0] for n_, t in enumerate(fresh) if n_ % 2]
+    right = [after[t][0] for n_, t in enumerate(fresh) if not n_ % 2]
+    assert min(wrong) > max(right), (wrong, right)
+
+    # the same through the running backend's route
+    r = requests.post(run["backend_url"] + "/rescore", json={"project": project},
+                      auth=(BACKEND_USER, BACKEND_PASSWORD), timeout=300)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"project": project, "annotated": n, "rescored": n, "not_scored": 0}
+    assert requests.post(run["backend_url"] + "/rescore", json={"project": project},
+                         timeout=30).status_code == 401
+    assert all(len(v) == 1 for v in qa_predictions().values())

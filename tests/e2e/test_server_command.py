@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -53,6 +54,51 @@ def test_the_serving_line_says_metrics_off():
         assert ", metrics off (plaintext, no auth)" in server.output()
     finally:
         server.stop()
+
+
+def start_bare(*args: str, env: dict[str, str] | None = None) -> list[str]:
+    """The log lines of ``hardscore-server ARGS`` (free ports, no host unless ARGS give one)
+    up to one line past its serving line; then it is stopped."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HARDSCORE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hardscore_server.main", "--port", "0", "--http-port", "0",
+         "--metrics-port", "0", "--grace-period-s", "1", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**clean, "PYTHONUNBUFFERED": "1", **(env or {})})
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if "serving gRPC on" in line:
+                break
+        assert any("serving gRPC on" in line for line in lines), "\n".join(lines)
+    finally:
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=30)
+    return lines + rest.splitlines()
+
+
+def test_a_bare_server_listens_on_loopback_only_and_says_so_when_it_does_not():
+    """It bound 0.0.0.0 with no authentication; now 127.0.0.1 unless a host is given, and one
+    WARNING line when it listens beyond loopback with neither tokens nor TLS."""
+    lines = start_bare()
+    text = "\n".join(lines)
+    assert re.search(r"serving HTTP \(KServe V2 REST\) on 127\.0\.0\.1:\d+", text), text
+    assert re.search(r"serving gRPC on 127\.0\.0\.1:\d+, metrics on 127\.0\.0\.1:\d+", text)
+    assert "WARNING" not in text
+    # the warm-up is announced before it runs, with what it runs
+    assert "warming it up: 2 batch size(s) (1, 32) per instance, 1 instance(s)" in text
+
+    lines = start_bare("--host", "0.0.0.0", "--metrics-host", "0.0.0.0")
+    warnings = [line for line in lines if " WARNING " in line]
+    assert len(warnings) == 1, lines
+    assert "listening on 0.0.0.0, beyond loopback, with neither bearer tokens nor TLS" in \
+        warnings[0]
+
+    quiet = start_bare(env={"HARDSCORE_HOST": "0.0.0.0", "HARDSCORE_AUTH_TOKENS": "s3cret"})
+    assert any("serving gRPC on 0.0.0.0:" in line for line in quiet)
+    assert not any(" WARNING " in line for line in quiet), quiet
 
 
 def test_server_modules_do_not_import_torch() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from hardscore_server.config import ConfigError, ServerConfig, load_config, parse_args
@@ -69,3 +71,20 @@ def test_unknown_key_in_file_is_refused(tmp_path):
     file.write_text("max_batch = 3\n")
     with pytest.raises(ConfigError, match="unknown setting 'max_batch'"):
         load_config(environ={"HARDSCORE_CONFIG": str(file)})
+
+
+def test_a_bare_server_listens_on_loopback_and_warns_when_open_beyond_it() -> None:
+    from hardscore_server.config import exposure_warning, is_loopback
+
+    default = ServerConfig()
+    assert (default.host, default.metrics_host) == ("127.0.0.1", "127.0.0.1")
+    assert exposure_warning(default) == ""
+    for host in ("127.0.0.1", "127.0.0.5", "::1", "[::1]", "localhost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "", "10.0.0.4", "example.internal"):
+        assert not is_loopback(host), host
+    open_ = dataclasses.replace(default, host="0.0.0.0")
+    assert "beyond loopback, with neither bearer tokens nor TLS" in exposure_warning(open_)
+    assert exposure_warning(dataclasses.replace(open_, auth_tokens=("t",))) == ""
+    assert exposure_warning(dataclasses.replace(open_, auth_tokens_file="/t")) == ""
+    assert exposure_warning(dataclasses.replace(open_, tls_cert_file="/c")) == ""

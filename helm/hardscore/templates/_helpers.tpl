@@ -78,6 +78,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* Mount points of the secrets. */}}
 {{- define "hardscore.tlsDir" -}}/etc/hardscore/tls{{- end }}
 {{- define "hardscore.clientCADir" -}}/etc/hardscore/client-ca{{- end }}
+{{- define "hardscore.probeCADir" -}}/etc/hardscore/probe-ca{{- end }}
 {{- define "hardscore.authDir" -}}/etc/hardscore/auth{{- end }}
 {{- define "hardscore.configDir" -}}/etc/hardscore/config{{- end }}
 
@@ -157,6 +158,27 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- .Values.tls.probe.serverName | default (printf "%s.%s.svc" (include "hardscore.fullname" .) .Release.Namespace) }}
 {{- end }}
 
+{{/* The CA file the in-pod clients (exec probes, the Label Studio sidecar) verify the server
+     with: tls.probe.caKey in tls.probe.caSecretName (mounted apart) or in tls.secretName;
+     empty when caKey is "": the system's CA roots. */}}
+{{- define "hardscore.probeCAFile" -}}
+{{- with .Values.tls.probe.caKey }}
+{{- printf "%s/%s" (ternary (include "hardscore.probeCADir" $) (include "hardscore.tlsDir" $) (not (empty $.Values.tls.probe.caSecretName))) . }}
+{{- end }}
+{{- end }}
+
+{{/* At install (a cluster to look in; helm template skips it): the CA key must be in its Secret,
+     or the in-pod clients fail at start. `kubectl create secret tls` makes no ca.crt. */}}
+{{- define "hardscore.checkProbeCA" -}}
+{{- if and .Values.tls.enabled .Values.tls.probe.caKey (or (eq .Values.probes.mode "exec") .Values.labelStudio.enabled) }}
+{{- $name := .Values.tls.probe.caSecretName | default .Values.tls.secretName }}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace $name }}
+{{- if and $secret (not (hasKey ($secret.data | default dict) .Values.tls.probe.caKey)) }}
+{{- fail (printf "the Secret %s has no key %s, the CA that the exec probes and the Label Studio sidecar verify the server with (kubectl create secret tls makes none): put the CA in a Secret of its own and set tls.probe.caSecretName, or set tls.probe.caKey to tls.crt for a self-signed certificate, or to \"\" when the system's CA roots trust it" $name .Values.tls.probe.caKey) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The handler part of a probe (no timings). */}}
 {{- define "hardscore.probeHandler" -}}
 {{- $mode := .Values.probes.mode }}
@@ -175,8 +197,12 @@ exec:
     - --server
     - {{ printf "127.0.0.1:%v" .Values.ports.grpc | quote }}
     {{- if .Values.tls.enabled }}
+    {{- with include "hardscore.probeCAFile" . }}
     - --tls-ca-file
-    - {{ printf "%s/%s" (include "hardscore.tlsDir" .) .Values.tls.probe.caKey | quote }}
+    - {{ . | quote }}
+    {{- else }}
+    - --tls
+    {{- end }}
     - --tls-server-name
     - {{ include "hardscore.tlsServerName" . | quote }}
     {{- if .Values.tls.clientCA.enabled }}

@@ -9,9 +9,12 @@ probe (probes.mode exec; over TLS when TLS is on). Exit status 0 when
 the server answers SERVING, 1 otherwise (not serving, unreachable, timed out, TLS failure), with
 the reason on stderr: 0 and 1 are the only codes Docker's HEALTHCHECK gives a meaning to.
 
-The default server is ``127.0.0.1:$HARDSCORE_HEALTH_PORT`` when that plaintext health-only port
-is on (so the check works whatever TLS the gRPC port requires), else ``127.0.0.1:$HARDSCORE_PORT``
-(8001 when unset): a container configured through the environment is checked on the right port.
+The default server is 127.0.0.1 at the port the server itself was configured with: its
+plaintext health-only port when that is on (so the check works whatever TLS the gRPC port
+requires), else its gRPC port. The server is the container's PID 1 (``$HARDSCORE_SERVER_PID``
+names another process) when that runs ``hardscore-server``: its flags, environment and
+``--config`` file are read as the server reads them, so ``docker run IMAGE --port 9001`` is
+checked on 9001. Otherwise ``$HARDSCORE_HEALTH_PORT``, else ``$HARDSCORE_PORT``, else 8001.
 """
 
 from __future__ import annotations
@@ -42,11 +45,53 @@ class ProbeTLS:
     server_name_override: str | None = None
 
 
-def default_target(environ: Mapping[str, str] | None = None) -> str:
-    """The server of this container: ``127.0.0.1`` at ``HARDSCORE_HEALTH_PORT`` when the
-    plaintext health port is on (it answers whatever TLS the gRPC port requires), else at
-    ``HARDSCORE_PORT``, else 8001."""
+def server_arguments(environ: Mapping[str, str] | None = None) -> list[str] | None:
+    """The flags of the ``hardscore-server`` this probe checks: the command line of PID 1 (or
+    of ``$HARDSCORE_SERVER_PID``) after ``hardscore-server`` or ``-m hardscore_server.main``;
+    None when that process is no hardscore server or cannot be read (not Linux, not a
+    container)."""
     environ = os.environ if environ is None else environ
+    pid = environ.get("HARDSCORE_SERVER_PID", "").strip() or "1"
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    argv = [a.decode(errors="replace") for a in cmdline.split(b"\0")]
+    for i, arg in enumerate(argv):
+        if Path(arg).name == "hardscore-server" or arg == "hardscore_server.main":
+            return [a for a in argv[i + 1:] if a]
+    return None
+
+
+def configured_target(server_args: Sequence[str], environ: Mapping[str, str]) -> str | None:
+    """127.0.0.1 at the health port, else the gRPC port, that a server started with these flags
+    and this environment (and its --config file) listens on; None when they cannot be read."""
+    from hardscore_server.config import ConfigError, add_arguments, load_config
+
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    add_arguments(parser)
+    try:
+        args, _ = parser.parse_known_args(list(server_args))
+        config = load_config(args, environ)
+    except (argparse.ArgumentError, ConfigError, OSError, SystemExit):
+        return None
+    port = config.health_port if config.health_port > 0 else config.port
+    return f"127.0.0.1:{port}" if port > 0 else None
+
+
+def default_target(environ: Mapping[str, str] | None = None,
+                   server_args: Sequence[str] | None = None) -> str:
+    """The server of this container: ``127.0.0.1`` at the port its command line, environment
+    and configuration file give (``server_args``: its flags, default read from PID 1), the
+    plaintext health port first (it answers whatever TLS the gRPC port requires); else at
+    ``HARDSCORE_HEALTH_PORT``, else ``HARDSCORE_PORT``, else 8001."""
+    environ = os.environ if environ is None else environ
+    if server_args is None:
+        server_args = server_arguments(environ)
+    if server_args is not None:
+        target = configured_target(server_args, environ)
+        if target is not None:
+            return target
     health_port = environ.get("HARDSCORE_HEALTH_PORT", "").strip()
     if health_port.isdigit() and int(health_port) > 0:
         return f"127.0.0.1:{health_port}"
@@ -96,8 +141,9 @@ def tls_from_args(args: argparse.Namespace) -> ProbeTLS | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The health check's flags (this module's ``main``; the Helm chart's exec probe sets them)."""
     parser.add_argument("--server", default=None,
-                        help="HOST:PORT (default: 127.0.0.1 at $HARDSCORE_HEALTH_PORT, else "
-                             "$HARDSCORE_PORT, else 8001)")
+                        help="HOST:PORT (default: 127.0.0.1 at the port PID 1's "
+                             "hardscore-server was configured with, health port first; else "
+                             "$HARDSCORE_HEALTH_PORT, else $HARDSCORE_PORT, else 8001)")
     parser.add_argument("--service", default="",
                         help="service to check (default: the whole server)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
