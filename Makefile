@@ -10,7 +10,7 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 
 .PHONY: all install test unit e2e deploy client-range demo lint protos protos-check bench clean \
-	serve default-model gpu-deps perf-analyzer fiftyone-venv label-studio
+	serve default-model default-model-embedding gpu-deps perf-analyzer fiftyone-venv label-studio
 
 all: test
 
@@ -177,3 +177,8 @@ clean:
 # Retrains the embedded default model (deterministic; about a minute on 2 cores).
 default-model: install
 	$(PY) server/train_default_model.py
+
+# The committed default model's pooled features as its embedding output (no retraining; the
+# logits stay bit-identical). Idempotent.
+default-model-embedding: install
+	$(PY) server/train_default_model.py --add-embedding

@@ -11,6 +11,12 @@ Deterministic (fixed seeds, CPU, 2 threads), about a minute on 2 cores. Needs th
 extra (torch, torchvision, onnx, scikit-learn). Run from the repository root:
 
     python server/train_default_model.py [--out DIR] [--epochs N]
+
+The export writes the ``embedding`` output (the 48 pooled features) with the logits. For a
+model directory exported before that existed (the committed one), ``--add-embedding`` adds it
+to the existing graph without retraining (``tools/onnx_outputs.py``: the pooled tensor becomes a
+second graph output; no weight or node changes, the logits stay bit-identical, checked on the
+digits data) and records it in manifest.json (``make default-model-embedding``).
 """
 
 from __future__ import annotations
@@ -159,9 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         help="output model directory (default: the embedded default model)",
     )
     parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--add-embedding", action="store_true",
+                        help="do not train: add the embedding output to the model in --out")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT / "server"))
+    if args.add_embedding:
+        return add_embedding(args.out)
     from hardscore_server.tools.digits import SPLIT_RECIPE, SPLIT_SEED
     from hardscore_server.tools.export import export_model
 
@@ -202,6 +212,58 @@ def main(argv: list[str] | None = None) -> int:
     )
     size = (result.model_dir / "model.onnx").stat().st_size
     print(f"exported to {result.model_dir} (model.onnx {size} bytes)")
+    return 0
+
+
+def add_embedding(model_dir: Path) -> int:
+    """Adds the ``embedding`` output to ``model_dir``'s model.onnx (the pooled features the
+    final Gemm reads) and to its manifest; checks on the digits data that the logits are
+    bit-identical and the embeddings are what the linear layer turns into those logits."""
+    import dataclasses
+
+    import onnx
+    import onnxruntime as ort
+
+    from hardscore_server.model.model_dir import (
+        MODEL_FILE,
+        check_io,
+        load_manifest,
+        write_manifest,
+    )
+    from hardscore_server.tools.digits import heldout_split, to_model_input
+    from hardscore_server.tools.onnx_export import EMBEDDING_NAME
+    from hardscore_server.tools.onnx_outputs import add_embedding_output
+
+    manifest = load_manifest(model_dir)
+    if manifest.has_embedding:
+        print(f"{model_dir} already has the embedding output ({manifest.embedding_dim}-d)")
+        return 0
+    path = model_dir / MODEL_FILE
+    original = onnx.load(str(path))
+    edited, dim = add_embedding_output(original, manifest.output_name)
+    x_train, _, x_test, _ = heldout_split()
+    x = to_model_input(np.concatenate([x_train, x_test]), MEAN, STD)
+    before = ort.InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(edited.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = before.run([manifest.output_name], {manifest.input_name: x})[0]
+    logits, embedding = after.run([manifest.output_name, EMBEDDING_NAME],
+                                  {manifest.input_name: x})
+    if not np.array_equal(want, logits):
+        raise SystemExit("the edited model's logits differ from the original's: not written")
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in original.graph.initializer}
+    linear = embedding.astype(np.float64) @ weights["fc.weight"].T.astype(np.float64) + (
+        weights["fc.bias"])
+    print(f"logits bit-identical on {len(x)} digits; embedding {dim}-d, fc(embedding) - logits "
+          f"max abs {np.abs(linear - logits).max():.2e}")
+    manifest = dataclasses.replace(
+        manifest, embedding_name=EMBEDDING_NAME, embedding_dim=dim,
+        provenance={**manifest.provenance, "embedding": (
+            "pooled features added as an output of the trained graph by "
+            "server/train_default_model.py --add-embedding (logits unchanged)")})
+    check_io(manifest, after.get_inputs(), after.get_outputs())
+    onnx.save_model(edited, str(path))
+    write_manifest(model_dir, manifest)
+    print(f"wrote {path} ({path.stat().st_size} bytes) and its manifest")
     return 0
 
 

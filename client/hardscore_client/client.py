@@ -239,8 +239,10 @@ class _ClientCore:
         include_probabilities: bool,
         include_logits: bool,
         chunk_size: int,
+        include_embeddings: bool = False,
     ) -> list[pb.ScoreImagesRequest]:
-        options = options_message(None, temperature, include_probabilities, include_logits)
+        options = options_message(None, temperature, include_probabilities, include_logits,
+                                  include_embeddings)
         return _image_requests(images, labels, ids, options, chunk_size)
 
 
@@ -376,14 +378,17 @@ class ScoringClient(_ClientCore):
         include_logits: bool = False,
         chunk_size: int = IMAGE_CHUNK,
         progress: Progress | None = None,
+        include_embeddings: bool = False,
     ) -> ScoreResult:
         """Runs the served model on ``images`` (encoded bytes or pixel arrays) and scores them.
 
         Failed samples are listed in ``result.errors``; the others are scored. More than
-        ``chunk_size`` images travel over ScoreImagesStream.
+        ``chunk_size`` images travel over ScoreImagesStream. ``include_embeddings``: also
+        return ``result.embeddings``, float32 [N, D] (``get_model_info().embedding_dim``); a
+        model without embeddings answers INVALID_ARGUMENT.
         """
         requests = self._images_plan(images, labels, ids, temperature, include_probabilities,
-                                     include_logits, chunk_size)
+                                     include_logits, chunk_size, include_embeddings)
         self._ensure_connected()
         if len(requests) == 1:
             reply = self._stub.ScoreImages(requests[0], **self._call)
@@ -491,10 +496,11 @@ class AsyncScoringClient(_ClientCore):
         include_logits: bool = False,
         chunk_size: int = IMAGE_CHUNK,
         progress: Progress | None = None,
+        include_embeddings: bool = False,
     ) -> ScoreResult:
         """See ScoringClient.score_images."""
         requests = self._images_plan(images, labels, ids, temperature, include_probabilities,
-                                     include_logits, chunk_size)
+                                     include_logits, chunk_size, include_embeddings)
         await self._ensure_connected()
         if len(requests) == 1:
             reply = await self._stub.ScoreImages(requests[0], **self._call)

@@ -30,7 +30,8 @@ class ScoreResult:
 
     Label scores (``given_label``, ``mistakenness``, ...) are None when no labels were sent and
     NaN on rows without a label. For images, failed samples have ``predicted_class`` -1, NaN
-    scores and an entry in ``errors``.
+    scores and an entry in ``errors``. ``embeddings`` float32 [N, D] (the model's penultimate
+    pooled features; NaN rows for failed samples) only when asked for, else None.
     """
 
     predicted_class: npt.NDArray[np.int32]
@@ -45,6 +46,7 @@ class ScoreResult:
     margin_issue_score: npt.NDArray[np.float64] | None = None
     probabilities: npt.NDArray[np.float32] | None = None
     logits: npt.NDArray[np.float32] | None = None
+    embeddings: npt.NDArray[np.float32] | None = None
     ids: list[str] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     errors: list[SampleError] = field(default_factory=list)
@@ -91,7 +93,7 @@ class ScoreResult:
 def decode_scores(msg: pb.Scores, errors: Sequence[pb.SampleError] = ()) -> ScoreResult:
     """ScoreResult from a wire Scores message (arrays are views on the message's bytes)."""
     arrays: dict[str, npt.NDArray[np.generic] | None] = {}
-    for name in (*SCORE_NAMES, "probabilities", "logits"):
+    for name in (*SCORE_NAMES, "probabilities", "logits", "embeddings"):
         arrays[name] = from_tensor(getattr(msg, name), name) if msg.HasField(name) else None
     n = int(msg.num_rows)
     for name in ("predicted_class", "confidence", "margin", "hardness", "hardness_normalized"):
@@ -112,11 +114,13 @@ def options_message(
     temperature: float | None = None,
     include_probabilities: bool = False,
     include_logits: bool = False,
+    include_embeddings: bool = False,
 ) -> pb.ScoringOptions:
     options = pb.ScoringOptions(
         class_names=list(class_names or ()),
         include_probabilities=include_probabilities,
         include_logits=include_logits,
+        include_embeddings=include_embeddings,
     )
     if temperature is not None:
         options.temperature = temperature

@@ -14,15 +14,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chardscore_wire/scoring.proto\x12\x0chardscore.v1\"L\n\x06Tensor\x12%\n\x05\x64type\x18\x01 \x01(\x0e\x32\x16.hardscore.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x1e\n\x0cLabelIndices\x12\x0e\n\x06values\x18\x01 \x03(\x05\"\x1c\n\nLabelNames\x12\x0e\n\x06values\x18\x01 \x03(\t\"q\n\x0bGivenLabels\x12-\n\x07indices\x18\x01 \x01(\x0b\x32\x1a.hardscore.v1.LabelIndicesH\x00\x12)\n\x05names\x18\x02 \x01(\x0b\x32\x18.hardscore.v1.LabelNamesH\x00\x42\x08\n\x06labels\"\x86\x01\n\x0eScoringOptions\x12\x13\n\x0b\x63lass_names\x18\x01 \x03(\t\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x15include_probabilities\x18\x03 \x01(\x08\x12\x16\n\x0einclude_logits\x18\x04 \x01(\x08\x42\x0e\n\x0c_temperature\"\xce\x01\n\x12ScoreLogitsRequest\x12$\n\x06logits\x18\x01 \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12)\n\x06labels\x18\x02 \x01(\x0b\x32\x19.hardscore.v1.GivenLabels\x12\x0b\n\x03ids\x18\x03 \x03(\t\x12-\n\x07options\x18\x04 \x01(\x0b\x32\x1c.hardscore.v1.ScoringOptions\x12+\n\rprobabilities\x18\x05 \x01(\x0b\x32\x14.hardscore.v1.Tensor\";\n\x13ScoreLogitsResponse\x12$\n\x06scores\x18\x01 \x01(\x0b\x32\x14.hardscore.v1.Scores\"K\n\x18ScoreLogitsStreamRequest\x12/\n\x05\x63hunk\x18\x01 \x01(\x0b\x32 .hardscore.v1.ScoreLogitsRequest\"T\n\x19ScoreLogitsStreamResponse\x12$\n\x06scores\x18\x01 \x01(\x0b\x32\x14.hardscore.v1.Scores\x12\x11\n\tfirst_row\x18\x02 \x01(\x03\"\xda\x04\n\x06Scores\x12\x10\n\x08num_rows\x18\x01 \x01(\x03\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12-\n\x0fpredicted_class\x18\x04 \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12(\n\nconfidence\x18\x05 \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12$\n\x06margin\x18\x06 \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12&\n\x08hardness\x18\x07 \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12\x31\n\x13hardness_normalized\x18\x08 \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12)\n\x0bgiven_label\x18\t \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12*\n\x0cmistakenness\x18\n \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12\x35\n\x17mistakenness_confidence\x18\x0b \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12/\n\x11label_issue_score\x18\x0c \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12\x30\n\x12margin_issue_score\x18\r \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12+\n\rprobabilities\x18\x0e \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12$\n\x06logits\x18\x0f \x01(\x0b\x32\x14.hardscore.v1.Tensor\"\x93\x01\n\x0bImageSample\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x12&\n\x06pixels\x18\x03 \x01(\x0b\x32\x14.hardscore.v1.TensorH\x00\x12\x15\n\x0blabel_index\x18\x04 \x01(\x05H\x01\x12\x14\n\nlabel_name\x18\x05 \x01(\tH\x01\x42\x07\n\x05imageB\x07\n\x05label\"\x83\x01\n\x12ScoreImagesRequest\x12*\n\x07samples\x18\x01 \x03(\x0b\x32\x19.hardscore.v1.ImageSample\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.hardscore.v1.ScoringOptions\x12\x12\n\nmodel_name\x18\x03 \x01(\t\"=\n\x0bSampleError\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x91\x01\n\x13ScoreImagesResponse\x12$\n\x06scores\x18\x01 \x01(\x0b\x32\x14.hardscore.v1.Scores\x12)\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x19.hardscore.v1.SampleError\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"K\n\x18ScoreImagesStreamRequest\x12/\n\x05\x63hunk\x18\x01 \x01(\x0b\x32 .hardscore.v1.ScoreImagesRequest\"a\n\x19ScoreImagesStreamResponse\x12\x31\n\x06result\x18\x01 \x01(\x0b\x32!.hardscore.v1.ScoreImagesResponse\x12\x11\n\tfirst_row\x18\x02 \x01(\x03\")\n\x13GetModelInfoRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"\x9a\x01\n\x10\x42\x61tchingSettings\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x03\x12\x1d\n\x15preferred_batch_sizes\x18\x03 \x03(\x05\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\x05\x12\x11\n\tinstances\x18\x05 \x01(\x05\"\xcf\x02\n\x14GetModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x16\n\x0einput_channels\x18\x04 \x01(\x05\x12\x14\n\x0cinput_height\x18\x05 \x01(\x05\x12\x13\n\x0binput_width\x18\x06 \x01(\x05\x12\x0c\n\x04mean\x18\x07 \x03(\x02\x12\x0b\n\x03std\x18\x08 \x03(\x02\x12\x0e\n\x06resize\x18\t \x01(\t\x12\x13\n\x0btemperature\x18\n \x01(\x01\x12\x1a\n\x12\x65xecution_provider\x18\x0b \x01(\t\x12\x30\n\x08\x62\x61tching\x18\x0c \x01(\x0b\x32\x1e.hardscore.v1.BatchingSettings\x12\x1a\n\x12weights_provenance\x18\r \x01(\t\x12\x16\n\x0erandom_weights\x18\x0e \x01(\x08*}\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x03\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x04\x32\xe3\x03\n\x0eScoringService\x12R\n\x0bScoreLogits\x12 .hardscore.v1.ScoreLogitsRequest\x1a!.hardscore.v1.ScoreLogitsResponse\x12h\n\x11ScoreLogitsStream\x12&.hardscore.v1.ScoreLogitsStreamRequest\x1a\'.hardscore.v1.ScoreLogitsStreamResponse(\x01\x30\x01\x12R\n\x0bScoreImages\x12 .hardscore.v1.ScoreImagesRequest\x1a!.hardscore.v1.ScoreImagesResponse\x12h\n\x11ScoreImagesStream\x12&.hardscore.v1.ScoreImagesStreamRequest\x1a\'.hardscore.v1.ScoreImagesStreamResponse(\x01\x30\x01\x12U\n\x0cGetModelInfo\x12!.hardscore.v1.GetModelInfoRequest\x1a\".hardscore.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chardscore_wire/scoring.proto\x12\x0chardscore.v1\"L\n\x06Tensor\x12%\n\x05\x64type\x18\x01 \x01(\x0e\x32\x16.hardscore.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x1e\n\x0cLabelIndices\x12\x0e\n\x06values\x18\x01 \x03(\x05\"\x1c\n\nLabelNames\x12\x0e\n\x06values\x18\x01 \x03(\t\"q\n\x0bGivenLabels\x12-\n\x07indices\x18\x01 \x01(\x0b\x32\x1a.hardscore.v1.LabelIndicesH\x00\x12)\n\x05names\x18\x02 \x01(\x0b\x32\x18.hardscore.v1.LabelNamesH\x00\x42\x08\n\x06labels\"\xa2\x01\n\x0eScoringOptions\x12\x13\n\x0b\x63lass_names\x18\x01 \x03(\t\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x15include_probabilities\x18\x03 \x01(\x08\x12\x16\n\x0einclude_logits\x18\x04 \x01(\x08\x12\x1a\n\x12include_embeddings\x18\x05 \x01(\x08\x42\x0e\n\x0c_temperature\"\xce\x01\n\x12ScoreLogitsRequest\x12$\n\x06logits\x18\x01 \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12)\n\x06labels\x18\x02 \x01(\x0b\x32\x19.hardscore.v1.GivenLabels\x12\x0b\n\x03ids\x18\x03 \x03(\t\x12-\n\x07options\x18\x04 \x01(\x0b\x32\x1c.hardscore.v1.ScoringOptions\x12+\n\rprobabilities\x18\x05 \x01(\x0b\x32\x14.hardscore.v1.Tensor\";\n\x13ScoreLogitsResponse\x12$\n\x06scores\x18\x01 \x01(\x0b\x32\x14.hardscore.v1.Scores\"K\n\x18ScoreLogitsStreamRequest\x12/\n\x05\x63hunk\x18\x01 \x01(\x0b\x32 .hardscore.v1.ScoreLogitsRequest\"T\n\x19ScoreLogitsStreamResponse\x12$\n\x06scores\x18\x01 \x01(\x0b\x32\x14.hardscore.v1.Scores\x12\x11\n\tfirst_row\x18\x02 \x01(\x03\"\x84\x05\n\x06Scores\x12\x10\n\x08num_rows\x18\x01 \x01(\x03\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12-\n\x0fpredicted_class\x18\x04 \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12(\n\nconfidence\x18\x05 \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12$\n\x06margin\x18\x06 \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12&\n\x08hardness\x18\x07 \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12\x31\n\x13hardness_normalized\x18\x08 \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12)\n\x0bgiven_label\x18\t \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12*\n\x0cmistakenness\x18\n \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12\x35\n\x17mistakenness_confidence\x18\x0b \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12/\n\x11label_issue_score\x18\x0c \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12\x30\n\x12margin_issue_score\x18\r \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12+\n\rprobabilities\x18\x0e \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12$\n\x06logits\x18\x0f \x01(\x0b\x32\x14.hardscore.v1.Tensor\x12(\n\nembeddings\x18\x10 \x01(\x0b\x32\x14.hardscore.v1.Tensor\"\x93\x01\n\x0bImageSample\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x12&\n\x06pixels\x18\x03 \x01(\x0b\x32\x14.hardscore.v1.TensorH\x00\x12\x15\n\x0blabel_index\x18\x04 \x01(\x05H\x01\x12\x14\n\nlabel_name\x18\x05 \x01(\tH\x01\x42\x07\n\x05imageB\x07\n\x05label\"\x83\x01\n\x12ScoreImagesRequest\x12*\n\x07samples\x18\x01 \x03(\x0b\x32\x19.hardscore.v1.ImageSample\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.hardscore.v1.ScoringOptions\x12\x12\n\nmodel_name\x18\x03 \x01(\t\"=\n\x0bSampleError\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x91\x01\n\x13ScoreImagesResponse\x12$\n\x06scores\x18\x01 \x01(\x0b\x32\x14.hardscore.v1.Scores\x12)\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x19.hardscore.v1.SampleError\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"K\n\x18ScoreImagesStreamRequest\x12/\n\x05\x63hunk\x18\x01 \x01(\x0b\x32 .hardscore.v1.ScoreImagesRequest\"a\n\x19ScoreImagesStreamResponse\x12\x31\n\x06result\x18\x01 \x01(\x0b\x32!.hardscore.v1.ScoreImagesResponse\x12\x11\n\tfirst_row\x18\x02 \x01(\x03\")\n\x13GetModelInfoRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"\x9a\x01\n\x10\x42\x61tchingSettings\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x03\x12\x1d\n\x15preferred_batch_sizes\x18\x03 \x03(\x05\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\x05\x12\x11\n\tinstances\x18\x05 \x01(\x05\"\xe6\x02\n\x14GetModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x16\n\x0einput_channels\x18\x04 \x01(\x05\x12\x14\n\x0cinput_height\x18\x05 \x01(\x05\x12\x13\n\x0binput_width\x18\x06 \x01(\x05\x12\x0c\n\x04mean\x18\x07 \x03(\x02\x12\x0b\n\x03std\x18\x08 \x03(\x02\x12\x0e\n\x06resize\x18\t \x01(\t\x12\x13\n\x0btemperature\x18\n \x01(\x01\x12\x1a\n\x12\x65xecution_provider\x18\x0b \x01(\t\x12\x30\n\x08\x62\x61tching\x18\x0c \x01(\x0b\x32\x1e.hardscore.v1.BatchingSettings\x12\x1a\n\x12weights_provenance\x18\r \x01(\t\x12\x16\n\x0erandom_weights\x18\x0e \x01(\x08\x12\x15\n\rembedding_dim\x18\x0f \x01(\x05*}\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x03\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x04\x32\xe3\x03\n\x0eScoringService\x12R\n\x0bScoreLogits\x12 .hardscore.v1.ScoreLogitsRequest\x1a!.hardscore.v1.ScoreLogitsResponse\x12h\n\x11ScoreLogitsStream\x12&.hardscore.v1.ScoreLogitsStreamRequest\x1a\'.hardscore.v1.ScoreLogitsStreamResponse(\x01\x30\x01\x12R\n\x0bScoreImages\x12 .hardscore.v1.ScoreImagesRequest\x1a!.hardscore.v1.ScoreImagesResponse\x12h\n\x11ScoreImagesStream\x12&.hardscore.v1.ScoreImagesStreamRequest\x1a\'.hardscore.v1.ScoreImagesStreamResponse(\x01\x30\x01\x12U\n\x0cGetModelInfo\x12!.hardscore.v1.GetModelInfoRequest\x1a\".hardscore.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hardscore_wire.scoring_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_DATATYPE']._serialized_start=2685
-  _globals['_DATATYPE']._serialized_end=2810
+  _globals['_DATATYPE']._serialized_start=2778
+  _globals['_DATATYPE']._serialized_end=2903
   _globals['_TENSOR']._serialized_start=46
   _globals['_TENSOR']._serialized_end=122
   _globals['_LABELINDICES']._serialized_start=124
@@ -32,35 +32,35 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_GIVENLABELS']._serialized_start=186
   _globals['_GIVENLABELS']._serialized_end=299
   _globals['_SCORINGOPTIONS']._serialized_start=302
-  _globals['_SCORINGOPTIONS']._serialized_end=436
-  _globals['_SCORELOGITSREQUEST']._serialized_start=439
-  _globals['_SCORELOGITSREQUEST']._serialized_end=645
-  _globals['_SCORELOGITSRESPONSE']._serialized_start=647
-  _globals['_SCORELOGITSRESPONSE']._serialized_end=706
-  _globals['_SCORELOGITSSTREAMREQUEST']._serialized_start=708
-  _globals['_SCORELOGITSSTREAMREQUEST']._serialized_end=783
-  _globals['_SCORELOGITSSTREAMRESPONSE']._serialized_start=785
-  _globals['_SCORELOGITSSTREAMRESPONSE']._serialized_end=869
-  _globals['_SCORES']._serialized_start=872
-  _globals['_SCORES']._serialized_end=1474
-  _globals['_IMAGESAMPLE']._serialized_start=1477
-  _globals['_IMAGESAMPLE']._serialized_end=1624
-  _globals['_SCOREIMAGESREQUEST']._serialized_start=1627
-  _globals['_SCOREIMAGESREQUEST']._serialized_end=1758
-  _globals['_SAMPLEERROR']._serialized_start=1760
-  _globals['_SAMPLEERROR']._serialized_end=1821
-  _globals['_SCOREIMAGESRESPONSE']._serialized_start=1824
-  _globals['_SCOREIMAGESRESPONSE']._serialized_end=1969
-  _globals['_SCOREIMAGESSTREAMREQUEST']._serialized_start=1971
-  _globals['_SCOREIMAGESSTREAMREQUEST']._serialized_end=2046
-  _globals['_SCOREIMAGESSTREAMRESPONSE']._serialized_start=2048
-  _globals['_SCOREIMAGESSTREAMRESPONSE']._serialized_end=2145
-  _globals['_GETMODELINFOREQUEST']._serialized_start=2147
-  _globals['_GETMODELINFOREQUEST']._serialized_end=2188
-  _globals['_BATCHINGSETTINGS']._serialized_start=2191
-  _globals['_BATCHINGSETTINGS']._serialized_end=2345
-  _globals['_GETMODELINFORESPONSE']._serialized_start=2348
-  _globals['_GETMODELINFORESPONSE']._serialized_end=2683
-  _globals['_SCORINGSERVICE']._serialized_start=2813
-  _globals['_SCORINGSERVICE']._serialized_end=3296
+  _globals['_SCORINGOPTIONS']._serialized_end=464
+  _globals['_SCORELOGITSREQUEST']._serialized_start=467
+  _globals['_SCORELOGITSREQUEST']._serialized_end=673
+  _globals['_SCORELOGITSRESPONSE']._serialized_start=675
+  _globals['_SCORELOGITSRESPONSE']._serialized_end=734
+  _globals['_SCORELOGITSSTREAMREQUEST']._serialized_start=736
+  _globals['_SCORELOGITSSTREAMREQUEST']._serialized_end=811
+  _globals['_SCORELOGITSSTREAMRESPONSE']._serialized_start=813
+  _globals['_SCORELOGITSSTREAMRESPONSE']._serialized_end=897
+  _globals['_SCORES']._serialized_start=900
+  _globals['_SCORES']._serialized_end=1544
+  _globals['_IMAGESAMPLE']._serialized_start=1547
+  _globals['_IMAGESAMPLE']._serialized_end=1694
+  _globals['_SCOREIMAGESREQUEST']._serialized_start=1697
+  _globals['_SCOREIMAGESREQUEST']._serialized_end=1828
+  _globals['_SAMPLEERROR']._serialized_start=1830
+  _globals['_SAMPLEERROR']._serialized_end=1891
+  _globals['_SCOREIMAGESRESPONSE']._serialized_start=1894
+  _globals['_SCOREIMAGESRESPONSE']._serialized_end=2039
+  _globals['_SCOREIMAGESSTREAMREQUEST']._serialized_start=2041
+  _globals['_SCOREIMAGESSTREAMREQUEST']._serialized_end=2116
+  _globals['_SCOREIMAGESSTREAMRESPONSE']._serialized_start=2118
+  _globals['_SCOREIMAGESSTREAMRESPONSE']._serialized_end=2215
+  _globals['_GETMODELINFOREQUEST']._serialized_start=2217
+  _globals['_GETMODELINFOREQUEST']._serialized_end=2258
+  _globals['_BATCHINGSETTINGS']._serialized_start=2261
+  _globals['_BATCHINGSETTINGS']._serialized_end=2415
+  _globals['_GETMODELINFORESPONSE']._serialized_start=2418
+  _globals['_GETMODELINFORESPONSE']._serialized_end=2776
+  _globals['_SCORINGSERVICE']._serialized_start=2906
+  _globals['_SCORINGSERVICE']._serialized_end=3389
 # @@protoc_insertion_point(module_scope)

@@ -50,16 +50,18 @@ class GivenLabels(_message.Message):
     def __init__(self, indices: _Optional[_Union[LabelIndices, _Mapping]] = ..., names: _Optional[_Union[LabelNames, _Mapping]] = ...) -> None: ...
 
 class ScoringOptions(_message.Message):
-    __slots__ = ("class_names", "temperature", "include_probabilities", "include_logits")
+    __slots__ = ("class_names", "temperature", "include_probabilities", "include_logits", "include_embeddings")
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     class_names: _containers.RepeatedScalarFieldContainer[str]
     temperature: float
     include_probabilities: bool
     include_logits: bool
-    def __init__(self, class_names: _Optional[_Iterable[str]] = ..., temperature: _Optional[float] = ..., include_probabilities: bool = ..., include_logits: bool = ...) -> None: ...
+    include_embeddings: bool
+    def __init__(self, class_names: _Optional[_Iterable[str]] = ..., temperature: _Optional[float] = ..., include_probabilities: bool = ..., include_logits: bool = ..., include_embeddings: bool = ...) -> None: ...
 
 class ScoreLogitsRequest(_message.Message):
     __slots__ = ("logits", "labels", "ids", "options", "probabilities")
@@ -96,7 +98,7 @@ class ScoreLogitsStreamResponse(_message.Message):
     def __init__(self, scores: _Optional[_Union[Scores, _Mapping]] = ..., first_row: _Optional[int] = ...) -> None: ...
 
 class Scores(_message.Message):
-    __slots__ = ("num_rows", "ids", "class_names", "predicted_class", "confidence", "margin", "hardness", "hardness_normalized", "given_label", "mistakenness", "mistakenness_confidence", "label_issue_score", "margin_issue_score", "probabilities", "logits")
+    __slots__ = ("num_rows", "ids", "class_names", "predicted_class", "confidence", "margin", "hardness", "hardness_normalized", "given_label", "mistakenness", "mistakenness_confidence", "label_issue_score", "margin_issue_score", "probabilities", "logits", "embeddings")
     NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +114,7 @@ class Scores(_message.Message):
     MARGIN_ISSUE_SCORE_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     num_rows: int
     ids: _containers.RepeatedScalarFieldContainer[str]
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -127,7 +130,8 @@ class Scores(_message.Message):
     margin_issue_score: Tensor
     probabilities: Tensor
     logits: Tensor
-    def __init__(self, num_rows: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ..., predicted_class: _Optional[_Union[Tensor, _Mapping]] = ..., confidence: _Optional[_Union[Tensor, _Mapping]] = ..., margin: _Optional[_Union[Tensor, _Mapping]] = ..., hardness: _Optional[_Union[Tensor, _Mapping]] = ..., hardness_normalized: _Optional[_Union[Tensor, _Mapping]] = ..., given_label: _Optional[_Union[Tensor, _Mapping]] = ..., mistakenness: _Optional[_Union[Tensor, _Mapping]] = ..., mistakenness_confidence: _Optional[_Union[Tensor, _Mapping]] = ..., label_issue_score: _Optional[_Union[Tensor, _Mapping]] = ..., margin_issue_score: _Optional[_Union[Tensor, _Mapping]] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    embeddings: Tensor
+    def __init__(self, num_rows: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ..., predicted_class: _Optional[_Union[Tensor, _Mapping]] = ..., confidence: _Optional[_Union[Tensor, _Mapping]] = ..., margin: _Optional[_Union[Tensor, _Mapping]] = ..., hardness: _Optional[_Union[Tensor, _Mapping]] = ..., hardness_normalized: _Optional[_Union[Tensor, _Mapping]] = ..., given_label: _Optional[_Union[Tensor, _Mapping]] = ..., mistakenness: _Optional[_Union[Tensor, _Mapping]] = ..., mistakenness_confidence: _Optional[_Union[Tensor, _Mapping]] = ..., label_issue_score: _Optional[_Union[Tensor, _Mapping]] = ..., margin_issue_score: _Optional[_Union[Tensor, _Mapping]] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., embeddings: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ImageSample(_message.Message):
     __slots__ = ("id", "encoded", "pixels", "label_index", "label_name")
@@ -210,7 +214,7 @@ class BatchingSettings(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_microseconds: _Optional[int] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ..., max_queue_size: _Optional[int] = ..., instances: _Optional[int] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("name", "version", "class_names", "input_channels", "input_height", "input_width", "mean", "std", "resize", "temperature", "execution_provider", "batching", "weights_provenance", "random_weights")
+    __slots__ = ("name", "version", "class_names", "input_channels", "input_height", "input_width", "mean", "std", "resize", "temperature", "execution_provider", "batching", "weights_provenance", "random_weights", "embedding_dim")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +229,7 @@ class GetModelInfoResponse(_message.Message):
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -239,4 +244,5 @@ class GetModelInfoResponse(_message.Message):
     batching: BatchingSettings
     weights_provenance: str
     random_weights: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input_channels: _Optional[int] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., resize: _Optional[str] = ..., temperature: _Optional[float] = ..., execution_provider: _Optional[str] = ..., batching: _Optional[_Union[BatchingSettings, _Mapping]] = ..., weights_provenance: _Optional[str] = ..., random_weights: bool = ...) -> None: ...
+    embedding_dim: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input_channels: _Optional[int] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., resize: _Optional[str] = ..., temperature: _Optional[float] = ..., execution_provider: _Optional[str] = ..., batching: _Optional[_Union[BatchingSettings, _Mapping]] = ..., weights_provenance: _Optional[str] = ..., random_weights: bool = ..., embedding_dim: _Optional[int] = ...) -> None: ...

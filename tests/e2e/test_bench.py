@@ -98,3 +98,32 @@ def test_oip_transports_measures_grpc_and_both_rest_forms(tmp_path):
     assert rows["gRPC"]["vs gRPC"] == "1.00"
     assert all(float(r["images/s (median)"]) > 0 for r in rows.values())
     assert "| REST JSON |" in out.read_text()
+
+
+def test_embeddings_bench_pairs_windows_with_and_without(tmp_path):
+    out = tmp_path / "embeddings.md"
+    stdout = run_bench("embeddings_throughput.py", "--quick", "--rounds", "2", "--duration",
+                       "0.5", "--callers", "2", "--images", "2", "--output", str(out))
+    rows = {row["round"]: row for row in markdown_rows(out.read_text(), "round")}
+    assert list(rows) == ["1", "2", "median"]
+    for name, row in rows.items():
+        assert row["errors"] == "0", name
+        assert float(row["with images/s"].replace(",", "")) > 0, name
+        assert float(row["without images/s"].replace(",", "")) > 0, name
+    assert "with / without embeddings =" in stdout
+    assert "embedding 48-d" in stdout
+
+
+def test_collection_bench_times_every_verdict_and_measures_recall(tmp_path):
+    out = tmp_path / "collection.md"
+    run_bench("collection_bench.py", "--quick", "--output", str(out))
+    text = out.read_text()
+    steps = {row["step"]: row for row in markdown_rows(text, "step")}
+    assert {"uniqueness", "representativeness (KMeans 20)", "near duplicates (FiftyOne, 0.2)",
+            "Datalab outliers", "Datalab near duplicates", "kNN label check (euclidean k=10)",
+            "loss + focal weight", "leaks", "exact duplicates (digests)"} <= set(steps)
+    assert all(float(row["peak MiB"].replace(",", "")) > 0 for row in steps.values())
+    recall = markdown_rows(text, "neighbours")
+    assert [r["method"] for r in recall] == ["approximate", "approximate"]
+    assert all(float(r["recall@10"]) >= 0.9 for r in recall)
+    assert "planted exact copies flagged by Datalab near-duplicate: 1.000" in text

@@ -252,3 +252,72 @@ def test_export_in_memory_module(tmp_path: Path) -> None:
         )
     assert str(exc.value) == "the model has 3 outputs but 2 class names were given"
     assert not (tmp_path / "bad").exists()
+
+
+def _pooled_features(model: Any, x: np.ndarray) -> np.ndarray:
+    """torchvision ResNet50's global-average-pooled features [N, 2048], computed layer by
+    layer (not through the exporter's hook)."""
+    with torch.no_grad():
+        t = torch.from_numpy(x)
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
+                     "avgpool"):
+            t = getattr(model, name)(t)
+        return torch.flatten(t, 1).numpy()
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_resnet50_exports_its_2048_pooled_features_as_embedding(
+        tmp_path: Path, capsys: pytest.CaptureFixture, fp16: bool) -> None:
+    out = tmp_path / "r50"
+    argv = ["--layout", "cifar", "--random-weights", "--out", str(out), "--seed", "3"]
+    assert run_export(_args(*argv, *(["--fp16"] if fp16 else []))) == 0
+    printed = capsys.readouterr().out
+    assert "parity of the embedding output: max abs diff" in printed
+    m = load_manifest(out)
+    assert (m.embedding_name, m.embedding_dim) == ("embedding", 2048)
+    assert json_manifest(out)["embedding"] == {"name": "embedding", "dim": 2048}
+    sess = _session(out)
+    check_io(m, sess.get_inputs(), sess.get_outputs())
+    assert [(o.name, o.type, o.shape[1]) for o in sess.get_outputs()] == [
+        ("logits", "tensor(float)", 10), ("embedding", "tensor(float)", 2048)]
+
+    torch.manual_seed(3)
+    reference = build_resnet50("cifar", 10).eval()
+    x = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    logits, embedding = sess.run(["logits", "embedding"], {"images": x})
+    want = _pooled_features(reference, x)
+    assert embedding.shape == (3, 2048)
+    scale = max(1.0, float(np.abs(want).max()))
+    if fp16:
+        assert "fp16 parity of the embedding output: max abs diff" in printed
+        tolerance = float(m.provenance["fp16_embedding_parity_tolerance"])
+        assert float(m.provenance["fp16_embedding_parity_max_abs_diff"]) <= tolerance
+        assert float(np.abs(embedding - want).max()) <= 2e-2 * scale
+    else:
+        assert float(m.provenance["embedding_parity_max_abs_diff"]) <= 1e-3 * scale
+        np.testing.assert_allclose(embedding, want, atol=1e-3 * scale, rtol=0)
+        fc: Any = reference.fc
+        with torch.no_grad():
+            np.testing.assert_allclose(logits, fc(torch.from_numpy(want)).numpy(),
+                                       atol=1e-3, rtol=0)
+
+
+def json_manifest(model_dir: Path) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads((model_dir / MANIFEST_FILE).read_text()))
+
+
+def test_a_model_without_a_linear_layer_exports_without_embedding(tmp_path: Path) -> None:
+    class Pooled(torch.nn.Module):  # type: ignore[name-defined]
+        def forward(self, x: Any) -> Any:
+            return x.mean(dim=(2, 3))
+
+    lines: list[str] = []
+    result = export_model(Pooled(), tmp_path / "p", name="p", version="1",
+                          class_names=["a", "b", "c"], input_size=(4, 4), mean=[0.5] * 3,
+                          std=[0.25] * 3, log=lines.append)
+    assert not result.manifest.has_embedding and result.embedding_parity_max_abs_diff is None
+    assert "exporting without the embedding output" in "\n".join(lines)
+    assert "embedding" not in json_manifest(tmp_path / "p")
+    assert [o.name for o in _session(tmp_path / "p").get_outputs()] == ["logits"]

@@ -79,7 +79,9 @@ def test_fp16_model_is_float16_inside_float32_outside(exported: tuple[Path, Path
              if init.data_type in (FLOAT, FLOAT16)}
     assert kinds == {FLOAT16}
     assert [i.type.tensor_type.elem_type for i in model.graph.input] == [FLOAT]
-    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [FLOAT]
+    # logits and embedding, both float32 outside
+    assert [o.name for o in model.graph.output] == ["logits", "embedding"]
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [FLOAT, FLOAT]
     ops = [n.op_type for n in model.graph.node]
     assert ops[0] == "Cast" and ops[-1] == "Cast"
     # Half the weight bytes of the float32 export, same weights to float16 precision.
@@ -98,6 +100,27 @@ def test_fp16_model_is_float16_inside_float32_outside(exported: tuple[Path, Path
         result.fp16_parity_max_abs_diff, rel=1e-3)
     assert result.fp16_parity_max_abs_diff <= float(m.provenance["fp16_parity_tolerance"])
     assert "precision" not in load_manifest(fp32_dir).provenance
+
+
+def test_fp16_embedding_is_parity_checked_and_served(exported: tuple[Path, Path, Any]) -> None:
+    """The embedding output (the 8 pooled features of Small) goes through the float16
+    conversion and its parity check like the logits: within FP16_TOLERANCE x its scale."""
+    fp32_dir, fp16_dir, result = exported
+    m = load_manifest(fp16_dir)
+    assert (m.embedding_name, m.embedding_dim) == ("embedding", 8)
+    assert result.fp16_embedding_parity_max_abs_diff is not None
+    assert result.fp16_embedding_parity_max_abs_diff <= float(
+        m.provenance["fp16_embedding_parity_tolerance"])
+    assert float(m.provenance["embedding_parity_max_abs_diff"]) < 1e-5
+    r32 = ModelRunner(fp32_dir, execution_provider="cpu", intra_op_threads=1)
+    r16 = ModelRunner(fp16_dir, execution_provider="cpu", intra_op_threads=1, io_binding=True)
+    x = np.random.default_rng(8).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    _, emb32 = r32.run_with_embedding(0, x)
+    logits16, emb16 = r16.run_with_embedding(0, x)
+    assert emb16.dtype == np.float32 and emb16.shape == (5, 8)
+    scale = max(1.0, float(np.abs(emb32).max()))
+    assert float(np.abs(emb16 - emb32).max()) <= FP16_TOLERANCE * scale
+    np.testing.assert_array_equal(logits16, r16.run(0, x))  # io_binding: one or both outputs
 
 
 def test_served_fp16_matches_fp32_within_tolerance(exported: tuple[Path, Path, Any]) -> None:

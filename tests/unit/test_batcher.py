@@ -344,3 +344,39 @@ def test_settings_are_validated_with_precise_messages(settings, message):
     with pytest.raises(ValueError) as info:
         DynamicBatcher(RecordingModel(), **options)
     assert message in str(info.value)
+
+
+def test_extra_outputs_reach_only_the_requests_that_asked():
+    """run_all (the model's outputs and an extra one, row * 3) runs only for batches holding
+    a request that asked; only those requests get the extra rows; both share batches."""
+    model = RecordingModel()
+    all_runs: list[int] = []
+
+    def run_all(instance: int, inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        all_runs.append(len(inputs))
+        return model(instance, inputs), inputs * 3
+
+    async def test(batcher: DynamicBatcher) -> Any:
+        plain = await batcher.infer(samples(0, 3))
+        assert not all_runs
+        asked, mixed = await asyncio.gather(
+            batcher.infer_all(samples(10, 5)), batcher.infer(samples(20, 4)))
+        return plain, asked, mixed
+
+    plain, asked, mixed = run(test, model, max_batch_size=4, run_all=run_all)
+    np.testing.assert_array_equal(plain, samples(0, 3) * 2)
+    assert isinstance(mixed, np.ndarray)
+    np.testing.assert_array_equal(mixed, samples(20, 4) * 2)
+    assert len(asked) == 2
+    np.testing.assert_array_equal(asked[0], samples(10, 5) * 2)
+    np.testing.assert_array_equal(asked[1], samples(10, 5) * 3)
+    assert sum(all_runs) >= 5  # every batch with an asking request's rows ran run_all
+
+
+def test_infer_all_needs_run_all():
+    async def test(batcher: DynamicBatcher) -> Any:
+        with pytest.raises(ValueError, match="no run_all"):
+            await batcher.infer_all(samples(0, 1))
+        return batcher.can_infer_all
+
+    assert run(test, RecordingModel()) is False

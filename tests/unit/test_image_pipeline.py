@@ -196,3 +196,41 @@ def test_failed_rows_get_minus_one_and_nan() -> None:
     assert np.isnan(full.hardness[[1, 3]]).all() and np.isfinite(full.hardness[[0, 2]]).all()
     assert full.mistakenness is not None and full.mistakenness[2] > 0.5
     assert np.isnan(full.probabilities[1]).all()
+
+
+class EmbeddingModel(MeanPixelModel):
+    """MeanPixelModel with embeddings: row i of the embedding is 48 copies of its input mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding_runs = 0
+
+    def run_with_embedding(self, instance: int, inputs: npt.NDArray[np.generic]
+                           ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        self.embedding_runs += 1
+        x = np.asarray(inputs, dtype=np.float32)
+        means = x.reshape(len(x), -1).mean(axis=1, dtype=np.float32)
+        return self.run(instance, x), np.repeat(means[:, None], MANIFEST.embedding_dim, axis=1)
+
+
+def test_embeddings_come_back_only_when_asked_with_nan_rows_for_failed_samples() -> None:
+    model = EmbeddingModel()
+    images = [png(10), b"broken", png(200)]
+    plain = score(ImageBatch(images=images), model)
+    assert plain.embeddings is None and model.embedding_runs == 0
+    asked = score(ImageBatch(images=images, include_embeddings=True), model)
+    assert asked.embeddings is not None and asked.embeddings.shape == (3, MANIFEST.embedding_dim)
+    assert np.isnan(asked.embeddings[1]).all()
+    means = model_input([png(10), png(200)]).reshape(2, -1).mean(axis=1)
+    np.testing.assert_allclose(asked.embeddings[[0, 2], 0], means, rtol=1e-6)
+    np.testing.assert_array_equal(asked.logits[[0, 2]], plain.logits[[0, 2]])
+
+
+def test_asking_a_model_without_embeddings_is_refused() -> None:
+    from hardscore_server.pipeline.errors import NoEmbeddings
+
+    with pytest.raises(NoEmbeddings, match="re-export it with hardscore-export"):
+        score(ImageBatch(images=[png(10)], include_embeddings=True), MeanPixelModel())
+    no_key = MeanPixelModel(dataclasses.replace(MANIFEST, embedding_name=None, embedding_dim=0))
+    with pytest.raises(NoEmbeddings):
+        score(ImageBatch(images=[png(10)], include_embeddings=True), no_key)

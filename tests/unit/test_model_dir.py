@@ -373,3 +373,57 @@ def test_default_model_loads_and_classifies_heldout_digits() -> None:
     accuracy = float(np.mean(logits.argmax(axis=1) == y_test))
     assert accuracy >= 0.95
     assert abs(accuracy - float(m.provenance["heldout_accuracy"])) < 1e-3
+
+
+# -- the embedding output ------------------------------------------------------------------------
+
+
+def _default_json() -> dict[str, Any]:
+    return dict(json.loads((DEFAULT_MODEL_DIR / MANIFEST_FILE).read_text()))
+
+
+def test_the_default_model_has_a_48_wide_embedding_output() -> None:
+    m = load_manifest(DEFAULT_MODEL_DIR)
+    assert (m.embedding_name, m.embedding_dim, m.has_embedding) == ("embedding", 48, True)
+    session = _session(DEFAULT_MODEL_DIR)
+    check_io(m, session.get_inputs(), session.get_outputs())
+    assert m.to_json_dict()["embedding"] == {"name": "embedding", "dim": 48}
+
+
+def test_a_manifest_without_embedding_is_valid_and_means_none(tmp_path: Path) -> None:
+    data = _default_json()
+    del data["embedding"]
+    m = load_manifest(_model_dir(tmp_path, data))
+    assert (m.embedding_name, m.embedding_dim, m.has_embedding) == (None, 0, False)
+    assert "embedding" not in m.to_json_dict()
+    session = _session(DEFAULT_MODEL_DIR)  # a graph output the manifest does not name: fine
+    check_io(m, session.get_inputs(), session.get_outputs())
+
+
+@pytest.mark.parametrize(("embedding", "message"), [
+    ({"name": "embedding"}, "missing field embedding.dim"),
+    ({"name": "embedding", "dim": 48, "x": 1}, "unknown field embedding.x"),
+    ({"name": "", "dim": 48}, "embedding.name must be a non-empty string, got ''"),
+    ({"name": "logits", "dim": 48}, "embedding.name 'logits' must differ"),
+    ({"name": "embedding", "dim": 0}, "embedding.dim must be a positive integer, got 0"),
+    ({"name": "embedding", "dim": 4.5}, "embedding.dim must be a positive integer, got 4.5"),
+    ([1], "embedding must be a JSON object, got list"),
+])
+def test_embedding_key_is_validated(tmp_path: Path, embedding: Any, message: str) -> None:
+    data = _default_json()
+    data["embedding"] = embedding
+    with pytest.raises(ModelDirError) as exc:
+        load_manifest(_model_dir(tmp_path, data))
+    assert message in str(exc.value)
+
+
+@pytest.mark.parametrize(("name", "dim", "message"), [
+    ("features", 48, "has no output named 'features' (manifest.json embedding.name)"),
+    ("embedding", 64, "has shape [batch, 48], but manifest.json embedding.dim is 64"),
+])
+def test_check_io_checks_the_embedding_output(name: str, dim: int, message: str) -> None:
+    m = replace(load_manifest(DEFAULT_MODEL_DIR), embedding_name=name, embedding_dim=dim)
+    session = _session(DEFAULT_MODEL_DIR)
+    with pytest.raises(ModelDirError) as exc:
+        check_io(m, session.get_inputs(), session.get_outputs())
+    assert message in str(exc.value)

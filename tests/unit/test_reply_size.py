@@ -62,6 +62,15 @@ def test_computed_sizes_equal_encoded_sizes(
         assert image_reply_bytes(size, model, "", first_row) == image_stream.ByteSize()
 
 
+@pytest.mark.parametrize("n_rows", [0, 1, 3, 300])
+@pytest.mark.parametrize("dim", [1, 48, 2048])
+def test_embeddings_size_is_exact(n_rows, dim):
+    values = np.random.default_rng(n_rows).normal(size=(n_rows, 10))
+    embeddings = np.full((n_rows, dim), np.nan, dtype=np.float32)
+    scores = encode_scores(score_logits(values, None), embeddings=embeddings)
+    assert scores_bytes(n_rows, 10, labelled=False, embedding_dim=dim) == scores.ByteSize()
+
+
 def test_a_million_labelled_rows_reply_is_72_mb():
     # the case the limit was found with (8.6 MB of request): 2 int32 and 8 float64 columns of
     # 1e6 rows, plus 174 bytes of framing

@@ -16,14 +16,16 @@ JSON layout of ``manifest.json`` (format_version 1)::
       "input": {"name": "images", "channels": 3, "height": 32, "width": 32,
                 "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "resize"},
       "output": {"name": "logits"},
+      "embedding": {"name": "embedding", "dim": 48},
       "temperature": 1.0,
       "random_weights": false,
       "provenance": {"architecture": "...", ...}
     }
 
-``temperature``, ``random_weights`` and ``provenance`` are optional when reading (defaults 1.0,
-false, {}); every other field is required and unknown fields are rejected, so a typo is an error
-rather than a silently ignored setting. This module needs neither torch nor onnx.
+``embedding``, ``temperature``, ``random_weights`` and ``provenance`` are optional when reading
+(defaults: no embedding output, 1.0, false, {}); every other field is required and unknown
+fields are rejected, so a typo is an error rather than a silently ignored setting. This module
+needs neither torch nor onnx.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class ModelManifest:
     - ``input_name`` / ``output_name``: ONNX graph input and output names.
     - ``random_weights``: true when the weights are random (benchmarking only, not a classifier).
     - ``provenance``: free-form strings (architecture, checkpoint sha256, accuracy, ...).
+    - ``embedding``: the model's second output, its penultimate pooled features float32
+      [N, dim] (``embedding_name``, ``embedding_dim`` >= 1), or None (``embedding_dim`` 0):
+      the model has none (a manifest without the ``embedding`` key).
     """
 
     name: str
@@ -89,6 +94,13 @@ class ModelManifest:
     output_name: str = "logits"
     random_weights: bool = False
     provenance: dict[str, str] = field(default_factory=dict)
+    embedding_name: str | None = None
+    embedding_dim: int = 0
+
+    @property
+    def has_embedding(self) -> bool:
+        """Whether the model has an embedding output (manifest key ``embedding``)."""
+        return self.embedding_name is not None
 
     @property
     def num_classes(self) -> int:
@@ -118,6 +130,8 @@ class ModelManifest:
                 "resize": self.resize,
             },
             "output": {"name": self.output_name},
+            **({"embedding": {"name": self.embedding_name, "dim": self.embedding_dim}}
+               if self.embedding_name is not None else {}),
             "temperature": float(self.temperature),
             "random_weights": self.random_weights,
             "provenance": dict(self.provenance),
@@ -193,6 +207,20 @@ def validate_manifest(manifest: ModelManifest) -> None:
             f"got {manifest.resize!r}"
         )
 
+    if manifest.embedding_name is None:
+        if manifest.embedding_dim != 0:
+            raise _err(f"embedding_dim is {manifest.embedding_dim!r} without an embedding name")
+    else:
+        if not isinstance(manifest.embedding_name, str) or not manifest.embedding_name.strip():
+            raise _err(f"embedding.name must be a non-empty string, got "
+                       f"{manifest.embedding_name!r}")
+        if manifest.embedding_name in (manifest.output_name, manifest.input_name):
+            raise _err(f"embedding.name {manifest.embedding_name!r} must differ from input.name "
+                       "and output.name")
+        dim = manifest.embedding_dim
+        if not _is_int(dim) or dim < 1:
+            raise _err(f"embedding.dim must be a positive integer, got {dim!r}")
+
     t = manifest.temperature
     if not _is_number(t) or not math.isfinite(t) or t <= 0:
         raise _err(f"temperature must be a finite number > 0, got {t!r}")
@@ -244,7 +272,7 @@ def parse_manifest(data: object) -> ModelManifest:
         top,
         "",
         {"format_version", "name", "version", "class_names", "input", "output"},
-        {"temperature", "random_weights", "provenance"},
+        {"temperature", "random_weights", "provenance", "embedding"},
     )
     inp = _require_object(top["input"], "input")
     _check_keys(
@@ -252,6 +280,10 @@ def parse_manifest(data: object) -> ModelManifest:
     )
     out = _require_object(top["output"], "output")
     _check_keys(out, "output", {"name"}, set())
+    embedding: dict[str, Any] = {"name": None, "dim": 0}
+    if "embedding" in top:
+        embedding = _require_object(top["embedding"], "embedding")
+        _check_keys(embedding, "embedding", {"name", "dim"}, set())
 
     class_names = top["class_names"]
     if not isinstance(class_names, list):
@@ -277,6 +309,8 @@ def parse_manifest(data: object) -> ModelManifest:
         output_name=out["name"],
         random_weights=top.get("random_weights", False),
         provenance=dict(provenance),
+        embedding_name=embedding["name"],
+        embedding_dim=embedding["dim"],
     )
     validate_manifest(manifest)
     return manifest
@@ -382,7 +416,9 @@ def check_io(
     Raises :class:`ModelDirError` when the model has other than exactly one input, the named
     input/output is missing, the input is not ``tensor(float)``, not rank 4, has a fixed batch
     size, or static C/H/W differing from the manifest; or when the output is not rank 2 or has a
-    static class count differing from ``len(class_names)``.
+    static class count differing from ``len(class_names)``; or, for a manifest with an
+    ``embedding``, when the model has no output of that name, or it is not float32 rank 2 with
+    ``embedding.dim`` columns.
     """
     input_names = [i.name for i in inputs]
     output_names = [o.name for o in outputs]
@@ -442,3 +478,28 @@ def check_io(
             f"{MODEL_FILE}: output {out.name!r} has {n_out} classes, but manifest.json "
             f"class_names has {manifest.num_classes} entries"
         )
+    if manifest.embedding_name is not None:
+        _check_embedding(manifest, out_by_name, output_names)
+
+
+def _check_embedding(
+    manifest: ModelManifest, out_by_name: Mapping[str, NodeArgLike], output_names: list[str]
+) -> None:
+    name = manifest.embedding_name
+    emb = out_by_name.get(name or "")
+    if emb is None:
+        raise ModelDirError(
+            f"{MODEL_FILE}: has no output named {name!r} (manifest.json embedding.name); its "
+            f"outputs are {output_names}; re-export the model with hardscore-export, or remove "
+            "the manifest's embedding key")
+    shape = list(emb.shape)
+    label = f"{MODEL_FILE}: embedding output {name!r}"
+    if emb.type != INPUT_TYPE:
+        raise ModelDirError(f"{label} has type {emb.type}, expected {INPUT_TYPE} (float32)")
+    if len(shape) != 2:
+        raise ModelDirError(
+            f"{label} has rank {len(shape)} (shape {_fmt_shape(shape)}), expected 2 (N, dim)")
+    if shape[1] != manifest.embedding_dim:
+        raise ModelDirError(
+            f"{label} has shape {_fmt_shape(shape)}, but manifest.json embedding.dim is "
+            f"{manifest.embedding_dim} (the width must be static and equal)")

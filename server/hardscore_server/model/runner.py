@@ -222,6 +222,7 @@ class ModelRunner:
         self.intra_op_threads = threads
         self.io_binding = io_binding
         self.num_classes = len(self.manifest.class_names)
+        self.embedding_dim = self.manifest.embedding_dim
         if self.manifest.random_weights:
             log.warning(
                 "model %s was exported with RANDOM weights: its predictions and scores are "
@@ -256,25 +257,51 @@ class ModelRunner:
         """Logits float32 [b, classes] for normalised inputs float32 [b, C, H, W]."""
         batch = np.ascontiguousarray(inputs, dtype=np.float32)
         if self.io_binding:
-            return self._run_bound(self.sessions[instance], batch)
+            return self._run_bound(self.sessions[instance], batch)[0]
         (out,) = self.sessions[instance].run(
             [self.manifest.output_name], {self.manifest.input_name: batch}
         )
         return np.asarray(out, dtype=np.float32)
 
-    def _run_bound(self, session: ort.InferenceSession,
-                   batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def run_with_embedding(
+        self, instance: int, inputs: npt.NDArray[np.generic]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Logits float32 [b, classes] and embeddings float32 [b, embedding_dim] of one run
+        (the same compute as :meth:`run`: the embedding is the logits' input). Only for a
+        model whose manifest has an ``embedding``."""
+        m = self.manifest
+        if m.embedding_name is None:
+            raise ValueError(f"model {m.name} has no embedding output")
+        batch = np.ascontiguousarray(inputs, dtype=np.float32)
+        if self.io_binding:
+            logits, embedding = self._run_bound(self.sessions[instance], batch, True)
+            assert embedding is not None
+            return logits, embedding
+        out, emb = self.sessions[instance].run(
+            [m.output_name, m.embedding_name], {m.input_name: batch})
+        return np.asarray(out, dtype=np.float32), np.asarray(emb, dtype=np.float32)
+
+    def _run_bound(
+        self, session: ort.InferenceSession, batch: npt.NDArray[np.float32],
+        embedding: bool = False,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
         """One run through an IOBinding: ONNX Runtime reads the input from this host array
-        (on CUDA: one host-to-device copy) and writes the logits straight into a host array
-        allocated here (on CUDA: one device-to-host copy), with no output allocation or copy
-        of its own."""
+        (on CUDA: one host-to-device copy) and writes the logits (and with ``embedding`` the
+        embeddings) straight into host arrays allocated here (on CUDA: one device-to-host copy
+        each), with no output allocation or copy of its own."""
+        m = self.manifest
         out = np.empty((batch.shape[0], self.num_classes), dtype=np.float32)
         binding = session.io_binding()
-        binding.bind_cpu_input(self.manifest.input_name, batch)
-        binding.bind_output(self.manifest.output_name, "cpu", 0, np.float32, list(out.shape),
+        binding.bind_cpu_input(m.input_name, batch)
+        binding.bind_output(m.output_name, "cpu", 0, np.float32, list(out.shape),
                             out.ctypes.data)
+        emb = None
+        if embedding and m.embedding_name is not None:
+            emb = np.empty((batch.shape[0], self.embedding_dim), dtype=np.float32)
+            binding.bind_output(m.embedding_name, "cpu", 0, np.float32, list(emb.shape),
+                                emb.ctypes.data)
         session.run_with_iobinding(binding)
-        return out
+        return out, emb
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> float:
         """Runs every instance once per batch size on zeros; returns the seconds it took."""

@@ -31,6 +31,10 @@ Guarantees, each proven by tests/unit/test_batcher.py:
   once; samples already in a running batch finish and their outputs are dropped.
 - **Drain.** ``close()`` refuses new requests (ShuttingDown) and returns once every accepted
   request has its outputs.
+- **Extra outputs on request.** With ``run_all`` (the model call that also returns the
+  model's further outputs, e.g. embeddings), ``infer_all`` gets a request's rows of every
+  output; a batch runs ``run_all`` only when one of its requests asked, and only those
+  requests get the extra rows copied: ``infer`` callers pay nothing for them.
 
 Each model instance has its own long-lived thread that runs its batches: ONNX Runtime releases
 the GIL, so the event loop keeps accepting and preprocessing while a batch runs. The thread hands
@@ -55,9 +59,24 @@ import numpy.typing as npt
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.pipeline.errors import DeadlineExpired, QueueFull, ShuttingDown
 
+DEADLINE_SLACK_S = 0.1
+"""A call cancelled this close to its deadline (or after it) ended by its deadline: the client's
+copy of the deadline starts before the server's, so the client usually resets the call a few
+milliseconds before the server's copy passes (counted ``deadline``, never ``cancelled``)."""
+
+
+def deadline_passed(deadline: float | None, slack: float = DEADLINE_SLACK_S) -> bool:
+    """Whether a call cancelled now ended by its deadline (a ``time.monotonic()`` instant):
+    it has passed, or is at most ``slack`` s away."""
+    return deadline is not None and time.monotonic() >= deadline - slack
+
+
 Array = npt.NDArray[np.generic]
 RunBatch = Callable[[int, Array], Array]
 """Model call: (instance index, inputs [b, ...]) -> outputs [b, ...]."""
+RunBatchAll = Callable[[int, Array], tuple[Array, ...]]
+"""Model call with every output: (instance index, inputs [b, ...]) -> (outputs [b, ...],
+extra outputs [b, ...], ...); its first output is RunBatch's."""
 
 
 @dataclass
@@ -77,10 +96,12 @@ class _Request:
     inputs: Array
     deadline: float | None
     enqueued_at: float
-    future: asyncio.Future[Array]
+    future: asyncio.Future[tuple[Array, ...]]
     queued: int  # samples not yet taken into a batch
     pending: int  # samples not yet computed
     outputs: Array | None = None
+    all_outputs: bool = False  # asked for the extra outputs too (infer_all)
+    extras: list[Array] = field(default_factory=list)
     dropped: bool = False
     timing: RequestTiming | None = None
     started: bool = False
@@ -152,10 +173,10 @@ class Reservation:
     def drop(self, deadline: float | None) -> None:
         """Gives the room back for a request cancelled before it was queued (while its images
         were decoded), counting its samples in rejections: ``deadline`` when its deadline (a
-        ``time.monotonic()`` instant) has passed, else ``cancelled``."""
+        ``time.monotonic()`` instant) has passed (``deadline_passed``), else ``cancelled``."""
         if self.samples:
-            expired = deadline is not None and time.monotonic() >= deadline
-            self._batcher._count_rejection("deadline" if expired else "cancelled", self.samples)
+            reason = "deadline" if deadline_passed(deadline) else "cancelled"
+            self._batcher._count_rejection(reason, self.samples)
         self.release()
 
 
@@ -183,6 +204,7 @@ class DynamicBatcher:
         preferred_batch_sizes: Sequence[int] = (),
         metrics: ServerMetrics | None = None,
         model: str = "model",
+        run_all: RunBatchAll | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size}")
@@ -206,6 +228,7 @@ class DynamicBatcher:
         self.preferred_batch_sizes = tuple(sorted(set(preferred_batch_sizes)))
         self._full_at = max(self.preferred_batch_sizes, default=max_batch_size)
         self._run_batch = run_batch
+        self._run_all = run_all
         self._metrics = metrics
         self._model = model
         # label lookups cost microseconds each: bind this model's series once
@@ -238,6 +261,11 @@ class DynamicBatcher:
         ]
         for thread in self._threads:
             thread.start()
+
+    @property
+    def can_infer_all(self) -> bool:
+        """Whether infer_all is served (the batcher has run_all)."""
+        return self._run_all is not None
 
     @property
     def accepting(self) -> bool:
@@ -280,6 +308,22 @@ class DynamicBatcher:
         queued), DeadlineExpired, ShuttingDown, or the model's own exception. ``timing``, when
         given, is filled in with the request's queue and model time.
         """
+        return (await self._infer(inputs, deadline, reservation, timing, False))[0]
+
+    async def infer_all(
+        self, inputs: Array, deadline: float | None = None, reservation: Reservation | None = None,
+        timing: RequestTiming | None = None,
+    ) -> tuple[Array, ...]:
+        """As :meth:`infer`, but every output of ``run_all`` for ``inputs`` [n, ...]: (outputs,
+        extra outputs, ...), each [n, ...] in input order. Needs ``run_all``."""
+        if self._run_all is None:
+            raise ValueError("this batcher has no run_all: the model has no extra outputs")
+        return await self._infer(inputs, deadline, reservation, timing, True)
+
+    async def _infer(
+        self, inputs: Array, deadline: float | None, reservation: Reservation | None,
+        timing: RequestTiming | None, all_outputs: bool,
+    ) -> tuple[Array, ...]:
         n = len(inputs)
         if n == 0:
             raise ValueError("infer needs at least one sample")
@@ -293,7 +337,7 @@ class DynamicBatcher:
         request = _Request(
             inputs=inputs, deadline=deadline, enqueued_at=now,
             future=asyncio.get_running_loop().create_future(), queued=n, pending=n,
-            timing=timing,
+            timing=timing, all_outputs=all_outputs,
         )
         self._queue.append(_Segment(request, 0, n))
         self._queued += n
@@ -307,8 +351,7 @@ class DynamicBatcher:
             return await request.future
         except asyncio.CancelledError:
             # gRPC cancels the handler both when the client cancels and when the deadline passes
-            expired = deadline is not None and time.monotonic() >= deadline
-            self._drop(request, "deadline" if expired else "cancelled")
+            self._drop(request, "deadline" if deadline_passed(deadline) else "cancelled")
             raise
 
     def has_room(self, n: int) -> bool:
@@ -476,7 +519,7 @@ class DynamicBatcher:
                 self._drop(request, None)
                 request.future.set_exception(error)
             elif request.pending == 0 and request.outputs is not None:
-                request.future.set_result(request.outputs)
+                request.future.set_result((request.outputs, *request.extras))
         if self._running == 0 and self._all_delivered is not None:
             self._all_delivered.set()
 
@@ -485,7 +528,12 @@ class DynamicBatcher:
         parts = [seg.request.inputs[seg.start:seg.stop] for seg in batch.segments]
         inputs = parts[0] if len(parts) == 1 else np.concatenate(parts)
         started = time.perf_counter()
-        outputs = self._run_batch(instance, inputs)
+        extras: tuple[Array, ...] = ()
+        if self._run_all is not None and any(s.request.all_outputs for s in batch.segments):
+            outputs, *rest = self._run_all(instance, inputs)
+            extras = tuple(rest)
+        else:
+            outputs = self._run_batch(instance, inputs)
         seconds = time.perf_counter() - started
         ns = int(seconds * 1e9)
         unix_ms = int(time.time() * 1000)
@@ -505,16 +553,22 @@ class DynamicBatcher:
         if self._m is not None:
             self._m.inference_time.observe(seconds)
             self._m.batch_size.observe(batch.size)
-        if len(outputs) != batch.size:
-            raise RuntimeError(f"model returned {len(outputs)} outputs for {batch.size} inputs")
+        if any(len(o) != batch.size for o in (outputs, *extras)):
+            raise RuntimeError(f"model returned {[len(o) for o in (outputs, *extras)]} rows of "
+                               f"outputs for {batch.size} inputs")
         offset = 0
         for seg in batch.segments:
             request = seg.request
+            n = len(request.inputs)
             if request.outputs is None:
-                request.outputs = np.empty(
-                    (len(request.inputs), *outputs.shape[1:]), dtype=outputs.dtype)
+                request.outputs = np.empty((n, *outputs.shape[1:]), dtype=outputs.dtype)
+                if request.all_outputs:  # only those who asked get the extra rows copied
+                    request.extras = [np.empty((n, *e.shape[1:]), dtype=e.dtype) for e in extras]
             size = seg.stop - seg.start
             request.outputs[seg.start:seg.stop] = outputs[offset:offset + size]
+            if request.all_outputs:
+                for kept, extra in zip(request.extras, extras, strict=True):
+                    kept[seg.start:seg.stop] = extra[offset:offset + size]
             offset += size
 
     # -- leaving the queue ----------------------------------------------------------------------

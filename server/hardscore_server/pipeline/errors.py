@@ -44,6 +44,17 @@ class UnknownModel(NotFound):
     """The request names a model this server does not serve."""
 
 
+class NoEmbeddings(InvalidRequest):
+    """The request asks for embeddings and the served model has no embedding output
+    (INVALID_ARGUMENT / 400: the caller must stop asking, or the model be re-exported)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"model {model!r} has no embedding output (its manifest.json has no 'embedding' "
+            "key): re-export it with hardscore-export, which writes the 'embedding' output, "
+            "or do not ask for embeddings")
+
+
 class ReplyTooLarge(InvalidRequest):
     """The reply to a request would not fit in the message limit."""
 

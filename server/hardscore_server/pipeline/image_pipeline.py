@@ -30,7 +30,12 @@ from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model.model_dir import ModelManifest
 from hardscore_server.pipeline.batcher import DynamicBatcher, RequestTiming, Reservation
 from hardscore_server.pipeline.decode_scheduler import DecodeScheduler, Image
-from hardscore_server.pipeline.errors import DeadlineExpired, InvalidRequest, UnknownModel
+from hardscore_server.pipeline.errors import (
+    DeadlineExpired,
+    InvalidRequest,
+    NoEmbeddings,
+    UnknownModel,
+)
 from hardscore_server.pipeline.preprocess import InputSpec, SampleError
 from hardscore_server.pipeline.scores import (
     LABEL_SCORES,
@@ -64,6 +69,10 @@ class ServedModel(Protocol):
         """Logits float32 [b, K] of model inputs float32 [b, C, H, W], on model instance
         ``instance`` (0 .. config.instances - 1); called from the batcher's threads."""
 
+    # A model whose manifest has an embedding also has ``run_with_embedding(instance, inputs)
+    # -> (logits [b, K], embeddings float32 [b, D])`` (D = manifest.embedding_dim), as
+    # ModelRunner does; without it, asking for embeddings is refused (NoEmbeddings).
+
 
 @dataclass(frozen=True)
 class ImageBatch:
@@ -75,7 +84,8 @@ class ImageBatch:
     and std. ``labels`` (one per image, or None for no label scores at all) turns the label
     scores on; rows whose label is None (or NO_LABEL, in an integer array of class indices) get
     NaN label scores. ``temperature`` (> 0) replaces
-    the model's own.
+    the model's own. ``include_embeddings`` asks for the model's embeddings too (NoEmbeddings
+    when it has none).
     """
 
     images: Sequence[Image] | np.ndarray
@@ -83,6 +93,7 @@ class ImageBatch:
     temperature: float | None = None
     model_name: str = ""
     on_sample_error: Literal["report", "raise"] = "report"
+    include_embeddings: bool = False
 
     def __len__(self) -> int:
         return len(self.images)
@@ -94,12 +105,15 @@ class ImageScores:
 
     ``scores`` holds every score (label scores None when the batch had no labels); ``logits``
     float32 [N, K] is the model output. Rows in ``errors`` have predicted_class -1 and NaN
-    scores and logits; so do rows whose logits are not finite.
+    scores and logits; so do rows whose logits are not finite. ``embeddings`` float32 [N, D]
+    (the model's penultimate pooled features) only when the batch asked for them, else None;
+    rows in ``errors`` are NaN.
     """
 
     scores: ScoreBatch
     logits: Float32Array
     errors: list[tuple[int, SampleError]] = field(default_factory=list)
+    embeddings: Float32Array | None = None
 
 
 class SampleFailed(InvalidRequest):
@@ -163,9 +177,20 @@ class ImagePipeline:
             preferred_batch_sizes=config.preferred_batch_sizes,
             metrics=metrics,
             model=m.name,
+            run_all=getattr(runner, "run_with_embedding", None) if m.has_embedding else None,
         )
         metrics.model_info.labels(m.name, m.version, runner.provider).set(1)
         self._images_scored = metrics.samples.labels("images")
+
+    @property
+    def has_embeddings(self) -> bool:
+        """Whether requests may ask for the model's embeddings."""
+        return self.batcher.can_infer_all
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the model's embeddings; 0 when it has none."""
+        return self.manifest.embedding_dim if self.has_embeddings else 0
 
     @property
     def max_samples(self) -> int:
@@ -195,11 +220,13 @@ class ImagePipeline:
         """Scores every image of ``batch``; ``deadline`` is a time.monotonic() instant.
 
         Raises UnknownModel, InvalidRequest (more than ``max_samples`` images, labels that do
-        not match the images, a bad temperature), SampleFailed, the batcher's QueueFull and
-        DeadlineExpired, and the decoder's DecodeBudgetExceeded, DeadlineExpired and
+        not match the images, a bad temperature), NoEmbeddings, SampleFailed, the batcher's
+        QueueFull and DeadlineExpired, and the decoder's DecodeBudgetExceeded, DeadlineExpired and
         ShuttingDown. ``timing``, when given, gets the batcher's queue and model time.
         """
         self.check_model(batch.model_name)
+        if batch.include_embeddings and not self.has_embeddings:
+            raise NoEmbeddings(self.manifest.name)
         n = len(batch)
         if n > self.max_samples:
             raise InvalidRequest(
@@ -235,11 +262,18 @@ class ImagePipeline:
             raise SampleFailed(*errors[0])
         failed = {i for i, _ in errors}
         rows = np.array([i for i in range(n) if i not in failed], dtype=np.intp)
-        if len(rows):
+        embeddings: Float32Array | None = None
+        if len(rows) and batch.include_embeddings:
+            outputs = await self.batcher.infer_all(inputs, deadline, reservation, timing)
+            logits = np.asarray(outputs[0], dtype=np.float32)
+            embeddings = np.asarray(outputs[1], dtype=np.float32)
+        elif len(rows):
             logits = np.asarray(await self.batcher.infer(inputs, deadline, reservation, timing),
                                 dtype=np.float32)
         else:
             logits = np.zeros((0, m.num_classes), dtype=np.float32)
+            if batch.include_embeddings:
+                embeddings = np.zeros((0, self.embedding_dim), dtype=np.float32)
         with np.errstate(all="ignore"):  # non-finite logits give NaN scores, quietly
             scores = score_logits(logits, None if labels is None else labels[rows], temperature)
         scores = replace(scores, predicted_class=np.where(
@@ -250,7 +284,12 @@ class ImagePipeline:
             full = np.full((n, m.num_classes), np.nan, dtype=np.float32)
             full[rows] = logits
             logits = full
-        return ImageScores(scores=expand(scores, rows, n), logits=logits, errors=errors)
+            if embeddings is not None:
+                full_emb = np.full((n, self.embedding_dim), np.nan, dtype=np.float32)
+                full_emb[rows] = embeddings
+                embeddings = full_emb
+        return ImageScores(scores=expand(scores, rows, n), logits=logits, errors=errors,
+                           embeddings=embeddings)
 
     # -- preprocessing ------------------------------------------------------------------------
 

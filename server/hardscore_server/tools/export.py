@@ -4,12 +4,14 @@ This module is the command line and the order of the steps; each step has its mo
 build the model (:mod:`.torch_models`: torchvision ResNet50 in the ImageNet or CIFAR layout,
 or any ``torch.nn.Module`` through :func:`export_model`), load the checkpoint
 (:mod:`.checkpoints`), export to ONNX with a dynamic batch axis (:mod:`.onnx_export`: input
-``images`` [N, C, H, W] float32, output ``logits`` [N, classes]), check ONNX Runtime against
-PyTorch on seeded random inputs (:mod:`.parity`: batch 1 and 4, max abs difference must be
-<= 1e-3), then write ``model.onnx`` and ``manifest.json`` (:mod:`.model_dir_writer`). With
-``--fp16`` the model written is the float16 conversion (:mod:`.fp16`; float32 inputs and
-outputs), checked against the float32 export within FP16_TOLERANCE. Nothing is written to the
-output directory unless every step passes.
+``images`` [N, C, H, W] float32, outputs ``logits`` [N, classes] and ``embedding`` [N, D]
+float32, the input of the model's final ``Linear`` flattened: the pooled features, 2048 for
+ResNet50), check ONNX Runtime against PyTorch on seeded random inputs (:mod:`.parity`: batch 1
+and 4, max abs difference <= 1e-3 on the logits, <= 1e-3 of the scale on the embeddings), then
+write ``model.onnx`` and ``manifest.json`` (:mod:`.model_dir_writer`; its ``embedding`` key
+names the output and D). With ``--fp16`` the model written is the float16 conversion
+(:mod:`.fp16`; float32 inputs and outputs), checked against the float32 export within
+FP16_TOLERANCE. Nothing is written to the output directory unless every step passes.
 
 torch, torchvision and onnx are imported inside functions: they are the ``export`` extra and
 the server must not need them.
@@ -56,6 +58,7 @@ from hardscore_server.tools.onnx_export import (
 from hardscore_server.tools.parity import (
     FP16_TOLERANCE,
     PARITY_TOLERANCE,
+    Fp16Parity,
     check_fp16_parity,
     check_parity,
     ort_session,
@@ -65,6 +68,8 @@ from hardscore_server.tools.torch_models import (
     LAYOUT_DEFAULTS,
     LAYOUTS,
     build_resnet50,
+    classifier_head,
+    with_embedding,
 )
 
 if TYPE_CHECKING:
@@ -81,6 +86,10 @@ class ExportResult:
     parity_max_abs_diff: float
     fp16_parity_max_abs_diff: float | None = None
     """``--fp16`` only: max |float16 - float32 export| over all logits (logit units)."""
+    embedding_parity_max_abs_diff: float | None = None
+    """Max |ONNX Runtime - PyTorch| over all embedding values; None without an embedding."""
+    fp16_embedding_parity_max_abs_diff: float | None = None
+    """``--fp16`` with an embedding: max |float16 - float32 export| over all embedding values."""
 
 
 # --------------------------------------------------------------------------- export
@@ -106,6 +115,7 @@ def export_model(
     seed: int = 0,
     log: Any = print,
     fp16: bool = False,
+    embedding: bool = True,
 ) -> ExportResult:
     """Export an in-memory ``model`` (logits out) to the model directory ``out_dir``.
 
@@ -118,57 +128,109 @@ def export_model(
     replacing existing ones. ``log`` receives progress lines (``print`` by default).
     With ``fp16`` the written model is the float16 conversion of the float32 export (float32
     inputs and outputs), checked against it on the same inputs within ``FP16_TOLERANCE``.
+    With ``embedding`` (the default) and a model that has a final ``Linear`` layer
+    (:func:`~hardscore_server.tools.torch_models.classifier_head`), its input is exported as
+    the second output ``embedding`` [N, D] and recorded in the manifest; a model without one
+    is exported without embeddings (logged).
     """
     torch = import_torch()
     import_onnx()
+    model = model.eval()
+    head = classifier_head(model) if embedding else None
+    if embedding and head is None:
+        log("no final Linear layer found: exporting without the embedding output")
+    embedding_dim = int(getattr(head, "in_features", 0)) if head is not None else 0
     manifest = new_manifest(
         name=name, version=version, class_names=class_names, input_size=input_size, mean=mean,
         std=std, resize=resize, input_channels=input_channels, temperature=temperature,
         random_weights=random_weights,
         provenance=export_provenance(type(model).__name__, provenance, str(torch.__version__)),
+        embedding_dim=embedding_dim,
     )
     validate_manifest(manifest)  # fail before the slow part
 
-    model = model.eval()
     input_shape = (input_channels, manifest.input_height, manifest.input_width)
     example = example_input(model, input_shape, len(manifest.class_names))
-    out_dir = Path(out_dir)
+    wrapped: Any = with_embedding(model, head) if head is not None else None
+    try:
+        if wrapped is not None:
+            _check_embedding_shape(wrapped, example, embedding_dim)
+        return _export_checked(
+            wrapped or model, example, Path(out_dir), manifest, input_shape,
+            opset=opset, parity_tolerance=parity_tolerance, seed=seed, log=log, fp16=fp16)
+    finally:
+        if wrapped is not None:
+            wrapped.remove()
+
+
+def _check_embedding_shape(wrapped: Any, example: Any, dim: int) -> None:
+    """Refuses a classifier layer whose input is not [N, in_features] once flattened."""
+    torch = import_torch()
+    with torch.no_grad():
+        _, features = wrapped(example)
+    if list(features.shape) != [example.shape[0], dim]:
+        raise ExportError(
+            f"the embedding (the final Linear layer's input, flattened) has shape "
+            f"{list(features.shape)}, expected [N, {dim}]; export with embedding=False")
+
+
+def _export_checked(
+    model: Any, example: Any, out_dir: Path, manifest: ModelManifest,
+    input_shape: tuple[int, int, int], *, opset: int, parity_tolerance: float, seed: int,
+    log: Any, fp16: bool,
+) -> ExportResult:
+    """torch -> ONNX in a temporary directory, the checks, then the model directory."""
+    embedding = manifest.has_embedding
     with tempfile.TemporaryDirectory(prefix="hardscore-export-") as tmp:
-        exported = export_onnx(model, example, Path(tmp), opset=opset, name=name, version=version)
+        exported = export_onnx(model, example, Path(tmp), opset=opset, name=manifest.name,
+                               version=manifest.version, embedding=embedding)
         session = ort_session(exported.path)
         check_io(manifest, session.get_inputs(), session.get_outputs())
-        diff = check_parity(
-            model, session, input_shape, tolerance=parity_tolerance, seed=seed, log=log)
-        manifest = with_provenance(manifest, {
-            "exporter": exported.exporter, "onnx_opset": str(exported.opset),
-            "parity_max_abs_diff": f"{diff:.3e}"})
-        model_path, fp16_diff = exported.path, None
+        diff, emb_diff = check_parity(
+            model, session, input_shape, tolerance=parity_tolerance, seed=seed, log=log,
+            embedding=embedding)
+        record = {"exporter": exported.exporter, "onnx_opset": str(exported.opset),
+                  "parity_max_abs_diff": f"{diff:.3e}"}
+        if emb_diff is not None:
+            record["embedding_parity_max_abs_diff"] = f"{emb_diff:.3e}"
+        manifest = with_provenance(manifest, record)
+        model_path, fp16_parity = exported.path, None
         if fp16:
-            model_path, fp16_diff, fp16_record = _float16_model(
+            model_path, fp16_parity, fp16_record = _float16_model(
                 exported.proto, session, Path(tmp), manifest, input_shape, seed, log)
             manifest = with_provenance(manifest, fp16_record)
         write_model_dir(out_dir, model_path, manifest)
     log(f"wrote {out_dir / MODEL_FILE} ({(out_dir / MODEL_FILE).stat().st_size} bytes)")
-    return ExportResult(model_dir=out_dir, manifest=manifest, parity_max_abs_diff=diff,
-                        fp16_parity_max_abs_diff=fp16_diff)
+    return ExportResult(
+        model_dir=out_dir, manifest=manifest, parity_max_abs_diff=diff,
+        fp16_parity_max_abs_diff=None if fp16_parity is None else fp16_parity.worst,
+        embedding_parity_max_abs_diff=emb_diff,
+        fp16_embedding_parity_max_abs_diff=(
+            None if fp16_parity is None else fp16_parity.embedding_worst))
 
 
 def _float16_model(
     proto: Any, session32: Any, tmp: Path, manifest: ModelManifest,
     input_shape: tuple[int, int, int], seed: int, log: Any,
-) -> tuple[Path, float, dict[str, str]]:
+) -> tuple[Path, Fp16Parity, dict[str, str]]:
     """Writes the float16 conversion of ``proto`` to ``tmp``, checks it against the float32
-    session (:func:`~hardscore_server.tools.parity.check_fp16_parity`); returns its path, the
-    max abs difference and what the manifest records. Raises ExportError beyond FP16_TOLERANCE."""
+    session (:func:`~hardscore_server.tools.parity.check_fp16_parity`, the embedding output
+    too); returns its path, the parity and what the manifest records. Raises ExportError
+    beyond FP16_TOLERANCE."""
     path = save_float16(proto, tmp)
     session16 = ort_session(path)
     check_io(manifest, session16.get_inputs(), session16.get_outputs())
-    worst, tolerance = check_fp16_parity(session32, session16, input_shape, seed=seed, log=log)
-    return path, worst, {
+    parity = check_fp16_parity(session32, session16, input_shape, seed=seed, log=log,
+                               embedding=manifest.has_embedding)
+    record = {
         "precision": "float16",
-        "fp16_parity_max_abs_diff": f"{worst:.3e}",
-        "fp16_parity_tolerance": f"{tolerance:.3e}",
+        "fp16_parity_max_abs_diff": f"{parity.worst:.3e}",
+        "fp16_parity_tolerance": f"{parity.tolerance:.3e}",
     }
+    if parity.embedding_worst is not None and parity.embedding_tolerance is not None:
+        record["fp16_embedding_parity_max_abs_diff"] = f"{parity.embedding_worst:.3e}"
+        record["fp16_embedding_parity_tolerance"] = f"{parity.embedding_tolerance:.3e}"
+    return path, parity, record
 
 
 # --------------------------------------------------------------------------- CLI

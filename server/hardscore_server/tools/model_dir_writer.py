@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hardscore_server.model.model_dir import MODEL_FILE, ModelManifest, write_manifest
-from hardscore_server.tools.onnx_export import INPUT_NAME, OUTPUT_NAME
+from hardscore_server.tools.onnx_export import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME
 
 
 def export_provenance(
@@ -47,9 +47,11 @@ def new_manifest(
     temperature: float,
     random_weights: bool,
     provenance: Mapping[str, str],
+    embedding_dim: int = 0,
 ) -> ModelManifest:
     """The manifest of an exported model (not validated yet): ``input_size`` is (height, width)
-    in pixels, ``mean``/``std`` one value per channel in pixel/255 units."""
+    in pixels, ``mean``/``std`` one value per channel in pixel/255 units; ``embedding_dim`` > 0
+    records the ``embedding`` output of that width (0: none)."""
     height, width = (int(v) for v in input_size)
     return ModelManifest(
         name=name,
@@ -66,6 +68,8 @@ def new_manifest(
         output_name=OUTPUT_NAME,
         random_weights=random_weights,
         provenance=dict(provenance),
+        embedding_name=EMBEDDING_NAME if embedding_dim else None,
+        embedding_dim=embedding_dim,
     )
 
 

@@ -1,7 +1,8 @@
-"""torch -> ONNX for ``hardscore-export``: one input ``images`` [N, C, H, W] float32 and one
-output ``logits`` [N, classes] with a dynamic batch axis N, saved as a single file (under
-2 GiB) that passes ``onnx.checker``; and, for ``--fp16``, its float16 copy (float32 inputs and
-outputs, :mod:`hardscore_server.tools.fp16`).
+"""torch -> ONNX for ``hardscore-export``: one input ``images`` [N, C, H, W] float32, the output
+``logits`` [N, classes] and, for a model wrapped by ``torch_models.with_embedding``, a second
+output ``embedding`` [N, D] float32 (its penultimate pooled features), with a dynamic batch
+axis N, saved as a single file (under 2 GiB) that passes ``onnx.checker``; and, for ``--fp16``,
+its float16 copy (float32 inputs and outputs, :mod:`hardscore_server.tools.fp16`).
 
 torch and onnx are imported inside the functions (the ``export`` extra).
 """
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+EMBEDDING_NAME = "embedding"
 DEFAULT_OPSET = 17
 MAX_SINGLE_FILE_BYTES = 2**31 - 1
 """protobuf limit; larger models would need external data files, which we do not produce."""
@@ -60,13 +62,16 @@ def example_input(
 
 def export_onnx(
     model: torch.nn.Module, example: torch.Tensor, directory: Path, *, opset: int, name: str,
-    version: str,
+    version: str, embedding: bool = False,
 ) -> OnnxModel:
     """Export ``model`` traced on ``example`` to ``directory/model.onnx``, with ``name`` and
-    ``version`` in its doc string and metadata; refuses a model of 2 GiB or more."""
+    ``version`` in its doc string and metadata; refuses a model of 2 GiB or more. With
+    ``embedding`` the model returns (logits, embedding), exported as outputs ``logits`` and
+    ``embedding``."""
     onnx = import_onnx()
     raw_path = directory / "raw.onnx"
-    exporter = _torch_onnx_export(model, example, raw_path, opset)
+    outputs = [OUTPUT_NAME, EMBEDDING_NAME] if embedding else [OUTPUT_NAME]
+    exporter = _torch_onnx_export(model, example, raw_path, opset, outputs)
     proto = onnx.load(str(raw_path), load_external_data=True)
     actual_opset = next(
         (op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")), opset
@@ -101,15 +106,16 @@ def save_float16(proto: Any, directory: Path) -> Path:
 
 
 def _torch_onnx_export(
-    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int
+    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int,
+    outputs: list[str],
 ) -> str:
     """Export with the TorchScript exporter (dynamo=False); fall back to the dynamo exporter
     where the former is unavailable. Returns the exporter's name."""
     torch = import_torch()
-    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    dynamic_axes = {name: {0: "batch"} for name in (INPUT_NAME, *outputs)}
     common: dict[str, Any] = {
         "input_names": [INPUT_NAME],
-        "output_names": [OUTPUT_NAME],
+        "output_names": outputs,
         "dynamic_axes": dynamic_axes,
         "opset_version": opset,
     }

@@ -1,6 +1,8 @@
 """The torch models ``hardscore-export`` builds: torchvision's ResNet50 in the ImageNet or the
 CIFAR layout, randomly initialised, and each layout's defaults for the model directory (class
-count, input size in pixels, per-channel mean/std in pixel/255 units, resize rule).
+count, input size in pixels, per-channel mean/std in pixel/255 units, resize rule); and any
+classifier wrapped to return its embedding (the input of its final ``Linear``) beside its
+logits.
 
 torch and torchvision are imported inside the functions (the ``export`` extra).
 """
@@ -70,3 +72,47 @@ def build_resnet50(
         if cifar_maxpool == "identity":
             model.maxpool = torch.nn.Identity()
     return model
+
+
+def classifier_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The model's final classifier layer: its ``fc`` attribute when that is a ``Linear``
+    (torchvision ResNets), else the last ``Linear`` it registers (``classifier`` heads of
+    other torchvision models, ``nn.Sequential`` models); None when it has no ``Linear``."""
+    torch = import_torch()
+    fc = getattr(model, "fc", None)
+    if isinstance(fc, torch.nn.Linear):
+        return fc
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def with_embedding(model: torch.nn.Module, head: torch.nn.Module) -> torch.nn.Module:
+    """``model`` wrapped to return (logits, embedding): the embedding is what ``head`` (its
+    final classifier layer, see :func:`classifier_head`) receives, flattened to [N, D]: for
+    ResNets the global-average-pooled features (2048 for ResNet50). A forward pre-hook on
+    ``head`` catches it; call the wrapper's ``remove()`` to take the hook off ``model``."""
+    torch = import_torch()
+
+    class WithEmbedding(torch.nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self._features: list[Any] = []
+            self._handle = head.register_forward_pre_hook(self._catch)
+
+        def _catch(self, _module: Any, args: tuple[Any, ...]) -> None:
+            self._features.append(args[0])
+
+        def forward(self, x: Any) -> tuple[Any, Any]:
+            self._features.clear()
+            logits = self.model(x)
+            if not self._features:
+                raise ExportError("the classifier layer did not run: no embedding to export")
+            features = self._features[-1]
+            self._features.clear()
+            return logits, torch.flatten(features, 1)
+
+        def remove(self) -> None:
+            self._handle.remove()
+
+    return WithEmbedding().eval()

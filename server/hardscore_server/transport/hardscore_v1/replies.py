@@ -22,8 +22,10 @@ def encode_scores(
     include_probabilities: bool = False,
     logits: npt.NDArray[np.floating] | None = None,
     into: pb.Scores | None = None,
+    embeddings: npt.NDArray[np.floating] | None = None,
 ) -> pb.Scores:
-    """Scores message for ``batch``: float64 scores, int32 classes, float32 probabilities/logits.
+    """Scores message for ``batch``: float64 scores, int32 classes, float32 probabilities/logits
+    and (when given) embeddings [N, D].
 
     Written into ``into`` (an empty message, e.g. a response's field) when given, else a new one.
     """
@@ -43,6 +45,8 @@ def encode_scores(
         fill_tensor(msg.probabilities, batch.probabilities, np.float32)
     if logits is not None:
         fill_tensor(msg.logits, logits, np.float32)
+    if embeddings is not None:
+        fill_tensor(msg.embeddings, embeddings, np.float32)
     return msg
 
 
@@ -62,6 +66,7 @@ def image_response(
         include_probabilities=request.options.include_probabilities,
         logits=result.logits if request.options.include_logits else None,
         into=response.scores,
+        embeddings=result.embeddings,  # None unless the request asked
     )
     return response
 
@@ -83,6 +88,7 @@ def model_info(pipeline: ImagePipeline) -> pb.GetModelInfoResponse:
         ),
         weights_provenance=", ".join(f"{k}={v}" for k, v in m.provenance.items()),
         random_weights=m.random_weights,
+        embedding_dim=pipeline.embedding_dim,
     )
 
 
@@ -133,8 +139,10 @@ def scores_bytes(
     include_logits: bool = False,
     ids: Sequence[str] = (),
     class_names: Sequence[str] = (),
+    embedding_dim: int = 0,
 ) -> int:
-    """Exact serialized size, in bytes, of the ``Scores`` message ``encode_scores`` writes."""
+    """Exact serialized size, in bytes, of the ``Scores`` message ``encode_scores`` writes;
+    ``embedding_dim`` > 0: with embeddings float32 [N, embedding_dim] (field 16: 2-byte tag)."""
     size = 0 if n_rows == 0 else 1 + _varint_bytes(n_rows)
     size += strings_bytes(ids) + strings_bytes(class_names)
     column = _field_bytes(tensor_bytes([n_rows], 8))  # one float64 score
@@ -144,6 +152,9 @@ def scores_bytes(
         size += classes + len(LABEL_SCORES) * column
     matrix = _field_bytes(tensor_bytes([n_rows, n_classes], 4))  # float32 [N, C]
     size += matrix * (int(include_probabilities) + int(include_logits))
+    if embedding_dim:
+        payload = tensor_bytes([n_rows, embedding_dim], 4)
+        size += 2 + _varint_bytes(payload) + payload
     return size
 
 

@@ -218,4 +218,5 @@ def image_batch(request: pb.ScoreImagesRequest, max_samples: int) -> ImageBatch:
                       else sample.label_name if label == "label_name" else None)
     has_labels = any(label is not None for label in labels)
     return ImageBatch(images=images, labels=labels if has_labels else None,
-                      temperature=temperature, model_name=request.model_name)
+                      temperature=temperature, model_name=request.model_name,
+                      include_embeddings=request.options.include_embeddings)

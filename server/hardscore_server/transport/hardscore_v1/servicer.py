@@ -157,6 +157,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                     labelled=any(s.WhichOneof("label") is not None for s in samples),
                     include_probabilities=request.options.include_probabilities,
                     include_logits=request.options.include_logits,
+                    embedding_dim=(pipeline.embedding_dim
+                                   if request.options.include_embeddings else 0),
                     ids=[s.id for s in samples] if any(s.id for s in samples) else (),
                     class_names=m.class_names),
                 m.name, m.version, first_row)

@@ -26,7 +26,6 @@ from hardscore_server.transport.inference_protocol.model_config import (
     LABEL_DATATYPES,
     LABEL_INPUT,
     OUTPUTS,
-    OUTPUTS_BY_NAME,
     SERVER_NAME,
     ImageInput,
     OutputSpec,
@@ -34,7 +33,9 @@ from hardscore_server.transport.inference_protocol.model_config import (
     input_dims,
     model_config,
     model_metadata,
+    model_outputs,
     model_statistics,
+    output_width,
     served_models,
 )
 from hardscore_server.transport.inference_protocol.shared_memory import SharedMemoryRegistry
@@ -115,6 +116,7 @@ class InferenceCore:
         self.manifest = pipeline.manifest
         self.server_version = importlib.metadata.version("hardscore")
         self.models = served_models(pipeline)
+        self.outputs = {o.name: o for o in model_outputs(pipeline)}
         self._counts = {name: RequestCounts() for name in self.models}
         self._lock = threading.Lock()
         self.draining = False
@@ -236,7 +238,8 @@ class InferenceCore:
         if max_reply_bytes is not None:
             check_reply_fits(self._reply_floor(parsed, n), max_reply_bytes, n, None,
                              "images", "requests")
-        batch = ImageBatch(images=parsed.images, labels=parsed.labels, on_sample_error="raise")
+        batch = ImageBatch(images=parsed.images, labels=parsed.labels, on_sample_error="raise",
+                           include_embeddings=any(s.embedding for s, _ in parsed.outputs))
         try:
             result = await self.pipeline.score(batch, deadline, timing)
         except SampleFailed as exc:
@@ -245,7 +248,10 @@ class InferenceCore:
         outputs = []
         scores = result.scores
         for spec, parameters in parsed.outputs:
-            values = result.logits if spec.name == "logits" else getattr(scores, spec.name)
+            if spec.embedding:
+                values = result.embeddings
+            else:
+                values = result.logits if spec.name == "logits" else getattr(scores, spec.name)
             assert values is not None, f"{spec.name} needs labels"  # _parse fills them
             out = OutputTensor(spec, output_array(spec.datatype, values), parameters)
             if SHM_REGION in parameters:
@@ -260,8 +266,7 @@ class InferenceCore:
         """Bytes of the requested outputs' values alone (those not written to shared memory):
         no reply to ``n`` images is smaller in any encoding (an INT64 takes at least 1 byte)."""
         itemsize = {"FP32": 4, "FP64": 8, "INT64": 1}
-        return sum(n * (self.manifest.num_classes if spec.per_class else 1)
-                   * itemsize[spec.datatype]
+        return sum(n * (output_width(self.pipeline, spec) or 1) * itemsize[spec.datatype]
                    for spec, parameters in parsed.outputs if SHM_REGION not in parameters)
 
     def _record_success(self, name: str, started: int, packing: int, timing: RequestTiming,
@@ -386,11 +391,13 @@ class InferenceCore:
             return [(o, {}) for o in OUTPUTS if has_labels or not o.needs_label]
         chosen: dict[str, tuple[OutputSpec, Mapping[str, Any]]] = {}
         for output in wanted:
-            spec = OUTPUTS_BY_NAME.get(output.name)
+            spec = self.outputs.get(output.name)
             if spec is None:
+                hint = ("; the 'embedding' output needs a model exported with it: re-export it "
+                        "with hardscore-export" if output.name == "embedding" else "")
                 raise InvalidRequest(
                     f"unexpected inference output '{output.name}' for model "
-                    f"'{model}'; its outputs are {', '.join(OUTPUTS_BY_NAME)}")
+                    f"'{model}'; its outputs are {', '.join(self.outputs)}{hint}")
             if "classification" in output.parameters:
                 raise InvalidRequest(
                     f"output '{output.name}' asks for 'classification', which this server does "

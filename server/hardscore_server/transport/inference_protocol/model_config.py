@@ -30,12 +30,14 @@ _CONFIG_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "INT64": "TYPE_INT64"
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One output tensor: name, datatype, per-sample shape (() or (classes,)), needs a label."""
+    """One output tensor: name, datatype, per-sample shape (() or (classes,), or (D,) for the
+    embedding), needs a label."""
 
     name: str
     datatype: str
     per_class: bool = False
     needs_label: bool = False
+    embedding: bool = False
 
 
 OUTPUTS: tuple[OutputSpec, ...] = (
@@ -52,6 +54,21 @@ OUTPUTS: tuple[OutputSpec, ...] = (
     OutputSpec("margin_issue_score", "FP64", needs_label=True),
 )
 OUTPUTS_BY_NAME = {o.name: o for o in OUTPUTS}
+"""The outputs every model has; a request that names none gets these (with labels: all)."""
+EMBEDDING_OUTPUT = OutputSpec("embedding", "FP32", embedding=True)
+"""The model's embeddings FP32 [N, D], for a model that has them, only when named."""
+
+
+def model_outputs(pipeline: ImagePipeline) -> tuple[OutputSpec, ...]:
+    """Every output of the served model: OUTPUTS, then ``embedding`` when it has one."""
+    return (*OUTPUTS, EMBEDDING_OUTPUT) if pipeline.has_embeddings else OUTPUTS
+
+
+def output_width(pipeline: ImagePipeline, spec: OutputSpec) -> int | None:
+    """Values per sample of an output: the class count, the embedding width, or None (one)."""
+    if spec.embedding:
+        return pipeline.embedding_dim
+    return pipeline.manifest.num_classes if spec.per_class else None
 
 
 def input_dims(pipeline: ImagePipeline) -> list[int]:
@@ -94,7 +111,8 @@ def model_metadata(pipeline: ImagePipeline, name: str) -> dict[str, Any]:
         "inputs": [{"name": image.name, "datatype": image.datatype,
                     "shape": list(image.shape)}],
         "outputs": [{"name": o.name, "datatype": o.datatype,
-                     "shape": [-1, m.num_classes] if o.per_class else [-1]} for o in OUTPUTS],
+                     "shape": [-1] if (w := output_width(pipeline, o)) is None else [-1, w]}
+                    for o in model_outputs(pipeline)],
     }
 
 
@@ -105,10 +123,11 @@ def model_config(pipeline: ImagePipeline, name: str) -> dict[str, Any]:
     image = served_models(pipeline)[name]
     b = pipeline.batcher
     outputs = []
-    for o in OUTPUTS:
+    for o in model_outputs(pipeline):
+        width = output_width(pipeline, o)
         out: dict[str, Any] = {"name": o.name, "data_type": _CONFIG_TYPES[o.datatype],
-                               "dims": [m.num_classes] if o.per_class else [1]}
-        if not o.per_class:  # a batched scalar: [N] on the wire, as Triton writes it
+                               "dims": [1] if width is None else [width]}
+        if width is None:  # a batched scalar: [N] on the wire, as Triton writes it
             out["reshape"] = {"shape": []}
         outputs.append(out)
     parameters = {
