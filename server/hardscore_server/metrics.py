@@ -103,6 +103,11 @@ class ServerMetrics:
         self.calls_in_flight = Gauge(
             "hardscore_calls_in_flight", "gRPC calls whose handler has started and not ended "
             "(health checks excluded); a drain waits for them.", registry=r)
+        self.calls_dropped = Counter(
+            "hardscore_calls_dropped", "gRPC calls that gRPC ended before their handler "
+            "started (their deadline passed, or their client went away, before the server "
+            "read their request or ran their task), by method; nothing of them was computed.",
+            ["method"], registry=r)
         self.request_duration = Histogram(
             "hardscore_request_duration_seconds", "gRPC call duration, by method.",
             ["method"], buckets=LATENCY_BUCKETS, registry=r)

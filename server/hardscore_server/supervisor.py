@@ -49,7 +49,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from hardscore_server.config import ConfigError, ServerConfig
+from hardscore_server.config import ConfigError, ServerConfig, exposure_warning
+from hardscore_server.transport.inference_protocol.shared_memory import SHARED_STORE_ENV
 from hardscore_server.transport.metrics_endpoint import metrics_tls, start_metrics_server
 
 log = logging.getLogger("hardscore_server.supervisor")
@@ -208,7 +209,9 @@ class Worker:
         self.ready_file = ready_file
         self.ports: dict[str, Any] | None = None
         env = {**os.environ, WORKER_INDEX_ENV: str(index), READY_FILE_ENV: str(ready_file),
-               "HARDSCORE_SUPERVISOR_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+               "HARDSCORE_SUPERVISOR_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1",
+               # system shared memory regions, registered once for every worker
+               SHARED_STORE_ENV: str(ready_file.parent / "shared-memory-regions")}
         self.proc = subprocess.Popen(
             args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT)
@@ -333,8 +336,12 @@ class Supervisor:
         pids = ", ".join(str(w.proc.pid) for w in self.workers)
         if http_port >= 0:  # before the gRPC line, as a single server says it
             log.info("serving HTTP (KServe V2 REST) on %s:%d", c.host, http_port)
-        log.info("serving gRPC on %s:%d, metrics on %s:%d (%d workers, pids %s)", c.host, port,
-                 c.metrics_host, metrics_port, len(self.workers), pids)
+        metrics = (f"metrics on {c.metrics_host}:{metrics_port}" if metrics_port >= 0
+                   else "metrics off")
+        if exposure_warning(c):  # once, here; not by each worker
+            log.warning("%s", exposure_warning(c))
+        log.info("serving gRPC on %s:%d, %s (%d workers, pids %s)", c.host, port, metrics,
+                 len(self.workers), pids)
         while self._stop_signal is None:
             for w in self.workers:
                 code = w.proc.poll()

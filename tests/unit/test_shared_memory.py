@@ -68,3 +68,60 @@ def test_keys_that_are_not_one_plain_name_are_refused(registry: SharedMemoryRegi
                                                      key: str) -> None:
     with pytest.raises(InvalidRequest, match="is not a POSIX shared memory name"):
         registry.register("other", key, 0, 16)
+
+
+# -- workers > 1: one registry in a shared store ----------------------------------------------
+
+@pytest.fixture
+def workers(tmp_path: Path) -> tuple[SharedMemoryRegistry, SharedMemoryRegistry]:
+    """Two workers' registries over one store (what the supervisor gives its workers)."""
+    (tmp_path / "obj").write_bytes(bytes(range(256)) * (SIZE // 256))
+    (tmp_path / "other").write_bytes(b"\x07" * SIZE)
+    store = str(tmp_path / "store")
+    return (SharedMemoryRegistry(str(tmp_path), shared_store=store),
+            SharedMemoryRegistry(str(tmp_path), shared_store=store))
+
+
+def test_a_region_registered_by_one_worker_serves_every_worker(workers, tmp_path) -> None:
+    first, second = workers
+    first.register("r", "/obj", 1024, 2048)
+    assert second.read("r", 0, 4, "input 'x'") == bytes([0, 1, 2, 3])
+    second.write("r", 8, 4, b"abcd", "output 'y'")
+    assert first.read("r", 8, 4, "input 'x'") == b"abcd"
+    assert second.status() == [{"name": "r", "key": "/obj", "offset": 1024, "byte_size": 2048}]
+    with pytest.raises(InvalidRequest, match="already registered"):
+        second.register("r", "/other", 0, 16)
+    with pytest.raises(InvalidRequest, match=r"needs 8 bytes at offset 2044 .* holds 2048"):
+        second.read("r", 2044, 8, "input 'x'")
+    os.truncate(tmp_path / "obj", 1500)  # the key check and truncation hold in every worker
+    with pytest.raises(InvalidRequest, match="truncated"):
+        second.read("r", 0, 1024, "input 'x'")
+    os.truncate(tmp_path / "obj", SIZE)
+
+    second.unregister("r")  # for every worker
+    for registry in workers:
+        with pytest.raises(InvalidRequest, match="'r', which is not registered"):
+            registry.read("r", 0, 4, "input 'x'")
+    assert first.status() == []
+    assert not first._regions and not second._regions  # both closed their descriptors
+
+    first.register("r", "/other", 0, 16)  # the same name again, another object
+    assert second.read("r", 0, 2, "input 'x'") == b"\x07\x07"
+    first.close()  # one worker's shutdown: the region stays for the others
+    assert second.read("r", 0, 2, "input 'x'") == b"\x07\x07"
+    assert [r["name"] for r in second.status()] == ["r"]
+
+
+def test_the_region_limit_holds_across_workers(tmp_path: Path) -> None:
+    (tmp_path / "obj").write_bytes(bytes(SIZE))
+    store = str(tmp_path / "store")
+    first, second = (SharedMemoryRegistry(str(tmp_path), max_regions=2, shared_store=store)
+                     for _ in range(2))
+    first.register("a", "/obj", 0, 16)
+    second.register("b", "/obj", 0, 16)
+    with pytest.raises(InvalidRequest, match="2 shared memory regions are registered"):
+        first.register("c", "/obj", 0, 16)
+    first.unregister()
+    assert second.status() == []
+    with pytest.raises(InvalidRequest, match="not registered"):
+        second.read("b", 0, 1, "input 'x'")

@@ -16,6 +16,10 @@ Inference Protocol, grpc.health.v1, reflection), so neither concern is per-metho
   an answer that overtakes one of its writes into INTERNAL "Internal error from Core" (not
   retryable; grpc/grpc issue 36066), so a stream its client writes within that time is told
   UNAVAILABLE as it should be.
+- **Calls gRPC ended before their handler.** grpc runs no handler for a unary request it
+  never received, nor for a call cancelled before its task ran (the call's deadline passed,
+  or its client left, first); the gate counts those of the recorded services in
+  ``hardscore_calls_dropped_total`` when grpc's task for the call ends.
 - **Unparseable requests.** A request message that is not a valid protobuf of the method's
   request type (random bytes, a truncated message) is answered INVALID_ARGUMENT naming the
   type, with one INFO log line and no traceback, instead of grpc's UNKNOWN plus a traceback.
@@ -27,11 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import inspect
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -71,6 +76,52 @@ async def _read_to_half_close(requests: AsyncIterator[Any], limit_s: float) -> N
 
     with contextlib.suppress(TimeoutError, InvalidRequest):
         await asyncio.wait_for(discard(), limit_s)
+
+
+def _write_failed_types() -> tuple[type[BaseException], ...]:
+    """grpc's exception for a write the core refused (``ExecuteBatchError``: the call is over,
+    its client gone), where this grpc has it."""
+    found = getattr(importlib.import_module("grpc._cython.cygrpc"), "ExecuteBatchError", None)
+    return (found,) if isinstance(found, type) and issubclass(found, BaseException) else ()
+
+
+_WRITE_FAILED = _write_failed_types()
+_WRITE_ENDED: tuple[type[BaseException], ...] = (asyncio.CancelledError, *_WRITE_FAILED)
+"""What ends a reply's write when its client has gone: the handler cancelled, or the write
+refused."""
+
+
+async def _write_all(replies: AsyncGenerator[Any, None], context: grpc.aio.ServicerContext,
+                     path: str) -> None:
+    """Writes every reply of a response stream. A client that cancels while a reply is being
+    written makes the write fail before grpc has noticed the cancel: grpc would log that
+    failure as an ERROR with a traceback. Here it ends the handler as the cancel does, which
+    grpc logs at DEBUG only. Either way (the write refused, or the handler cancelled during
+    it) the generator is told with ``CancelledError`` at its ``yield``, so it counts its call
+    as any cancelled call (closing it there instead would leave the call uncounted)."""
+    try:
+        async for reply in replies:
+            try:
+                await context.write(reply)
+            except _WRITE_ENDED as exc:
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await replies.athrow(asyncio.CancelledError())
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                log.debug("%s: a reply could not be written, its client has gone (%s)", path,
+                          type(exc).__name__)
+                raise asyncio.CancelledError from None
+    finally:
+        await replies.aclose()
+
+
+class _Arrival:
+    """One call as the gate saw it arrive: whether its handler ran."""
+
+    __slots__ = ("handled",)
+
+    def __init__(self) -> None:
+        self.handled = False
 
 
 class UnparseableMessage(InvalidRequest):
@@ -115,6 +166,8 @@ class CallGate(grpc.aio.ServerInterceptor):
         """Calls whose handler started (health checks excluded), since the server started."""
         self.refused = 0
         """Calls answered UNAVAILABLE because the server was draining."""
+        self.dropped = 0
+        """Recorded calls that grpc ended before their handler ran."""
         self._last_arrival = 0.0  # time.monotonic() of the last call refused or ended
         self._closing_at = 0.0
         self._running: set[asyncio.Task[Any]] = set()
@@ -185,10 +238,22 @@ class CallGate(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler  # unknown method: grpc answers UNIMPLEMENTED
         service, method = _split(handler_call_details.method)
-        return self._wrap(handler, service, method)
+        arrival = _Arrival()
+        task = asyncio.current_task()  # grpc's task for this call: it runs the handler too
+        if self._metrics is not None and service in self._recorded and task is not None:
+            # grpc runs no handler for a unary request it never received, nor for a call
+            # cancelled before its task ran (the call's deadline passed, or its client left,
+            # first): count it when grpc's task for it ends
+            task.add_done_callback(lambda _: self._count_dropped(method, arrival))
+        return self._wrap(handler, service, method, arrival)
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, service: str,
-              method: str) -> grpc.RpcMethodHandler:
+    def _count_dropped(self, method: str, arrival: _Arrival) -> None:
+        if not arrival.handled and self._metrics is not None:
+            self.dropped += 1
+            self._metrics.calls_dropped.labels(method).inc()
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, service: str, method: str,
+              arrival: _Arrival) -> grpc.RpcMethodHandler:
         counted = service != HEALTH_SERVICE
         path = f"/{service}/{method}"
         deserializer: Any = handler.request_deserializer
@@ -208,6 +273,7 @@ class CallGate(grpc.aio.ServerInterceptor):
 
         async def refuse_or_enter(request: Any, context: grpc.aio.ServicerContext) -> None:
             """Refuses the call (draining, or an unparseable unary request), else counts it."""
+            arrival.handled = True
             if self.draining and counted:
                 self.refused += 1
                 self._last_arrival = time.monotonic()
@@ -252,11 +318,9 @@ class CallGate(grpc.aio.ServerInterceptor):
 
         behavior: Callable[..., Any]
         if handler.response_streaming and inspect.isasyncgenfunction(inner):
-            async def behavior(request: Any, context: grpc.aio.ServicerContext
-                               ) -> AsyncIterator[Any]:
+            async def behavior(request: Any, context: grpc.aio.ServicerContext) -> None:
                 async with served(request, context):
-                    async for response in inner(request, context):
-                        yield response
+                    await _write_all(inner(request, context), context, path)
         else:  # a coroutine: unary response, or a stream written with context.write
             async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with served(request, context):

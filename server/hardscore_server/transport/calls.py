@@ -13,6 +13,7 @@ from typing import TypeVar
 import grpc
 
 from hardscore_server.metrics import ServerMetrics
+from hardscore_server.pipeline.batcher import deadline_passed
 from hardscore_server.transport.call_gate import was_cut_off
 from hardscore_server.transport.statuses import answer_to
 
@@ -60,13 +61,13 @@ class CallRecorder:
 
 def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     """What the caller of a call cancelled under its handler sees: UNAVAILABLE when a drain
-    cut it off, DEADLINE_EXCEEDED when its deadline has passed (gRPC cancels the handler then
-    too), else CANCELLED."""
+    cut it off, DEADLINE_EXCEEDED when its deadline has passed or is at most
+    ``DEADLINE_SLACK_S`` away (the client's copy of the deadline starts first, so its reset
+    usually arrives a little before the server's copy passes), else CANCELLED."""
     if was_cut_off():
         return grpc.StatusCode.UNAVAILABLE
-    remaining = context.time_remaining()
-    expired = remaining is not None and remaining <= 0
-    return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+    return (grpc.StatusCode.DEADLINE_EXCEEDED if deadline_passed(deadline_of(context))
+            else grpc.StatusCode.CANCELLED)
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
