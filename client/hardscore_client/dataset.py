@@ -4,15 +4,18 @@ A folder in the usual image-classification layout (one subfolder per class, name
 model's class, holding that class's images at any depth) gives each image its folder name as
 the given label; images directly in the folder (or a folder without class subfolders) are
 unlabelled. ``--from-list`` reads the paths (or file:// URIs) from a file instead, one a line,
-optionally followed by a tab and the given label.
+optionally followed by a tab and the given label, and another tab and the split (train, test...).
 
 Images are read in a thread and streamed to one or more servers by a bounded number of
 concurrent calls per server (each call a batch of images); batches go to whichever server is
 free, so faster servers take more. The output table has one row per scored image: ``path``,
-``label`` (given, "" when none), ``prediction`` (class name), every score, and ``p_<class>``
-probabilities. It is rewritten (to a temporary file, then renamed) every ``checkpoint_s``
-seconds and at the end, so an interrupted run loses little, and a new run over the same output
-skips every path already in it. Unreadable or undecodable images are reported and skipped.
+``label`` (given, "" when none), ``split`` ("" when none), ``sha256`` (the file's content
+digest, which finds exact duplicates), ``prediction`` (class name), every score, and
+``p_<class>`` probabilities. With ``embeddings`` the model's embedding of each image is kept
+beside the table (embedding_store). The table is rewritten (to a temporary file, then renamed)
+every ``checkpoint_s`` seconds and at the end, so an interrupted run loses little, and a new run
+over the same output skips every path already in it. Unreadable or undecodable images are
+reported and skipped.
 
 A server's refusal that cannot change is never retried: a batch refused as too large (over the
 message size limit, the queue size, the images per message or the decode budget) is split in
@@ -24,6 +27,7 @@ for at most ``busy_give_up_s`` seconds without a success, then given up like a f
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import os
 import sys
@@ -46,6 +50,7 @@ from hardscore_client.client import (
     TLSConfig,
 )
 from hardscore_client.connection import PROBE_BOUND_S
+from hardscore_client.embedding_store import write_part
 from hardscore_client.errors import (
     ConnectionFailed,
     InputError,
@@ -53,6 +58,7 @@ from hardscore_client.errors import (
     ServerUnavailableError,
 )
 from hardscore_client.messages import ScoreResult
+from hardscore_client.sources import is_local, read_bytes, read_manifest
 from hardscore_client.tables import (
     INT_COLUMNS,
     TEXT_COLUMNS,
@@ -64,8 +70,10 @@ from hardscore_client.tables import (
 from hardscore_wire.scores import SCORE_NAMES
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-FIRST_COLUMNS = ("path", "label", "prediction")
+FIRST_COLUMNS = ("path", "label", "split", "sha256", "prediction")
 """The score-dir table's text columns, before the scores."""
+ADDED_COLUMNS = ("split", "sha256")
+"""Columns tables of earlier versions lack: such a table is resumed with them empty."""
 BATCH_SIZE = 32
 CONCURRENCY = 4
 CHECKPOINT_S = 60.0
@@ -78,10 +86,12 @@ FloatArray = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class Item:
-    """One image to score: its absolute path and its given label ("" = none)."""
+    """One image to score: its absolute path (or a URI: sources), its given label and its split
+    ("" = none)."""
 
     path: str
     label: str = ""
+    split: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,20 +156,30 @@ def path_from_entry(entry: str, base: Path | None = None) -> str:
 
 
 def read_list(list_file: Path) -> tuple[list[Item], list[Failure]]:
-    """Items from a list file: ``PATH_OR_FILE_URI[<TAB>LABEL]`` a line; blank lines and lines
-    starting with # are skipped. Relative paths are relative to the current folder."""
+    """Items from a list file: ``PATH_OR_FILE_URI[<TAB>LABEL[<TAB>SPLIT]]`` a line; blank lines
+    and lines starting with # are skipped. Relative paths are relative to the current folder."""
     if not list_file.exists():
         raise InputNotFoundError(f"{list_file}: no such file")
     items, failures = [], []
     for line in list_file.read_text().splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        entry, _, label = line.partition("\t")
+        entry, _, rest = line.partition("\t")
+        label, _, split = rest.partition("\t")
         try:
-            items.append(Item(path_from_entry(entry.strip()), label.strip()))
+            items.append(Item(path_from_entry(entry.strip()), label.strip(), split.strip()))
         except ValueError as e:
             failures.append(Failure(entry.strip(), "uri", str(e)))
     return items, failures
+
+
+def read_manifest_items(manifest: str) -> tuple[list[Item], list[Failure]]:
+    """Items from a manifest (CSV, JSON Lines or Parquet; a local path or a URI such as
+    s3://): see sources.read_manifest. Each item's path is its URI as given (local paths
+    made absolute); rows naming no image are failures (reason ``uri``)."""
+    entries, bad = read_manifest(manifest)
+    return ([Item(e.uri, e.label, e.split) for e in entries],
+            [Failure(b.entry, "uri", b.message) for b in bad])
 
 
 def table_columns(class_names: Sequence[str]) -> list[str]:
@@ -176,8 +196,10 @@ def _empty(name: str, n: int) -> npt.NDArray[np.generic]:
     return np.full(n, math.nan)
 
 
-def result_rows(items: Sequence[Item], result: ScoreResult, class_names: Sequence[str]) -> Columns:
-    """Table columns for the successfully scored ``items`` of ``result`` (failed rows left out)."""
+def result_rows(items: Sequence[Item], result: ScoreResult, class_names: Sequence[str],
+                digests: Sequence[str] | None = None) -> Columns:
+    """Table columns for the successfully scored ``items`` of ``result`` (failed rows left out);
+    ``digests`` are the items' sha256 (hex), empty when not given."""
     failed = {e.index for e in result.errors}
     keep = np.array([i not in failed for i in range(len(items))], dtype=bool)
     n = int(keep.sum())
@@ -187,6 +209,10 @@ def result_rows(items: Sequence[Item], result: ScoreResult, class_names: Sequenc
         "path": np.array([it.path for it, k in zip(items, keep, strict=True) if k], dtype=object),
         "label": np.array([it.label for it, k in zip(items, keep, strict=True) if k],
                           dtype=object),
+        "split": np.array([it.split for it, k in zip(items, keep, strict=True) if k],
+                          dtype=object),
+        "sha256": np.array([d for d, k in zip(digests or [""] * len(items), keep, strict=True)
+                            if k], dtype=object),
         "prediction": np.array([names[p] if 0 <= p < len(names) else "" for p in predicted],
                                dtype=object),
     }
@@ -229,8 +255,8 @@ def save_scores(path: Path, columns: Columns) -> None:
 
 
 def _read(item: Item) -> bytes | Failure:
-    try:
-        data = Path(item.path).read_bytes()
+    try:  # a URI other than a local file through fsspec (sources)
+        data = Path(item.path).read_bytes() if is_local(item.path) else read_bytes(item.path)
     except OSError as e:
         return Failure(item.path, "read", e.strerror or str(e))
     if not data:
@@ -240,6 +266,11 @@ def _read(item: Item) -> bytes | Failure:
 
 def _read_batch(batch: Sequence[Item]) -> list[bytes | Failure]:
     return [_read(item) for item in batch]
+
+
+def _digests(blobs: Sequence[bytes]) -> list[str]:
+    """The sha256 (hex) of each file's bytes."""
+    return [hashlib.sha256(blob).hexdigest() for blob in blobs]
 
 
 class _Run:
@@ -252,18 +283,29 @@ class _Run:
         self.class_names = class_names
         self.order = table_columns(class_names)
         self.parts: list[Columns] = []
+        self.embedded_paths: list[str] = []
+        self.embeddings: list[npt.NDArray[np.float32]] = []
+        """Rows scored since the last save whose embeddings are not in the store yet."""
         self.checkpoint_s = checkpoint_s
         self.last_save = time.monotonic()
         self.unsaved = 0
         self.bar = bar
 
-    def add(self, columns: Columns) -> None:
+    def add(self, columns: Columns, embeddings: npt.NDArray[np.float32] | None = None) -> None:
+        """Rows scored (``embeddings``: theirs, in row order, when asked for)."""
         self.parts.append(columns)
+        if embeddings is not None:
+            self.embedded_paths.extend(str(p) for p in columns["path"])
+            self.embeddings.append(embeddings)
         self.unsaved += _rows(columns)
         if self.unsaved and time.monotonic() - self.last_save >= self.checkpoint_s:
             self.save()
 
     def save(self) -> None:
+        """Writes the new embeddings (a part of the store), then the whole table."""
+        if self.embeddings:
+            write_part(self.out, self.embedded_paths, np.concatenate(self.embeddings))
+            self.embedded_paths, self.embeddings = [], []
         merged = concat_columns([self.existing, *self.parts], self.order)
         order = np.argsort(merged["path"].astype(str), kind="stable")
         save_scores(self.out, {k: v[order] for k, v in merged.items()})
@@ -282,9 +324,10 @@ def _refused_line(name: str, exc: BaseException, wait_s: float) -> str:
 
 
 async def _model_classes(
-    clients: list[tuple[str, AsyncScoringClient]], wait_s: float,
+    clients: list[tuple[str, AsyncScoringClient]], wait_s: float, need_embeddings: bool = False,
 ) -> list[str]:
-    """The served class names; servers that cannot be reached or refuse within ``wait_s`` are
+    """The served class names (InputError when ``need_embeddings`` and a model has none);
+    servers that cannot be reached or refuse within ``wait_s`` are
     dropped from ``clients`` (with a warning), servers serving other classes refused.
 
     Raises ConnectionFailed when no server could be reached, ServerUnavailableError when none
@@ -300,6 +343,10 @@ async def _model_classes(
             await client.close()
             continue
         theirs = list(info.class_names)
+        if need_embeddings and not info.embedding_dim:
+            raise InputError(f"server {name} serves model {info.name!r}, which has no "
+                             "embedding output; re-export it with hardscore-export (which "
+                             "writes one), or score without --embeddings")
         if names is None:
             names = theirs
         elif theirs != names:
@@ -353,12 +400,14 @@ async def score_items_async(
     token: str | None = None,
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     busy_give_up_s: float = BUSY_GIVE_UP_S,
+    embeddings: bool = False,
 ) -> ScoreDirSummary:
     """Scores ``items`` on ``servers`` into the table ``out`` (see the module docstring).
 
     ``timeout`` is the deadline of each call (seconds), ``tls``, ``token`` and
     ``connect_timeout`` are the clients' options (AsyncScoringClient), ``busy_give_up_s`` how
-    long a server may stay busy (seconds). Raises ConnectionFailed when no server can be
+    long a server may stay busy (seconds); ``embeddings`` keeps each image's embedding in the
+    table's store (embedding_store.store_of). Raises ConnectionFailed when no server can be
     reached, ServerUnavailableError when none answers (or all fail), InputError for labels
     that are not the model's classes, an ``out`` table of other columns or one that cannot be
     written (unknown suffix, no such folder; checked before anything is scored).
@@ -386,9 +435,11 @@ async def score_items_async(
                for i, t in enumerate(servers)]
     try:
         wait_s = min(timeout or 60.0, 60.0) + (connect_timeout or 0.0) + PROBE_BOUND_S
-        class_names = await _model_classes(clients, wait_s)
+        class_names = await _model_classes(clients, wait_s, embeddings)
         check_labels(todo, class_names)
-        if existing and list(existing) != table_columns(class_names):
+        expected = table_columns(class_names)
+        if existing and [c for c in existing if c not in ADDED_COLUMNS] != [
+                c for c in expected if c not in ADDED_COLUMNS]:
             raise InputError(f"{out} has other columns than this model's table; write to a new "
                              "file (or delete it) to score with this model")
         queue: asyncio.Queue[list[Item] | None] = asyncio.Queue()
@@ -402,7 +453,7 @@ async def score_items_async(
             run = _Run(out, existing, class_names, checkpoint_s, bar)
             try:
                 await asyncio.gather(*(
-                    _worker(name, client, state, run, summary)
+                    _worker(name, client, state, run, summary, embeddings)
                     for name, client in clients for _ in range(max(1, concurrency))
                 ))
                 if state.pending:
@@ -500,7 +551,7 @@ class _Dispatch:
 
 
 async def _worker(name: str, client: AsyncScoringClient, state: _Dispatch, run: _Run,
-                  summary: ScoreDirSummary) -> None:
+                  summary: ScoreDirSummary, embeddings: bool = False) -> None:
     """Scores batches until all are done; on a server failure hands its batch back and stops
     (the other servers' workers take it). A batch refused for its size is split in halves; a
     lone image refused so is a failure (reason ``size``)."""
@@ -518,11 +569,12 @@ async def _worker(name: str, client: AsyncScoringClient, state: _Dispatch, run: 
         good = [item for item, _ in readable]
         result = None
         if good:
+            digests = await asyncio.to_thread(_digests, [data for _, data in readable])
             try:
                 result = await client.score_images(
                     [data for _, data in readable], [item.label or None for item in good],
                     ids=[item.path for item in good], include_probabilities=True,
-                    chunk_size=len(good))
+                    include_embeddings=embeddings, chunk_size=len(good))
             except ConnectionFailed as e:  # not connected yet (it was, in _model_classes)
                 state.queue.put_nowait(batch)
                 state.give_up(name, str(e))
@@ -559,10 +611,14 @@ async def _worker(name: str, client: AsyncScoringClient, state: _Dispatch, run: 
         if result is not None:
             for error in result.errors:
                 _fail(summary, Failure(good[error.index].path, error.reason, error.message))
-            rows = result_rows(good, result, run.class_names)
+            rows = result_rows(good, result, run.class_names, digests)
             summary.scored += _rows(rows)
             summary.per_server[name] += _rows(rows)
-            run.add(rows)
+            kept = None
+            if embeddings and result.embeddings is not None:
+                failed = {e.index for e in result.errors}
+                kept = result.embeddings[[i for i in range(len(good)) if i not in failed]]
+            run.add(rows, kept)
         run.bar.update(len(batch))
         state.done()
 

@@ -113,7 +113,7 @@ def write_table(path: Path, columns: Columns) -> None:
                 f.write(json.dumps(dict(zip(keys, map(_cell, row), strict=True))) + "\n")
 
 
-TEXT_COLUMNS = ("id", "path", "label", "prediction")
+TEXT_COLUMNS = ("id", "path", "label", "split", "sha256", "prediction")
 """Columns read back as text even when every value looks like a number (class names "0".."9")."""
 
 INT_COLUMNS = ("row", "predicted_class", "given_label")

@@ -21,6 +21,7 @@ from hardscore_client.dataset import (
     Failure,
     Item,
     read_list,
+    read_manifest_items,
     scan_folder,
     score_items,
 )
@@ -81,31 +82,35 @@ def cmd_score_dir(
     failures: list[Failure] = []
     options = client_options(args)
     out = Path(args.out)
-    if args.from_list and args.path:
-        raise InputError("score-dir takes a folder or --from-list FILE, not both")
+    if sum(map(bool, (args.path, args.from_list, args.manifest))) > 1:
+        raise InputError("score-dir takes one of a folder, --from-list FILE or --manifest FILE")
     check_writable(out)
-    if args.from_list:
-        items, failures = read_list(Path(args.from_list))
+    if args.from_list or args.manifest:
+        items, failures = (read_manifest_items(args.manifest) if args.manifest
+                           else read_list(Path(args.from_list)))
         for failure in failures:
             print(f"skipped {failure.path}: {failure.reason}: {failure.message}",
                   file=sys.stderr)
     else:
         if not args.path:
-            raise InputError("score-dir needs a folder, or --from-list FILE")
+            raise InputError("score-dir needs a folder, --from-list FILE or --manifest FILE")
         items = scan_folder(Path(args.path))
     if not items and not failures:
+        if args.manifest:
+            raise InputError(f"{args.manifest}: no images to score (the manifest has no rows)")
         where = args.from_list or args.path
         raise InputError(f"{where}: no images to score (files ending "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     if args.unlabelled:
-        items = [Item(it.path) for it in items]
+        items = [Item(it.path, "", it.split) for it in items]
     labelled = sum(1 for it in items if it.label)
     print(f"found {len(items)} images ({labelled} with a given label)", file=sys.stderr)
     try:
         summary = score_items(
             items, args.server or [DEFAULT_SERVER], out, batch_size=args.batch_size,
             concurrency=args.concurrency, checkpoint_s=args.checkpoint_s,
-            progress=not args.no_progress, failures=failures, **options,
+            progress=not args.no_progress, failures=failures, embeddings=args.embeddings,
+            **options,
         )
     except KeyboardInterrupt:  # score_items saved what it had scored before it stopped
         print(f"interrupted: saved {_saved_rows(out)} rows to {out}, run the same command "
@@ -254,7 +259,12 @@ def add_workflow_commands(
     p = sub.add_parser("score-dir", help="score every image of a folder (or list) into a table")
     p.add_argument("path", nargs="?", help="folder: one subfolder per class, or flat")
     p.add_argument("--from-list", metavar="FILE",
-                   help="read image paths / file:// URIs from FILE (PATH[<TAB>LABEL] a line)")
+                   help="read image paths / file:// URIs from FILE (PATH[<TAB>LABEL[<TAB>SPLIT]] "
+                   "a line)")
+    p.add_argument("--manifest", metavar="FILE",
+                   help="read the images from a manifest: .csv, .jsonl or .parquet with a "
+                   "'uri' (or 'path') column and optional label, split, id; a local file or "
+                   "a URI (s3://...; credentials and AWS_ENDPOINT_URL_S3 from the environment)")
     p.add_argument("--out", required=True, help="table to write: .parquet, .csv or .jsonl "
                    "(existing rows are kept and their paths skipped)")
     p.add_argument("--unlabelled", action="store_true", help="ignore the class folder names")
@@ -264,6 +274,9 @@ def add_workflow_commands(
     p.add_argument("--checkpoint-s", type=float, default=CHECKPOINT_S,
                    help="seconds between rewrites of the table (resumable progress)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--embeddings", action="store_true",
+                   help="keep each image's embedding (the model's pooled features) in the "
+                   "folder OUT.embeddings beside the table, for `hardscore verdicts`")
     with_server(p, timeout=SCORE_DIR_TIMEOUT, several=True)
     p.set_defaults(func=functools.partial(cmd_score_dir, client_options=client_options))
 

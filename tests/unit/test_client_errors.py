@@ -104,7 +104,7 @@ def test_no_server_answering(tmp_path: Path) -> None:
 
 def test_an_output_table_of_other_columns(tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    async def classes(clients: object, wait_s: float) -> list[str]:
+    async def classes(clients: object, wait_s: float, embeddings: bool = False) -> list[str]:
         return ["0", "1"]
 
     monkeypatch.setattr(dataset, "_model_classes", classes)
