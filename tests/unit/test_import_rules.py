@@ -6,7 +6,8 @@
 - the client (and the contract) import nothing of the server's dependencies (ONNX Runtime,
   prometheus-client, grpc reflection) or of the export tools, and the report extra's (Pillow,
   matplotlib, pyarrow) only inside the functions that need them, so that
-  ``pip install hardscore`` is all the client needs;
+  ``pip install hardscore`` is all the client needs; the collection extra's (scikit-learn,
+  faiss) likewise; cleanlab never (the client reproduces it, the tests compare);
 - no module imports itself back through a circle;
 - inside the server, each room keeps its rule (``ROOM_RULES``): the foundations (configuration,
   metrics) import no room, the model imports only them, the pipeline never the wire (no grpc,
@@ -34,11 +35,12 @@ FORBIDDEN = {
                        "prometheus_client", "grpc_reflection", "torch", "grpc_health"},
     "hardscore_client": {"hardscore_server", "onnxruntime", "prometheus_client",
                          "grpc_reflection", "grpc_health", "torch", "torchvision", "onnx",
-                         "sklearn", "cleanlab"},
+                         "cleanlab"},
     "hardscore_server": {"hardscore_client"},
 }
-EXTRAS_AT_TOP = {"PIL", "matplotlib", "pyarrow"}
-"""What the client may import only inside a function (the report extra): never at import."""
+EXTRAS_AT_TOP = {"PIL", "matplotlib", "pyarrow", "sklearn", "faiss"}
+"""What the client may import only inside a function (the report extra; the collection extra's
+scikit-learn and faiss): never at import."""
 
 
 def modules(package: str) -> Iterator[tuple[str, Path]]:
