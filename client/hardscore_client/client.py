@@ -165,6 +165,7 @@ class _ClientCore:
         metadata: Sequence[tuple[str, str]] = (),
         token: str | None = None,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        wait_for_ready: bool = True,
         _aio: bool = False,
     ) -> None:
         if connect_timeout is not None and connect_timeout <= 0:
@@ -185,11 +186,11 @@ class _ClientCore:
         self._stub = pb_grpc.ScoringServiceStub(self._channel)
         self._health = self._channel.unary_unary(health_check.METHOD)
         self._max_message_bytes = max_message_bytes
-        # Every call waits for the channel to connect (bounded by the timeout) instead of
-        # failing at once while the server restarts; the first connection is bounded by
-        # connect_timeout too (_first_wait).
+        # By default every call waits for the channel to connect (bounded by the timeout)
+        # instead of failing at once while the server restarts; the first connection is
+        # bounded by connect_timeout too (_first_wait).
         self._call: dict[str, Any] = {
-            "timeout": timeout, "metadata": tuple(metadata), "wait_for_ready": True,
+            "timeout": timeout, "metadata": tuple(metadata), "wait_for_ready": wait_for_ready,
         }
         if token:  # bearer-token auth (servers with auth_tokens): every call but health checks
             self._call["metadata"] += (("authorization", f"Bearer {token}"),)
@@ -275,7 +276,9 @@ class ScoringClient(_ClientCore):
     default None: no deadline), ``metadata`` (sent with every call), ``token`` (bearer token,
     sent as ``authorization``), ``connect_timeout`` (seconds, default 10: how long the first
     call waits for the channel to connect, at most ``timeout``, before raising ConnectionFailed;
-    None = wait within the call's deadline only).
+    None = wait within the call's deadline only), ``wait_for_ready`` (default True: a call made
+    while the server is away waits for it within its deadline, as through a restart; False: it
+    fails UNAVAILABLE at once, which a caller with other servers to turn to wants).
     """
 
     def _ensure_connected(self) -> None:

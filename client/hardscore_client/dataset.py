@@ -430,8 +430,11 @@ async def score_items_async(
             seen.add(item.path)
             todo.append(item)
 
+    # One server: a call waits for it through a restart. Several: a call to one that went
+    # away fails at once, and its batch goes to the others instead of waiting out its deadline.
     clients = [(f"{i}:{t}", AsyncScoringClient(t, timeout=timeout, tls=tls, token=token,
-                                                connect_timeout=connect_timeout))
+                                                connect_timeout=connect_timeout,
+                                                wait_for_ready=len(servers) == 1))
                for i, t in enumerate(servers)]
     try:
         wait_s = min(timeout or 60.0, 60.0) + (connect_timeout or 0.0) + PROBE_BOUND_S

@@ -176,6 +176,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "extraMetrics": [{"type": "Pods", "pods": {
             "metric": {"name": "hardscore_queue_depth"},
             "target": {"type": "AverageValue", "averageValue": "64"}}}]}},
+    "autoscaling-load": {"autoscaling": {
+        "enabled": True, "targetCPUUtilizationPercentage": 0,
+        "queueDepth": {"enabled": True, "targetAverageValue": 48},
+        "batchFill": {"enabled": True, "metricName": "scoring_batch_fill",
+                      "targetAverageValue": "22.5"}}},
     "monitoring": {"metrics": {"serviceMonitor": {"enabled": True,
                                                   "labels": {"release": "prometheus"}}},
                    "dashboards": {"namespace": "monitoring",
@@ -307,6 +312,10 @@ REFUSED: dict[str, dict[str, Any]] = {
     "label studio url scheme": {"labelStudio": {"url": "ls:8080"}},
     "label studio zero batch": {"labelStudio": {"batchSize": 0}},
     "label studio password value": {"labelStudio": {"password": "secret"}},
+    "queue depth target zero": {"autoscaling": {"queueDepth": {"targetAverageValue": 0}}},
+    "queue depth target text": {"autoscaling": {"queueDepth": {"targetAverageValue": "many"}}},
+    "batch fill metric name": {"autoscaling": {"batchFill": {"metricName": "batch fill"}}},
+    "batch fill unknown key": {"autoscaling": {"batchFill": {"target": 24}}},
 }
 
 
@@ -679,6 +688,63 @@ def test_optional_objects() -> None:
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
     pdb = one(render(SCENARIOS["settings"]), "PodDisruptionBudget")
     assert pdb["spec"] == {"minAvailable": 1, "selector": pdb["spec"]["selector"]}
+
+
+ADAPTER_MARKERS = {"<<.Series>>": "hardscore_queue_depth",
+                   "<<.LabelMatchers>>": 'namespace="ml",pod=~"scoring-.*"',
+                   "<<.GroupBy>>": "pod"}
+"""What the Prometheus adapter puts in place of its template markers."""
+
+
+def test_autoscaling_on_queue_depth_or_batch_fill() -> None:
+    """The chart scales on the server's load (Pods metrics), with or without CPU; the adapter
+    rules in docs/deployment.md parse, read metrics the server exports, and name the metrics
+    as the chart's defaults expect."""
+    import promql_parser
+    from kubernetes.utils import parse_quantity
+    from prometheus_client import generate_latest
+
+    from hardscore_server.metrics import ServerMetrics
+
+    hpa = one(render(SCENARIOS["autoscaling-load"]), "HorizontalPodAutoscaler")
+    assert hpa["spec"]["metrics"] == [
+        {"type": "Pods", "pods": {"metric": {"name": "hardscore_queue_depth"},
+                                  "target": {"type": "AverageValue", "averageValue": "48"}}},
+        {"type": "Pods", "pods": {"metric": {"name": "scoring_batch_fill"},
+                                  "target": {"type": "AverageValue", "averageValue": "22.5"}}},
+    ]
+    for metric in hpa["spec"]["metrics"]:  # Kubernetes quantities
+        assert parse_quantity(metric["pods"]["target"]["averageValue"]) > 0
+    queue_only = render({"autoscaling": {"enabled": True,
+                                         "queueDepth": {"enabled": True}}})
+    assert [m["type"] for m in one(queue_only, "HorizontalPodAutoscaler")["spec"]["metrics"]] \
+        == ["Resource", "Pods"]  # beside CPU (70%)
+    # Off by default: CPU only.
+    default_hpa = one(render({"autoscaling": {"enabled": True}}), "HorizontalPodAutoscaler")
+    assert [m["type"] for m in default_hpa["spec"]["metrics"]] == ["Resource"]
+
+    section = (REPO / "docs" / "deployment.md").read_text().split(
+        "### Autoscaling on queue depth or batch fill")[1]
+    rules = yaml.safe_load(section.split("```yaml\n")[1].split("```")[0])["rules"]["custom"]
+    defaults = default_values()["autoscaling"]
+    assert [r["name"]["as"] for r in rules] == [defaults["queueDepth"]["metricName"],
+                                                defaults["batchFill"]["metricName"]]
+    metrics = ServerMetrics()
+    metrics.queue_depth.labels("m").set(3)
+    metrics.batch_size.labels("m").observe(16)
+    exported = {line.split("{")[0] for line in generate_latest(metrics.registry).decode()
+                .splitlines() if line and not line.startswith("#")}
+    for rule in rules:
+        assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"},
+                                                  "pod": {"resource": "pod"}}
+        query = rule["metricsQuery"]
+        for marker, text in ADAPTER_MARKERS.items():
+            query = query.replace(marker, text)
+        assert "<<" not in query
+        promql_parser.parse(query)  # raises on a syntax error
+        promql_parser.parse(rule["seriesQuery"])
+        used = set(re.findall(r"\b(hardscore_[a-z_]+)\{", query + rule["seriesQuery"]))
+        assert used and used <= exported, used - exported
 
 
 def test_notes() -> None:

@@ -26,8 +26,8 @@ EXTERNAL_FLAGS = frozenset({  # flags of other tools the docs show (docker, helm
     # perf_analyzer, the install script, the demo and benchmark scripts)
     "--build-arg", "--cert", "--create-namespace", "--dry", "--dry-run", "--flavor",
     "--from-file", "--from-literal", "--gpus", "--health-cmd", "--input-data", "--install",
-    "--key", "--model", "--namespace", "--noise", "--protocol", "--report", "--rm", "--set",
-    "--shared-memory", "--start-server", "--streaming", "--seed"})
+    "--key", "--model", "--namespace", "--noise", "--protocol", "--raw", "--report", "--rm",
+    "--set", "--shared-memory", "--start-server", "--streaming", "--seed"})
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -55,7 +55,8 @@ def test_python_snippets_run_as_pasted(doc: Path, index: int, image_server: Serv
 @cache
 def helps() -> dict[str, str]:
     """``--help`` of every command the docs may name: hardscore and its subcommands,
-    hardscore-server, hardscore-export, the health check."""
+    hardscore-server, hardscore-export, the health check, the default model's training
+    script."""
     def help_of(*module_and_args: str) -> str:
         proc = subprocess.run([sys.executable, "-m", *module_and_args, "--help"],
                               capture_output=True, text=True, timeout=60)
@@ -71,6 +72,10 @@ def helps() -> dict[str, str]:
     out["hardscore-server"] = help_of("hardscore_server.main")
     out["hardscore-export"] = help_of("hardscore_server.tools.export")
     out["health_probe"] = help_of("hardscore_server.tools.health_probe")
+    script = subprocess.run([sys.executable, str(REPO / "server" / "train_default_model.py"),
+                             "--help"], capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0, script.stderr
+    out["train_default_model"] = script.stdout
     return out
 
 
