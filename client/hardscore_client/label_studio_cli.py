@@ -23,11 +23,27 @@ def add_label_studio_command(
     p = with_server(sub.add_parser(
         "label-studio", help="run a Label Studio ML backend that scores through the server"),
         timeout=None, timeout_default="--predict-deadline")
-    p.add_argument("action", nargs="?", choices=("serve", "rescore"), default="serve",
+    p.add_argument("action", nargs="?", choices=("serve", "rescore", "qa-tasks"),
+                   default="serve",
                    help="serve (default): run the backend; rescore: score every annotated "
                         "task of --project again, replace its label-QA prediction and exit "
                         "(for annotations saved while the webhook could not reach the backend; "
-                        "needs --label-studio-url and LABEL_STUDIO_API_KEY)")
+                        "needs --label-studio-url and LABEL_STUDIO_API_KEY); qa-tasks TABLE: "
+                        "write the duplicates and outliers of a verdicts table as Label Studio "
+                        "tasks (--out PREFIX: PREFIX.json) with their label config "
+                        "(PREFIX.xml); no server needed")
+    p.add_argument("table", nargs="?", default=None,
+                   help="qa-tasks: a table with collection verdicts (hardscore verdicts)")
+    p.add_argument("--out", default="qa", help="qa-tasks: writes OUT.json and OUT.xml")
+    p.add_argument("--image-root", default=None, metavar="DIR",
+                   help="qa-tasks: image paths under DIR become --image-url + their relative "
+                        "path (others stay file:// URIs)")
+    p.add_argument("--image-url", default=None, metavar="PREFIX",
+                   help="qa-tasks: URL prefix for --image-root, e.g. /data/local-files/?d= "
+                        "(Label Studio's local files, DIR its LOCAL_FILES_DOCUMENT_ROOT)")
+    p.add_argument("--kinds", default="duplicates,outliers",
+                   help="qa-tasks: duplicates, outliers or both (comma-separated; default both)")
+    p.add_argument("--limit", type=int, default=None, help="qa-tasks: at most this many tasks")
     p.add_argument("--project", type=int, default=None,
                    help="rescore: the Label Studio project id (in its URL: /projects/ID)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: "
@@ -60,6 +76,8 @@ def add_label_studio_command(
                         "ML_TIMEOUT_PREDICT (100 s by default) (default: 90)")
 
     def run(args: argparse.Namespace) -> int:
+        if args.action == "qa-tasks":
+            return qa_tasks(args)
         try:
             from hardscore_client import label_studio_server as server
         except ImportError as exc:
@@ -110,6 +128,49 @@ def add_label_studio_command(
         return 4 if counts["not_scored"] else 0
 
     p.set_defaults(func=run)
+
+
+def qa_tasks(args: argparse.Namespace) -> int:
+    """``hardscore label-studio qa-tasks TABLE --out PREFIX``: PREFIX.json and PREFIX.xml."""
+    import json
+    from pathlib import Path
+
+    from hardscore_client.analysis import ScoreTable, analyse
+    from hardscore_client.label_studio_qa import QA_LABEL_CONFIG, image_url_for
+    from hardscore_client.label_studio_qa import qa_tasks as make_tasks
+    from hardscore_client.report_verdicts import has_verdicts
+
+    if not args.table:
+        raise SystemExit("hardscore label-studio qa-tasks: name the verdicts table "
+                         "(hardscore label-studio qa-tasks TABLE --out PREFIX)")
+    if (args.image_root is None) != (args.image_url is None):
+        raise SystemExit("hardscore label-studio qa-tasks: --image-root and --image-url go "
+                         "together")
+    analysis = analyse(ScoreTable.load(Path(args.table)))
+    if not has_verdicts(analysis):
+        raise SystemExit(f"{args.table}: no collection-verdict columns (run `hardscore "
+                         "verdicts` on the score table first)")
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    url = image_url_for(Path(args.image_root) if args.image_root else None, args.image_url)
+    try:
+        tasks = make_tasks(analysis, url, kinds, args.limit)
+    except ValueError as exc:
+        raise SystemExit(f"hardscore label-studio qa-tasks: {exc}") from None
+    out = Path(args.out)
+    if out.suffix.lower() in (".json", ".xml"):
+        out = out.with_suffix("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tasks_path, config_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".xml")
+    tasks_path.write_text(json.dumps(tasks, allow_nan=False, indent=1) + "\n")
+    config_path.write_text(QA_LABEL_CONFIG)
+    kinds_seen: dict[str, int] = {}
+    for task in tasks:
+        kinds_seen[task["data"]["kind"]] = kinds_seen.get(task["data"]["kind"], 0) + 1
+    spread = ", ".join(f"{k}: {n}" for k, n in kinds_seen.items()) or "none"
+    leaks = sum(1 for task in tasks if task["data"]["leak"])
+    print(f"{len(tasks)} QA tasks ({spread}; {leaks} leaks): {tasks_path}, label config "
+          f"{config_path}")
+    return 0
 
 
 def aiohttp_errors() -> tuple[type[Exception], ...]:

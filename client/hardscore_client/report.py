@@ -8,6 +8,9 @@ The page holds the summary (images, accuracy against the given labels, estimated
 label-health score), the class-wise table, the hardness distribution of correct vs incorrect
 predictions, class accuracy against mean hardness, and galleries of the most likely label
 mistakes per class, the hardest and the easiest samples (given label, prediction, scores).
+A table with collection verdicts (``hardscore verdicts``) adds their sections
+(hardscore_client.report_verdicts): duplicate pairs side by side, the outliers, hard-but-clean
+counts and, given the embeddings, a 2-D map of the collection coloured by verdict.
 A small inline script marks ``<body>`` with how many of its images loaded
 (``data-images-loaded`` / ``data-images-total``), which the browser test reads.
 """
@@ -29,6 +32,9 @@ import numpy.typing as npt
 from hardscore_client.analysis import Analysis, ScoreTable, analyse
 from hardscore_client.errors import MissingExtraError
 from hardscore_client.label_quality import DEFAULT_METHOD
+from hardscore_client.report_verdicts import CSS as VERDICT_CSS
+from hardscore_client.report_verdicts import has_verdicts
+from hardscore_client.report_verdicts import sections as verdict_sections
 
 THUMB_SIZE = 96
 IntArray = npt.NDArray[np.int64]
@@ -86,6 +92,8 @@ class ReportOptions:
     hardest: int = 24
     easiest: int = 12
     mistakes_per_class: int = 8
+    duplicate_pairs: int = 24
+    outliers: int = 24
     thumb_size: int = THUMB_SIZE
     title: str = "hardscore data-set report"
 
@@ -219,7 +227,9 @@ def _plots(analysis: Analysis, folder: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _card(analysis: Analysis, i: int, thumbs: _Thumbs) -> str:
+def _card(analysis: Analysis, i: int, thumbs: _Thumbs, extra: str = "",
+          classes: str = "") -> str:
+    """One sample's figure; ``extra``: more caption html (trusted), ``classes``: more css."""
     t = analysis.table
     path = t.paths[i]
     src = thumbs.src(path)
@@ -243,9 +253,12 @@ def _card(analysis: Analysis, i: int, thumbs: _Thumbs) -> str:
         quality = analysis.label_quality()[i]
         if not math.isnan(quality):
             scores += f"<br>label quality {_fmt(quality)}"
+    if extra:
+        scores += f"<br>{extra}"
     flagged = " flagged" if analysis.flagged[i] else ""
-    return (f'<figure class="card{flagged}" title="{_esc(path)}">{image}<figcaption>'
-            f'<div class="labels">{labels}</div><div class="scores">{scores}</div>'
+    more = f" {_esc(classes)}" if classes else ""
+    return (f'<figure class="card{flagged}{more}" title="{_esc(path)}" data-row="{i}">{image}'
+            f'<figcaption><div class="labels">{labels}</div><div class="scores">{scores}</div>'
             f'<div class="path">{_esc(name)}</div></figcaption></figure>')
 
 
@@ -301,10 +314,12 @@ def _ranking_words(analysis: Analysis) -> str:
 
 def write_report(
     table: ScoreTable | Analysis, out: Path, options: ReportOptions | None = None,
-    *, source: str = "",
+    *, source: str = "", embeddings: npt.ArrayLike | None = None,
 ) -> Path:
     """Writes the report folder ``out``; returns the path of its index.html (MissingExtraError
-    without matplotlib)."""
+    without matplotlib). A table with collection-verdict columns (``hardscore verdicts``) also
+    gets their sections; ``embeddings`` ([N, D] in the table's row order, NaN rows for none)
+    adds the 2-D map to them."""
     opts = options or ReportOptions()
     analysis = table if isinstance(table, Analysis) else analyse(table)
     t = analysis.table
@@ -355,6 +370,10 @@ def write_report(
                                   f"mistakes-{k}"))
         if not shown:
             parts.append('<p class="note">No sample is flagged.</p>')
+    parts += verdict_sections(
+        analysis, lambda i, extra, classes: _card(analysis, i, thumbs, extra, classes),
+        esc=_esc, plots=out / "plots", embeddings=embeddings,
+        pairs_shown=opts.duplicate_pairs, outliers_shown=opts.outliers)
     parts.append(f"<h2>Hardest samples</h2><p class=\"note\">The {opts.hardest} samples the "
                  "model is least sure about (highest entropy): candidates to label next or to "
                  "add to a test set.</p>")
@@ -365,11 +384,12 @@ def write_report(
                           "easiest"))
     parts.append("</main>")
 
+    css = CSS + (VERDICT_CSS if has_verdicts(analysis) else "")
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{_esc(opts.title)}</title>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<style>{CSS}</style><script>{SCRIPT}</script></head>"
+        f"<style>{css}</style><script>{SCRIPT}</script></head>"
         f'<body data-report="hardscore">{"".join(parts)}</body></html>\n'
     )
     index = out / "index.html"

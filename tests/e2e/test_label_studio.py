@@ -93,6 +93,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
 
 
+def local_files_root(tmp_path_factory) -> Path:
+    """Label Studio's LOCAL_FILES_DOCUMENT_ROOT in these tests."""
+    root = tmp_path_factory.getbasetemp() / "label-studio-files"
+    root.mkdir(exist_ok=True)
+    return root
+
+
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory) -> Iterator[str]:
     if not LS_BIN.exists():
@@ -103,6 +110,9 @@ def label_studio(tmp_path_factory) -> Iterator[str]:
            # The backend and its webhook are on 127.0.0.1: Label Studio blocks that by default.
            "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
            "LATEST_VERSION_CHECK": "false",
+           # the verdict QA test's images, served as local files
+           "LOCAL_FILES_SERVING_ENABLED": "true",
+           "LOCAL_FILES_DOCUMENT_ROOT": str(local_files_root(tmp_path_factory)),
            "COLLECT_ANALYTICS": "false", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
     log = data / "label-studio.log"
     with log.open("wb") as out:
@@ -464,3 +474,56 @@ def test_rescore_gives_label_qa_to_annotations_the_webhook_missed(run, label_stu
     assert requests.post(run["backend_url"] + "/rescore", json={"project": project},
                          timeout=30).status_code == 401
     assert all(len(v) == 1 for v in qa_predictions().values())
+
+
+def test_verdict_qa_view_imports_and_reads_back(label_studio, tmp_path_factory, tmp_path):
+    """`hardscore label-studio qa-tasks` on a verdicts table: a project made with its config
+    takes its tasks; the first task (a leak) has its kept duplicate's image beside it, served by
+    Label Studio from local files; an annotation made through the SDK reads back as a decision.
+    Needs only Label Studio (no scoring server)."""
+    sys.path.insert(0, str(REPO / "tests" / "unit"))
+    from test_report_verdicts import LEAK, LEAK_KEPT, OUTLIER, _table
+
+    from hardscore_client.label_studio_qa import qa_decisions
+    from hardscore_client.tables import write_table
+
+    files = local_files_root(tmp_path_factory)
+    images = files / "qa-images"
+    columns = _table(images)
+    table = tmp_path / "scores.verdicts.csv"
+    write_table(table, columns)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hardscore_client.cli", "label-studio", "qa-tasks", str(table),
+         "--out", str(tmp_path / "qa"), "--image-root", str(files),
+         "--image-url", "/data/local-files/?d="], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    token, cookies = personal_access_token(label_studio)
+    spec = {"url": label_studio, "token": token, "storage": str(images),
+            "label_config": (tmp_path / "qa.xml").read_text(),
+            "tasks": json.loads((tmp_path / "qa.json").read_text()),
+            "decision": "remove duplicate"}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    driver = subprocess.run(
+        [str(LS_VENV / "bin" / "python"), str(REPO / "tests" / "e2e" /
+                                              "label_studio_qa_driver.py"),
+         str(tmp_path / "spec.json"), str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=300)
+    assert driver.returncode == 0, driver.stderr[-4000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    tasks = out["tasks"]
+    assert [t["data"]["row"] for t in tasks] == [t["data"]["row"] for t in spec["tasks"]]
+    first = tasks[0]["data"]
+    assert (first["row"], first["other_row"], first["kind"], first["leak"]) == (
+        LEAK, LEAK_KEPT, "near duplicate", True)
+    assert tasks[-1]["data"]["row"] == OUTLIER and tasks[-1]["data"]["kind"] == "outlier"
+    # Label Studio serves both images of the task (the session of a logged-in annotator)
+    browser = requests.Session()
+    browser.cookies.update(cookies)
+    for key, row in (("image", LEAK), ("other_image", LEAK_KEPT)):
+        r = browser.get(label_studio + first[key], timeout=60)
+        assert r.status_code == 200, (key, first[key], r.status_code)
+        assert r.content == Path(columns["path"][row]).read_bytes()
+    # the SDK's annotation, read back as the QA decision
+    [decision] = qa_decisions(tasks)
+    assert (decision.row, decision.decision, decision.other_row) == (LEAK, "remove duplicate",
+                                                                      LEAK_KEPT)
