@@ -262,3 +262,155 @@ def samples_confidence(
     values = np.array([stored[i] if stored[i] is not None else math.nan for i in rows],
                       dtype=np.float64)
     return np.where(np.isnan(values), computed, values)
+
+
+# -- collection verdicts ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CollectionFields:
+    """Names of the collection-verdict fields, as FiftyOne Brain's own functions name them:
+    ``compute_uniqueness`` and ``compute_representativeness`` write ``uniqueness`` and
+    ``representativeness``; ``duplicates_view(type_field=, id_field=, dist_field=)`` of a
+    ``compute_near_duplicates`` index writes ``"nearest"`` / ``"duplicate"``, the id of the
+    nearest kept sample and the distance to it (Brain has no default names there: these are
+    the arguments hardscore passes); ``tag_leaks()`` of ``compute_leaky_splits`` tags the
+    leaks ``"leak"``. ``exact_dup_id``: the id of the first sample with the same bytes
+    (Brain's ``compute_exact_duplicates`` returns that mapping instead of writing it)."""
+
+    uniqueness: str = "uniqueness"
+    representativeness: str = "representativeness"
+    dup_type: str = "dup_type"
+    dup_id: str = "dup_id"
+    dup_dist: str = "dup_dist"
+    leak_tag: str = "leak"
+    exact_dup_id: str = "exact_dup_id"
+
+
+MAPPED_COLUMNS = ("uniqueness", "representativeness", "near_duplicate_of",
+                  "near_duplicate_distance", "leak", "exact_duplicate_of")
+"""Verdict columns written under FiftyOne's names; the others keep their column names."""
+
+
+def write_collection_fields(
+    samples: Any, columns: dict[str, npt.NDArray[Any]], *,
+    names: CollectionFields = CollectionFields(),  # frozen: a shared default is safe
+) -> list[str]:
+    """Writes verdict ``columns`` (verdicts.COLUMNS names; one value per sample, in the order
+    of ``samples``; row indices refer to that order) on ``samples``; returns the fields set
+    (and the tag, when leaks were given). NaN and -1 (no verdict) become None.
+
+    Near duplicates are written as ``duplicates_view`` writes them: a kept sample that has
+    duplicates gets ``"nearest"``, its own id and 0.0; each duplicate ``"duplicate"``, its
+    kept sample's id and the distance; other samples None. Leaks get the ``"leak"`` tag. The
+    other columns (Datalab's, loss, focal weight) are float fields of their own names."""
+    import fiftyone as fo
+
+    dataset = samples._dataset
+    ids = list(samples.values("id"))
+    n = len(ids)
+    for name, values in columns.items():
+        if len(values) != n:
+            raise ValueError(f"column {name!r} has {len(values)} values for {n} samples")
+    written: list[str] = []
+
+    def floats(name: str, values: npt.NDArray[Any]) -> None:
+        if not dataset.has_sample_field(name):
+            dataset.add_sample_field(name, fo.FloatField)
+        array = np.asarray(values, dtype=np.float64)
+        if np.issubdtype(np.asarray(values).dtype, np.integer):
+            array = np.where(np.asarray(values) < 0, np.nan, array)
+        samples.set_values(name, _values(array))
+        written.append(name)
+
+    for column, field_name in (("uniqueness", names.uniqueness),
+                               ("representativeness", names.representativeness)):
+        if column in columns:
+            floats(field_name, columns[column])
+    if "near_duplicate_of" in columns:
+        rep = np.asarray(columns["near_duplicate_of"], dtype=np.int64)
+        dist = np.asarray(columns.get("near_duplicate_distance", np.full(n, np.nan)),
+                          dtype=np.float64)
+        kinds: list[str | None] = [None] * n
+        nearest: list[str | None] = [None] * n
+        dists: list[float | None] = [None] * n
+        for i in np.flatnonzero(rep >= 0).tolist():
+            r = int(rep[i])
+            kinds[i], nearest[i] = "duplicate", ids[r]
+            dists[i] = None if math.isnan(dist[i]) else float(dist[i])
+            kinds[r], nearest[r], dists[r] = "nearest", ids[r], 0.0
+        for name, ftype in ((names.dup_type, fo.StringField), (names.dup_id, fo.StringField),
+                            (names.dup_dist, fo.FloatField)):
+            if not dataset.has_sample_field(name):
+                dataset.add_sample_field(name, ftype)
+        samples.set_values(names.dup_type, kinds)
+        samples.set_values(names.dup_id, nearest)
+        samples.set_values(names.dup_dist, dists)
+        written += [names.dup_type, names.dup_id, names.dup_dist]
+    if "exact_duplicate_of" in columns:
+        first = np.asarray(columns["exact_duplicate_of"], dtype=np.int64)
+        if not dataset.has_sample_field(names.exact_dup_id):
+            dataset.add_sample_field(names.exact_dup_id, fo.StringField)
+        samples.set_values(names.exact_dup_id,
+                           [ids[int(j)] if j >= 0 else None for j in first.tolist()])
+        written.append(names.exact_dup_id)
+    if "leak" in columns:
+        leaked = [ids[i] for i in np.flatnonzero(np.asarray(columns["leak"]) == 1).tolist()]
+        samples.untag_samples(names.leak_tag)
+        if leaked:
+            samples.select(leaked).tag_samples(names.leak_tag)
+        written.append(f"tag:{names.leak_tag}")
+    for name, values in columns.items():
+        if name not in MAPPED_COLUMNS:
+            floats(name, values)
+    return written
+
+
+def collection_fields_from_embeddings(
+    samples: Any, embeddings: npt.ArrayLike, *, split_field: str | None = None,
+    names: CollectionFields = CollectionFields(), **kwargs: Any,
+) -> list[str]:
+    """verdicts.collection_verdicts on ``embeddings`` (one row per sample, in the order of
+    ``samples``; ``split_field``: a string field naming each sample's split; ``kwargs``:
+    collection_verdicts' options, e.g. ``variant="fiftyone"``, ``probabilities``,
+    ``labels``, ``digests``), written by write_collection_fields."""
+    from hardscore_client.verdicts import collection_verdicts
+
+    splits = list(samples.values(split_field)) if split_field is not None else None
+    result = collection_verdicts(embeddings, splits=splits, **kwargs)
+    return write_collection_fields(samples, result.columns, names=names)
+
+
+def collection_fields_from_table(
+    samples: Any, table: str | Path, *, names: CollectionFields = CollectionFields(),
+) -> list[str]:
+    """The verdict columns of a table written by ``hardscore verdicts``, matched to the samples
+    by ``filepath`` (the table's ``path``), written by write_collection_fields. Samples that
+    are not in the table get no verdict (None); a row index that points at a row whose path is
+    not among the samples counts as none."""
+    from hardscore_client.tables import read_table
+    from hardscore_client.verdicts import COLUMNS
+
+    columns = read_table(Path(table))
+    if "path" not in columns:
+        raise ValueError(f"{table}: no 'path' column to match the samples' filepath")
+    paths = [str(p) for p in columns["path"].tolist()]
+    row_of = {p: i for i, p in enumerate(paths)}
+    order = [row_of.get(str(p), -1) for p in samples.values("filepath")]
+    position = {r: i for i, r in enumerate(order) if r >= 0}
+    picked: dict[str, npt.NDArray[Any]] = {}
+    for name in COLUMNS:
+        if name not in columns:
+            continue
+        source = np.asarray(columns[name])
+        integer = np.issubdtype(source.dtype, np.integer)
+        out = np.full(len(order), -1 if integer else np.nan,
+                      dtype=np.int64 if integer else np.float64)
+        for i, r in enumerate(order):
+            if r >= 0:
+                out[i] = source[r]
+        if name in ("near_duplicate_of", "exact_duplicate_of"):  # table rows -> sample order
+            out = np.array([position.get(int(r), -1) if r >= 0 else -1 for r in out.tolist()],
+                           dtype=np.int64)
+        picked[name] = out
+    return write_collection_fields(samples, picked, names=names)

@@ -12,6 +12,20 @@ Strategies (rows with a missing score are never selected):
   analysis's ranking (default: label_issue_score, 1 - p(given label); another
   ``--method`` / ``--adjust-pred-probs``: its label quality, lowest first).
 
+Strategies that use the collection verdicts (``hardscore verdicts``; collection.py):
+
+- ``hard-clean``: hardest first among the rows that are not outliers (``is_outlier``), not near
+  duplicates of a kept row (``near_duplicate_of``) and not exact copies of an earlier row
+  (``exact_duplicate_of``): hard, not odd. Rows without verdicts (no embedding) are left out.
+- ``diverse-hard``: k-centre greedy over the embeddings, each row's reach weighted by its
+  hardness (diversity.k_centre_greedy), among the rows with an embedding and a hardness and,
+  when the table has verdicts, the same clean rows as ``hard-clean``; in pick order.
+- ``activelab``: cleanlab's ActiveLab scores with one label per row (labelled rows by the
+  probability of their label, unlabelled rows by their top probability), lowest first: what to
+  label, or relabel, next.
+
+Their queue rows also carry the verdict columns that drove the choice (``VERDICT_COLUMNS``).
+
 The queue is written as CSV, at full precision, and on request as a Label Studio task list
 (JSON; formats in docs/dataset-workflow.md).
 """
@@ -29,11 +43,22 @@ import numpy as np
 import numpy.typing as npt
 
 from hardscore_client.analysis import Analysis
+from hardscore_client.diversity import activelab_scores, hard_candidates, k_centre_greedy
 from hardscore_client.errors import InputError
 from hardscore_client.label_quality import DEFAULT_METHOD
 from hardscore_client.tables import class_name_column
 
-STRATEGIES = ("hardest", "margin", "per-class", "mistakes")
+STRATEGIES = ("hardest", "margin", "per-class", "mistakes", "hard-clean", "diverse-hard",
+              "activelab")
+CLEAN_COLUMNS = ("is_outlier", "near_duplicate_of", "exact_duplicate_of")
+"""The verdict columns that make a row not clean: an outlier, a copy of a kept row."""
+VERDICT_COLUMNS = {
+    "hard-clean": (*CLEAN_COLUMNS, "outlier_score", "uniqueness"),
+    "diverse-hard": (*CLEAN_COLUMNS, "outlier_score", "uniqueness"),
+    "activelab": ("activelab_score",),
+}
+"""The columns a strategy adds to its queue (after CSV_COLUMNS)."""
+NEEDS_EMBEDDINGS = ("diverse-hard",)
 CSV_COLUMNS = (
     "rank", "path", "uri", "given_label", "predicted_label", "group", "confidence", "margin",
     "hardness", "label_issue_score", "flagged_label_issue", "strategy", "label_quality",
@@ -70,8 +95,52 @@ def per_class_quota(weights: FloatArray, sizes: IntArray, budget: int) -> IntArr
     return quota
 
 
-def select(analysis: Analysis, budget: int, strategy: str) -> IntArray:
-    """Row indices of the queue, in annotation order (InputError for a negative budget)."""
+def clean_rows(analysis: Analysis, strategy: str, required: bool = True) -> npt.NDArray[np.bool_]:
+    """Rows that are not outliers nor duplicates of a kept row, by the table's verdict columns
+    (rows without verdicts, -1/NaN, are not clean). Without the columns: InputError when
+    ``required``, else every row."""
+    columns = analysis.table.columns
+    absent = [c for c in CLEAN_COLUMNS if c not in columns]
+    n = len(analysis.table)
+    if absent:
+        if required or len(absent) < len(CLEAN_COLUMNS):
+            raise InputError(f"--strategy {strategy} needs the verdict columns "
+                             f"{', '.join(absent)}: run `hardscore verdicts TABLE` and select "
+                             "from the .verdicts table it writes")
+        return np.ones(n, dtype=bool)
+    outlier = np.asarray(columns["is_outlier"], dtype=np.float64)
+    known = np.isfinite(outlier) & (outlier >= 0)
+    candidates = hard_candidates(
+        np.ones(n), is_outlier=np.where(known, outlier, 1.0) > 0,
+        duplicate_of=np.asarray(columns["near_duplicate_of"], dtype=np.float64),
+        exact_duplicate_of=np.asarray(columns["exact_duplicate_of"], dtype=np.float64))
+    return np.asarray(candidates & known)
+
+
+def activelab_score(analysis: Analysis) -> FloatArray:
+    """Per row, ActiveLab's score (diversity.activelab_scores): labelled rows from the
+    probability of their label, unlabelled rows from their top probability; lower = label
+    next; NaN without probabilities."""
+    t = analysis.table
+    score = np.full(len(t), np.nan)
+    if t.probabilities is None:
+        return score
+    finite = np.isfinite(t.probabilities).all(axis=1)
+    labelled = np.flatnonzero(t.labelled & finite)
+    unlabelled = np.flatnonzero(~t.labelled & finite)
+    given, free = activelab_scores(
+        t.probabilities[labelled] if len(labelled) else None,
+        t.labels[labelled] if len(labelled) else None,
+        t.probabilities[unlabelled] if len(unlabelled) else None)
+    score[labelled] = given
+    score[unlabelled] = free
+    return score
+
+
+def select(analysis: Analysis, budget: int, strategy: str,
+           embeddings: npt.NDArray[np.floating] | None = None) -> IntArray:
+    """Row indices of the queue, in annotation order (InputError for a negative budget).
+    ``embeddings`` [N, D] (NaN rows where none) are needed by ``diverse-hard``."""
     if budget < 0:
         raise InputError(f"budget must be >= 0 (how many samples to select), got {budget}")
     t = analysis.table
@@ -99,6 +168,27 @@ def select(analysis: Analysis, budget: int, strategy: str) -> IntArray:
         first = analysis.issue_rows
         rest = _descending(score, labelled[~analysis.flagged[labelled]])
         return np.concatenate([first, rest]).astype(np.int64)[:budget]
+    if strategy == "hard-clean":
+        hardness = t.score("hardness")
+        return _descending(hardness, np.flatnonzero(clean_rows(analysis, strategy)))[:budget]
+    if strategy == "diverse-hard":
+        if embeddings is None:
+            raise InputError("--strategy diverse-hard needs the embeddings (score-dir "
+                             "--embeddings, or --embeddings FILE)")
+        x = np.asarray(embeddings, dtype=np.float32)
+        if x.shape[0] != len(t):
+            raise InputError(f"{x.shape[0]} embeddings for {len(t)} rows")
+        hardness = t.score("hardness")
+        has = np.isfinite(x).all(axis=1) & np.isfinite(hardness)
+        allowed = has & clean_rows(analysis, strategy, required=False)
+        if not allowed.any() or budget == 0:
+            return np.zeros(0, dtype=np.int64)
+        return k_centre_greedy(np.where(has[:, None], x, 0.0), budget,
+                               hardness=np.where(has, hardness, 0.0), candidates=allowed)
+    if strategy == "activelab":
+        if t.probabilities is None:
+            raise InputError("--strategy activelab needs p_<class> probability columns")
+        return _descending(-activelab_score(analysis), every)[:budget]
     raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
 
 
@@ -111,7 +201,8 @@ NEEDED_COLUMNS = frozenset({
 
 def needed_column(name: str) -> bool:
     """Whether select reads column ``name`` of a score table (ScoreTable.load's ``keep``)."""
-    return name in NEEDED_COLUMNS or name.startswith("p_")
+    return (name in NEEDED_COLUMNS or name.startswith("p_")
+            or any(name in cols for cols in VERDICT_COLUMNS.values()))
 
 
 def order_score(analysis: Analysis, strategy: str) -> tuple[str, FloatArray]:
@@ -122,6 +213,8 @@ def order_score(analysis: Analysis, strategy: str) -> tuple[str, FloatArray]:
         if analysis.ranking != DEFAULT_METHOD:
             return f"label_quality ({analysis.ranking})", analysis.label_quality()
         return "label_issue_score", analysis.issue_score()
+    if strategy == "activelab":
+        return "activelab_score", activelab_score(analysis)
     return "hardness", analysis.table.score("hardness")
 
 
@@ -175,7 +268,25 @@ def queue_columns(analysis: Analysis, rows: IntArray, strategy: str) -> dict[str
         "strategy": [strategy] * n,
         "label_quality": _cells(analysis.label_quality()[rows]),
         "ranking": [analysis.ranking] * n,
+        **verdict_cells(analysis, rows, strategy),
     }
+
+
+def verdict_cells(analysis: Analysis, rows: IntArray, strategy: str) -> dict[str, list[object]]:
+    """The verdict columns of ``strategy``'s queue (VERDICT_COLUMNS) for ``rows``: whole
+    numbers as ints, floats in full, None where the table has no such column."""
+    out: dict[str, list[object]] = {}
+    columns = analysis.table.columns
+    for name in VERDICT_COLUMNS.get(strategy, ()):
+        if name == "activelab_score":
+            out[name] = _cells(activelab_score(analysis)[rows])
+        elif name not in columns:
+            out[name] = [None] * len(rows)
+        elif np.issubdtype(np.asarray(columns[name]).dtype, np.integer):
+            out[name] = np.asarray(columns[name])[rows].tolist()
+        else:
+            out[name] = _cells(np.asarray(columns[name], dtype=np.float64)[rows])
+    return out
 
 
 def queue_records(analysis: Analysis, rows: IntArray, strategy: str) -> list[dict[str, object]]:
@@ -231,7 +342,7 @@ def write_queue(
     csv_path, json_path = out.with_name(out.name + ".csv"), out.with_name(out.name + ".json")
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)  # None is written as an empty cell, a float as its repr
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(columns)  # CSV_COLUMNS, then the strategy's VERDICT_COLUMNS
         writer.writerows(zip(*columns.values(), strict=True))
     if label_studio_json:
         write_label_studio_json(json_path, columns)

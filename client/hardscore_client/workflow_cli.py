@@ -1,4 +1,4 @@
-"""The data-set subcommands of ``hardscore``: score-dir, select, label-issues, report
+"""The data-set subcommands of ``hardscore``: score-dir, verdicts, select, label-issues, report
 (registered on the main parser by cli.build_parser)."""
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from hardscore_client.analysis import Analysis, ScoreTable, analyse
+from hardscore_client.collection import (
+    find_store,
+    no_embeddings_message,
+    summary_lines,
+    write_verdicts,
+)
 from hardscore_client.dataset import (
     BATCH_SIZE,
     CHECKPOINT_S,
@@ -25,10 +31,17 @@ from hardscore_client.dataset import (
     scan_folder,
     score_items,
 )
-from hardscore_client.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, InputError
+from hardscore_client.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_PARTIAL,
+    InputError,
+    InputNotFoundError,
+)
 from hardscore_client.label_quality import DEFAULT_METHOD, METHODS
 from hardscore_client.report import ReportOptions, write_report
+from hardscore_client.report_verdicts import report_embeddings
 from hardscore_client.selection import (
+    NEEDS_EMBEDDINGS,
     STRATEGIES,
     needed_column,
     order_score,
@@ -146,7 +159,16 @@ def cmd_select(args: argparse.Namespace) -> int:
     analysis = _analyse(args, needed_column)
     if args.strategy == "mistakes" and not analysis.table.labelled.any():
         raise SystemExit(f"{args.table} has no given labels: 'mistakes' needs them")
-    rows = select(analysis, args.budget, args.strategy)
+    embeddings = None
+    if args.strategy in NEEDS_EMBEDDINGS:
+        from hardscore_client.embedding_store import aligned
+
+        table = Path(args.table)
+        source = Path(args.embeddings) if args.embeddings else find_store(table)
+        if source is None:
+            raise InputNotFoundError(no_embeddings_message(table))
+        embeddings, _ = aligned(analysis.table.paths, source)
+    rows = select(analysis, args.budget, args.strategy, embeddings)
     written = write_queue(analysis, rows, args.strategy, Path(args.out), args.label_studio_json)
     files = f"{written.csv}, {written.json}" if written.json else str(written.csv)
     print(f"selected {written.rows} of {len(analysis.table)} rows ({args.strategy}): {files}",
@@ -236,8 +258,25 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     options = ReportOptions(hardest=args.hardest, easiest=args.easiest,
                             mistakes_per_class=args.mistakes_per_class, title=args.title)
-    index = write_report(_analyse(args), Path(args.out), options, source=str(args.table))
+    analysis = _analyse(args)
+    embeddings = report_embeddings(analysis, Path(args.table),
+                                   Path(args.embeddings) if args.embeddings else None)
+    index = write_report(analysis, Path(args.out), options, source=str(args.table),
+                         embeddings=embeddings)
     print(index)
+    return 0
+
+
+def cmd_verdicts(args: argparse.Namespace) -> int:
+    """verdicts: the table with every collection verdict (collection.write_verdicts)."""
+    out, found = write_verdicts(
+        Path(args.table), Path(args.out) if args.out else None,
+        embeddings=Path(args.embeddings) if args.embeddings else None,
+        split_column=args.split_column, variant=args.variant, method=args.method,
+        near_duplicate_threshold=args.near_duplicate_threshold)
+    for line in summary_lines(found):
+        print(line, file=sys.stderr)
+    print(out)
     return 0
 
 
@@ -280,6 +319,28 @@ def add_workflow_commands(
     with_server(p, timeout=SCORE_DIR_TIMEOUT, several=True)
     p.set_defaults(func=functools.partial(cmd_score_dir, client_options=client_options))
 
+    p = sub.add_parser("verdicts", help="collection verdicts (uniqueness, duplicates, leaks, "
+                       "outliers...) of a score table, from its embeddings")
+    p.add_argument("table", help="a score table (score-dir's, score-images')")
+    p.add_argument("--embeddings", metavar="SRC",
+                   help="the embeddings: a .embeddings folder, a .npy in the table's row order "
+                   "or a .npz with 'embedding' and 'path' or 'id' (default: the table's own, "
+                   "written by score-dir --embeddings)")
+    p.add_argument("--out", help="table to write (default: TABLE with .verdicts before its "
+                   "suffix, e.g. scores.verdicts.parquet)")
+    p.add_argument("--split-column", metavar="NAME",
+                   help="the column naming each row's split (default: split)")
+    p.add_argument("--variant", choices=("corrected", "fiftyone"), default="corrected",
+                   help="FiftyOne's scores as documented (corrected, the default) or as "
+                   "FiftyOne Brain 0.25.0 computes them (fiftyone)")
+    p.add_argument("--method", choices=("auto", "exact", "approximate"), default="auto",
+                   help="nearest neighbours: exact, approximate (faiss HNSW), or auto (exact "
+                   "up to N*N*D = 1e12)")
+    p.add_argument("--near-duplicate-threshold", type=float, default=0.2,
+                   help="cosine distance (centred embeddings) under which a row is a near "
+                   "duplicate (FiftyOne's default 0.2)")
+    p.set_defaults(func=cmd_verdicts)
+
     p = sub.add_parser("select", help="pick an annotation queue from a score table")
     p.add_argument("table", help="a table written by score-dir")
     p.add_argument("--budget", type=count, required=True,
@@ -289,6 +350,9 @@ def add_workflow_commands(
                    help="writes OUT.csv (and OUT.json with --label-studio-json)")
     p.add_argument("--label-studio-json", action="store_true",
                    help="also write OUT.json, the queue as a Label Studio task list")
+    p.add_argument("--embeddings", metavar="SRC",
+                   help="diverse-hard: the embeddings (default: the table's store, or for a "
+                   ".verdicts table the store of the table it came from)")
     _ranking_options(p)
     p.set_defaults(func=cmd_select)
 
@@ -307,6 +371,10 @@ def add_workflow_commands(
     p.add_argument("--mistakes-per-class", type=count, default=8,
                    help="likely label mistakes shown per class")
     p.add_argument("--title", default="hardscore data-set report")
+    p.add_argument("--embeddings", metavar="SRC", default=None,
+                   help="embeddings for the collection map of a verdicts table: a "
+                   ".embeddings folder, .npy or .npz (default: the table's own store, or that "
+                   "of the table the verdicts came from)")
     _ranking_options(p)
     p.set_defaults(func=cmd_report)
 

@@ -39,6 +39,49 @@ def brain_fields(samples: fo.Dataset, pred_field: str) -> None:
                              mistakenness_field="fo_mistakenness_logits", use_logits=True)
 
 
+def collection_check() -> dict[str, object]:
+    """3. Collection verdicts (variant "fiftyone") written by collection_fields_from_embeddings
+    beside Brain's own compute_uniqueness, compute_representativeness, compute_near_duplicates
+    (duplicates_view's fields) and compute_leaky_splits (tag_leaks) on the same embeddings."""
+    from hardscore_client.fiftyone_fields import collection_fields_from_embeddings
+
+    rng = np.random.default_rng(21)
+    n, d = 200, 16
+    centres = rng.normal(size=(5, d)) * 3
+    x = centres[rng.integers(5, size=n)] + rng.normal(size=(n, d))
+    x[1] = x[0] + 1e-3 * rng.normal(size=d)
+    x[13] = x[12]
+    x[40] = x[30] + 1e-3 * rng.normal(size=d)
+    splits = np.where(rng.random(n) < 0.7, "train", "test")
+    splits[[0, 12, 30]], splits[[1, 13, 40]] = "train", ["train", "test", "test"]
+    ds = fo.Dataset()
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/c{i}.png", split=str(s))
+                    for i, s in enumerate(splits)])
+    written = collection_fields_from_embeddings(ds, x, split_field="split", variant="fiftyone")
+    fob.compute_uniqueness(ds, embeddings=x.copy(), uniqueness_field="fo_uniqueness")
+    fob.compute_representativeness(ds, embeddings=x.copy(),
+                                   representativeness_field="fo_representativeness")
+    index = fob.compute_near_duplicates(ds, embeddings=x.copy(), threshold=0.2)
+    index.duplicates_view(type_field="fo_dup_type", id_field="fo_dup_id",
+                          dist_field="fo_dup_dist")
+    leaky = fob.compute_leaky_splits(ds, splits="split", embeddings=x.copy(), threshold=0.2)
+    leaky.tag_leaks("fo_leak")
+    out = {
+        "fields": written,
+        "uniqueness": compare(ds, "uniqueness", "fo_uniqueness"),
+        "representativeness": compare(ds, "representativeness", "fo_representativeness"),
+        "dup_dist": compare(ds, "dup_dist", "fo_dup_dist"),
+        "dup_type_equal": ds.values("dup_type") == ds.values("fo_dup_type"),
+        "dup_id_equal": ds.values("dup_id") == ds.values("fo_dup_id"),
+        "duplicates": ds.values("dup_type").count("duplicate"),
+        "planted": [ds.values("dup_type")[i] for i in (1, 13, 40)],
+        "leaks": sorted(ds.match_tags("leak").values("id")),
+        "fo_leaks": sorted(ds.match_tags("fo_leak").values("id")),
+    }
+    ds.delete()
+    return out
+
+
 def main() -> int:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
@@ -115,6 +158,8 @@ def main() -> int:
         }
         images.delete()
         stored.delete()
+    if spec.get("collection"):
+        report["collection"] = collection_check()
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, default=lambda v: None if isinstance(v, float) and math.isnan(v)
                      else v))

@@ -2,7 +2,9 @@
 ``make fiftyone-venv``, with its bundled MongoDB) runs tests/e2e/fiftyone_check.py, which writes
 the fields with hardscore_client.fiftyone_fields against a hardscore server started here, then
 runs FiftyOne Brain's compute_hardness / compute_mistakenness on the same samples. Every written
-value must equal FiftyOne's to 1e-12, and the label-issue scores the server's own."""
+value must equal FiftyOne's to 1e-12, and the label-issue scores the server's own. The
+collection-verdict fields (variant "fiftyone") must equal what Brain's compute_uniqueness,
+compute_representativeness, compute_near_duplicates and compute_leaky_splits write to 1e-9."""
 
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def report(image_server, tmp_path_factory) -> dict:
     (work / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     samples.append({"path": str(work / "broken.png"), "label": "7"})  # no prediction
     spec = {"server": image_server.target, "images": samples, "seed": 1, "classes": 5,
-            "logits_rows": 300}
+            "logits_rows": 300, "collection": True}
     (work / "spec.json").write_text(json.dumps(spec))
     db_dir = work / "db"
     env = {**os.environ, "HOME": str(work), "FIFTYONE_DATABASE_DIR": str(db_dir),
@@ -118,3 +120,18 @@ def test_stored_logits_label_scores(report):
     assert logits["scored"] == 300 - 28  # every 11th sample has no prediction
     assert logits["label_issue_compared"] > 200
     assert logits["label_issue_vs_numpy"] <= TOLERANCE
+
+
+def test_collection_fields_equal_brains_own(report):
+    """uniqueness, representativeness, duplicates_view's type / id / distance fields and the
+    leak tag, written from the same embeddings as Brain's functions."""
+    got = report["collection"]
+    assert got["fields"][:5] == ["uniqueness", "representativeness", "dup_type", "dup_id",
+                                 "dup_dist"] and "tag:leak" in got["fields"]
+    for name in ("uniqueness", "representativeness", "dup_dist"):
+        diff = got[name]
+        assert diff["none_mismatch"] == 0 and diff["compared"] > 0, (name, diff)
+        assert diff["max_abs_diff"] <= 1e-9, (name, diff)
+    assert got["dup_type_equal"] and got["dup_id_equal"] and got["duplicates"] >= 3
+    assert got["planted"] == ["duplicate"] * 3  # the planted copies
+    assert got["leaks"] == got["fo_leaks"] and got["leaks"]
