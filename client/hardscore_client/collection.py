@@ -114,6 +114,8 @@ class TableVerdicts:
     splits: str
     """The split column used, or "" when none."""
     seconds: float
+    threshold: float = NEAR_DUPLICATE_THRESHOLD
+    """The near-duplicate threshold used (cosine distance)."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -197,7 +199,8 @@ def table_verdicts(table: Path, *, embeddings: Path | None = None,
     del missing  # counted through ``has`` (NaN rows), which also catches NaN in a .npy
     return TableVerdicts(out, result, rows, without, where, digest_source,
                          split_name if splits is not None else "",
-                         round(time.perf_counter() - started, 3), notes)
+                         round(time.perf_counter() - started, 3), near_duplicate_threshold,
+                         notes)
 
 
 def save_table(path: Path, columns: Columns) -> None:
@@ -209,6 +212,32 @@ def save_table(path: Path, columns: Columns) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+LOOSE_SHARE = 0.2
+"""Above this share of rows marked near duplicates, the threshold is called too loose."""
+
+
+def loose_threshold_warning(found: TableVerdicts) -> list[str]:
+    """A warning line when FiftyOne's near-duplicate threshold marks more than LOOSE_SHARE of
+    the rows: an absolute cosine threshold tuned for one embedding (FiftyOne's default model)
+    is too loose for a tighter one (a small model's, a collection of one kind of image). It
+    suggests Datalab's relative rule: 0.13 x the median nearest-neighbour distance."""
+    cols, graph = found.columns, found.verdicts.neighbours.get("fiftyone")
+    if "near_duplicate_of" not in cols or not len(found.rows):
+        return []
+    marked = int((np.asarray(cols["near_duplicate_of"], dtype=np.int64) >= 0).sum())
+    if marked <= LOOSE_SHARE * len(found.rows):
+        return []
+    line = (f"warning: {marked} of {len(found.rows)} rows ({marked / len(found.rows):.0%}) are "
+            f"near duplicates at --near-duplicate-threshold {found.threshold:g}: too loose for "
+            "these embeddings")
+    if graph is not None and graph.distances.size:
+        median = float(np.median(graph.distances[:, 0]))
+        line += (f"; their median nearest-neighbour distance is {median:.3g}, and Datalab's "
+                 f"relative rule (0.13 x that) gives --near-duplicate-threshold "
+                 f"{0.13 * median:.3g}")
+    return [line]
 
 
 def summary_lines(found: TableVerdicts) -> list[str]:
@@ -233,6 +262,7 @@ def summary_lines(found: TableVerdicts) -> list[str]:
                  f" Datalab near duplicates: {flagged('is_near_duplicate')}; kNN label issues: "
                  f"{flagged('is_knn_label_issue')}")
     lines += [f"note: {note}" for note in found.notes]
+    lines += loose_threshold_warning(found)
     if found.without_embedding:
         shown = ", ".join(found.without_embedding[:5])
         more = len(found.without_embedding) - 5

@@ -172,3 +172,24 @@ def test_select_with_the_verdicts(verdicts, strategy, tmp_path) -> None:
     if strategy == "hard-clean":
         hardness = [float(r["hardness"]) for r in records]
         assert hardness == sorted(hardness, reverse=True)
+
+
+def test_a_loose_threshold_is_called_so_with_a_relative_one_suggested(scored, tmp_path,
+                                                                      capsys) -> None:
+    """FiftyOne's default 0.2 marks most of the digits as near duplicates of each other: the
+    summary says so and suggests Datalab's relative rule, which leaves the planted copies."""
+    out = tmp_path / "loose.parquet"
+    capsys.readouterr()
+    assert cli.main(["verdicts", str(scored), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    warning = next(line for line in err.splitlines() if line.startswith("warning:"))
+    assert "at --near-duplicate-threshold 0.2: too loose" in warning
+    suggested = float(warning.rsplit("--near-duplicate-threshold ", 1)[1])
+    assert 0 < suggested < 0.2
+    tight = tmp_path / "tight.parquet"
+    assert cli.main(["verdicts", str(scored), "--out", str(tight),
+                     "--near-duplicate-threshold", str(suggested)]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    columns = read_table(tight)
+    marked = int((np.asarray(columns["near_duplicate_of"]) >= 0).sum())
+    assert len(COPIES) <= marked <= 0.2 * len(columns["path"])
