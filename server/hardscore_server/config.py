@@ -134,6 +134,12 @@ class ServerConfig:
         metadata={"help": "estimated image-decoding memory in use at once, all calls together "
                   "(bytes); an image over it gets a size error"}
     )
+    request_budget_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={"help": "gRPC request messages in progress at once, every call and stream "
+                  "together (bytes): a message waits for room (first fit), half as much again "
+                  "may wait, beyond that RESOURCE_EXHAUSTED"}
+    )
     http_body_budget_bytes: int = field(
         default=512 * 1024 * 1024,
         metadata={"help": "REST request bodies being read and parsed at once, all requests "
@@ -226,6 +232,9 @@ class ServerConfig:
              f"preprocess_threads must be >= 1, got {self.preprocess_threads}"),
             (self.decode_budget_bytes >= 16 * 1024 * 1024,
              f"decode_budget_bytes must be >= 16777216 (16 MiB), got {self.decode_budget_bytes}"),
+            (self.request_budget_bytes >= 16 * 1024 * 1024,
+             "request_budget_bytes must be >= 16777216 (16 MiB), got "
+             f"{self.request_budget_bytes}"),
             (self.http_body_budget_bytes >= 16 * 1024 * 1024,
              "http_body_budget_bytes must be >= 16777216 (16 MiB), got "
              f"{self.http_body_budget_bytes}"),

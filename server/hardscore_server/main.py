@@ -27,6 +27,7 @@ from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model.model_dir import DEFAULT_MODEL_DIR, ModelDirError
 from hardscore_server.model.runner import ModelLoadError, ModelRunner, gpu_settings
 from hardscore_server.pipeline.image_pipeline import ImagePipeline
+from hardscore_server.pipeline.request_budget import RequestBudget
 from hardscore_server.supervisor import announce_ready, is_worker, supervise
 from hardscore_server.transport.call_gate import CallGate
 from hardscore_server.transport.hardscore_v1.servicer import ScoringServicer
@@ -117,7 +118,9 @@ class HardscoreServer:
             ("grpc.so_reuseport", int(c.workers > 1)),  # workers share the port
         ]
         recorded = frozenset({SCORING_SERVICE, INFERENCE_SERVICE})
-        self.gate = CallGate(self.metrics, recorded)  # first: refuses while draining
+        # first: refuses while draining, admits request bytes to the request budget
+        requests = RequestBudget(c.request_budget_bytes, c.max_message_bytes, self.metrics)
+        self.gate = CallGate(self.metrics, recorded, requests)
         self._server = grpc.aio.server(
             options=options,
             interceptors=[self.gate, *self.security.interceptors(self.metrics)])

@@ -161,6 +161,20 @@ class ServerMetrics:
         self.decode_budget_refusals = Counter(
             "hardscore_decode_budget_refusals", "Calls refused decode memory, by reason "
             "(request_too_large, busy).", ["reason"], registry=r)
+        # The request budget (request_budget.py): request messages in progress on gRPC.
+        self.request_budget = Gauge(
+            "hardscore_request_budget_bytes",
+            "Request message bytes the gRPC port holds in progress at once (bytes).", registry=r)
+        self.request_budget_in_use = Gauge(
+            "hardscore_request_budget_in_use_bytes",
+            "Request message bytes admitted and in progress now.", registry=r)
+        self.request_budget_waiting = Gauge(
+            "hardscore_request_budget_waiting_bytes",
+            "Request message bytes arrived and waiting for the request budget.", registry=r)
+        self.request_budget_refusals = Counter(
+            "hardscore_request_budget_refusals", "Messages refused the request budget, by "
+            "reason (full: too many bytes waiting; busy: waited too long).", ["reason"],
+            registry=r)
         self.decodes = Counter(
             "hardscore_image_decodes", "Images preprocessed in the decode pool, by outcome "
             "(done; after_cancel: finished after its call had gone; abandoned: never started "

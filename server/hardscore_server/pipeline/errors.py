@@ -86,6 +86,13 @@ class DecodeBudgetExceeded(RequestError):
     failure = Failure.OVERLOADED
 
 
+class RequestBudgetBusy(RequestError):
+    """The request's message does not fit the server's request budget now: too many bytes of
+    other requests are in progress or waiting (``request_budget``)."""
+
+    failure = Failure.OVERLOADED
+
+
 class QueueFull(RequestError):
     """The batcher's queue cannot take the request now."""
 

@@ -25,6 +25,15 @@ Inference Protocol, grpc.health.v1, reflection), so neither concern is per-metho
   type, with one INFO log line and no traceback, instead of grpc's UNKNOWN plus a traceback.
   Unary requests are checked before the handler starts; on a stream the bad message ends the
   call when the handler reads it (hardscore.v1 streams name the message's index).
+- **Request bytes** (with a ``RequestBudget``; health checks aside). A unary request is read
+  by gRPC only once it holds one of the budget's read slots, and every message, unary or of a
+  stream, is admitted to the budget when it has arrived and before it is parsed; it holds its
+  bytes until its request is done: a unary call's when its handler returns, a stream message's
+  when its servicer's task for it is done (``release_when_done``) or the call ends. A stream
+  reads its first message within a read slot, and its next one only once it holds room for
+  one as large as its previous one, so streams are flow-controlled by bytes. A refused unary
+  call is answered with the refusal's status (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED); on a
+  stream the refusal ends the call where the handler reads it.
 """
 
 from __future__ import annotations
@@ -42,7 +51,9 @@ from typing import Any
 import grpc
 
 from hardscore_server.metrics import ServerMetrics
-from hardscore_server.pipeline.errors import InvalidRequest
+from hardscore_server.pipeline.errors import InvalidRequest, RequestError
+from hardscore_server.pipeline.request_budget import RequestBudget
+from hardscore_server.transport.statuses import answer_to
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +127,110 @@ async def _write_all(replies: AsyncGenerator[Any, None], context: grpc.aio.Servi
 
 
 class _Arrival:
-    """One call as the gate saw it arrive: whether its handler ran."""
+    """One call as the gate saw it arrive: whether its handler ran, whether it holds a read
+    slot of the request budget."""
 
-    __slots__ = ("handled",)
+    __slots__ = ("handled", "reading")
 
     def __init__(self) -> None:
         self.handled = False
+        self.reading = False
+
+
+class _Raw:
+    """A request message as it arrived: parsed only once admitted to the request budget."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class _Held:
+    """The request budget one call holds: each admitted message's bytes until it is done."""
+
+    def __init__(self, budget: RequestBudget) -> None:
+        self._budget = budget
+        self._by_message: dict[int, int] = {}
+
+    def add(self, message: object, need: int) -> None:
+        key = id(message)
+        self._by_message[key] = self._by_message.get(key, 0) + need
+
+    def release(self, message: object) -> None:
+        need = self._by_message.pop(id(message), 0)
+        if need:
+            self._budget.release(need)
+
+    def release_all(self) -> None:
+        need = sum(self._by_message.values())
+        self._by_message.clear()
+        if need:
+            self._budget.release(need)
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class _AdmittedStream:
+    """A request stream read one message at a time within the request budget: the first within
+    a read slot, each next one once room for one as large as the previous one is reserved;
+    admitted when it has arrived, then parsed (UnparseableMessage when it does not parse)."""
+
+    def __init__(self, requests: AsyncIterator[Any], budget: RequestBudget, held: _Held,
+                 context: grpc.aio.ServicerContext, parse: Callable[[bytes], Any]) -> None:
+        self._requests = requests.__aiter__()
+        self._budget = budget
+        self._held = held
+        self._context = context
+        self._parse = parse
+        self._last = -1  # the previous message's size (-1: none yet)
+
+    def __aiter__(self) -> _AdmittedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        deadline = _deadline(self._context)
+        first = self._last < 0
+        if first:  # its size is unknown: read within a slot
+            await self._budget.start_first_read()
+        try:
+            reserved = 0 if first else await self._budget.reserve(self._last, deadline)
+            try:
+                item = await self._requests.__anext__()
+            except BaseException:
+                self._budget.release(reserved)
+                raise
+            raw = item.data
+            item.data = b""
+            self._last = len(raw)
+            need = await self._budget.admit(len(raw), deadline, "stream message", reserved,
+                                            counted=first)
+        finally:
+            if first:  # held until admitted: these messages never count as waiting
+                self._budget.end_first_read()
+        try:
+            message = self._parse(raw)
+        except BaseException:
+            self._budget.release(need)
+            raise
+        self._held.add(message, need)
+        return message
+
+    def release(self, message: object) -> None:
+        self._held.release(message)
+
+
+def release_when_done(requests: object, message: object) -> Callable[[object], None]:
+    """A done callback for the task answering a stream ``message`` of ``requests``: gives back
+    the request budget the message holds (nothing for a stream read without the budget)."""
+    def release(_: object) -> None:
+        if isinstance(requests, _AdmittedStream):
+            requests.release(message)
+
+    return release
 
 
 class UnparseableMessage(InvalidRequest):
@@ -157,9 +266,11 @@ class CallGate(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, metrics: ServerMetrics | None = None,
-                 recorded_services: frozenset[str] = frozenset()) -> None:
+                 recorded_services: frozenset[str] = frozenset(),
+                 requests: RequestBudget | None = None) -> None:
         self._metrics = metrics
         self._recorded = recorded_services
+        self._requests = requests
         self.draining = False
         self.in_flight = 0
         self.started = 0
@@ -240,12 +351,25 @@ class CallGate(grpc.aio.ServerInterceptor):
         service, method = _split(handler_call_details.method)
         arrival = _Arrival()
         task = asyncio.current_task()  # grpc's task for this call: it runs the handler too
+        budget = self._requests
+        if (budget is not None and service != HEALTH_SERVICE and not handler.request_streaming
+                and handler.request_deserializer is not None and task is not None):
+            # gRPC reads a unary request once this returns: only within a read slot. Waiting
+            # here ends when the call does (its deadline, its client leaving: grpc cancels us).
+            await budget.start_read()
+            arrival.reading = True
+            task.add_done_callback(lambda _: self._end_read(arrival))
         if self._metrics is not None and service in self._recorded and task is not None:
             # grpc runs no handler for a unary request it never received, nor for a call
             # cancelled before its task ran (the call's deadline passed, or its client left,
             # first): count it when grpc's task for it ends
             task.add_done_callback(lambda _: self._count_dropped(method, arrival))
         return self._wrap(handler, service, method, arrival)
+
+    def _end_read(self, arrival: _Arrival) -> None:
+        if arrival.reading and self._requests is not None:
+            arrival.reading = False
+            self._requests.end_read()
 
     def _count_dropped(self, method: str, arrival: _Arrival) -> None:
         if not arrival.handled and self._metrics is not None:
@@ -259,17 +383,47 @@ class CallGate(grpc.aio.ServerInterceptor):
         deserializer: Any = handler.request_deserializer
         type_name = _type_name(deserializer) if deserializer is not None else ""
         streaming_in = handler.request_streaming
+        budget = self._requests if service != HEALTH_SERVICE else None
 
-        def parse(raw: bytes) -> Any:
+        def deserialize(raw: bytes) -> Any:
             try:
                 return deserializer(raw)
             except Exception as exc:  # DecodeError, RecursionError...: never a traceback
-                error = UnparseableMessage(
+                raise UnparseableMessage(
                     f"the request is not a valid {type_name} message ({type(exc).__name__}: "
-                    f"{exc}); send a serialized {type_name}")
+                    f"{exc}); send a serialized {type_name}") from None
+
+        def parse(raw: bytes) -> Any:
+            if budget is not None:  # parsed once admitted to the request budget
+                self._end_read(arrival)  # a unary request has arrived: its slot is free
+                return _Raw(raw)
+            try:
+                return deserialize(raw)
+            except UnparseableMessage as error:
                 if streaming_in:
-                    raise error from None  # raised where the handler reads the stream
+                    raise  # raised where the handler reads the stream
                 return _Unparseable(error)
+
+        async def admitted(request: Any, context: grpc.aio.ServicerContext, held: _Held
+                           ) -> Any:
+            """A unary request admitted to the request budget and parsed, or the stream's
+            messages read within it; the refusal answered."""
+            if budget is None:
+                return request
+            if streaming_in:
+                return _AdmittedStream(request, budget, held, context, deserialize)
+            try:
+                need = await budget.admit(len(request.data), _deadline(context))
+            except RequestError as exc:
+                answer = answer_to(exc)
+                self._record(service, method, answer.grpc_code)
+                await context.abort(answer.grpc_code, answer.detail)
+            raw, request.data = request.data, b""  # grpc keeps the _Raw: drop the bytes
+            held.add(held, need)
+            try:
+                return deserialize(raw)
+            except UnparseableMessage as error:
+                await invalid(context, error)
 
         async def refuse_or_enter(request: Any, context: grpc.aio.ServicerContext) -> None:
             """Refuses the call (draining, or an unparseable unary request), else counts it."""
@@ -302,28 +456,32 @@ class CallGate(grpc.aio.ServerInterceptor):
                       or handler.stream_stream)
         @contextlib.asynccontextmanager
         async def served(request: Any, context: grpc.aio.ServicerContext
-                         ) -> AsyncIterator[None]:
-            """The handler's run: refused or counted on entry; a bad stream message or a
-            cut-off answered on the way out; uncounted at the end."""
+                         ) -> AsyncIterator[Any]:
+            """The handler's run: refused or counted on entry, then admitted to the request
+            budget (the request it is given); a bad stream message or a cut-off answered on
+            the way out; the budget given back and the call uncounted at the end."""
             await refuse_or_enter(request, context)
+            held = _Held(budget) if budget is not None else None
             try:
-                yield
+                yield (request if held is None else await admitted(request, context, held))
             except UnparseableMessage as exc:  # a stream message, read by the handler
                 await invalid(context, exc)
             except asyncio.CancelledError:
                 await answer_cut_off(context)
                 raise
             finally:
+                if held is not None:
+                    held.release_all()
                 self._leave(counted)
 
         behavior: Callable[..., Any]
         if handler.response_streaming and inspect.isasyncgenfunction(inner):
             async def behavior(request: Any, context: grpc.aio.ServicerContext) -> None:
-                async with served(request, context):
+                async with served(request, context) as request:
                     await _write_all(inner(request, context), context, path)
         else:  # a coroutine: unary response, or a stream written with context.write
             async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with served(request, context):
+                async with served(request, context) as request:
                     return await inner(request, context)
 
         kind = {(False, False): grpc.unary_unary_rpc_method_handler,

@@ -20,7 +20,7 @@ from hardscore_server.metrics import ServerMetrics
 from hardscore_server.pipeline.errors import InvalidRequest, UnknownModel, check_reply_fits
 from hardscore_server.pipeline.image_pipeline import ImagePipeline
 from hardscore_server.pipeline.scores import score_logits, score_probabilities
-from hardscore_server.transport.call_gate import UnparseableMessage
+from hardscore_server.transport.call_gate import UnparseableMessage, release_when_done
 from hardscore_server.transport.calls import CallRecorder, cancelled_code, deadline_of
 from hardscore_server.transport.hardscore_v1.replies import (
     encode_scores,
@@ -254,6 +254,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                     # a chunk that fails after an earlier one already ended the stream is
                     # never awaited: read its outcome so asyncio logs no "never retrieved"
                     task.add_done_callback(_read_outcome)
+                    # its request budget comes back once it is scored (call_gate)
+                    task.add_done_callback(release_when_done(requests, msg))
                     in_flight.append(task)
                     await pending.put(task)
                     first_row += rows

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.pipeline.byte_budget import ByteBudget
 from hardscore_server.pipeline.errors import InvalidRequest, check_reply_fits
-from hardscore_server.transport.call_gate import UnparseableMessage
+from hardscore_server.transport.call_gate import UnparseableMessage, release_when_done
 from hardscore_server.transport.calls import CallRecorder, deadline_of
 from hardscore_server.transport.inference_protocol import grpc_service_pb2 as oip
 from hardscore_server.transport.inference_protocol import grpc_service_pb2_grpc as oip_grpc
@@ -240,8 +240,10 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
                     size = min(request.ByteSize(), STREAM_WINDOW_BYTES)
                     await window.acquire()
                     await in_progress.take(size, None)
-                    pending.put_nowait(
-                        (asyncio.ensure_future(self._stream_one(request, deadline)), size))
+                    answer = asyncio.ensure_future(self._stream_one(request, deadline))
+                    # its request budget comes back once it is answered (call_gate)
+                    answer.add_done_callback(release_when_done(request_iterator, request))
+                    pending.put_nowait((answer, size))
                     del request  # held by its task only: freed once answered
             finally:
                 pending.put_nowait(None)
