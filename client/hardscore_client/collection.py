@@ -24,7 +24,7 @@ import numpy.typing as npt
 from hardscore_client.analysis import ScoreTable
 from hardscore_client.embedding_store import STORE_SUFFIX, aligned, store_of
 from hardscore_client.errors import InputError, InputNotFoundError
-from hardscore_client.tables import FORMATS, Columns, check_writable, write_table
+from hardscore_client.tables import FORMATS, Columns, check_writable, save_table
 from hardscore_client.verdicts import (
     COLUMNS,
     NEAR_DUPLICATE_THRESHOLD,
@@ -201,17 +201,6 @@ def table_verdicts(table: Path, *, embeddings: Path | None = None,
                          split_name if splits is not None else "",
                          round(time.perf_counter() - started, 3), near_duplicate_threshold,
                          notes)
-
-
-def save_table(path: Path, columns: Columns) -> None:
-    """Writes the table atomically (a temporary file beside it, then renamed)."""
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
-        write_table(tmp, columns)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 LOOSE_SHARE = 0.2

@@ -65,7 +65,7 @@ from hardscore_client.tables import (
     Columns,
     check_writable,
     read_table,
-    write_table,
+    save_table,
 )
 from hardscore_wire.scores import SCORE_NAMES
 
@@ -243,17 +243,6 @@ def _rows(columns: Columns) -> int:
     return len(next(iter(columns.values()))) if columns else 0
 
 
-def save_scores(path: Path, columns: Columns) -> None:
-    """Writes the table atomically: to a temporary file beside ``path``, then renamed."""
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
-        write_table(tmp, columns)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _read(item: Item) -> bytes | Failure:
     try:  # a URI other than a local file through fsspec (sources)
         data = Path(item.path).read_bytes() if is_local(item.path) else read_bytes(item.path)
@@ -308,7 +297,7 @@ class _Run:
             self.embedded_paths, self.embeddings = [], []
         merged = concat_columns([self.existing, *self.parts], self.order)
         order = np.argsort(merged["path"].astype(str), kind="stable")
-        save_scores(self.out, {k: v[order] for k, v in merged.items()})
+        save_table(self.out, {k: v[order] for k, v in merged.items()})
         self.last_save = time.monotonic()
         self.unsaved = 0
 

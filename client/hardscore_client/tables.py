@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -112,6 +113,18 @@ def write_table(path: Path, columns: Columns) -> None:
             for row in _rows(columns):
                 f.write(json.dumps(dict(zip(keys, map(_cell, row), strict=True))) + "\n")
 
+
+
+def save_table(path: Path, columns: Columns) -> None:
+    """write_table, atomically: to a temporary file beside ``path``, then renamed over it (a
+    reader never sees half a table, an interrupted write leaves the old one)."""
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        write_table(tmp, columns)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 TEXT_COLUMNS = ("id", "path", "label", "split", "sha256", "prediction")
 """Columns read back as text even when every value looks like a number (class names "0".."9")."""
