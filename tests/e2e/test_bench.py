@@ -4,6 +4,7 @@ markdown. No timing is asserted here: the figures are the scripts' output, not a
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,27 @@ def test_collection_bench_times_every_verdict_and_measures_recall(tmp_path):
     assert [r["method"] for r in recall] == ["approximate", "approximate"]
     assert all(float(r["recall@10"]) >= 0.9 for r in recall)
     assert "planted exact copies flagged by Datalab near-duplicate: 1.000" in text
+
+
+def test_verdict_truth_scores_planted_copies_and_outside_images(tmp_path):
+    out, figures = tmp_path / "truth.md", tmp_path / "truth.json"
+    run_bench("verdict_truth.py", "--quick", "--output", str(out), "--json", str(figures))
+    text = out.read_text()
+    flags = {(row["verdict"], row["variant"]): row for row in markdown_rows(text, "verdict")}
+    assert {verdict for verdict, _ in flags} == {
+        "exact_duplicate_of >= 0", "near_duplicate_of >= 0 (FiftyOne, 0.2)",
+        "is_near_duplicate (Datalab)", "is_outlier (Datalab)", "leak"}
+    exact = flags["exact_duplicate_of >= 0", "both"]  # sha256 of the bytes: must be exact
+    assert (exact["precision"], exact["recall"]) == ("1.000", "1.000")
+    kinds = {row["kind"]: row for row in markdown_rows(text, "kind")}
+    assert set(kinds) == {"exact", "shift", "brightness", "jpeg", "cross-exact",
+                          "cross-augmented", "outside: photo", "outside: noise",
+                          "outside: letter"}
+    for kind in ("exact", "cross-exact"):  # identical embeddings: in every near-duplicate set
+        assert kinds[kind]["FiftyOne recall"] == kinds[kind]["Datalab recall"] == "1.000"
+    result = json.loads(figures.read_text())
+    assert result["quick"] and result["rows"] == sum(
+        v["train"] + v["test"] for v in result["composition"].values())
+    assert [r["threshold"] for r in result["sweep"]] == [0.2, 0.1, 0.05, 0.02, 0.01]
+    assert 0.5 < next(r["AUROC"] for r in result["ranks"]
+                      if r["score"].startswith("1 - outlier_score")) <= 1
