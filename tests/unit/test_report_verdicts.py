@@ -108,7 +108,7 @@ class _Page(HTMLParser):
             if self.in_outliers:
                 self.outliers.append((row, cls))
             elif self.pairs and len(self.pairs[-1]["figures"]) < 2:  # type: ignore[arg-type]
-                self.pairs[-1]["figures"].append(row)  # type: ignore[union-attr]
+                self.pairs[-1]["figures"].append(row)  # type: ignore[attr-defined]
         if tag == "img":
             self.srcs.append(a.get("src") or "")
         if tag == "div" and a.get("data-count"):
