@@ -10,7 +10,8 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 
 .PHONY: all install test unit e2e deploy client-range demo lint protos protos-check bench clean \
-	serve default-model default-model-embedding gpu-deps perf-analyzer fiftyone-venv label-studio
+	serve default-model default-model-embedding gpu-deps perf-analyzer fiftyone-venv label-studio \
+	kserve-venv
 
 all: test
 
@@ -90,6 +91,21 @@ $(LS_STAMP):
 
 label-studio: $(LS_STAMP)
 
+# KServe's Python SDK (its InferenceRESTClient and InferenceGRPCClient) in a venv of its own, for
+# tests/e2e/test_kserve_clients.py: its pins (protobuf 6, grpcio-tools, fastapi) clash with the
+# project's. The plain package: no extra pulls ray, torch or vllm (about 450 MB, 45 s).
+KSERVE_VENV := .venv-kserve
+KSERVE_VERSION := 0.21.0
+KSERVE_STAMP := $(KSERVE_VENV)/.kserve-$(KSERVE_VERSION)
+$(KSERVE_STAMP):
+	rm -rf $(KSERVE_VENV)
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		kserve==$(KSERVE_VERSION)
+	touch $@
+
+kserve-venv: $(KSERVE_STAMP)
+
 CLIENT_E2E := tests/e2e/test_logits_service.py tests/e2e/test_image_service.py tests/e2e/test_cli.py
 client-range: $(MIN_VENV)/.installed
 	$(MIN_VENV)/bin/python -c "import google.protobuf as p, grpc; print('client range:', \
@@ -145,7 +161,7 @@ unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
 # Real servers on 127.0.0.1.
-e2e: install $(CHROMIUM) $(PERF_ANALYZER) $(FIFTYONE_VENV)/.installed $(LS_STAMP)
+e2e: install $(CHROMIUM) $(PERF_ANALYZER) $(FIFTYONE_VENV)/.installed $(LS_STAMP) $(KSERVE_STAMP)
 	$(VENV)/bin/pytest -q tests/e2e
 
 # Docker, Helm, dashboards, the browser, the contract (buf, stale stubs, ruff, mypy).
@@ -153,7 +169,7 @@ deploy: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP)
 	$(TEST_PATH) $(VENV)/bin/pytest -q tests/deploy
 
 test: install $(BUF) $(CHROMIUM) $(PROTOC_STAMP) $(GPU_DEPS_STAMP) $(PERF_ANALYZER) \
-	$(FIFTYONE_VENV)/.installed $(LS_STAMP)
+	$(FIFTYONE_VENV)/.installed $(LS_STAMP) $(KSERVE_STAMP)
 	$(TEST_PATH) $(VENV)/bin/pytest -q
 	$(MAKE) client-range
 
@@ -171,8 +187,8 @@ bench: install
 	$(PY) bench/frontend_capacity.py
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) $(FIFTYONE_VENV) $(LS_VENV) $(TOOLS) .cache .pytest_cache .mypy_cache \
-		.ruff_cache
+	rm -rf $(VENV) $(MIN_VENV) $(FIFTYONE_VENV) $(LS_VENV) $(KSERVE_VENV) $(TOOLS) .cache \
+		.pytest_cache .mypy_cache .ruff_cache
 
 # Retrains the embedded default model (deterministic; about a minute on 2 cores).
 default-model: install

@@ -127,7 +127,10 @@ trap 'exit 130' INT TERM
 
 SERVER_ARGS=(--host 127.0.0.1 --port 0 --http-port 0 --metrics-port -1 --grace-period-s 5)
 [[ -n "$MODEL_DIR" ]] && SERVER_ARGS+=(--model-dir "$MODEL_DIR")
-PYTHONUNBUFFERED=1 "$PYTHON" -m hardscore_server.main "${SERVER_ARGS[@]}" >"$WORK/server.log" 2>&1 &
+# Created here, not by the background server's redirect: the loop below may read it before
+# the server process has opened it.
+: >"$WORK/server.log"
+PYTHONUNBUFFERED=1 "$PYTHON" -m hardscore_server.main "${SERVER_ARGS[@]}" >>"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 PORT=""
 HTTP_PORT=""

@@ -148,14 +148,16 @@ class ImageSample(_message.Message):
     def __init__(self, id: _Optional[str] = ..., encoded: _Optional[bytes] = ..., pixels: _Optional[_Union[Tensor, _Mapping]] = ..., label_index: _Optional[int] = ..., label_name: _Optional[str] = ...) -> None: ...
 
 class ScoreImagesRequest(_message.Message):
-    __slots__ = ("samples", "options", "model_name")
+    __slots__ = ("samples", "options", "model_name", "model_version")
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     samples: _containers.RepeatedCompositeFieldContainer[ImageSample]
     options: ScoringOptions
     model_name: str
-    def __init__(self, samples: _Optional[_Iterable[_Union[ImageSample, _Mapping]]] = ..., options: _Optional[_Union[ScoringOptions, _Mapping]] = ..., model_name: _Optional[str] = ...) -> None: ...
+    model_version: str
+    def __init__(self, samples: _Optional[_Iterable[_Union[ImageSample, _Mapping]]] = ..., options: _Optional[_Union[ScoringOptions, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class SampleError(_message.Message):
     __slots__ = ("index", "reason", "message")
@@ -194,10 +196,36 @@ class ScoreImagesStreamResponse(_message.Message):
     def __init__(self, result: _Optional[_Union[ScoreImagesResponse, _Mapping]] = ..., first_row: _Optional[int] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ("model_name",)
+    __slots__ = ("model_name", "model_version")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_name: str
-    def __init__(self, model_name: _Optional[str] = ...) -> None: ...
+    model_version: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("ready_only",)
+    READY_ONLY_FIELD_NUMBER: _ClassVar[int]
+    ready_only: bool
+    def __init__(self, ready_only: bool = ...) -> None: ...
+
+class ModelVersionState(_message.Message):
+    __slots__ = ("name", "version", "state", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    state: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersionState]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersionState, _Mapping]]] = ...) -> None: ...
 
 class BatchingSettings(_message.Message):
     __slots__ = ("max_batch_size", "max_queue_delay_microseconds", "preferred_batch_sizes", "max_queue_size", "instances")

@@ -40,6 +40,11 @@ class ScoringServiceStub(object):
                 request_serializer=hardscore__wire_dot_scoring__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=hardscore__wire_dot_scoring__pb2.GetModelInfoResponse.FromString,
                 )
+        self.ListModels = channel.unary_unary(
+                '/hardscore.v1.ScoringService/ListModels',
+                request_serializer=hardscore__wire_dot_scoring__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=hardscore__wire_dot_scoring__pb2.ListModelsResponse.FromString,
+                )
 
 
 class ScoringServiceServicer(object):
@@ -84,6 +89,14 @@ class ScoringServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Lists every model version the server knows (its model repository): loaded or not, with its
+        state and, when it is not serving, why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScoringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +124,11 @@ def add_ScoringServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=hardscore__wire_dot_scoring__pb2.GetModelInfoRequest.FromString,
                     response_serializer=hardscore__wire_dot_scoring__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=hardscore__wire_dot_scoring__pb2.ListModelsRequest.FromString,
+                    response_serializer=hardscore__wire_dot_scoring__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -205,5 +223,22 @@ class ScoringService(object):
         return grpc.experimental.unary_unary(request, target, '/hardscore.v1.ScoringService/GetModelInfo',
             hardscore__wire_dot_scoring__pb2.GetModelInfoRequest.SerializeToString,
             hardscore__wire_dot_scoring__pb2.GetModelInfoResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/hardscore.v1.ScoringService/ListModels',
+            hardscore__wire_dot_scoring__pb2.ListModelsRequest.SerializeToString,
+            hardscore__wire_dot_scoring__pb2.ListModelsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

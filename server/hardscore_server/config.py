@@ -22,6 +22,7 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 CONV_ALGO_SEARCHES = ("exhaustive", "heuristic", "default")
 ARENA_EXTEND_STRATEGIES = ("next_power_of_two", "same_as_requested")
 JPEG_DECODE_DEVICES = ("cpu", "cuda", "torch_cpu")  # torch_cpu: tests only (torch_decode.py)
+CONTROL_MODES = ("none", "explicit", "poll")
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,44 @@ class ServerConfig:
     )
     no_model: bool = field(
         default=False, metadata={"help": "serve logits scoring only; load no model"}
+    )
+    # The model repository (pipeline/model_repository.py; docs/models.md, "Model repository").
+    model_repository: str = field(
+        default="", metadata={"help": "folder of models, <model>/<version>/{model.onnx,"
+                              "manifest.json}: several models and versions (instead of "
+                              "model_dir)"}
+    )
+    model_control_mode: str = field(
+        default="none", metadata={"help": "none (load every model at start), explicit (load "
+                                  "and unload through the repository API; load_model at "
+                                  "start) or poll (reload what changes on disk)"}
+    )
+    load_model: tuple[str, ...] = field(
+        default=(), metadata={"help": "models loaded at start in explicit mode (comma list; "
+                              "* = every model)"}
+    )
+    repository_poll_s: float = field(
+        default=15.0, metadata={"help": "poll mode: seconds between looks at the repository"}
+    )
+    version_policy: str = field(
+        default="latest", metadata={"help": "versions of each model served: latest, latest:N, "
+                                    "all, or specific:1,3"}
+    )
+    max_loaded_models: int = field(
+        default=0, metadata={"help": "most model versions loaded at once (0 = no limit)"}
+    )
+    model_memory_limit_bytes: int = field(
+        default=0, metadata={"help": "most estimated memory of the loaded model versions "
+                             "(instances x (2 x model.onnx + 16 MiB) each; 0 = no limit)"}
+    )
+    repository_control_tokens_file: str = field(
+        default="", metadata={"help": "file of the tokens that may load and unload models "
+                              "(header hardscore-control-token), one per line"}
+    )
+    repository_control_tokens: tuple[str, ...] = field(
+        default=(), repr=False,
+        metadata={"help": "tokens that may load and unload models (comma list)",
+                  "env_only": True},
     )
     max_message_bytes: int = field(
         default=64 * 1024 * 1024, metadata={"help": "largest gRPC message, either direction"}
@@ -139,6 +178,13 @@ class ServerConfig:
         metadata={"help": "gRPC request messages in progress at once, every call and stream "
                   "together (bytes): a message waits for room (first fit), half as much again "
                   "may wait, beyond that RESOURCE_EXHAUSTED"}
+    )
+    message_read_timeout_s: float = field(
+        default=10.0,
+        metadata={"help": "longest a gRPC request message may take to arrive once the server "
+                  "reads it within a read slot (a unary request, a stream's first message; "
+                  "RESOURCE_EXHAUSTED beyond), and longest an idle stream keeps room reserved "
+                  "for its next message"}
     )
     http_body_budget_bytes: int = field(
         default=512 * 1024 * 1024,
@@ -238,6 +284,8 @@ class ServerConfig:
             (self.http_body_budget_bytes >= 16 * 1024 * 1024,
              "http_body_budget_bytes must be >= 16777216 (16 MiB), got "
              f"{self.http_body_budget_bytes}"),
+            (self.message_read_timeout_s > 0,
+             f"message_read_timeout_s must be > 0, got {self.message_read_timeout_s}"),
             (self.http_header_timeout_s > 0,
              f"http_header_timeout_s must be > 0, got {self.http_header_timeout_s}"),
             (self.http_body_timeout_s > 0,
@@ -247,12 +295,55 @@ class ServerConfig:
              f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"),
             (not self.model_dir or Path(self.model_dir).is_dir(),
              f"model_dir {self.model_dir!r} is not a directory"),
+            *self._repository_checks(),
             *self._security_checks(),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         return self
+
+    def _repository_checks(self) -> list[tuple[bool, str]]:
+        """The model repository's settings (docs/models.md, "Model repository")."""
+        repo = self.model_repository
+        return [
+            (not (repo and self.model_dir),
+             "model_dir and model_repository exclude each other: a model directory is served "
+             "as a repository of one; give one of them"),
+            (not repo or Path(repo).is_dir(), f"model_repository {repo!r} is not a directory"),
+            (self.model_control_mode in CONTROL_MODES,
+             f"model_control_mode must be one of {', '.join(CONTROL_MODES)}, got "
+             f"{self.model_control_mode!r}"),
+            (self.model_control_mode == "none" or bool(repo),
+             f"model_control_mode={self.model_control_mode} needs model_repository"),
+            (not self.load_model or self.model_control_mode == "explicit",
+             "load_model is for model_control_mode=explicit (the other modes load every "
+             "model)"),
+            (not (self.model_control_mode == "explicit" and self.workers > 1),
+             "model_control_mode=explicit with workers > 1: a load or unload would reach one "
+             "worker only; use poll, or workers = 1"),
+            (self.model_control_mode != "explicit" or is_loopback(self.host)
+             or bool(self.repository_control_tokens or self.repository_control_tokens_file),
+             "model_control_mode=explicit on a host beyond loopback needs control tokens: set "
+             "repository_control_tokens_file (or HARDSCORE_REPOSITORY_CONTROL_TOKENS), or "
+             "--host 127.0.0.1 (docs/security.md, \"Model control\")"),
+            (self.repository_poll_s > 0,
+             f"repository_poll_s must be > 0, got {self.repository_poll_s}"),
+            (valid_version_policy(self.version_policy),
+             f"version_policy must be latest, latest:N (N >= 1), all or specific:V1,V2 "
+             f"(integer versions), got {self.version_policy!r}"),
+            (self.max_loaded_models >= 0,
+             f"max_loaded_models must be >= 0, got {self.max_loaded_models}"),
+            (self.model_memory_limit_bytes >= 0,
+             f"model_memory_limit_bytes must be >= 0, got {self.model_memory_limit_bytes}"),
+            (all(valid_token(t) for t in self.repository_control_tokens),
+             "repository_control_tokens: a token must be 1 or more printable ASCII characters "
+             "without spaces or commas"),
+            (not self.repository_control_tokens_file
+             or Path(self.repository_control_tokens_file).is_file(),
+             f"repository_control_tokens_file {self.repository_control_tokens_file!r} is not "
+             "a file"),
+        ]
 
     def _security_checks(self) -> list[tuple[bool, str]]:
         """TLS files set together and present, tokens usable as metadata (never printed)."""
@@ -300,6 +391,17 @@ def exposure_warning(config: ServerConfig) -> str:
             "bearer tokens nor TLS: anyone who reaches these ports can call them; set "
             "auth_tokens_file (or HARDSCORE_AUTH_TOKENS) or tls_cert_file, or --host "
             "127.0.0.1 (docs/security.md)")
+
+
+def valid_version_policy(text: str) -> bool:
+    """True if ``text`` is a version policy (model/repository_layout.py reads it)."""
+    kind, _, rest = text.partition(":")
+    if kind == "latest":
+        return not rest or (rest.isdigit() and int(rest) >= 1)
+    if kind == "specific":
+        versions = [v.strip() for v in rest.split(",") if v.strip()]
+        return bool(versions) and all(v.isdigit() for v in versions)
+    return text == "all"
 
 
 def valid_token(token: str) -> bool:

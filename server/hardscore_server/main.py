@@ -1,6 +1,6 @@
 """``hardscore-server``: builds the gRPC server, serves until SIGTERM/SIGINT, then drains.
 
-Start-up order: configuration -> model (load, validate, warm up) -> gRPC port and metrics port
+Start-up order: configuration -> models (load, validate, warm up) -> gRPC port and metrics port
 -> health SERVING. On SIGTERM or SIGINT new calls get UNAVAILABLE, the health status turns
 NOT_SERVING, calls already started get up to ``grace_period_s`` to finish (then UNAVAILABLE),
 and the process exits 0 within ``grace_period_s`` + 1 s (``HardscoreServer.stop``; the
@@ -25,8 +25,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hardscore_server.config import ConfigError, ServerConfig, exposure_warning, parse_args
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model.model_dir import DEFAULT_MODEL_DIR, ModelDirError
+from hardscore_server.model.repository_layout import RepositoryError, RepositoryLayout
 from hardscore_server.model.runner import ModelLoadError, ModelRunner, gpu_settings
-from hardscore_server.pipeline.image_pipeline import ImagePipeline
+from hardscore_server.pipeline.model_repository import ModelRepository
 from hardscore_server.pipeline.request_budget import RequestBudget
 from hardscore_server.supervisor import announce_ready, is_worker, supervise
 from hardscore_server.transport.call_gate import CallGate
@@ -39,7 +40,7 @@ from hardscore_server.transport.inference_protocol.servicer import SERVICE_NAME 
 from hardscore_server.transport.inference_protocol.servicer import InferenceProtocolServicer
 from hardscore_server.transport.metrics_endpoint import MetricsEndpoint, metrics_tls
 from hardscore_server.transport.reflection_v1 import enable_server_reflection
-from hardscore_server.transport.security import ServerSecurity
+from hardscore_server.transport.security import ControlGate, ServerSecurity
 from hardscore_wire import scoring_pb2 as pb
 from hardscore_wire import scoring_pb2_grpc as pb_grpc
 
@@ -68,7 +69,7 @@ class HardscoreServer:
         self.config = config
         self.metrics = ServerMetrics()
         self._metrics_endpoint = MetricsEndpoint(self.metrics.registry)
-        self.images: ImagePipeline | None = None
+        self.models: ModelRepository | None = None
         self.port = 0
         self.metrics_port = -1
         self.health = HealthService()
@@ -84,30 +85,64 @@ class HardscoreServer:
         self._servicer: ScoringServicer | None = None
         self._stopped = asyncio.Event()
 
-    def load_model(self) -> None:
-        """Loads, validates and warms up the model (skipped with ``no_model``)."""
-        if self.config.no_model:
+    async def load_models(self) -> None:
+        """Loads, validates and warms up the models (skipped with ``no_model``): the model
+        directory as a repository of one, or the model repository as its control mode says
+        (none and poll: every model; explicit: ``load_model``). A model that fails at start
+        stops the start (exit 3), as Triton's exit-on-error does."""
+        c = self.config
+        if c.no_model:
             return
-        model_dir = Path(self.config.model_dir) if self.config.model_dir else DEFAULT_MODEL_DIR
-        warm_up_sizes = tuple(sorted({1, self.config.max_batch_size}))
-        log.info("loading the model from %s and warming it up: %d batch size(s) (%s) per "
-                 "instance, %d instance(s); a large model on a CPU can take a minute, the ports "
-                 "open once it is ready", model_dir, len(warm_up_sizes),
-                 ", ".join(map(str, warm_up_sizes)), self.config.instances)
-        runner = ModelRunner(
-            model_dir,
-            execution_provider=self.config.execution_provider,
-            instances=self.config.instances,
-            intra_op_threads=self.config.intra_op_threads,
-            allow_spinning=self.config.allow_spinning,
-            gpu=gpu_settings(self.config),
-            io_binding=self.config.io_binding,
-        )
-        seconds = runner.warm_up(warm_up_sizes)
-        log.info("model %s v%s from %s on %s (%d instance(s), %d thread(s) each), warm-up %.2fs",
-                 runner.manifest.name, runner.manifest.version, model_dir, runner.provider,
-                 len(runner.sessions), runner.intra_op_threads, seconds)
-        self.images = ImagePipeline(runner, self.config, self.metrics)
+        if c.model_repository:
+            layout = RepositoryLayout(root=Path(c.model_repository))
+        else:
+            layout = RepositoryLayout(
+                single=Path(c.model_dir) if c.model_dir else DEFAULT_MODEL_DIR)
+        warm_up_sizes = tuple(sorted({1, c.max_batch_size}))
+        what = (f"the model from {layout.single}" if layout.single is not None else
+                f"the models of {layout.describe()} ({c.model_control_mode} control)")
+        log.info("loading %s and warming it up: %d batch size(s) (%s) per instance, %d "
+                 "instance(s); a large model on a CPU can take a minute, the ports open once it "
+                 "is ready", what, len(warm_up_sizes), ", ".join(map(str, warm_up_sizes)),
+                 c.instances)
+
+        def load_runner(model_dir: Path) -> ModelRunner:  # a worker thread
+            runner = ModelRunner(
+                model_dir,
+                execution_provider=c.execution_provider,
+                instances=c.instances,
+                intra_op_threads=c.intra_op_threads,
+                allow_spinning=c.allow_spinning,
+                gpu=gpu_settings(c),
+                io_binding=c.io_binding,
+            )
+            seconds = runner.warm_up(warm_up_sizes)
+            log.info("model %s v%s from %s on %s (%d instance(s), %d thread(s) each), warm-up "
+                     "%.2fs", runner.manifest.name, runner.manifest.version, model_dir,
+                     runner.provider, len(runner.sessions), runner.intra_op_threads, seconds)
+            return runner
+
+        try:
+            self.models = ModelRepository(c, self.metrics, layout, load_runner)
+        except RepositoryError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            if c.model_control_mode == "explicit":
+                failures = await self.models.load_names(c.load_model)
+            else:
+                failures = await self.models.load_all()
+        except RepositoryError as exc:
+            raise ConfigError(str(exc)) from None
+        if failures:
+            cause = failures[0].__cause__
+            if layout.single is not None and isinstance(cause, ModelDirError | ModelLoadError):
+                raise cause  # the model directory's own error, as before the repository
+            raise ModelLoadError("; ".join(map(str, failures)))
+        if c.model_control_mode == "poll":
+            self.models.start_polling(c.repository_poll_s)
+        loaded = ", ".join(f"{e.name} v{e.version}" for e in self.models.loaded())
+        log.info("models serving: %s (control mode %s, version policy %s)",
+                 loaded or "none yet", c.model_control_mode, self.models.policy)
 
     async def start(self) -> None:
         """Binds the ports and starts serving; health turns SERVING once everything is up."""
@@ -116,20 +151,24 @@ class HardscoreServer:
             ("grpc.max_receive_message_length", c.max_message_bytes),
             ("grpc.max_send_message_length", c.max_message_bytes),
             ("grpc.so_reuseport", int(c.workers > 1)),  # workers share the port
+            # no window growth: a stream's bytes are received only once it is read (request
+            # budget), not up to a bandwidth-delay estimate per stream (docs/security.md)
+            ("grpc.http2.bdp_probe", 0),
         ]
         recorded = frozenset({SCORING_SERVICE, INFERENCE_SERVICE})
         # first: refuses while draining, admits request bytes to the request budget
-        requests = RequestBudget(c.request_budget_bytes, c.max_message_bytes, self.metrics)
+        requests = RequestBudget(c.request_budget_bytes, c.max_message_bytes, self.metrics,
+                                 read_timeout_s=c.message_read_timeout_s)
         self.gate = CallGate(self.metrics, recorded, requests)
         self._server = grpc.aio.server(
             options=options,
             interceptors=[self.gate, *self.security.interceptors(self.metrics)])
-        self._servicer = ScoringServicer(c, self.metrics, self.images)
+        self._servicer = ScoringServicer(c, self.metrics, self.models)
         pb_grpc.add_ScoringServiceServicer_to_server(self._servicer, self._server)
         services = [SCORING_SERVICE]
         core = None
-        if self.images is not None:  # the Open Inference Protocol, for standard clients
-            core = self._core = InferenceCore(self.images)
+        if self.models is not None:  # the Open Inference Protocol, for standard clients
+            core = self._core = InferenceCore(self.models, ControlGate(c))
             oip_grpc.add_GRPCInferenceServiceServicer_to_server(
                 InferenceProtocolServicer(self.metrics, core, c.max_message_bytes),
                 self._server)
@@ -216,9 +255,9 @@ class HardscoreServer:
                 await asyncio.wait_for(rest_stopped, max(until - time.monotonic(), 0.0) + 0.5)
             except TimeoutError:
                 log.warning("the REST port did not drain within the grace period")
-        if self.images is not None:  # nothing waits on it now; bounded whatever still decodes
+        if self.models is not None:  # nothing waits on it now; bounded whatever still decodes
             try:
-                await asyncio.wait_for(self.images.close(), CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(self.models.close(), CLOSE_TIMEOUT_S)
             except TimeoutError:
                 log.warning("the model pipeline did not stop within %.1fs", CLOSE_TIMEOUT_S)
         if self._core is not None:
@@ -243,7 +282,7 @@ class HardscoreServer:
 async def serve(config: ServerConfig) -> None:
     """Runs the server until SIGTERM or SIGINT, then drains and returns."""
     server = HardscoreServer(config)
-    server.load_model()
+    await server.load_models()
     await server.start()
     announce_ready(server)  # a supervisor's worker: tells it the ports
     loop = asyncio.get_running_loop()

@@ -173,7 +173,8 @@ class ServerMetrics:
             "Request message bytes arrived and waiting for the request budget.", registry=r)
         self.request_budget_refusals = Counter(
             "hardscore_request_budget_refusals", "Messages refused the request budget, by "
-            "reason (full: too many bytes waiting; busy: waited too long).", ["reason"],
+            "reason (full: too many bytes waiting; busy: waited too long; read_timeout: the "
+            "message did not arrive within message_read_timeout_s).", ["reason"],
             registry=r)
         self.decodes = Counter(
             "hardscore_image_decodes", "Images preprocessed in the decode pool, by outcome "
@@ -182,6 +183,12 @@ class ServerMetrics:
         self.model_info = Gauge(
             "hardscore_model_info", "The served model (value 1), with its execution provider.",
             ["model", "version", "provider"], registry=r)
+        self.model_loads = Counter(
+            "hardscore_model_loads", "Model version loads through the model repository, by "
+            "outcome (loaded: it serves; failed: refused or failed, the versions serving before "
+            "serve on).", ["model", "version", "outcome"], registry=r)
+        self.models_loaded = Gauge(
+            "hardscore_models_loaded", "Model versions loaded and serving now.", registry=r)
 
     def observe_scores(
         self, model: str, hardness: npt.NDArray[np.floating],

@@ -48,7 +48,8 @@ def test_health_metadata_config_over_tritonclient_and_plain_http(client, image_s
     assert client.is_model_ready(MODEL) and client.is_model_ready(MODEL, "1")
     assert not client.is_model_ready(MODEL, "2") and not client.is_model_ready("resnet50")
     assert client.get_server_metadata()["extensions"] == [
-        "model_configuration", "statistics", "binary_tensor_data", "system_shared_memory"]
+        "model_configuration", "statistics", "binary_tensor_data", "system_shared_memory",
+        "model_repository"]
     meta = client.get_model_metadata(MODEL)
     assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
     assert {"name": "hardness", "datatype": "FP64", "shape": [-1]} in meta["outputs"]

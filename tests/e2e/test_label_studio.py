@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import csv
+import functools
 import json
 import os
 import shutil
@@ -130,10 +131,12 @@ def label_studio(tmp_path_factory) -> Iterator[str]:
         stop(proc)
 
 
+@functools.cache
 def personal_access_token(url: str) -> tuple[str, dict[str, str]]:
     """Logs in through the web form and creates a personal access token (POST /api/token/):
     Label Studio 1.23's token flow (legacy tokens are off by default). Returns the token and
-    the session cookies (for the browser)."""
+    the session cookies (for the browser). Once per Label Studio: a user holds one valid
+    token, a second POST is refused (409)."""
     s = requests.Session()
     s.get(f"{url}/user/login/", timeout=60).raise_for_status()
     r = s.post(f"{url}/user/login/", timeout=60, allow_redirects=False,

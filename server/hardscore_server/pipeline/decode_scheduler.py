@@ -147,6 +147,20 @@ def decode_parallelism(costs: Sequence[int], threads: int, capacity: int) -> tup
     return used, need
 
 
+class DecodeShare:
+    """The decode pool of ``config.preprocess_threads`` threads and the ``DecodeBudget`` of
+    ``config.decode_budget_bytes``, shared by the decode schedulers of every loaded model."""
+
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics) -> None:
+        self.budget = DecodeBudget(config.decode_budget_bytes, metrics)
+        self.pool = ThreadPoolExecutor(
+            max_workers=config.preprocess_threads, thread_name_prefix="preprocess")
+
+    def close(self) -> None:
+        """Releases the threads without waiting (see DecodeScheduler.close)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 class DecodeScheduler:
     """Preprocesses the images of every call in one pool of ``config.preprocess_threads``
     threads, within one ``DecodeBudget`` of ``config.decode_budget_bytes``.
@@ -158,16 +172,18 @@ class DecodeScheduler:
 
     def __init__(
         self, spec: InputSpec, config: ServerConfig, metrics: ServerMetrics, model: str,
-        decode: DecodeOne = decode_one,
+        decode: DecodeOne = decode_one, shared: DecodeShare | None = None,
     ) -> None:
         self.spec = spec
         self._decode = decode
         self._threads = config.preprocess_threads
         # jpeg_decode_device=cuda: JPEGs in batches on the GPU (torch imported only then)
         self._jpegs = build_decoder(config.jpeg_decode_device, spec, config.cuda_device_id)
-        self.budget = DecodeBudget(config.decode_budget_bytes, metrics)
-        self._pool = ThreadPoolExecutor(
-            max_workers=config.preprocess_threads, thread_name_prefix="preprocess")
+        # several models (a model repository) share one pool and one budget: ``shared``
+        self._owned = shared is None
+        self.shared = shared or DecodeShare(config, metrics)
+        self.budget = self.shared.budget
+        self._pool = self.shared.pool
         self._preprocess_time = metrics.preprocess_time.labels(model)
         self._decodes_done = metrics.decodes.labels("done")
         self._decodes_after_cancel = metrics.decodes.labels("after_cancel")
@@ -175,8 +191,10 @@ class DecodeScheduler:
 
     def close(self) -> None:
         """Releases the threads without waiting: steps queued are dropped (their calls get
-        ShuttingDown and give their budget back), running decodes finish on their own."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        ShuttingDown and give their budget back), running decodes finish on their own. A
+        scheduler built on a ``shared`` pool leaves it to its owner (``DecodeShare.close``)."""
+        if self._owned:
+            self.shared.close()
 
     async def run_in_pool(self, fn: Callable[[T], R], arg: T) -> R:
         """``fn(arg)`` in a decode thread, outside the budget and the turns (for work whose

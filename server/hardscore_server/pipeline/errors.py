@@ -20,6 +20,7 @@ class Failure(enum.Enum):
     NOT_FOUND = "what the request names does not exist here"
     OVERLOADED = "the server cannot take the request now: retry later, or elsewhere"
     TIMED_OUT = "the request's deadline passed before it was done: not computed"
+    FORBIDDEN = "the caller's credentials do not allow this request"
 
 
 class RequestError(Exception):
@@ -42,6 +43,19 @@ class NotFound(RequestError, LookupError):
 
 class UnknownModel(NotFound):
     """The request names a model this server does not serve."""
+
+
+class ControlDenied(RequestError):
+    """A model repository load or unload without an accepted control token (PERMISSION_DENIED
+    / 403): inference tokens do not allow it."""
+
+    failure = Failure.FORBIDDEN
+
+
+class ModelLoadFailed(InvalidRequest):
+    """A model repository load or unload was refused or failed; the message says why (a file
+    missing, a wrong class count, a limit, the control mode). The versions serving before it
+    serve on (INVALID_ARGUMENT / 400, as Triton answers a failed load)."""
 
 
 class NoEmbeddings(InvalidRequest):
@@ -91,6 +105,11 @@ class RequestBudgetBusy(RequestError):
     other requests are in progress or waiting (``request_budget``)."""
 
     failure = Failure.OVERLOADED
+
+
+class MessageReadTimeout(RequestBudgetBusy):
+    """A request message did not arrive within the read timeout while it held one of the
+    server's read slots (``message_read_timeout_s``): a slow sender holds a slot no longer."""
 
 
 class QueueFull(RequestError):

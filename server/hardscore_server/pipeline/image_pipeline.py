@@ -29,7 +29,7 @@ from hardscore_server.config import ServerConfig
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.model.model_dir import ModelManifest
 from hardscore_server.pipeline.batcher import DynamicBatcher, RequestTiming, Reservation
-from hardscore_server.pipeline.decode_scheduler import DecodeScheduler, Image
+from hardscore_server.pipeline.decode_scheduler import DecodeScheduler, DecodeShare, Image
 from hardscore_server.pipeline.errors import (
     DeadlineExpired,
     InvalidRequest,
@@ -154,7 +154,8 @@ class ImagePipeline:
     scheduler; ``close()`` it at the end. Score on one event loop."""
 
     def __init__(
-        self, runner: ServedModel, config: ServerConfig, metrics: ServerMetrics
+        self, runner: ServedModel, config: ServerConfig, metrics: ServerMetrics,
+        decode_share: DecodeShare | None = None,
     ) -> None:
         self.manifest: ModelManifest = runner.manifest
         self.provider: str = runner.provider
@@ -167,7 +168,9 @@ class ImagePipeline:
         )
         self._mean = np.asarray(m.mean, dtype=np.float32)[:, np.newaxis, np.newaxis]
         self._std = np.asarray(m.std, dtype=np.float32)[:, np.newaxis, np.newaxis]
-        self.decoder = DecodeScheduler(self.spec, config, metrics, m.name)
+        # a model repository's models share one decode pool and budget (decode_share)
+        self.decoder = DecodeScheduler(self.spec, config, metrics, m.name,
+                                       shared=decode_share)
         self.batcher = DynamicBatcher(
             runner.run,
             max_batch_size=config.max_batch_size,

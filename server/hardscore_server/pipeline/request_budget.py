@@ -2,30 +2,42 @@
 call and stream of every protocol together.
 
 A message is admitted when it has arrived and before it is parsed: it takes ``MEMORY_FACTOR``
-times its size (at most the whole budget, so one message always fits alone) and holds it until
-its request's decoding and scoring are done. A message that does not fit waits for others to
-finish, first fit (a small request passes a large one), at most ``max_wait_s`` and never past
-its deadline; while it waits its bytes count as waiting, and at most half the budget may wait:
-a message beyond that (over ``SMALL_BYTES``) is refused at once. Refusals are
-``RequestBudgetBusy`` (RESOURCE_EXHAUSTED).
+times its size and holds it until its request's decoding and scoring are done. A message larger
+than the budget takes all of it but a small message's share (``SMALL_BYTES`` x
+``MEMORY_FACTOR``), so it is served alone while small requests still pass beside it. A message
+that does not fit waits for others to finish, first fit (a small request passes a large one),
+at most ``max_wait_s`` and never past its deadline; while it waits its bytes count as waiting,
+and at most half the budget may wait: a message beyond that (over ``SMALL_BYTES``) is refused
+at once. Refusals are ``RequestBudgetBusy`` (RESOURCE_EXHAUSTED).
 
-What has been read but not admitted is bounded too: a unary request is received only within
-one of ``read_slots`` (the transport takes one before gRPC reads the message and gives it back
-once the message has arrived), and so is a stream's first message (slots of their own); a
-stream's next message is read only once the budget holds room for one as large as its previous
-one (``reserve``), so streams are flow-controlled by bytes. Used on the event loop only (not
-thread-safe).
+What is being read is bounded too. A unary request and a stream's first message are received
+only within one of ``read_slots`` (one pool for both; the transport takes one before it asks
+gRPC for the message and gives it back once the message has arrived, when its size is known), at
+most ``read_timeout_s``: a message that has not arrived by then ends its call
+(``MessageReadTimeout``), so a client that sends slowly, or opens a stream and never sends,
+holds a slot no longer. A stream's next message is read only once the budget holds room for one
+as large as its previous one (``reserve``), so streams are flow-controlled by bytes; a stream
+idle for ``read_timeout_s`` gives that room back and keeps waiting without it. Used on the
+event loop only (not thread-safe).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.pipeline.byte_budget import ByteBudget
 from hardscore_server.pipeline.decode_budget import mib
-from hardscore_server.pipeline.errors import DeadlineExpired, RequestBudgetBusy
+from hardscore_server.pipeline.errors import (
+    DeadlineExpired,
+    MessageReadTimeout,
+    RequestBudgetBusy,
+)
+
+T = TypeVar("T")
 
 MEMORY_FACTOR = 3
 """What a message costs in memory while it is served, in multiples of its size: the bytes gRPC
@@ -35,13 +47,16 @@ SMALL_BYTES = 1024 * 1024
 """A message up to this size always may wait (first fit lets it pass the large ones)."""
 MAX_WAIT_S = 30.0
 """The longest a message waits for request budget (seconds) before RESOURCE_EXHAUSTED."""
+READ_TIMEOUT_S = 10.0
+"""The longest a message read within a read slot may take to arrive (message_read_timeout_s)."""
 
 
 class RequestBudget(ByteBudget):
     """``capacity`` bytes of request messages in progress, granted first fit."""
 
     def __init__(self, capacity: int, max_message_bytes: int,
-                 metrics: ServerMetrics | None = None, max_wait_s: float = MAX_WAIT_S) -> None:
+                 metrics: ServerMetrics | None = None, max_wait_s: float = MAX_WAIT_S,
+                 read_timeout_s: float = READ_TIMEOUT_S) -> None:
         if capacity < 1:
             raise ValueError(f"request budget must be >= 1 byte, got {capacity}")
         self._metrics = metrics
@@ -49,48 +64,50 @@ class RequestBudget(ByteBudget):
         """Bytes of messages that have arrived and wait for budget."""
         super().__init__(capacity, first_fit=True, on_change=self._update_metrics)
         self.max_wait_s = max_wait_s
+        self.read_timeout_s = read_timeout_s
         self.waiting_limit = capacity // 2
+        small = SMALL_BYTES * MEMORY_FACTOR
+        self.largest = capacity - small if capacity >= 4 * small else capacity
+        """The most one message takes: a small message's share stays free beside it."""
         self.read_slots = max(1, capacity // (MEMORY_FACTOR * max(max_message_bytes, 1)))
         self._reads = asyncio.Semaphore(self.read_slots)
-        self._first_reads = asyncio.Semaphore(self.read_slots)
         if metrics is not None:
             metrics.request_budget.set(capacity)
 
-    async def start_read(self) -> None:
-        """Waits for a read slot (cancellable): take one before gRPC reads a unary request."""
-        await self._reads.acquire()
 
-    def end_read(self) -> None:
-        """Gives a read slot back (the message has arrived, or its call has ended)."""
-        self._reads.release()
-
-    async def start_first_read(self) -> None:
-        """Waits for a slot to read a stream's first message (cancellable)."""
-        await self._first_reads.acquire()
-
-    def end_first_read(self) -> None:
-        self._first_reads.release()
+    async def read_in_slot(self, read: Awaitable[T]) -> T:
+        """Awaits ``read`` (gRPC receiving a unary request or a stream's first message) within a
+        read slot, waited for first (cancellable), at most ``read_timeout_s``:
+        MessageReadTimeout when the message has not arrived by then."""
+        async with self._reads:
+            try:
+                return await asyncio.wait_for(read, self.read_timeout_s)
+            except TimeoutError:
+                self._refuse("read_timeout")
+                raise MessageReadTimeout(
+                    f"no complete request message within {self.read_timeout_s:g} s of the server "
+                    "starting to read it (message_read_timeout_s): a message is read only while "
+                    "it holds one of the server's few read slots; send each message at once, "
+                    "and open a stream when its first message is ready") from None
 
     async def reserve(self, size: int, deadline: float | None) -> int:
         """Takes room for a stream's next message, as large as ``size`` (its previous one), and
         returns it: hand it to ``admit`` once the message has arrived, or release it. The same
         errors as ``admit``."""
-        need = min(size * MEMORY_FACTOR, self.capacity)
+        need = min(size * MEMORY_FACTOR, self.largest)
         await self._take_until(need, deadline, "stream")
         return need
 
     async def admit(self, size: int, deadline: float | None, what: str = "request",
-                    reserved: int = 0, counted: bool = False) -> int:
-        """Takes ``MEMORY_FACTOR`` x ``size`` bytes (at most the capacity) for a message that has
-        arrived; returns
-        what it took, to be released when the request is done. Waits when they do not fit now;
-        RequestBudgetBusy when the waiting bytes would pass their limit (at once) or the wait
-        passes ``max_wait_s``, DeadlineExpired when ``deadline`` (a time.monotonic() instant)
-        passes first. Cancelled while waiting, it takes nothing. ``reserved``: what the message
-        holds already (``reserve``), kept when enough, else given back while it waits.
-        ``counted``: the caller bounds such waiting messages itself (a read slot held until
-        admitted): it waits, never refused as over the waiting limit."""
-        need = min(size * MEMORY_FACTOR, self.capacity)
+                    reserved: int = 0) -> int:
+        """Takes ``MEMORY_FACTOR`` x ``size`` bytes (at most ``largest``) for a message that has
+        arrived; returns what it took, to be released when the request is done. Waits when
+        they do not fit now; RequestBudgetBusy when the waiting bytes would pass their limit
+        (at once) or the wait passes ``max_wait_s``, DeadlineExpired when ``deadline`` (a
+        time.monotonic() instant) passes first. Cancelled while waiting, it takes nothing.
+        ``reserved``: what the message holds already (``reserve``), kept when enough, else
+        given back while it waits."""
+        need = min(size * MEMORY_FACTOR, self.largest)
         if need <= reserved:
             self.release(reserved - need)
             return need
@@ -99,8 +116,7 @@ class RequestBudget(ByteBudget):
         self.release(reserved)  # waiting with a part held could keep others waiting for it
         if self.try_take(need):
             return need
-        if (not counted and size > SMALL_BYTES
-                and self.waiting_bytes + size > self.waiting_limit):
+        if size > SMALL_BYTES and self.waiting_bytes + size > self.waiting_limit:
             self._refuse("full")
             raise RequestBudgetBusy(
                 f"request budget full: {mib(self.in_use)} of {mib(self.capacity)} in use "

@@ -127,14 +127,12 @@ async def _write_all(replies: AsyncGenerator[Any, None], context: grpc.aio.Servi
 
 
 class _Arrival:
-    """One call as the gate saw it arrive: whether its handler ran, whether it holds a read
-    slot of the request budget."""
+    """One call as the gate saw it arrive: whether its handler ran."""
 
-    __slots__ = ("handled", "reading")
+    __slots__ = ("handled",)
 
     def __init__(self) -> None:
         self.handled = False
-        self.reading = False
 
 
 class _Raw:
@@ -193,34 +191,51 @@ class _AdmittedStream:
 
     async def __anext__(self) -> Any:
         deadline = _deadline(self._context)
-        first = self._last < 0
-        if first:  # its size is unknown: read within a slot
-            await self._budget.start_first_read()
-        try:
-            reserved = 0 if first else await self._budget.reserve(self._last, deadline)
+        if self._last < 0:  # its size is unknown: read within a read slot, timed
+            reserved = 0
+            item = await self._budget.read_in_slot(self._requests.__anext__())
+        else:
+            reserved = await self._budget.reserve(self._last, deadline)
             try:
-                item = await self._requests.__anext__()
+                item, reserved = await self._read_reserved(reserved)
             except BaseException:
                 self._budget.release(reserved)
                 raise
-            raw = item.data
-            item.data = b""
-            self._last = len(raw)
-            need = await self._budget.admit(len(raw), deadline, "stream message", reserved,
-                                            counted=first)
-        finally:
-            if first:  # held until admitted: these messages never count as waiting
-                self._budget.end_first_read()
+        raw = _take(item)
+        self._last = len(raw)
         try:
+            need = await self._budget.admit(len(raw), deadline, "stream message", reserved)
             message = self._parse(raw)
         except BaseException:
-            self._budget.release(need)
+            raw = b""  # a traceback keeps this frame: not its bytes
             raise
         self._held.add(message, need)
         return message
 
+    async def _read_reserved(self, reserved: int) -> tuple[_Raw, int]:
+        """The next message, read holding ``reserved`` bytes; an idle stream gives them back
+        after the read timeout and keeps waiting without them. Returns what it still holds."""
+        read = asyncio.ensure_future(self._requests.__anext__())
+        try:
+            done, _ = await asyncio.wait((read,), timeout=self._budget.read_timeout_s)
+            if not done:
+                self._budget.release(reserved)
+                reserved = 0
+            return await read, reserved
+        finally:
+            if not read.done():
+                read.cancel()
+            elif not read.cancelled():
+                read.exception()  # retrieved: the call ended while it was read
+
     def release(self, message: object) -> None:
         self._held.release(message)
+
+
+def _take(item: _Raw) -> bytes:
+    """A message's bytes, taken out of the object gRPC may keep referring to."""
+    raw, item.data = item.data, b""
+    return raw
 
 
 def release_when_done(requests: object, message: object) -> Callable[[object], None]:
@@ -351,25 +366,12 @@ class CallGate(grpc.aio.ServerInterceptor):
         service, method = _split(handler_call_details.method)
         arrival = _Arrival()
         task = asyncio.current_task()  # grpc's task for this call: it runs the handler too
-        budget = self._requests
-        if (budget is not None and service != HEALTH_SERVICE and not handler.request_streaming
-                and handler.request_deserializer is not None and task is not None):
-            # gRPC reads a unary request once this returns: only within a read slot. Waiting
-            # here ends when the call does (its deadline, its client leaving: grpc cancels us).
-            await budget.start_read()
-            arrival.reading = True
-            task.add_done_callback(lambda _: self._end_read(arrival))
         if self._metrics is not None and service in self._recorded and task is not None:
             # grpc runs no handler for a unary request it never received, nor for a call
             # cancelled before its task ran (the call's deadline passed, or its client left,
             # first): count it when grpc's task for it ends
             task.add_done_callback(lambda _: self._count_dropped(method, arrival))
         return self._wrap(handler, service, method, arrival)
-
-    def _end_read(self, arrival: _Arrival) -> None:
-        if arrival.reading and self._requests is not None:
-            arrival.reading = False
-            self._requests.end_read()
 
     def _count_dropped(self, method: str, arrival: _Arrival) -> None:
         if not arrival.handled and self._metrics is not None:
@@ -383,7 +385,11 @@ class CallGate(grpc.aio.ServerInterceptor):
         deserializer: Any = handler.request_deserializer
         type_name = _type_name(deserializer) if deserializer is not None else ""
         streaming_in = handler.request_streaming
-        budget = self._requests if service != HEALTH_SERVICE else None
+        budget = self._requests if service != HEALTH_SERVICE and deserializer else None
+        # With the budget, a unary request is taken from gRPC as a stream of one message: gRPC
+        # receives a unary request whole before any handler or interceptor can hold it back,
+        # a stream's message only when the handler asks for it (within a read slot).
+        wire_streaming = streaming_in or budget is not None
 
         def deserialize(raw: bytes) -> Any:
             try:
@@ -395,7 +401,6 @@ class CallGate(grpc.aio.ServerInterceptor):
 
         def parse(raw: bytes) -> Any:
             if budget is not None:  # parsed once admitted to the request budget
-                self._end_read(arrival)  # a unary request has arrived: its slot is free
                 return _Raw(raw)
             try:
                 return deserialize(raw)
@@ -412,17 +417,29 @@ class CallGate(grpc.aio.ServerInterceptor):
                 return request
             if streaming_in:
                 return _AdmittedStream(request, budget, held, context, deserialize)
-            try:
-                need = await budget.admit(len(request.data), _deadline(context))
+            raw = b""
+            try:  # the one message of a unary request, read within a read slot
+                raw = _take(await budget.read_in_slot(anext(aiter(request))))
+                need = await budget.admit(len(raw), _deadline(context))
+            except StopAsyncIteration:
+                remaining = context.time_remaining()
+                if context.cancelled() or (remaining is not None and remaining <= 0):
+                    # its deadline passed or its client left before the request came: no
+                    # handler ran for it (counted in hardscore_calls_dropped_total)
+                    arrival.handled = False
+                    raise asyncio.CancelledError from None
+                await invalid(context, UnparseableMessage(
+                    f"the call ended without its request message; send one {type_name}"))
             except RequestError as exc:
+                raw = b""  # the abort's traceback keeps this frame: not the bytes
                 answer = answer_to(exc)
                 self._record(service, method, answer.grpc_code)
                 await context.abort(answer.grpc_code, answer.detail)
-            raw, request.data = request.data, b""  # grpc keeps the _Raw: drop the bytes
             held.add(held, need)
             try:
                 return deserialize(raw)
             except UnparseableMessage as error:
+                raw = b""
                 await invalid(context, error)
 
         async def refuse_or_enter(request: Any, context: grpc.aio.ServicerContext) -> None:
@@ -431,7 +448,7 @@ class CallGate(grpc.aio.ServerInterceptor):
             if self.draining and counted:
                 self.refused += 1
                 self._last_arrival = time.monotonic()
-                if streaming_in:
+                if wire_streaming:
                     await _read_to_half_close(request, REFUSAL_READ_S)
                     self._last_arrival = time.monotonic()
                 self._record(service, method, grpc.StatusCode.UNAVAILABLE)
@@ -488,6 +505,6 @@ class CallGate(grpc.aio.ServerInterceptor):
                 (False, True): grpc.unary_stream_rpc_method_handler,
                 (True, False): grpc.stream_unary_rpc_method_handler,
                 (True, True): grpc.stream_stream_rpc_method_handler}[
-            (streaming_in, handler.response_streaming)]
+            (wire_streaming, handler.response_streaming)]
         return kind(behavior, request_deserializer=parse if deserializer else None,
                     response_serializer=handler.response_serializer)

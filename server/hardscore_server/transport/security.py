@@ -14,6 +14,12 @@
   token (no early exit), so neither a token's content nor its length leaks through timing.
   The token file is re-read when it changes (checked at most once a second), so tokens rotate
   without a restart; a file that becomes unreadable or empty keeps the previous tokens (logged).
+- **Model control**: loading and unloading models through the repository API
+  (``model_control_mode=explicit``) needs its own credential, a token of
+  ``repository_control_tokens_file`` / ``HARDSCORE_REPOSITORY_CONTROL_TOKENS`` in the header
+  ``hardscore-control-token`` (gRPC metadata or HTTP header), besides the bearer token every call
+  needs: inference tokens never allow it. Without control tokens, control is open on a
+  loopback host only (config.py refuses explicit mode on another host without them).
 - ``health_port`` serves ``grpc.health.v1.Health`` alone on a second, plaintext port, for probes
   that cannot do TLS (Kubernetes' native gRPC probes cannot).
 """
@@ -34,6 +40,7 @@ import grpc
 
 from hardscore_server.config import ConfigError, ServerConfig, valid_token
 from hardscore_server.metrics import ServerMetrics
+from hardscore_server.pipeline.errors import ControlDenied, ModelLoadFailed
 
 log = logging.getLogger(__name__)
 
@@ -263,3 +270,35 @@ class ServerSecurity:
         transport = "mutual TLS" if self.mutual_tls else "TLS" if self.credentials else "plaintext"
         auth = f"bearer tokens ({len(self.tokens)})" if self.tokens.enabled else "no auth"
         return f"{transport}, {auth}"
+
+
+CONTROL_HEADER = "hardscore-control-token"
+"""The header (gRPC metadata, HTTP header) carrying a model control token."""
+
+
+class ControlGate:
+    """Who may load and unload models (docs/security.md, "Model control"): nobody unless
+    model_control_mode is explicit; then the holders of a control token when any is configured,
+    else anyone who reaches the port (loopback only: config.py)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.mode = config.model_control_mode
+        self.tokens = TokenStore(config.repository_control_tokens,
+                                 config.repository_control_tokens_file)
+
+    def check(self, headers: Sequence[tuple[str, Any]] | None, what: str) -> None:
+        """Raises ModelLoadFailed when control is off, ControlDenied without an accepted control
+        token; ``headers`` are the call's (lower-case keys)."""
+        if self.mode != "explicit":
+            raise ModelLoadFailed(
+                f"{what} is off: model_control_mode is {self.mode} (explicit allows it)")
+        if not self.tokens.enabled:
+            return
+        values = [v for k, v in (headers or ()) if k.lower() == CONTROL_HEADER]
+        if len(values) != 1:
+            raise ControlDenied(f"{what} needs a control token: send the header "
+                                f"'{CONTROL_HEADER}: <token>' (once)")
+        value = values[0]
+        token = (value.decode("latin-1") if isinstance(value, bytes) else str(value)).strip()
+        if not token or not self.tokens.accepts(token):
+            raise ControlDenied(f"{what}: invalid control token")

@@ -19,6 +19,7 @@ GRPC_CODE: dict[Failure, grpc.StatusCode] = {
     Failure.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     Failure.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Failure.TIMED_OUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Failure.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
 }
 """gRPC status code of each failure (the codes Triton answers on its gRPC port)."""
 
@@ -27,11 +28,13 @@ HTTP_STATUS: dict[Failure, int] = {
     Failure.NOT_FOUND: 404,
     Failure.OVERLOADED: 503,
     Failure.TIMED_OUT: 504,
+    Failure.FORBIDDEN: 403,
 }
 """HTTP status of each failure (Triton's on its REST port: 503 asks the client to come back)."""
 
 HTTP_CODE_NAMES: dict[int, str] = {
-    200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND",
+    200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
     405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 500: "INTERNAL",
     503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
 }

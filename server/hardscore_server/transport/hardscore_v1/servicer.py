@@ -19,6 +19,7 @@ from hardscore_server.config import ServerConfig
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.pipeline.errors import InvalidRequest, UnknownModel, check_reply_fits
 from hardscore_server.pipeline.image_pipeline import ImagePipeline
+from hardscore_server.pipeline.model_repository import ModelRepository
 from hardscore_server.pipeline.scores import score_logits, score_probabilities
 from hardscore_server.transport.call_gate import UnparseableMessage, release_when_done
 from hardscore_server.transport.calls import CallRecorder, cancelled_code, deadline_of
@@ -46,14 +47,14 @@ LOGITS_MODEL_LABEL = "logits"
 
 
 class ScoringServicer(pb_grpc.ScoringServiceServicer):
-    """Serves ScoreLogits(Stream), ScoreImages(Stream) and GetModelInfo."""
+    """Serves ScoreLogits(Stream), ScoreImages(Stream), GetModelInfo and ListModels."""
 
     def __init__(
-        self, config: ServerConfig, metrics: ServerMetrics, images: ImagePipeline | None
+        self, config: ServerConfig, metrics: ServerMetrics, models: ModelRepository | None
     ) -> None:
         self._config = config
         self._metrics = metrics
-        self._images = images
+        self._models = models
         self._calls = CallRecorder(metrics)
         # numpy releases the GIL in its kernels: scoring off the event loop keeps it responsive.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
@@ -116,10 +117,10 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     # -- images -------------------------------------------------------------------------------
 
-    def _pipeline(self) -> ImagePipeline:
-        if self._images is None:
+    def _repository(self) -> ModelRepository:
+        if self._models is None:
             raise UnknownModel("this server runs with --no-model: only ScoreLogits is served")
-        return self._images
+        return self._models
 
     async def _score_images(
         self, request: pb.ScoreImagesRequest, context: grpc.aio.ServicerContext,
@@ -131,15 +132,15 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         without sample errors is known from the request); one that sample errors push over the
         limit is refused once scored.
         """
-        pipeline = self._pipeline()
-        pipeline.check_model(request.model_name)
-        batch = image_batch(request, pipeline.max_samples)
-        self._check_image_reply(request, pipeline, first_row, None)
-        result = await pipeline.score(batch, deadline_of(context))
-        response = image_response(result, request, pipeline)
-        if result.errors:
-            self._check_image_reply(request, pipeline, first_row, response)
-        return response
+        # the version that admits the call computes it, whatever is loaded meanwhile
+        with self._repository().use(request.model_name, request.model_version) as pipeline:
+            batch = image_batch(request, pipeline.max_samples)
+            self._check_image_reply(request, pipeline, first_row, None)
+            result = await pipeline.score(batch, deadline_of(context))
+            response = image_response(result, request, pipeline)
+            if result.errors:
+                self._check_image_reply(request, pipeline, first_row, response)
+            return response
 
     def _check_image_reply(
         self, request: pb.ScoreImagesRequest, pipeline: ImagePipeline, first_row: int | None,
@@ -194,17 +195,29 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             yield response
 
     def _image_queue_has_room(self, samples: int) -> bool:
-        return self._images is None or self._images.batcher.has_room(samples)
+        try:  # the version an unversioned chunk goes to now
+            pipeline = self._repository().resolve("").pipeline
+        except UnknownModel:
+            return True  # several models, or none: the chunk itself is answered
+        return pipeline.batcher.has_room(samples)
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
         async def work() -> pb.GetModelInfoResponse:
-            pipeline = self._pipeline()
-            pipeline.check_model(request.model_name)
-            return model_info(pipeline)
+            with self._repository().use(request.model_name, request.model_version) as pipeline:
+                return model_info(pipeline)
 
         return await self._calls.unary("GetModelInfo", context, work)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        async def work() -> pb.ListModelsResponse:
+            rows = await self._repository().index(request.ready_only)
+            return pb.ListModelsResponse(models=[pb.ModelVersionState(**row) for row in rows])
+
+        return await self._calls.unary("ListModels", context, work)
 
     # -- plumbing -----------------------------------------------------------------------------
 

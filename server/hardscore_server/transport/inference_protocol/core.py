@@ -6,11 +6,12 @@ REST server only translate their messages to and from these objects, so both ans
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import importlib.metadata
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -18,14 +19,27 @@ import numpy as np
 import numpy.typing as npt
 
 from hardscore_server.pipeline.batcher import RequestTiming
-from hardscore_server.pipeline.errors import InvalidRequest, UnknownModel, check_reply_fits
+from hardscore_server.pipeline.errors import (
+    InvalidRequest,
+    ModelLoadFailed,
+    UnknownModel,
+    check_reply_fits,
+)
 from hardscore_server.pipeline.image_pipeline import ImageBatch, ImagePipeline, SampleFailed
+from hardscore_server.pipeline.model_repository import (
+    READY,
+    UNAVAILABLE,
+    LoadedVersion,
+    ModelRepository,
+)
 from hardscore_server.pipeline.scores import NO_LABEL
 from hardscore_server.transport.inference_protocol.model_config import (
     EXTENSIONS,
+    FILES_SUFFIX,
     LABEL_DATATYPES,
     LABEL_INPUT,
     OUTPUTS,
+    PIXELS_SUFFIX,
     SERVER_NAME,
     ImageInput,
     OutputSpec,
@@ -45,6 +59,7 @@ from hardscore_server.transport.inference_protocol.tensors import (
     output_array,
     shape_text,
 )
+from hardscore_server.transport.security import ControlGate
 
 R = TypeVar("R")
 
@@ -107,85 +122,166 @@ def _quoted(names: Sequence[str]) -> str:
 
 
 class InferenceCore:
-    """Serves the one model of an ImagePipeline through the Open Inference Protocol."""
+    """Serves the models of a ModelRepository through the Open Inference Protocol: every
+    loaded model under its three served names (``served_models``), per version."""
 
-    def __init__(self, pipeline: ImagePipeline,
+    def __init__(self, models: ModelRepository, control: ControlGate | None = None,
                  shared_memory: SharedMemoryRegistry | None = None) -> None:
-        self.pipeline = pipeline
+        self.models = models
+        self.control = control
         self.shared_memory = shared_memory or SharedMemoryRegistry()
-        self.manifest = pipeline.manifest
         self.server_version = importlib.metadata.version("hardscore")
-        self.models = served_models(pipeline)
-        self.outputs = {o.name: o for o in model_outputs(pipeline)}
-        self._counts = {name: RequestCounts() for name in self.models}
+        self._counts: dict[tuple[str, str], RequestCounts] = {}
         self._lock = threading.Lock()
         self.draining = False
         """Set when the server starts draining (SIGTERM): health turns not ready."""
+
+    # -- served names -------------------------------------------------------------------------
+
+    def _base(self, name: str) -> str:
+        """The model a served name stands for: itself, or ``<model>`` of ``<model>-pixels``
+        and ``<model>-files``."""
+        if self.models.known(name):
+            return name
+        for suffix in (PIXELS_SUFFIX, FILES_SUFFIX):
+            if name.endswith(suffix) and self.models.known(name[:-len(suffix)]):
+                return name[:-len(suffix)]
+        return name
+
+    def served_names(self) -> list[str]:
+        """Every served name of every loaded model."""
+        return [n for m in self.models.model_names() for n in self._names_of(m)]
+
+    @staticmethod
+    def _names_of(model: str) -> tuple[str, str, str]:
+        return (model, model + PIXELS_SUFFIX, model + FILES_SUFFIX)
+
+    def resolve(self, name: str, version: str = "") -> tuple[LoadedVersion, ImageInput]:
+        """The loaded version a request for served name ``name`` at ``version`` goes to (the
+        highest loaded one for ""), and its image input; UnknownModel (Triton's words) if
+        none."""
+        base = self._base(name)
+        why = ""
+        try:
+            entry = self.models.resolve(base, version) if base else None
+        except UnknownModel as exc:
+            entry = None
+            why = str(exc)
+        if entry is None or name not in self._names_of(base):
+            served = self.served_names()
+            if version and name in self._names_of(base) and self.models.known(base):
+                raise UnknownModel(
+                    f"Request for unknown model: '{name}' version {version} is not found; "
+                    f"{why}") from None
+            raise UnknownModel(
+                f"Request for unknown model: '{name}' is not found; this server serves "
+                f"{_quoted(served) if served else 'no model now'}") from None
+        return entry, served_models(entry.pipeline)[name]
+
+    @contextlib.contextmanager
+    def use(self, name: str, version: str = "") -> Iterator[tuple[LoadedVersion, ImageInput]]:
+        """``resolve``, with the version held until the block ends (see ModelRepository.use)."""
+        entry, image = self.resolve(name, version)
+        with self.models.use(entry.name, entry.version):
+            yield entry, image
+
+    def check_model(self, name: str, version: str = "") -> ImageInput:
+        """The image input of served model ``name``; UnknownModel if not served."""
+        return self.resolve(name, version)[1]
 
     # -- health, metadata, statistics ----------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        """The model is loaded (always, once serving) and the server is not draining."""
-        return not self.draining and self.pipeline.batcher.accepting
+        """The server takes requests (not draining); each model's readiness is its own."""
+        return not self.draining
 
     def model_ready(self, name: str, version: str = "") -> bool:
-        m = self.manifest
-        return name in self.models and version in ("", m.version) and self.ready
+        try:
+            self.resolve(name, version)
+        except UnknownModel:
+            return False
+        return self.ready
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": self.server_version,
                 "extensions": list(EXTENSIONS)}
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
-        self.check_model(name, version)
-        return model_metadata(self.pipeline, name)
+        entry, _ = self.resolve(name, version)
+        metadata = model_metadata(entry.pipeline, name)
+        metadata["versions"] = self.models.versions(entry.name)  # every loaded version
+        return metadata
 
     def model_config(self, name: str, version: str = "") -> dict[str, Any]:
-        self.check_model(name, version)
-        return model_config(self.pipeline, name)
+        entry, _ = self.resolve(name, version)
+        return model_config(entry.pipeline, name)
 
     def model_statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
-        """{"model_stats": [...]}: empty ``name`` means every served model name."""
-        if name or version:
-            self.check_model(name, version)
-        names = [name] if name else list(self.models)
+        """{"model_stats": [...]}: one entry per served name and loaded version (only
+        ``version`` when given); empty ``name`` means every served name."""
+        if name:
+            entry, _ = self.resolve(name, version)
+            pairs = [(name, e) for e in self.models.loaded() if e.name == entry.name
+                     and (not version or e.version == version)]
+        else:
+            pairs = [(n, e) for e in self.models.loaded() for n in self._names_of(e.name)]
         with self._lock:
-            counts = {n: dataclasses.replace(self._counts[n]) for n in names}
+            counts = {(n, e.version): dataclasses.replace(
+                self._counts.get((n, e.version)) or RequestCounts()) for n, e in pairs}
         # read after the requests: a request counted there has its batches counted here
-        batcher = self.pipeline.batcher
-        return {"model_stats": [model_statistics(self.pipeline, n, counts[n],
-                                                 batcher.stats_snapshot(n))
-                                for n in names]}
+        return {"model_stats": [model_statistics(e.pipeline, n, counts[(n, e.version)],
+                                                 e.pipeline.batcher.stats_snapshot(n))
+                                for n, e in pairs]}
 
-    def repository_index(self, repository: str = "", ready_only: bool = False
-                         ) -> list[dict[str, str]]:
-        """The models of the (one, unnamed) repository: every served name, READY while serving
-        (UNAVAILABLE once draining)."""
+    async def repository_index(self, repository: str = "", ready_only: bool = False
+                               ) -> list[dict[str, str]]:
+        """Every model version of the (one, unnamed) repository under each of its served names,
+        with its state and, when not READY, the reason (UNAVAILABLE once draining)."""
+        self._check_repository(repository)
+        rows = []
+        for row in await self.models.index():
+            for name in self._names_of(row["name"]):
+                out = {**row, "name": name}
+                if self.draining and row["state"] == READY:
+                    out["state"], out["reason"] = UNAVAILABLE, "the server is shutting down"
+                if not ready_only or out["state"] == READY:
+                    rows.append(out)
+        return rows
+
+    @staticmethod
+    def _check_repository(repository: str) -> None:
         if repository:
             raise UnknownModel(f"unknown repository '{repository}': this server has one, "
                                "named ''")
-        version = self.manifest.version
-        if self.ready:
-            return [{"name": n, "version": version, "state": "READY"} for n in self.models]
-        if ready_only:
-            return []
-        return [{"name": n, "version": version, "state": "UNAVAILABLE",
-                 "reason": "the server is shutting down"} for n in self.models]
 
-    def check_model(self, name: str, version: str = "") -> ImageInput:
-        """The image input of served model ``name``; UnknownModel if not served."""
-        m = self.manifest
-        image = self.models.get(name)
-        if image is None:
-            raise UnknownModel(
-                f"Request for unknown model: '{name}' is not found; this server serves "
-                f"{_quoted(list(self.models))}")
-        if version not in ("", m.version):
-            raise UnknownModel(
-                f"Request for unknown model: '{name}' version {version} is not found; this "
-                f"server serves version {m.version}")
-        return image
+    async def load(self, repository: str, name: str, headers: Sequence[tuple[str, Any]] | None,
+                   parameters: Mapping[str, Any]) -> None:
+        """RepositoryModelLoad: (re)loads model ``name`` (its served name, or one of its input
+        forms' names). Only with model_control_mode=explicit and a control token (ControlGate).
+        A configuration override (``config``) or files in the request are refused: the
+        repository's folders are what is served."""
+        self._check_control(headers, "loading a model")
+        self._check_repository(repository)
+        for key in parameters:
+            if key == "config" or key.startswith("file:"):
+                raise ModelLoadFailed(
+                    f"load parameter '{key}' is not supported: hardscore loads the versions in "
+                    "the repository's folders as they are")
+        await self.models.load(self._base(name))
+
+    async def unload(self, repository: str, name: str,
+                     headers: Sequence[tuple[str, Any]] | None) -> None:
+        """RepositoryModelUnload: every version of model ``name`` stops taking calls now and is
+        closed once its calls in flight have finished."""
+        self._check_control(headers, "unloading a model")
+        self._check_repository(repository)
+        await self.models.unload(self._base(name))
+
+    def _check_control(self, headers: Sequence[tuple[str, Any]] | None, what: str) -> None:
+        if self.control is None:
+            raise ModelLoadFailed(f"{what} is off on this server")
+        self.control.check(headers, what)
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -208,40 +304,47 @@ class InferenceCore:
         QueueFull, DecodeBudgetExceeded, DeadlineExpired.
         """
         started = time.perf_counter_ns()
-        timing = RequestTiming(stats_key=model_name if model_name in self._counts else None)
+        timing = RequestTiming(stats_key=model_name)
+        version = ""  # the version that computes it, once known
         try:
             request = await parse()
             if request.timeout_us:
                 timeout = time.monotonic() + request.timeout_us / 1e6
                 deadline = timeout if deadline is None else min(deadline, timeout)
-            result = await self._score(request, deadline, max_reply_bytes, timing)
+            with self.use(model_name, request.model_version) as (entry, image):
+                version = entry.version
+                result = await self._score(request, entry.pipeline, image, deadline,
+                                           max_reply_bytes, timing)
             packing = time.perf_counter_ns()
             reply = await asyncio.to_thread(encode, result)
         except UnknownModel:
             raise  # no served model's failure
         except BaseException:
-            if model_name in self._counts:
-                self._record_failure(model_name, time.perf_counter_ns() - started)
+            if not version:  # failed before a version took it: the one it would have gone to
+                with contextlib.suppress(UnknownModel):
+                    version = self.resolve(model_name)[0].version
+            if version:
+                self._record_failure((model_name, version), time.perf_counter_ns() - started)
             raise
-        self._record_success(model_name, started, packing, timing, result.samples)
+        self._record_success((model_name, version), started, packing, timing, result.samples)
         return reply
 
     async def _score(
-        self, request: InferRequest, deadline: float | None, max_reply_bytes: int | None,
-        timing: RequestTiming,
+        self, request: InferRequest, pipeline: ImagePipeline, image: ImageInput,
+        deadline: float | None, max_reply_bytes: int | None, timing: RequestTiming,
     ) -> InferResult:
-        """Scores ``request`` and hands back its outputs (written to shared memory where asked)."""
+        """Scores ``request`` on ``pipeline`` (the version that admitted it) and hands back its
+        outputs (written to shared memory where asked)."""
         name = request.model_name
-        image = self.check_model(name, request.model_version)
-        parsed = await asyncio.to_thread(self._parse, request, image)
+        parsed = await asyncio.to_thread(self._parse, request, image, pipeline)
         n = len(parsed.images)
         if max_reply_bytes is not None:
-            check_reply_fits(self._reply_floor(parsed, n), max_reply_bytes, n, None,
+            check_reply_fits(self._reply_floor(parsed, n, pipeline), max_reply_bytes, n, None,
                              "images", "requests")
         batch = ImageBatch(images=parsed.images, labels=parsed.labels, on_sample_error="raise",
                            include_embeddings=any(s.embedding for s, _ in parsed.outputs))
         try:
-            result = await self.pipeline.score(batch, deadline, timing)
+            result = await pipeline.score(batch, deadline, timing)
         except SampleFailed as exc:
             raise InvalidRequest(
                 f"input '{image.name}' element {exc.index} cannot be used: {exc.error}") from None
@@ -260,24 +363,24 @@ class InferenceCore:
                     parameters.get(SHM_BYTE_SIZE), out.array.tobytes(), f"output '{spec.name}'")
                 out.in_shared_memory = True
             outputs.append(out)
-        return InferResult(name, self.manifest.version, request.id, outputs, n)
+        return InferResult(name, pipeline.manifest.version, request.id, outputs, n)
 
-    def _reply_floor(self, parsed: _Parsed, n: int) -> int:
+    def _reply_floor(self, parsed: _Parsed, n: int, pipeline: ImagePipeline) -> int:
         """Bytes of the requested outputs' values alone (those not written to shared memory):
         no reply to ``n`` images is smaller in any encoding (an INT64 takes at least 1 byte)."""
         itemsize = {"FP32": 4, "FP64": 8, "INT64": 1}
-        return sum(n * (output_width(self.pipeline, spec) or 1) * itemsize[spec.datatype]
+        return sum(n * (output_width(pipeline, spec) or 1) * itemsize[spec.datatype]
                    for spec, parameters in parsed.outputs if SHM_REGION not in parameters)
 
-    def _record_success(self, name: str, started: int, packing: int, timing: RequestTiming,
-                        samples: int) -> None:
+    def _record_success(self, key: tuple[str, str], started: int, packing: int,
+                        timing: RequestTiming, samples: int) -> None:
         """Output time: from the scores to the transport's encoded reply; input time: the rest
         outside the queue and the model; ``samples``: the images scored."""
         now = time.perf_counter_ns()
         total = now - started
         output = now - packing
         with self._lock:
-            c = self._counts[name]
+            c = self._counts.setdefault(key, RequestCounts())
             c.success += 1
             c.samples += samples
             c.success_ns += total
@@ -286,13 +389,14 @@ class InferenceCore:
             c.compute_output_ns += output
             c.compute_input_ns += max(0, total - output - timing.queue_ns - timing.compute_ns)
 
-    def _record_failure(self, name: str, ns: int) -> None:
+    def _record_failure(self, key: tuple[str, str], ns: int) -> None:
         with self._lock:
-            c = self._counts[name]
+            c = self._counts.setdefault(key, RequestCounts())
             c.fail += 1
             c.fail_ns += ns
 
-    def _parse(self, request: InferRequest, image: ImageInput) -> _Parsed:
+    def _parse(self, request: InferRequest, image: ImageInput, pipeline: ImagePipeline
+               ) -> _Parsed:
         """Checks the request's inputs and outputs and reads the tensors' data (worker thread)."""
         name = request.model_name
         by_name: dict[str, InputTensor] = {}
@@ -320,19 +424,20 @@ class InferenceCore:
                 f"input(s) {got}, but missing required input(s) ['{image.name}']. Please "
                 "provide all required input(s).")
         reader = TensorReader(name)
-        images, n = self._read_images(reader, by_name[image.name], image, name)
-        labels = self._read_labels(reader, by_name[LABEL_INPUT], n, name) if (
+        images, n = self._read_images(reader, by_name[image.name], image, name, pipeline)
+        labels = self._read_labels(reader, by_name[LABEL_INPUT], n, name, pipeline) if (
             LABEL_INPUT in by_name) else None
-        outputs = self._requested_outputs(request.outputs, labels is not None, name)
+        outputs = self._requested_outputs(request.outputs, labels is not None, name, pipeline)
         if labels is None and any(spec.needs_label for spec, _ in outputs):
             labels = np.full(n, NO_LABEL, dtype=np.int64)  # asked for, no labels: all NaN
         return _Parsed(images=images, labels=labels, outputs=outputs)
 
     def _read_images(
-        self, reader: TensorReader, t: InputTensor, image: ImageInput, model: str
+        self, reader: TensorReader, t: InputTensor, image: ImageInput, model: str,
+        pipeline: ImagePipeline,
     ) -> tuple[np.ndarray | list[bytes], int]:
         shape = list(t.shape)
-        dims = input_dims(self.pipeline)
+        dims = input_dims(pipeline)
         if t.datatype not in image.datatypes:
             if len(image.datatypes) == 1:
                 raise InvalidRequest(
@@ -351,7 +456,7 @@ class InferenceCore:
                 f"unexpected shape for input '{t.name}' for model '{model}'. Expected "
                 f"{shape_text([-1, *dims])}, got {shape_text(shape)}")
         n = shape[0]
-        limit = self.pipeline.max_samples
+        limit = pipeline.max_samples
         if n < 1:
             raise InvalidRequest(
                 f"input '{t.name}' for model '{model}' holds {n} images; send at least one")
@@ -364,9 +469,10 @@ class InferenceCore:
         return reader.numeric(t, shape), n
 
     def _read_labels(
-        self, reader: TensorReader, t: InputTensor, n: int, model: str
+        self, reader: TensorReader, t: InputTensor, n: int, model: str,
+        pipeline: ImagePipeline,
     ) -> npt.NDArray[np.int64]:
-        m = self.manifest
+        m = pipeline.manifest
         shape = list(t.shape)
         if t.datatype not in LABEL_DATATYPES:
             raise InvalidRequest(
@@ -385,19 +491,21 @@ class InferenceCore:
         return labels
 
     def _requested_outputs(
-        self, wanted: Sequence[RequestedOutput], has_labels: bool, model: str
+        self, wanted: Sequence[RequestedOutput], has_labels: bool, model: str,
+        pipeline: ImagePipeline,
     ) -> list[tuple[OutputSpec, Mapping[str, Any]]]:
+        outputs = {o.name: o for o in model_outputs(pipeline)}
         if not wanted:
             return [(o, {}) for o in OUTPUTS if has_labels or not o.needs_label]
         chosen: dict[str, tuple[OutputSpec, Mapping[str, Any]]] = {}
         for output in wanted:
-            spec = self.outputs.get(output.name)
+            spec = outputs.get(output.name)
             if spec is None:
                 hint = ("; the 'embedding' output needs a model exported with it: re-export it "
                         "with hardscore-export" if output.name == "embedding" else "")
                 raise InvalidRequest(
                     f"unexpected inference output '{output.name}' for model "
-                    f"'{model}'; its outputs are {', '.join(self.outputs)}{hint}")
+                    f"'{model}'; its outputs are {', '.join(outputs)}{hint}")
             if "classification" in output.parameters:
                 raise InvalidRequest(
                     f"output '{output.name}' asks for 'classification', which this server does "

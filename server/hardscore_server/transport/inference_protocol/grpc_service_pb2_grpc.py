@@ -66,6 +66,16 @@ class GRPCInferenceServiceStub(object):
                 request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
                 response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
                 )
+        self.RepositoryModelLoad = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelLoad',
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
+                )
+        self.RepositoryModelUnload = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelUnload',
+                request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
+                )
         self.SystemSharedMemoryStatus = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
                 request_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
@@ -159,6 +169,20 @@ class GRPCInferenceServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepositoryModelLoad(self, request, context):
+        """Loads (or reloads) a model's versions from the repository (model_control_mode=explicit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelUnload(self, request, context):
+        """Unloads every version of a model, once its calls in flight have finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SystemSharedMemoryStatus(self, request, context):
         """Triton extension "system_shared_memory": regions of /dev/shm that requests may read their
         inputs from and write their outputs to.
@@ -231,6 +255,16 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.RepositoryIndex,
                     request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
                     response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
+            ),
+            'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelLoad,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryModelLoadResponse.SerializeToString,
+            ),
+            'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelUnload,
+                    request_deserializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryModelUnloadResponse.SerializeToString,
             ),
             'SystemSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryStatus,
@@ -426,6 +460,40 @@ class GRPCInferenceService(object):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/RepositoryIndex',
             hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
             hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RepositoryModelLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/RepositoryModelLoad',
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RepositoryModelUnload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/RepositoryModelUnload',
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            hardscore__server_dot_transport_dot_inference__protocol_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 

@@ -13,7 +13,8 @@ from hardscore_server.pipeline.batcher import BatcherStats
 from hardscore_server.pipeline.image_pipeline import ImagePipeline
 
 SERVER_NAME = "hardscore"
-EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data", "system_shared_memory")
+EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data", "system_shared_memory",
+              "model_repository")
 """Triton protocol extensions served besides the core protocol."""
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"

@@ -83,15 +83,26 @@ _METHODS = {"_live": "ServerLive", "_ready": "ServerReady", "_server_metadata": 
             "_model_metadata": "ModelMetadata", "_model_ready": "ModelReady",
             "_model_config": "ModelConfig", "_statistics": "ModelStatistics",
             "_infer": "ModelInfer", "_repository_index": "RepositoryIndex",
+            "_repository_load": "RepositoryModelLoad",
+            "_repository_unload": "RepositoryModelUnload",
             "_shm_status": "SystemSharedMemoryStatus",
             "_shm_register": "SystemSharedMemoryRegister",
             "_shm_unregister": "SystemSharedMemoryUnregister"}
 
 
+def json_response(value: Any, status: int = 200, headers: Mapping[str, str] | None = None
+                  ) -> web.Response:
+    """A JSON reply as Triton sends it: strict JSON (no bare NaN), ``Content-Type:
+    application/json`` with no charset parameter (JSON has none): KServe's REST client reads an
+    error reply's ``error`` only when the content type is exactly that."""
+    body = json.dumps(value, allow_nan=False).encode()
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
+
+
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None
                    ) -> web.Response:
     """Triton's error reply: ``{"error": message}``."""
-    return web.json_response({"error": message}, status=status, headers=headers)
+    return json_response({"error": message}, status=status, headers=headers)
 
 
 def http_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -426,6 +437,8 @@ class RestServer:
         add("POST", "/v2/models/stats", self._statistics)  # Triton answers GET only; both ok
         add("GET", "/v2/models/stats", self._statistics)
         add("POST", "/v2/repository/index", self._repository_index)
+        add("POST", "/v2/repository/models/{model}/load", self._repository_load)
+        add("POST", "/v2/repository/models/{model}/unload", self._repository_unload)
         add("GET", "/v2/systemsharedmemory/status", self._shm_status)
         add("GET", "/v2/systemsharedmemory/region/{region}/status", self._shm_status)
         add("POST", "/v2/systemsharedmemory/region/{region}/register", self._shm_register)
@@ -577,42 +590,53 @@ class RestServer:
     # -- health and metadata ----------------------------------------------------------------
 
     async def _live(self, request: web.Request) -> web.Response:
-        return web.json_response({"live": True})  # KServe's body; Triton's clients read status
+        return json_response({"live": True})  # KServe's body; Triton's clients read status
 
     async def _ready(self, request: web.Request) -> web.Response:
         ready = self._core.ready
-        return web.json_response({"ready": ready}, status=200 if ready else 400)
+        return json_response({"ready": ready}, status=200 if ready else 400)
 
     async def _server_metadata(self, request: web.Request) -> web.Response:
-        return web.json_response(self._core.server_metadata())
+        return json_response(self._core.server_metadata())
 
     async def _model_metadata(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        return web.json_response(self._core.model_metadata(name, version))
+        return json_response(self._core.model_metadata(name, version))
 
     async def _model_ready(self, request: web.Request) -> web.Response:
         name, version = _model(request)
         ready = self._core.model_ready(name, version)
-        return web.json_response({"name": name, "ready": ready}, status=200 if ready else 400)
+        return json_response({"name": name, "ready": ready}, status=200 if ready else 400)
 
     async def _model_config(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        return web.json_response(self._core.model_config(name, version))
+        return json_response(self._core.model_config(name, version))
 
     async def _statistics(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        return web.json_response(self._core.model_statistics(name, version))
+        return json_response(self._core.model_statistics(name, version))
 
     async def _repository_index(self, request: web.Request) -> web.Response:
         ready = (await self._json_body(request)).get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidRequest("'ready' must be true or false")
-        return web.json_response(self._core.repository_index("", ready))
+        return json_response(await self._core.repository_index("", ready))
+
+    async def _repository_load(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        parameters = _parameters(body.get("parameters"), "the request")
+        await self._core.load("", request.match_info["model"], _headers(request), parameters)
+        return web.Response(status=200)
+
+    async def _repository_unload(self, request: web.Request) -> web.Response:
+        await self._json_body(request)  # its parameters (unload_dependents) change nothing
+        await self._core.unload("", request.match_info["model"], _headers(request))
+        return web.Response(status=200)
 
     # -- system shared memory ---------------------------------------------------------------
 
     async def _shm_status(self, request: web.Request) -> web.Response:
-        return web.json_response(
+        return json_response(
             self._core.shared_memory.status(request.match_info.get("region", "")))
 
     async def _shm_register(self, request: web.Request) -> web.Response:
@@ -749,6 +773,11 @@ def _parse_object(body: bytes | bytearray) -> JsonObject:
         raise InvalidRequest(f"failed to parse the request JSON: {exc}") from None
     except RecursionError:
         raise InvalidRequest("failed to parse the request JSON: nested too deeply") from None
+
+
+def _headers(request: web.Request) -> list[tuple[str, str]]:
+    """The request's headers as (lower-case name, value) pairs."""
+    return [(k.lower(), v) for k, v in request.headers.items()]
 
 
 def _model(request: web.Request) -> tuple[str, str]:

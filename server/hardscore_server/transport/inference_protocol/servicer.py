@@ -141,7 +141,7 @@ def infer_response(result: InferResult, raw: bool) -> oip.ModelInferResponse:
 
 
 class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
-    """Serves ``inference.GRPCInferenceService`` for the one model of an InferenceCore."""
+    """Serves ``inference.GRPCInferenceService`` for the models of an InferenceCore."""
 
     def __init__(
         self, metrics: ServerMetrics, core: InferenceCore, max_reply_bytes: int | None = None,
@@ -293,10 +293,31 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
         self, request: oip.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> oip.RepositoryIndexResponse:
         async def work() -> oip.RepositoryIndexResponse:
-            models = self._core.repository_index(request.repository_name, request.ready)
+            models = await self._core.repository_index(request.repository_name, request.ready)
             return to_message({"models": models}, oip.RepositoryIndexResponse())
 
         return await self._calls.unary("RepositoryIndex", context, work)
+
+    async def RepositoryModelLoad(
+        self, request: oip.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> oip.RepositoryModelLoadResponse:
+        async def work() -> oip.RepositoryModelLoadResponse:
+            await self._core.load(request.repository_name, request.model_name,
+                                  list(context.invocation_metadata() or ()),
+                                  _parameters(request.parameters))
+            return oip.RepositoryModelLoadResponse()
+
+        return await self._calls.unary("RepositoryModelLoad", context, work)
+
+    async def RepositoryModelUnload(
+        self, request: oip.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> oip.RepositoryModelUnloadResponse:
+        async def work() -> oip.RepositoryModelUnloadResponse:
+            await self._core.unload(request.repository_name, request.model_name,
+                                    list(context.invocation_metadata() or ()))
+            return oip.RepositoryModelUnloadResponse()
+
+        return await self._calls.unary("RepositoryModelUnload", context, work)
 
     # -- system shared memory -----------------------------------------------------------------
 
