@@ -37,7 +37,13 @@ import pytest
 import yaml
 
 from hardscore_client import ScoringClient, TLSConfig
-from hardscore_server.config import ServerConfig, add_arguments, load_config
+from hardscore_server.config import (
+    CONTROL_MODES,
+    ServerConfig,
+    add_arguments,
+    load_config,
+    valid_version_policy,
+)
 
 from artefacts import (
     CHART,
@@ -60,6 +66,16 @@ from artefacts import (
 )
 from pki import make_pki
 from server_process import start_server
+
+# The model repository's settings: the chart writes them from modelRepository (values.config may
+# not set them); two name files or folders of the pod.
+REPOSITORY_FILE_SETTINGS = {"model_repository", "repository_control_tokens_file"}
+# modelRepository's values and the settings they become.
+REPOSITORY_VALUES = {"controlMode": "model_control_mode", "pollSeconds": "repository_poll_s",
+                     "loadModels": "load_model", "versionPolicy": "version_policy",
+                     "maxLoadedModels": "max_loaded_models",
+                     "memoryLimitBytes": "model_memory_limit_bytes"}
+REPOSITORY_SETTINGS = REPOSITORY_FILE_SETTINGS | set(REPOSITORY_VALUES.values())
 
 # ---- Kubernetes objects against the API types ---------------------------------------------------
 
@@ -221,6 +237,28 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                                           "existingSecret": "ls-keys", "unauthenticated": True,
                                           "resources": None},
                           "drain": {"preStopSleepSeconds": 0}},
+    # A repository on a PVC that a training job writes new versions to, polled; with workers and
+    # the HPA (poll works with both: each worker, each pod polls for itself).
+    "repository-poll": {"model": {"source": "pvc", "pvc": {"claimName": "model-repo"},
+                                  "subPath": "classifiers"},
+                        "modelRepository": {"enabled": True, "controlMode": "poll",
+                                            "pollSeconds": 30, "versionPolicy": "latest:2",
+                                            "maxLoadedModels": 4,
+                                            "memoryLimitBytes": 1073741824},
+                        "config": {"workers": 2},
+                        "autoscaling": {"enabled": True}},
+    # A repository baked into a derived image, loaded and unloaded through the repository API
+    # with control tokens of their own, beside TLS and inference tokens.
+    "repository-explicit": {"model": {"source": "image", "dir": "/opt/hardscore/repository"},
+                            "modelRepository": {"enabled": True, "controlMode": "explicit",
+                                                "loadModels": ["digits", "cifar10"],
+                                                "versionPolicy": "specific:1,3",
+                                                "controlTokens": {
+                                                    "secretName": "hardscore-control",
+                                                    "key": "control-tokens"}},
+                            "tls": {"enabled": True, "secretName": "hardscore-tls"},
+                            "auth": {"enabled": True, "secretName": "hardscore-tokens"},
+                            "replicaCount": 1},
     "settings": {"config": {"max_batch_size": 64, "preferred_batch_sizes": [16, 32, 64],
                             "max_queue_delay_ms": 4.5, "grace_period_s": 12.5,
                             "allow_spinning": True, "log_level": "DEBUG",
@@ -316,6 +354,18 @@ REFUSED: dict[str, dict[str, Any]] = {
     "queue depth target text": {"autoscaling": {"queueDepth": {"targetAverageValue": "many"}}},
     "batch fill metric name": {"autoscaling": {"batchFill": {"metricName": "batch fill"}}},
     "batch fill unknown key": {"autoscaling": {"batchFill": {"target": 24}}},
+    "chart-owned repository setting": {"config": {"model_repository": "/models"}},
+    "chart-owned control mode": {"config": {"model_control_mode": "poll"}},
+    "control tokens in the values": {"config": {"repository_control_tokens": "t0k3n"}},
+    "control mode": {"modelRepository": {"enabled": True, "controlMode": "watch"}},
+    "version policy": {"modelRepository": {"versionPolicy": "newest"}},
+    "version policy latest:0": {"modelRepository": {"versionPolicy": "latest:0"}},
+    "version policy without versions": {"modelRepository": {"versionPolicy": "specific:"}},
+    "zero poll interval": {"modelRepository": {"pollSeconds": 0}},
+    "negative loaded models": {"modelRepository": {"maxLoadedModels": -1}},
+    "fractional memory limit": {"modelRepository": {"memoryLimitBytes": 1.5}},
+    "model list with a comma": {"modelRepository": {"loadModels": ["a,b"]}},
+    "control token value": {"modelRepository": {"controlTokens": {"token": "t0k3n"}}},
 }
 
 
@@ -337,14 +387,34 @@ def test_schema_settings_are_server_settings() -> None:
         assert {spec["type"]} <= json_types[str(fields[name].type)], name
     owned = set(config_schema["propertyNames"]["not"]["enum"])
     secrets = {name for name, f in fields.items() if f.metadata.get("env_only")}
-    assert secrets == {"auth_tokens"}
-    assert owned == CHART_SETTINGS | secrets
+    assert secrets == {"auth_tokens", "repository_control_tokens"}
+    assert owned == CHART_SETTINGS | REPOSITORY_SETTINGS | secrets
     assert set(fields) - set(config_schema["properties"]) == owned, \
         "every other server setting is described by the schema"
     # Every default in values.yaml is the server's default, except where the chart says why.
     for name, value in default_values()["config"].items():
         if name != "intra_op_threads":
             assert value == fields[name].default, name
+    # modelRepository's values: the server's types, ranges and defaults.
+    repository = default_values()["modelRepository"]
+    repository_schema = schema()["properties"]["modelRepository"]["properties"]
+    for value_name, name in REPOSITORY_VALUES.items():
+        default = fields[name].default
+        assert (tuple(repository[value_name]) if isinstance(default, tuple)
+                else repository[value_name]) == default, value_name
+        if value_name != "controlMode":
+            kind = {"array"} if isinstance(default, tuple) else json_types[str(fields[name].type)]
+            assert {repository_schema[value_name]["type"]} <= kind, value_name
+    assert set(repository_schema["controlMode"]["enum"]) == set(CONTROL_MODES)
+
+
+def test_version_policy_schema_is_the_servers() -> None:
+    pattern = re.compile(schema()["properties"]["modelRepository"]["properties"]
+                         ["versionPolicy"]["pattern"])
+    for policy in ("latest", "latest:1", "latest:12", "latest:01", "all", "specific:1",
+                   "specific:1,3", "specific:1, 3", "latest:0", "latest:", "latest:-1",
+                   "newest", "all:2", "specific:", "specific:a", "specific:1 3", "Latest", ""):
+        assert bool(pattern.search(policy)) == valid_version_policy(policy), policy
 
 
 def test_helm_lint_strict() -> None:
@@ -475,8 +545,13 @@ def test_rendered_deployment_keeps_its_promises(
 
 def loadable(config: dict[str, Any], tmp_path: Path) -> ServerConfig:
     """The rendered settings through the server's own loader (files that exist only in the pod
-    left out)."""
+    left out, the repository's stood in for here)."""
     config = {k: v for k, v in config.items() if k not in POD_FILE_SETTINGS}
+    if "model_repository" in config:
+        config["model_repository"] = str(tmp_path)
+    if "repository_control_tokens_file" in config:
+        config["repository_control_tokens_file"] = str(tmp_path / "control-tokens")
+        (tmp_path / "control-tokens").write_text("a-control-token\n")
     lines = [f"{key} = {json.dumps(value)}" for key, value in config.items()]
     path = tmp_path / "hardscore.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -492,8 +567,9 @@ def test_rendered_configuration_loads_in_the_server(
     config = tomllib.loads(text)
     known = {f.name for f in dataclasses.fields(ServerConfig)}
     assert set(config) <= known, set(config) - known
-    in_image = {"model_dir"} if values["model"]["source"] == "image" else set()
-    in_volumes = POD_FILE_SETTINGS - in_image
+    in_image = {"model_dir", "model_repository"} if values["model"]["source"] == "image" \
+        else set()
+    in_volumes = (POD_FILE_SETTINGS | REPOSITORY_FILE_SETTINGS) - in_image
     for name in in_volumes & set(config):  # each file lies in a volume of the pod
         mounts = server_container(objects)["volumeMounts"]
         assert any(config[name].startswith(m["mountPath"].rstrip("/") + "/")
@@ -568,6 +644,88 @@ def test_model_volumes() -> None:
     assert settings(baked)["model_dir"] == "/opt/models/cifar10"
     assert "model" not in {v["name"] for v in one(baked, "Deployment")["spec"]["template"]
                            ["spec"]["volumes"]}
+
+
+def test_model_repository_from_a_pvc_polled() -> None:
+    objects = render(SCENARIOS["repository-poll"])
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in server_container(objects)["volumeMounts"]}
+    assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "model-repo",
+                                                         "readOnly": True}
+    assert mounts["model"] == {"name": "model", "mountPath": "/models", "readOnly": True}
+    config = settings(objects)
+    assert "model_dir" not in config, "model_dir and model_repository exclude each other"
+    assert {k: config[k] for k in REPOSITORY_SETTINGS & set(config)} == {
+        "model_repository": "/models/classifiers", "model_control_mode": "poll",
+        "repository_poll_s": 30, "version_policy": "latest:2", "max_loaded_models": 4,
+        "model_memory_limit_bytes": 1073741824}
+    # No control in poll mode: no control tokens, no Secret.
+    assert "control-tokens" not in volumes and "control-tokens" not in mounts
+    # The HPA and the probes as without a repository (health answers before any model loads).
+    hpa = one(objects, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == FULLNAME
+    container = server_container(objects)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": GRPC_PORT}
+    text = notes(SCENARIOS["repository-poll"])
+    assert "model repository: /models/classifiers (pvc), control mode poll" in text
+    assert "hardscore-control-token" not in text
+    # The other modes write only their own settings.
+    none = settings(render({**SCENARIOS["repository-poll"],
+                            "modelRepository": {"enabled": True}}))
+    assert none["model_control_mode"] == "none" and "repository_poll_s" not in none
+    assert not REPOSITORY_SETTINGS & set(settings(render(SCENARIOS["pvc"])))
+
+
+def test_model_repository_explicit_with_control_tokens() -> None:
+    objects = render(SCENARIOS["repository-explicit"])
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in server_container(objects)["volumeMounts"]}
+    config = settings(objects)
+    # The repository baked into the image: no volume for it.
+    assert "model" not in volumes and "model" not in mounts
+    assert config["model_repository"] == "/opt/hardscore/repository"
+    assert (config["model_control_mode"], config["version_policy"]) == ("explicit", "specific:1,3")
+    # A comma list: the server reads list settings from the file as one string.
+    assert config["load_model"] == "digits,cifar10"
+    assert "repository_poll_s" not in config
+    # The control tokens: their own Secret, mounted read-only apart from the inference tokens.
+    assert volumes["control-tokens"]["secret"] == {"secretName": "hardscore-control",
+                                                   "defaultMode": 0o440}
+    assert mounts["control-tokens"]["readOnly"] is True
+    assert config["repository_control_tokens_file"] == \
+        f"{mounts['control-tokens']['mountPath']}/control-tokens"
+    assert volumes["auth"]["secret"]["secretName"] == "hardscore-tokens"
+    assert mounts["auth"]["mountPath"] != mounts["control-tokens"]["mountPath"]
+    assert config["auth_tokens_file"] != config["repository_control_tokens_file"]
+    assert not any("CONTROL_TOKENS" in e["name"] for e in server_container(objects)["env"])
+    text = notes(SCENARIOS["repository-explicit"])
+    assert "hardscore-control-token" in text and "Secret hardscore-control" in text
+    assert "every pod" not in text, "one replica"
+    assert "every pod" in notes({**SCENARIOS["repository-explicit"], "replicaCount": 3})
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"modelRepository": {"enabled": True, "controlMode": "explicit"},
+      "model": {"source": "pvc", "pvc": {"claimName": "models"}}},
+     "controlMode explicit needs modelRepository.controlTokens.secretName"),
+    ({"modelRepository": {"enabled": True, "controlMode": "explicit",
+                          "controlTokens": {"secretName": "control"}},
+      "model": {"source": "pvc", "pvc": {"claimName": "models"}}, "config": {"workers": 2}},
+     r"controlMode explicit needs config.workers 1 \(it is 2\)"),
+    ({"modelRepository": {"enabled": True}}, "modelRepository.enabled needs the repository's"),
+    ({"modelRepository": {"controlMode": "poll"}},
+     "controlMode poll needs modelRepository.enabled"),
+], ids=["explicit without control tokens", "explicit with workers", "no folder",
+        "mode without a repository"])
+def test_model_repository_refusals(values: dict[str, Any], message: str) -> None:
+    """What the server would refuse at start is refused at render, saying why."""
+    with helm_python.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(values)  # the values are well-formed: the template refuses them
+    with pytest.raises(helm_python.HelmRenderError, match=message):
+        render(values)
 
 
 def test_tls_and_auth_mount_secrets() -> None:
@@ -969,8 +1127,10 @@ class PodFiles:
     container paths mapped to them (in the TOML settings file too)."""
 
     def __init__(self, objects: list[dict[str, Any]], secrets: dict[str, dict[str, str]],
-                 root: Path) -> None:
+                 root: Path, folders: dict[str, Path] | None = None) -> None:
+        """``folders``: other volumes (by name) as existing folders here."""
         pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+        folders = folders or {}
         self.secrets = secrets
         contents: dict[str, dict[str, str]] = {}
         for volume in pod["volumes"]:
@@ -979,8 +1139,9 @@ class PodFiles:
             elif "configMap" in volume:
                 contents[volume["name"]] = one(objects, "ConfigMap",
                                                volume["configMap"]["name"])["data"]
-        self.mounts = {m["mountPath"]: root / m["name"] for c in pod["containers"]
-                       for m in c["volumeMounts"] if m["name"] in contents}
+        self.mounts = {m["mountPath"]: folders.get(m["name"], root / m["name"])
+                       for c in pod["containers"] for m in c["volumeMounts"]
+                       if m["name"] in contents or m["name"] in folders}
         for name, data in contents.items():
             (root / name).mkdir()
             for key, text in data.items():
@@ -992,6 +1153,8 @@ class PodFiles:
     def path(self, value: str) -> str:
         """A container path as the file here (other strings unchanged)."""
         for mount, folder in self.mounts.items():
+            if value == mount:
+                return str(folder)
             if value.startswith(mount + "/"):
                 return str(folder / value[len(mount) + 1:])
         return value
@@ -1009,15 +1172,17 @@ class PodFiles:
 
 
 def _http(url: str, body: dict[str, Any] | None = None,
-          auth: tuple[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+          auth: tuple[str, str] | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(url, data=None if body is None else json.dumps(body)
-                                     .encode(), headers={"Content-Type": "application/json"})
+                                     .encode(), headers={"Content-Type": "application/json",
+                                                         **(headers or {})})
     if auth is not None:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
         with urllib.request.urlopen(request, timeout=5) as reply:
-            return reply.status, json.loads(reply.read())
+            return reply.status, json.loads(reply.read() or b"{}")
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
 
@@ -1101,6 +1266,49 @@ def test_rendered_label_studio_sidecar_runs_against_the_rendered_server(
         if sidecar_process is not None:
             sidecar_process.terminate()
             sidecar_process.communicate(timeout=30)
+        server.stop()
+
+
+def test_rendered_explicit_repository_runs_with_its_control_tokens(tmp_path: Path) -> None:
+    """The explicit-mode configuration as the chart renders it, for real: the repository on the
+    PVC and the token Secrets where the pod mounts them; a load or unload needs a control token
+    of the mounted Secret, an inference token is not one."""
+    from hardscore_server.model.model_dir import DEFAULT_MODEL_DIR
+
+    repo = tmp_path / "repo"
+    for name in ("digits", "other"):
+        (repo / name / "1").mkdir(parents=True)
+        for file in ("model.onnx", "manifest.json"):
+            (repo / name / "1" / file).write_bytes((DEFAULT_MODEL_DIR / file).read_bytes())
+    secrets = {"hardscore-tokens": {"tokens": "inference-token-0123\n"},
+               "hardscore-control": {"tokens": "# who may load\ncontrol-token-4567\n"}}
+    objects = render({"model": {"source": "pvc", "pvc": {"claimName": "model-repo"}},
+                      "modelRepository": {"enabled": True, "controlMode": "explicit",
+                                          "loadModels": ["digits"],
+                                          "controlTokens": {"secretName": "hardscore-control"}},
+                      "auth": {"enabled": True, "secretName": "hardscore-tokens"}})
+    (tmp_path / "pod").mkdir()
+    files = PodFiles(objects, secrets, tmp_path / "pod", folders={"model": repo})
+    server = start_server(env=files.env(server_container(objects)))
+    try:
+        bearer = {"Authorization": "Bearer inference-token-0123"}
+        control = {**bearer, "hardscore-control-token": "control-token-4567"}
+        index = f"{server.http_url}/v2/repository/index"
+        assert _http(index, {}, headers=bearer)[0] == 200
+        load = f"{server.http_url}/v2/repository/models/other/load"
+        assert _http(load, {}, headers=bearer)[0] == 403, "an inference token loads nothing"
+        assert _http(load, {}, headers={**bearer, "hardscore-control-token": "wrong"})[0] == 403
+        assert _http(load, {}, headers=control)[0] == 200
+        status, rows = _http(index, {"ready": True}, headers=bearer)
+        assert status == 200
+        # (each model is indexed with its -pixels and -files views too)
+        assert {row["name"] for row in rows} >= {"digits", "other"}
+        unload = f"{server.http_url}/v2/repository/models/digits/unload"
+        assert _http(unload, {}, headers=bearer)[0] == 403
+        assert _http(unload, {}, headers=control)[0] == 200
+        ready = {row["name"] for row in _http(index, {"ready": True}, headers=bearer)[1]}
+        assert "other" in ready and "digits" not in ready
+    finally:
         server.stop()
 
 

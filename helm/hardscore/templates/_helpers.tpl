@@ -81,6 +81,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "hardscore.probeCADir" -}}/etc/hardscore/probe-ca{{- end }}
 {{- define "hardscore.authDir" -}}/etc/hardscore/auth{{- end }}
 {{- define "hardscore.configDir" -}}/etc/hardscore/config{{- end }}
+{{- define "hardscore.controlDir" -}}/etc/hardscore/control{{- end }}
 
 {{/* The model directory the server loads; empty = the embedded default model. */}}
 {{- define "hardscore.modelDir" -}}
@@ -104,7 +105,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   "intra_op_threads" (include "hardscore.intraOpThreads" . | int)
 }}
 {{- $modelDir := include "hardscore.modelDir" . }}
-{{- if $modelDir }}
+{{- $repo := .Values.modelRepository }}
+{{- include "hardscore.checkRepository" . }}
+{{- if $repo.enabled }}
+{{- $_ := set $managed "model_repository" $modelDir }}
+{{- $_ := set $managed "model_control_mode" $repo.controlMode }}
+{{- $_ := set $managed "version_policy" $repo.versionPolicy }}
+{{- $_ := set $managed "max_loaded_models" ($repo.maxLoadedModels | int64) }}
+{{- $_ := set $managed "model_memory_limit_bytes" ($repo.memoryLimitBytes | int64) }}
+{{- if eq $repo.controlMode "poll" }}
+{{- $_ := set $managed "repository_poll_s" ($repo.pollSeconds | float64) }}
+{{- end }}
+{{- if eq $repo.controlMode "explicit" }}
+{{- with $repo.loadModels }}
+{{- /* A comma list: the server reads a list setting from the file as one string. */}}
+{{- $_ := set $managed "load_model" (join "," .) }}
+{{- end }}
+{{- $_ := set $managed "repository_control_tokens_file" (printf "%s/%s" (include "hardscore.controlDir" .) $repo.controlTokens.key) }}
+{{- end }}
+{{- else if $modelDir }}
 {{- $_ := set $managed "model_dir" $modelDir }}
 {{- end }}
 {{- if not (hasKey .Values.config "execution_provider") }}
@@ -139,12 +158,38 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- toYaml (merge $managed (deepCopy .Values.config)) }}
 {{- end }}
 
+{{/* The model repository's values, refused here with the reason where the server would refuse
+     to start (docs/security.md, "Model control"). */}}
+{{- define "hardscore.checkRepository" -}}
+{{- $repo := .Values.modelRepository }}
+{{- if $repo.enabled }}
+{{- if not (include "hardscore.modelDir" .) }}
+{{- fail "modelRepository.enabled needs the repository's folder: model.dir (a folder baked into the image, with model.source image) or a volume (model.source pvc, hostPath or emptyDir)" }}
+{{- end }}
+{{- if eq $repo.controlMode "explicit" }}
+{{- if not $repo.controlTokens.secretName }}
+{{- fail "modelRepository.controlMode explicit needs modelRepository.controlTokens.secretName: the server listens beyond loopback in a pod and refuses explicit model control there without control tokens (a Secret whose key modelRepository.controlTokens.key holds them, one per line)" }}
+{{- end }}
+{{- if gt (.Values.config.workers | default 1 | int) 1 }}
+{{- fail (printf "modelRepository.controlMode explicit needs config.workers 1 (it is %v): a load or unload would reach one worker only; use controlMode poll, or one worker" .Values.config.workers) }}
+{{- end }}
+{{- end }}
+{{- else if ne $repo.controlMode "none" }}
+{{- fail (printf "modelRepository.controlMode %s needs modelRepository.enabled" $repo.controlMode) }}
+{{- end }}
+{{- end }}
+
 {{/* grace_period_s as whole seconds (the server's default when unset). */}}
 {{- define "hardscore.graceSeconds" -}}
 {{- if hasKey .Values.config "grace_period_s" }}
 {{- .Values.config.grace_period_s | float64 | ceil | int }}
 {{- else }}30
 {{- end }}
+{{- end }}
+
+{{/* "true" when the control-token Secret is mounted: a repository in explicit mode. */}}
+{{- define "hardscore.controlTokensOn" -}}
+{{- if and .Values.modelRepository.enabled (eq .Values.modelRepository.controlMode "explicit") }}true{{ end }}
 {{- end }}
 
 {{/* "true" when the plaintext health port is open: TLS on and native gRPC probes. */}}
