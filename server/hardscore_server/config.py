@@ -425,7 +425,10 @@ def _parse(name: str, kind: Any, raw: Any, source: str) -> Any:
             items = raw if isinstance(raw, list) else [s for s in str(raw).split(",") if s.strip()]
             return tuple(int(x) for x in items)
         if kind == tuple[str, ...]:
-            return tuple(s.strip() for s in str(raw).split(",") if s.strip())
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            if not all(isinstance(x, str) for x in items):
+                raise ValueError("expected a list of text values")
+            return tuple(s.strip() for s in items if s.strip())
         if kind is int and isinstance(raw, float):
             raise ValueError("expected an integer")
         return kind(raw)

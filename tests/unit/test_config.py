@@ -88,3 +88,19 @@ def test_a_bare_server_listens_on_loopback_and_warns_when_open_beyond_it() -> No
     assert exposure_warning(dataclasses.replace(open_, auth_tokens=("t",))) == ""
     assert exposure_warning(dataclasses.replace(open_, auth_tokens_file="/t")) == ""
     assert exposure_warning(dataclasses.replace(open_, tls_cert_file="/c")) == ""
+
+
+def test_text_lists_from_a_file_take_toml_arrays_and_comma_text(tmp_path):
+    """A TOML array of names was read as the text of the list ("['a', 'b']") and split at its
+    commas: load_model = ["a", "b"] asked for models named "['a'" and "'b']"."""
+    file = tmp_path / "c.toml"
+    mode = f'model_control_mode = "explicit"\nmodel_repository = "{tmp_path}"\n'
+    file.write_text(mode + 'load_model = ["digits", "cifar"]\n')
+    assert load_config(environ={"HARDSCORE_CONFIG": str(file)}).load_model == ("digits",
+                                                                               "cifar")
+    file.write_text(mode + 'load_model = "digits, cifar"\n')
+    assert load_config(environ={"HARDSCORE_CONFIG": str(file)}).load_model == ("digits",
+                                                                               "cifar")
+    file.write_text(mode + "load_model = [1, 2]\n")
+    with pytest.raises(ConfigError, match="expected a list of text values"):
+        load_config(environ={"HARDSCORE_CONFIG": str(file)})
