@@ -61,13 +61,26 @@ class ScoreTable:
     def name(self, index: int) -> str:
         return self.class_names[index] if 0 <= index < len(self.class_names) else ""
 
+    failed: int = 0
+    """Rows of the table left out: images that failed (a non-empty ``error``, score-dir)."""
+
     @classmethod
     def load(cls, path: Path, keep: Callable[[str], bool] | None = None) -> ScoreTable:
-        """The table at ``path``; ``keep`` picks the columns read (tables.read_table)."""
-        return cls.from_columns(read_table(path, keep))
+        """The table at ``path``; ``keep`` picks the columns read (tables.read_table; the
+        ``error`` column is always read)."""
+        wanted = None if keep is None else (lambda name: name == "error" or keep(name))
+        return cls.from_columns(read_table(path, wanted))
 
     @classmethod
     def from_columns(cls, columns: Columns) -> ScoreTable:
+        """The table's scored rows: rows with an ``error`` (score-dir's failed images, no
+        scores) are left out, counted in ``failed``."""
+        failed = 0
+        if "error" in columns:
+            scored = np.array([not e for e in columns["error"].tolist()], dtype=bool)
+            failed = int((~scored).sum())
+            if failed:
+                columns = {k: v[scored] for k, v in columns.items()}
         n = len(next(iter(columns.values()))) if columns else 0
         prob_names = [c[2:] for c in columns if c.startswith("p_")]
         if prob_names:
@@ -101,7 +114,8 @@ class ScoreTable:
                           axis=1) if prob_names else None)
         return cls(columns=columns, paths=paths, class_names=names,
                    labels=indices("label", "given_label"),
-                   predicted=indices("prediction", "predicted_class"), probabilities=probs)
+                   predicted=indices("prediction", "predicted_class"), probabilities=probs,
+                   failed=failed)
 
 
 def _names_in_index_order(columns: Columns) -> list[str] | None:

@@ -284,7 +284,8 @@ def cmd_score_images(args: argparse.Namespace) -> int:
     images: list[bytes | npt.NDArray[np.generic]] = [_read_bytes(p) for p in paths]
     with _client(args) as client:
         result = client.score_images(images, labels, ids=[str(p) for p in paths],
-                                     include_probabilities=args.probabilities)
+                                     include_probabilities=args.probabilities,
+                                     model_name=args.model, model_version=args.model_version)
     for error in result.errors:
         print(f"skipped {paths[error.index]}: {error.reason}: {error.message}", file=sys.stderr)
     write_table(out, result_columns(result))
@@ -368,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, ...)")
     p.add_argument("--labels", help="comma-separated given labels (class names), one per image")
     p.add_argument("--probabilities", action="store_true", help="also write p_<class> columns")
+    p.add_argument("--model", default="", help="model of a server with several (model "
+                   "repository); default: the only one loaded")
+    p.add_argument("--model-version", default="", help="version of --model; default: its "
+                   "highest loaded version")
     p.add_argument("--out", required=True, help="output table: .csv, .jsonl or .parquet")
     p.set_defaults(func=cmd_score_images)
 

@@ -53,9 +53,24 @@ TOKEN_ENV = "HARDSCORE_TOKEN"
 TOKEN_HINT = f"pass --token, --token-file or set {TOKEN_ENV}"
 """What a message about a missing or refused bearer token suggests."""
 
-def channel_options(max_message_bytes: int, retries: int) -> list[tuple[str, object]]:
-    """Channel options: message limits and a retry policy for UNAVAILABLE on every method."""
-    service_config = {
+LOAD_BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+"""Targets that name a fleet: a DNS name resolved to every address ("dns:///scorer:8001", e.g.
+the Helm chart's headless Service), or a list ("ipv4:10.0.0.1:8001,10.0.0.2:8001")."""
+ROUND_ROBIN = "round_robin"
+
+
+def load_balanced(target: str) -> bool:
+    """Whether ``target`` names a fleet (LOAD_BALANCED_SCHEMES): its channel spreads calls over
+    every resolved address with gRPC's round_robin policy."""
+    return target.startswith(LOAD_BALANCED_SCHEMES)
+
+
+def channel_options(max_message_bytes: int, retries: int,
+                    load_balancing: str | None = None) -> list[tuple[str, object]]:
+    """Channel options: message limits and a retry policy for UNAVAILABLE on every method;
+    ``load_balancing`` names gRPC's policy over the target's addresses (None: gRPC's default,
+    pick_first; "round_robin": every call to the next ready address)."""
+    service_config: dict[str, object] = {
         "methodConfig": [{
             "name": [{"service": "hardscore.v1.ScoringService"}],
             "retryPolicy": {
@@ -67,6 +82,8 @@ def channel_options(max_message_bytes: int, retries: int) -> list[tuple[str, obj
             },
         }]
     }
+    if load_balancing:
+        service_config["loadBalancingConfig"] = [{load_balancing: {}}]
     options: list[tuple[str, object]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -166,6 +183,7 @@ class _ClientCore:
         token: str | None = None,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         wait_for_ready: bool = True,
+        load_balancing: str | None = None,
         _aio: bool = False,
     ) -> None:
         if connect_timeout is not None and connect_timeout <= 0:
@@ -176,7 +194,8 @@ class _ClientCore:
         self._connect_timeout = connect_timeout
         self._connected = False
         self._thread_lock = threading.Lock()  # one first-connection wait at a time
-        options = channel_options(max_message_bytes, retries)
+        policy = load_balancing or (ROUND_ROBIN if load_balanced(target) else None)
+        options = channel_options(max_message_bytes, retries, policy)
         if tls is not None:
             if tls.server_name_override:
                 options.append(("grpc.ssl_target_name_override", tls.server_name_override))
@@ -241,10 +260,16 @@ class _ClientCore:
         include_logits: bool,
         chunk_size: int,
         include_embeddings: bool = False,
+        model_name: str = "",
+        model_version: str = "",
     ) -> list[pb.ScoreImagesRequest]:
         options = options_message(None, temperature, include_probabilities, include_logits,
                                   include_embeddings)
-        return _image_requests(images, labels, ids, options, chunk_size)
+        requests = _image_requests(images, labels, ids, options, chunk_size)
+        for request in requests:  # a model repository: which model and version (docs/models.md)
+            request.model_name = model_name
+            request.model_version = model_version
+        return requests
 
 
 def _finish(parts: Iterable[ScoreResult], progress: Progress | None) -> ScoreResult:
@@ -269,7 +294,8 @@ async def _finish_async(
 
 
 class ScoringClient(_ClientCore):
-    """Blocking client of a hardscore server at ``target`` ("host:port").
+    """Blocking client of a hardscore server at ``target`` ("host:port"), or of a fleet
+    (``dns:///name:port``, ``ipv4:host:port,host:port``).
 
     Keyword options: ``tls`` (TLSConfig), ``max_message_bytes`` (both directions),
     ``retries`` (attempts after the first on UNAVAILABLE), ``timeout`` (seconds per call,
@@ -278,7 +304,10 @@ class ScoringClient(_ClientCore):
     call waits for the channel to connect, at most ``timeout``, before raising ConnectionFailed;
     None = wait within the call's deadline only), ``wait_for_ready`` (default True: a call made
     while the server is away waits for it within its deadline, as through a restart; False: it
-    fails UNAVAILABLE at once, which a caller with other servers to turn to wants).
+    fails UNAVAILABLE at once, which a caller with other servers to turn to wants),
+    ``load_balancing`` (gRPC's policy over the target's addresses; default: "round_robin" for a
+    fleet, a ``dns:///name:port`` or ``ipv4:a:p,b:p`` target (load_balanced), every call to the
+    next ready address; gRPC's pick_first otherwise).
     """
 
     def _ensure_connected(self) -> None:
@@ -382,16 +411,21 @@ class ScoringClient(_ClientCore):
         chunk_size: int = IMAGE_CHUNK,
         progress: Progress | None = None,
         include_embeddings: bool = False,
+        model_name: str = "",
+        model_version: str = "",
     ) -> ScoreResult:
         """Runs the served model on ``images`` (encoded bytes or pixel arrays) and scores them.
 
         Failed samples are listed in ``result.errors``; the others are scored. More than
         ``chunk_size`` images travel over ScoreImagesStream. ``include_embeddings``: also
         return ``result.embeddings``, float32 [N, D] (``get_model_info().embedding_dim``); a
-        model without embeddings answers INVALID_ARGUMENT.
+        model without embeddings answers INVALID_ARGUMENT. ``model_name`` and
+        ``model_version`` pick a model of a server with several (empty: the only one loaded,
+        its highest loaded version).
         """
         requests = self._images_plan(images, labels, ids, temperature, include_probabilities,
-                                     include_logits, chunk_size, include_embeddings)
+                                     include_logits, chunk_size, include_embeddings,
+                                     model_name, model_version)
         self._ensure_connected()
         if len(requests) == 1:
             reply = self._stub.ScoreImages(requests[0], **self._call)
@@ -401,11 +435,13 @@ class ScoringClient(_ClientCore):
         return _finish(
             (decode_scores(r.result.scores, r.result.errors) for r in stream), progress)
 
-    def get_model_info(self, model_name: str = "") -> pb.GetModelInfoResponse:
+    def get_model_info(self, model_name: str = "", model_version: str = ""
+                       ) -> pb.GetModelInfoResponse:
         """The served model's description (classes, input, normalisation, provider, batching)."""
         self._ensure_connected()
-        return self._stub.GetModelInfo(pb.GetModelInfoRequest(model_name=model_name),
-                                       **self._call)
+        return self._stub.GetModelInfo(
+            pb.GetModelInfoRequest(model_name=model_name, model_version=model_version),
+            **self._call)
 
 
 class AsyncScoringClient(_ClientCore):
@@ -500,10 +536,13 @@ class AsyncScoringClient(_ClientCore):
         chunk_size: int = IMAGE_CHUNK,
         progress: Progress | None = None,
         include_embeddings: bool = False,
+        model_name: str = "",
+        model_version: str = "",
     ) -> ScoreResult:
         """See ScoringClient.score_images."""
         requests = self._images_plan(images, labels, ids, temperature, include_probabilities,
-                                     include_logits, chunk_size, include_embeddings)
+                                     include_logits, chunk_size, include_embeddings,
+                                     model_name, model_version)
         await self._ensure_connected()
         if len(requests) == 1:
             reply = await self._stub.ScoreImages(requests[0], **self._call)
@@ -513,7 +552,9 @@ class AsyncScoringClient(_ClientCore):
         return await _finish_async(
             (decode_scores(r.result.scores, r.result.errors) async for r in call), progress)
 
-    async def get_model_info(self, model_name: str = "") -> pb.GetModelInfoResponse:
+    async def get_model_info(self, model_name: str = "", model_version: str = ""
+                             ) -> pb.GetModelInfoResponse:
         await self._ensure_connected()
-        return await self._stub.GetModelInfo(pb.GetModelInfoRequest(model_name=model_name),
-                                             **self._call)
+        return await self._stub.GetModelInfo(
+            pb.GetModelInfoRequest(model_name=model_name, model_version=model_version),
+            **self._call)

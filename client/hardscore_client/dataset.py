@@ -11,11 +11,22 @@ concurrent calls per server (each call a batch of images); batches go to whichev
 free, so faster servers take more. The output table has one row per scored image: ``path``,
 ``label`` (given, "" when none), ``split`` ("" when none), ``sha256`` (the file's content
 digest, which finds exact duplicates), ``prediction`` (class name), every score, and
-``p_<class>`` probabilities. With ``embeddings`` the model's embedding of each image is kept
-beside the table (embedding_store). The table is rewritten (to a temporary file, then renamed)
-every ``checkpoint_s`` seconds and at the end, so an interrupted run loses little, and a new run
-over the same output skips every path already in it. Unreadable or undecodable images are
-reported and skipped.
+``p_<class>`` probabilities, and ``error`` / ``error_message`` (empty for a scored image). With
+``embeddings`` the model's embedding of each image is kept beside the table (embedding_store).
+
+A failed image is a row too, never a lost one: its scores empty, ``error`` its reason token
+(``read``, ``decode``, ``size``...) and ``error_message`` why. A new run over the same output
+skips every path already in it, except rows whose reason can change (RETRY_REASONS: the store,
+the network or the servers were at fault), which it tries again; a reason that lies in the
+file's bytes or the manifest (``decode``, ``size``, ``empty``, ``uri``...) is kept as it is.
+
+Output is written in parts as it goes: every ``checkpoint_s`` seconds the rows scored since the
+last checkpoint are one more part, ``OUT.parts/part-NNNNN<suffix>`` (OUT's own format), written
+to a temporary name and then renamed; nothing written before is rewritten, so a checkpoint costs
+what it adds, not the whole table. At the end of the run (finished, interrupted, failed) the
+table and its parts are merged into ``OUT`` (sorted by path; a path's last row wins) and the
+parts removed. A run that was killed before it could merge leaves its parts: the next run reads
+them with the table and skips what any part holds.
 
 A server's refusal that cannot change is never retried: a batch refused as too large (over the
 message size limit, the queue size, the images per message or the decode budget) is split in
@@ -27,6 +38,7 @@ for at most ``busy_give_up_s`` seconds without a success, then given up like a f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import os
@@ -34,7 +46,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +60,7 @@ from hardscore_client.client import (
     TOKEN_HINT,
     AsyncScoringClient,
     TLSConfig,
+    load_balanced,
 )
 from hardscore_client.connection import PROBE_BOUND_S
 from hardscore_client.embedding_store import write_part
@@ -70,10 +83,19 @@ from hardscore_client.tables import (
 from hardscore_wire.scores import SCORE_NAMES
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-FIRST_COLUMNS = ("path", "label", "split", "sha256", "prediction")
+FIRST_COLUMNS = ("path", "label", "split", "sha256", "prediction", "error", "error_message")
 """The score-dir table's text columns, before the scores."""
-ADDED_COLUMNS = ("split", "sha256")
+ADDED_COLUMNS = ("split", "sha256", "error", "error_message")
 """Columns tables of earlier versions lack: such a table is resumed with them empty."""
+RETRY_REASONS = frozenset({
+    "read", "busy", "unavailable", "resource_exhausted", "deadline_exceeded", "cancelled",
+    "aborted", "unknown", "internal",
+})
+"""Failure reasons a new run tries again: they depend on the moment (the file or object could
+not be read, the servers were busy or away), not on the image. Every other reason (``decode``,
+``size``, ``empty``, ``shape``, ``uri``, ``invalid_argument``...) lies in the file's bytes or in
+the manifest: the row is kept as it is (delete it, or write to a new table, to try again)."""
+PARTS_SUFFIX = ".parts"
 BATCH_SIZE = 32
 CONCURRENCY = 4
 CHECKPOINT_S = 60.0
@@ -110,8 +132,16 @@ class ScoreDirSummary:
     out: Path
     found: int = 0
     already_scored: int = 0
+    """Scored rows already in the table (skipped)."""
+    already_failed: int = 0
+    """Failed rows already in the table whose reason is kept (not in RETRY_REASONS)."""
+    retried: int = 0
+    """Failed rows already in the table tried again (their reason in RETRY_REASONS)."""
     scored: int = 0
     failures: list[Failure] = field(default_factory=list)
+    """Images that failed in this run: each is a row of the table with its reason."""
+    retries: int = 0
+    """Batches sent again (a busy server, an address of a fleet that went away)."""
     per_server: dict[str, int] = field(default_factory=dict)
     """Images scored by each --server (by its position and address)."""
     seconds: float = 0.0
@@ -215,6 +245,8 @@ def result_rows(items: Sequence[Item], result: ScoreResult, class_names: Sequenc
                             if k], dtype=object),
         "prediction": np.array([names[p] if 0 <= p < len(names) else "" for p in predicted],
                                dtype=object),
+        "error": np.full(n, "", dtype=object),
+        "error_message": np.full(n, "", dtype=object),
     }
     present = result.columns()
     for name in SCORE_NAMES:
@@ -230,6 +262,64 @@ def result_rows(items: Sequence[Item], result: ScoreResult, class_names: Sequenc
     return columns
 
 
+def error_rows(failed: Sequence[tuple[Item, Failure]], class_names: Sequence[str],
+               digests: Sequence[str] | None = None) -> Columns:
+    """Table rows for images that were not scored: path, label, split (and sha256 when the
+    bytes were read), ``error`` (the reason token) and ``error_message``; every score empty."""
+    n = len(failed)
+    columns: Columns = {name: _empty(name, n) for name in table_columns(class_names)}
+    columns["path"] = np.array([f.path for _, f in failed], dtype=object)
+    columns["label"] = np.array([it.label for it, _ in failed], dtype=object)
+    columns["split"] = np.array([it.split for it, _ in failed], dtype=object)
+    columns["sha256"] = np.array(list(digests) if digests is not None else [""] * n,
+                                 dtype=object)
+    columns["error"] = np.array([f.reason for _, f in failed], dtype=object)
+    columns["error_message"] = np.array([f.message for _, f in failed], dtype=object)
+    return columns
+
+
+def retried(reason: str) -> bool:
+    """Whether a row that failed for ``reason`` is tried again by a new run (RETRY_REASONS)."""
+    return reason in RETRY_REASONS
+
+
+def parts_of(out: Path) -> Path:
+    """The folder of the parts a run writes before it merges them into ``out``."""
+    return out.with_name(out.name + PARTS_SUFFIX)
+
+
+def _part_files(out: Path) -> list[Path]:
+    folder = parts_of(out)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.name.startswith("part-") and p.suffix == out.suffix)
+
+
+def last_rows(columns: Columns) -> Columns:
+    """The rows of ``columns`` with one row per path, the last of each path's rows, sorted by
+    path."""
+    paths = columns["path"].astype(str)
+    where = {p: i for i, p in enumerate(paths.tolist())}  # the last row of each path wins
+    keep = np.fromiter(where.values(), dtype=np.int64, count=len(where))
+    keep = keep[np.argsort(paths[keep], kind="stable")]
+    return {k: v[keep] for k, v in columns.items()}
+
+
+def read_saved(out: Path) -> Columns:
+    """What a run over ``out`` starts from: the table and the parts an earlier run left (killed
+    before it merged them), one row per path (the last written wins); {} when there is none."""
+    tables = [read_table(out)] if out.exists() else []
+    tables += [read_table(p) for p in _part_files(out)]
+    tables = [t for t in tables if t and _rows(t)]
+    if not tables:
+        return read_table(out) if out.exists() else {}
+    order = list(dict.fromkeys(name for t in tables for name in t))
+    if len(tables) == 1:
+        return tables[0]
+    return last_rows(concat_columns(tables, order))
+
+
 def concat_columns(parts: Sequence[Columns], order: Sequence[str]) -> Columns:
     """Joins tables with the same columns (missing ones filled empty) in ``order``."""
     out: Columns = {}
@@ -243,7 +333,8 @@ def _rows(columns: Columns) -> int:
     return len(next(iter(columns.values()))) if columns else 0
 
 
-def _read(item: Item) -> bytes | Failure:
+def read_item(item: Item) -> bytes | Failure:
+    """The bytes of an image, or its Failure (reason ``read`` or ``empty``)."""
     try:  # a URI other than a local file through fsspec (sources)
         data = Path(item.path).read_bytes() if is_local(item.path) else read_bytes(item.path)
     except OSError as e:
@@ -254,7 +345,7 @@ def _read(item: Item) -> bytes | Failure:
 
 
 def _read_batch(batch: Sequence[Item]) -> list[bytes | Failure]:
-    return [_read(item) for item in batch]
+    return [read_item(item) for item in batch]
 
 
 def _digests(blobs: Sequence[bytes]) -> list[str]:
@@ -263,7 +354,7 @@ def _digests(blobs: Sequence[bytes]) -> list[str]:
 
 
 class _Run:
-    """State shared by the workers of one score-dir run."""
+    """State shared by the workers of one score-dir run: the rows added, the parts written."""
 
     def __init__(self, out: Path, existing: Columns, class_names: list[str],
                  checkpoint_s: float, bar: tqdm) -> None:  # type: ignore[type-arg]
@@ -272,6 +363,9 @@ class _Run:
         self.class_names = class_names
         self.order = table_columns(class_names)
         self.parts: list[Columns] = []
+        """Every row this run added, in batches."""
+        self.saved = 0
+        """How many of ``parts`` are in a part file already."""
         self.embedded_paths: list[str] = []
         self.embeddings: list[npt.NDArray[np.float32]] = []
         """Rows scored since the last save whose embeddings are not in the store yet."""
@@ -281,23 +375,53 @@ class _Run:
         self.bar = bar
 
     def add(self, columns: Columns, embeddings: npt.NDArray[np.float32] | None = None) -> None:
-        """Rows scored (``embeddings``: theirs, in row order, when asked for)."""
+        """Rows scored or failed (``embeddings``: those of the scored ones, in row order, when
+        asked for)."""
+        if not _rows(columns):
+            return
         self.parts.append(columns)
-        if embeddings is not None:
-            self.embedded_paths.extend(str(p) for p in columns["path"])
+        if embeddings is not None and len(embeddings):
+            scored = columns["error"] == ""
+            self.embedded_paths.extend(str(p) for p in columns["path"][scored])
             self.embeddings.append(embeddings)
         self.unsaved += _rows(columns)
         if self.unsaved and time.monotonic() - self.last_save >= self.checkpoint_s:
-            self.save()
+            self.checkpoint()
 
-    def save(self) -> None:
-        """Writes the new embeddings (a part of the store), then the whole table."""
+    def _save_embeddings(self) -> None:
         if self.embeddings:
             write_part(self.out, self.embedded_paths, np.concatenate(self.embeddings))
             self.embedded_paths, self.embeddings = [], []
+
+    def checkpoint(self) -> Path | None:
+        """Writes the new embeddings (a part of the store), then the rows added since the last
+        checkpoint as one more part of the table (temporary name, then renamed): the cost of
+        what was added, whatever the table's size."""
+        self._save_embeddings()
+        new = self.parts[self.saved:]
+        self.last_save = time.monotonic()
+        self.unsaved = 0
+        if not new:
+            return None
+        folder = parts_of(self.out)
+        folder.mkdir(exist_ok=True)
+        files = _part_files(self.out)
+        number = int(files[-1].stem.split("-")[1]) + 1 if files else 1
+        target = folder / f"part-{number:05d}{self.out.suffix}"
+        save_table(target, concat_columns(new, self.order))
+        self.saved = len(self.parts)
+        return target
+
+    def save(self) -> None:
+        """The end of the run: the new embeddings, then the table and every part merged into
+        ``out`` (atomically), then the parts removed."""
+        self._save_embeddings()
         merged = concat_columns([self.existing, *self.parts], self.order)
-        order = np.argsort(merged["path"].astype(str), kind="stable")
-        save_table(self.out, {k: v[order] for k, v in merged.items()})
+        save_table(self.out, last_rows(merged) if _rows(merged) else merged)
+        for part in _part_files(self.out):
+            part.unlink()
+        with contextlib.suppress(OSError):
+            parts_of(self.out).rmdir()
         self.last_save = time.monotonic()
         self.unsaved = 0
 
@@ -407,17 +531,34 @@ async def score_items_async(
         raise ValueError("at least one server is needed")
     check_writable(out)  # before any work: a table that cannot be written loses it all
     started = time.perf_counter()
-    summary = ScoreDirSummary(out=out, found=len(items), failures=list(failures))
-    existing: Columns = read_table(out) if out.exists() else {}
-    done = set(existing["path"].tolist()) if "path" in existing else set()
+    summary = ScoreDirSummary(out=out, found=len(items))
+    existing = read_saved(out)
+    done: dict[str, str] = {}  # path -> its row's error ("" = scored)
+    if "path" in existing:
+        reasons = (existing["error"].tolist() if "error" in existing
+                   else [""] * _rows(existing))
+        done = dict(zip(existing["path"].tolist(), reasons, strict=True))
     todo: list[Item] = []
     seen: set[str] = set()
     for item in items:
-        if item.path in done:
+        reason = done.get(item.path)
+        if reason == "":
             summary.already_scored += 1
+        elif reason is not None and not retried(reason):
+            summary.already_failed += 1
         elif item.path not in seen:
+            summary.retried += reason is not None
             seen.add(item.path)
             todo.append(item)
+    given_up: list[Failure] = []  # rows naming no image (a manifest's empty uri...)
+    for failure in failures:
+        reason = done.get(failure.path)
+        if reason is not None and not retried(reason):
+            summary.already_failed += 1
+        elif failure.path not in seen:
+            seen.add(failure.path)
+            given_up.append(failure)
+    summary.failures = list(given_up)
 
     # One server: a call waits for it through a restart. Several: a call to one that went
     # away fails at once, and its batch goes to the others instead of waiting out its deadline.
@@ -439,10 +580,12 @@ async def score_items_async(
             queue.put_nowait(todo[start:start + batch_size])
         summary.per_server = {name: 0 for name, _ in clients}
         state = _Dispatch(queue, queue.qsize(), len(clients) * max(1, concurrency),
-                          busy_give_up_s)
+                          busy_give_up_s,
+                          [name for name, _ in clients if load_balanced(name.split(":", 1)[1])])
         with tqdm(total=len(todo), unit="img", desc="scoring", disable=not progress,
                   dynamic_ncols=True, file=sys.stderr) as bar:
             run = _Run(out, existing, class_names, checkpoint_s, bar)
+            run.add(error_rows([(Item(f.path), f) for f in given_up], class_names))
             try:
                 await asyncio.gather(*(
                     _worker(name, client, state, run, summary, embeddings)
@@ -450,12 +593,16 @@ async def score_items_async(
                 ))
                 if state.pending:
                     reasons = "; ".join(f"{k}: {v}" for k, v in state.dead.items())
+                    left = _unscored(queue)
+                    why = f"every server failed ({reasons})"
+                    run.add(error_rows([(it, Failure(it.path, "unavailable", why))
+                                        for it in left], class_names))
                     raise ServerUnavailableError(
-                        f"every server failed ({reasons}); {state.pending} batches of up to "
-                        f"{batch_size} images left unscored (run again to resume)")
+                        f"{why}; {len(left)} images left unscored, written as rows with error "
+                        "'unavailable' (run again to score them)")
             finally:
-                if run.unsaved or not out.exists():
-                    run.save()
+                summary.retries = state.retries
+                run.save()
     finally:
         for _, client in clients:
             await client.close()
@@ -463,9 +610,21 @@ async def score_items_async(
     return summary
 
 
+def _unscored(queue: asyncio.Queue[list[Item] | None]) -> list[Item]:
+    """The images of the batches still queued (none of them scored)."""
+    left: list[Item] = []
+    while not queue.empty():
+        batch = queue.get_nowait()
+        left.extend(batch or ())
+    return left
+
+
 RETRY_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED,)
 GIVE_UP_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                  grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+FLEET_RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+"""Codes a fleet (several addresses behind one target) is retried on, as a busy server is: the
+address that failed is left by the channel's round_robin, the next call goes to another."""
 SPLIT_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT)
 """Codes whose message may refuse a request for its size (see too_large)."""
 TOO_LARGE_MARKS = ("larger than max", "never fit", "send smaller", "separate requests",
@@ -492,10 +651,16 @@ class _Dispatch:
     """The batches still to score, the servers given up on (with why) and busy streaks."""
 
     def __init__(self, queue: asyncio.Queue[list[Item] | None], pending: int,
-                 workers: int, busy_give_up_s: float = BUSY_GIVE_UP_S) -> None:
+                 workers: int, busy_give_up_s: float = BUSY_GIVE_UP_S,
+                 fleets: Collection[str] = ()) -> None:
         self.queue = queue
         self.pending = pending
         self.workers = workers
+        self.fleets = frozenset(fleets)
+        """Servers that are a fleet behind one name (client.load_balanced): the channel spreads
+        calls over their addresses, so one address going away is retried, not given up."""
+        self.retries = 0
+        """Batches sent again after a busy refusal or a fleet's address went away."""
         self.dead: dict[str, str] = {}
         self.busy_give_up_s = busy_give_up_s
         self.busy_since: dict[str, tuple[float, int]] = {}
@@ -534,6 +699,9 @@ class _Dispatch:
                            f"refusals without a success, the last: {details}")
         return False
 
+    def fleet(self, name: str) -> bool:
+        return name in self.fleets
+
     def served(self, name: str) -> None:
         self.busy_since.pop(name, None)
 
@@ -559,7 +727,12 @@ async def _worker(name: str, client: AsyncScoringClient, state: _Dispatch, run: 
         readable = [(item, data) for item, data in zip(batch, read, strict=True)
                     if isinstance(data, bytes)]
         good = [item for item, _ in readable]
+        failed: list[tuple[Item, Failure]] = [
+            (item, data) for item, data in zip(batch, read, strict=True)
+            if isinstance(data, Failure)]
+        failed_digests = [""] * len(failed)
         result = None
+        digests: list[str] = []
         if good:
             digests = await asyncio.to_thread(_digests, [data for _, data in readable])
             try:
@@ -578,11 +751,14 @@ async def _worker(name: str, client: AsyncScoringClient, state: _Dispatch, run: 
                         state.split(good)
                         batch = [item for item in batch if item not in good]
                     else:
-                        _fail(summary, Failure(good[0].path, "size",
-                                               f"refused alone: {code.name}: {details}"))
-                elif code in RETRY_CODES:  # busy (queue full): wait, then again
+                        failed.append((good[0], Failure(
+                            good[0].path, "size", f"refused alone: {code.name}: {details}")))
+                        failed_digests.append(digests[0])
+                elif code in RETRY_CODES or (state.fleet(name) and code in FLEET_RETRY_CODES):
+                    # busy (queue full), or one address of a fleet went away: wait, then again
                     state.queue.put_nowait(batch)
-                    if not state.busy(name, details):
+                    state.retries += 1
+                    if not state.busy(name, f"{code.name}: {details}"):
                         return
                     await asyncio.sleep(backoff)
                     backoff = min(BACKOFF_S[1], backoff * 2)
@@ -592,32 +768,38 @@ async def _worker(name: str, client: AsyncScoringClient, state: _Dispatch, run: 
                     state.give_up(name, f"{code.name}: {details}")
                     return
                 else:
-                    for item in good:  # refused as a whole (e.g. INVALID_ARGUMENT)
-                        _fail(summary, Failure(item.path, code.name.lower(), details))
+                    for item, digest in zip(good, digests, strict=True):
+                        # refused as a whole (e.g. INVALID_ARGUMENT)
+                        failed.append((item, Failure(item.path, code.name.lower(), details)))
+                        failed_digests.append(digest)
             else:
                 state.served(name)
         backoff = BACKOFF_S[0]
-        for data in read:
-            if isinstance(data, Failure):
-                _fail(summary, data)
+        kept = None
         if result is not None:
             for error in result.errors:
-                _fail(summary, Failure(good[error.index].path, error.reason, error.message))
+                failed.append((good[error.index], Failure(good[error.index].path,
+                                                          error.reason, error.message)))
+                failed_digests.append(digests[error.index])
             rows = result_rows(good, result, run.class_names, digests)
             summary.scored += _rows(rows)
             summary.per_server[name] += _rows(rows)
-            kept = None
             if embeddings and result.embeddings is not None:
-                failed = {e.index for e in result.errors}
-                kept = result.embeddings[[i for i in range(len(good)) if i not in failed]]
-            run.add(rows, kept)
+                bad = {e.index for e in result.errors}
+                kept = result.embeddings[[i for i in range(len(good)) if i not in bad]]
+        else:
+            rows = {}
+        for _, failure in failed:
+            _fail(summary, failure)
+        lost = error_rows(failed, run.class_names, failed_digests)
+        run.add(concat_columns([rows, lost], run.order) if rows else lost, kept)
         run.bar.update(len(batch))
         state.done()
 
 
 def _fail(summary: ScoreDirSummary, failure: Failure) -> None:
     summary.failures.append(failure)
-    tqdm.write(f"skipped {failure.path}: {failure.reason}: {failure.message}", file=sys.stderr)
+    tqdm.write(f"failed {failure.path}: {failure.reason}: {failure.message}", file=sys.stderr)
 
 
 def score_items(items: Sequence[Item], servers: Sequence[str], out: Path,

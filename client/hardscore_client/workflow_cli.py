@@ -89,9 +89,9 @@ def cmd_score_dir(
 ) -> int:
     """score-dir; ``client_options`` reads the connection flags (cli.client_options).
 
-    Exit 0 when every image found is in the table, EXIT_PARTIAL when some were skipped (each
-    listed), 1 when none is (nothing found, or every one skipped), EXIT_INTERRUPTED on Ctrl-C
-    (the rows scored so far saved)."""
+    Exit 0 when every image found is scored in the table, EXIT_PARTIAL when some failed (each
+    listed, each a row with its reason), 1 when none is scored (nothing found, or every one
+    failed), EXIT_INTERRUPTED on Ctrl-C (the rows so far saved)."""
     failures: list[Failure] = []
     options = client_options(args)
     out = Path(args.out)
@@ -102,7 +102,7 @@ def cmd_score_dir(
         items, failures = (read_manifest_items(args.manifest) if args.manifest
                            else read_list(Path(args.from_list)))
         for failure in failures:
-            print(f"skipped {failure.path}: {failure.reason}: {failure.message}",
+            print(f"failed {failure.path}: {failure.reason}: {failure.message}",
                   file=sys.stderr)
     else:
         if not args.path:
@@ -131,12 +131,48 @@ def cmd_score_dir(
         return EXIT_INTERRUPTED
     rate = summary.scored / summary.seconds if summary.seconds else 0.0
     spread = ", ".join(f"{k}: {v}" for k, v in summary.per_server.items())
+    failed = len(summary.failures) + summary.already_failed
+    retried = f", {summary.retries} batches sent again" if summary.retries else ""
     print(f"scored {summary.scored} images in {summary.seconds:.1f} s ({rate:.0f} img/s; "
-          f"{spread}); {summary.already_scored} already in {out}; "
-          f"{len(summary.failures)} skipped (unreadable or refused)", file=sys.stderr)
-    if not summary.failures:
+          f"{spread}{retried}); {summary.already_scored + summary.already_failed} already in "
+          f"{out}; {failed} failed (rows with their reason in 'error')", file=sys.stderr)
+    if not failed:
         return 0
     return EXIT_PARTIAL if summary.scored + summary.already_scored else 1
+
+
+def cmd_score_ray(
+    args: argparse.Namespace,
+    client_options: Callable[[argparse.Namespace], dict[str, Any]],
+) -> int:
+    """score-ray: exit 0 when every image is scored, EXIT_PARTIAL when some failed (rows with
+    their reason), 1 when none is."""
+    from hardscore_client.ray_scoring import score_ray
+
+    options = client_options(args)
+    items, failures = read_manifest_items(args.manifest)
+    for failure in failures:
+        print(f"failed {failure.path}: {failure.reason}: {failure.message} (not scored)",
+              file=sys.stderr)
+    if args.table:
+        check_writable(Path(args.table))
+    print(f"found {len(items)} images", file=sys.stderr)
+    summary = score_ray(items, args.server or [DEFAULT_SERVER], Path(args.out),
+                        address=args.ray_address, actors=args.actors,
+                        batch_size=args.batch_size, embeddings=args.embeddings,
+                        timeout=args.timeout, token=options.get("token"),
+                        tls=options.get("tls"),
+                        table=Path(args.table) if args.table else None,
+                        progress=not args.no_progress)
+    failed = sum(summary.failed.values()) + summary.already_failed
+    rate = summary.scored / summary.seconds if summary.seconds else 0.0
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.failed.items()))
+    print(f"scored {summary.scored} images in {summary.seconds:.1f} s ({rate:.0f} img/s); "
+          f"{summary.already} already in {args.out}; {failed} failed"
+          + (f" ({reasons})" if reasons else ""), file=sys.stderr)
+    if not failed and not failures:
+        return 0
+    return EXIT_PARTIAL if summary.scored + summary.already else 1
 
 
 def _analyse(args: argparse.Namespace, keep: Callable[[str], bool] | None = None) -> Analysis:
@@ -318,6 +354,24 @@ def add_workflow_commands(
                    "folder OUT.embeddings beside the table, for `hardscore verdicts`")
     with_server(p, timeout=SCORE_DIR_TIMEOUT, several=True)
     p.set_defaults(func=functools.partial(cmd_score_dir, client_options=client_options))
+
+    p = sub.add_parser("score-ray", help="score a manifest on a Ray cluster (the ray extra) "
+                       "into a folder of Parquet files")
+    p.add_argument("--manifest", metavar="FILE", required=True,
+                   help="the images: as score-dir --manifest (a local file or a URI)")
+    p.add_argument("--out", required=True, help="folder of Parquet files (rows already there "
+                   "are skipped, as score-dir does)")
+    p.add_argument("--table", metavar="T", help="also merge the folder into this score-dir "
+                   "table (.parquet, .csv, .jsonl) at the end")
+    p.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="the Ray cluster (default: RAY_ADDRESS, else a local one)")
+    p.add_argument("--actors", type=positive, default=2,
+                   help="scoring actors (each one client per server)")
+    p.add_argument("--batch-size", type=positive, default=BATCH_SIZE, help="images per call")
+    p.add_argument("--embeddings", action="store_true", help="an 'embedding' column")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    with_server(p, timeout=SCORE_DIR_TIMEOUT, several=True)
+    p.set_defaults(func=functools.partial(cmd_score_ray, client_options=client_options))
 
     p = sub.add_parser("verdicts", help="collection verdicts (uniqueness, duplicates, leaks, "
                        "outliers...) of a score table, from its embeddings")

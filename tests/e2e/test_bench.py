@@ -152,3 +152,23 @@ def test_verdict_truth_scores_planted_copies_and_outside_images(tmp_path):
     assert [r["threshold"] for r in result["sweep"]] == [0.2, 0.1, 0.05, 0.02, 0.01]
     assert 0.5 < next(r["AUROC"] for r in result["ranks"]
                       if r["score"].startswith("1 - outlier_score")) <= 1
+
+
+def test_model_repository_bench_swaps_without_a_failed_call():
+    stdout = run_bench("model_repository.py", "--swaps", "2", "--callers", "2")
+    assert [row["models loaded"] for row in markdown_rows(stdout, "models loaded")] == [
+        "0", "1", "2", "3", "4"]
+    assert ", 0 failed; load request -> first answer" in stdout
+
+
+def test_workflow_bench_measures_every_path_against_capacity():
+    """bench/workflow_throughput.py --quick: local folder, S3 (moto on 127.0.0.1) and Ray, each
+    with a ratio to the capacity measured in the same run."""
+    pytest.importorskip("ray")
+    stdout = run_bench("workflow_throughput.py", "--quick", "--images", "96", "--markdown")
+    rows = {r["path"]: r for r in markdown_rows(stdout, "path")}
+    assert set(rows) == {"local", "s3", "ray"}
+    for row in rows.values():
+        assert row["images"] == "96"
+        assert float(row["capacity img/s (median)"]) > 0
+        assert 0 < float(row["ratio (median)"]) < 5

@@ -19,7 +19,9 @@ import pytest
 from hardscore_client import cli
 from hardscore_client.analysis import ScoreTable, analyse
 from hardscore_client.dataset import (
+    RETRY_REASONS,
     Item,
+    parts_of,
     path_from_entry,
     read_list,
     scan_folder,
@@ -81,10 +83,27 @@ def test_score_dir_class_folders_two_servers(scored, digits_folder):
     reasons = {Path(f.path).name: f.reason for f in summary.failures}
     assert reasons == {"broken.png": "decode", "gone.png": "read"}
     assert all(n > 0 for n in summary.per_server.values()) and len(summary.per_server) == 2
-    columns = read_table(out)
-    assert list(columns) == table_columns(CLASSES)
+    table = read_table(out)
+    assert list(table) == table_columns(CLASSES)
+    # Every image found is a row: the two that failed with their reason and no scores.
+    assert len(table["path"]) == 542
+    assert list(table["path"]) == sorted(table["path"])
+    failed = table["error"] != ""
+    assert {Path(p).name: (e, bool(m)) for p, e, m in zip(
+        table["path"][failed], table["error"][failed], table["error_message"][failed],
+        strict=True)} == {"broken.png": ("decode", True), "gone.png": ("read", True)}
+    assert set(table["prediction"][failed]) == {""}
+    assert np.isnan(table["hardness"][failed]).all() and (table["predicted_class"][failed]
+                                                          == -1).all()
+    assert table["sha256"][failed].tolist() == [
+        "" if Path(p).name == "gone.png" else __import__("hashlib").sha256(
+            Path(p).read_bytes()).hexdigest() for p in table["path"][failed]]
+    assert set(table["error_message"][~failed]) == {""}
+    columns = {k: v[~failed] for k, v in table.items()}
     assert len(columns["path"]) == 540
-    assert list(columns["path"]) == sorted(columns["path"])
+    # What analyses the table (select, label-issues, report, verdicts) leaves them out.
+    loaded = ScoreTable.load(out)
+    assert len(loaded) == 540 and loaded.failed == 2 and np.isfinite(loaded.probabilities).all()
     assert all(Path(p).parent.name == lab for p, lab in zip(columns["path"], columns["label"],
                                                               strict=True))
     probs = np.stack([columns[f"p_{c}"] for c in CLASSES], axis=1)
@@ -140,18 +159,52 @@ def test_interrupted_run_keeps_its_rows_and_resumes(digits_folder, image_server,
         task = asyncio.create_task(score_items_async(
             items, [image_server.target], out, batch_size=8, concurrency=1, checkpoint_s=0.0,
             progress=False))
-        while not out.exists():
+        while not any(parts_of(out).glob("part-*.parquet")):  # a checkpoint was written
             await asyncio.sleep(0.005)
+        assert not out.exists()  # parts only, until the run ends
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(interrupted())
-    saved = len(read_table(out)["path"])
-    assert 0 < saved <= 540
+    saved = read_table(out)  # merged when it was cancelled, the parts removed
+    assert not parts_of(out).exists()
+    assert 0 < len(saved["path"]) < 542
+    retried = sum(e in RETRY_REASONS for e in saved["error"])
+    kept = len(saved["path"]) - retried
     summary = score_dir(digits_folder, [image_server.target], out, progress=False)
-    assert summary.already_scored == saved and summary.scored == 540 - saved
-    assert len(read_table(out)["path"]) == 540
+    assert summary.already_scored + summary.already_failed == kept
+    assert summary.retried == retried
+    assert summary.scored + len(summary.failures) == 542 - kept
+    table = read_table(out)
+    assert len(table["path"]) == len(set(table["path"])) == 542  # none twice, none missing
+    assert (table["error"] != "").sum() == 2
+
+
+def test_killed_run_leaves_parts_the_next_run_skips(digits_folder, image_server, tmp_path):
+    """A run killed before it merged (SIGKILL: no finally) leaves only parts; the next run
+    reads them with the table, scores the rest, merges, and removes them."""
+    out = tmp_path / "scores.csv"
+    command = [sys.executable, "-m", "hardscore_client.cli", "score-dir", str(digits_folder),
+               "--server", image_server.target, "--out", str(out), "--batch-size", "4",
+               "--concurrency", "1", "--checkpoint-s", "0", "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while (len(list(parts_of(out).glob("part-*.csv"))) < 3 and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert not out.exists()
+    parts = sorted(parts_of(out).glob("part-*.csv"))
+    in_parts = {p for part in parts for p in read_table(part)["path"]}
+    assert len(parts) >= 3 and in_parts
+    summary = score_dir(digits_folder, [image_server.target], out, progress=False)
+    assert summary.already_scored + summary.already_failed + summary.retried == len(in_parts)
+    assert summary.scored + len(summary.failures) == 542 - len(in_parts) + summary.retried
+    table = read_table(out)
+    assert len(table["path"]) == len(set(table["path"])) == 542
+    assert not parts_of(out).exists()
 
 
 def test_ctrl_c_saves_the_rows_and_says_how_to_resume(digits_folder, image_server, tmp_path):
@@ -163,21 +216,27 @@ def test_ctrl_c_saves_the_rows_and_says_how_to_resume(digits_folder, image_serve
                "--concurrency", "1", "--checkpoint-s", "0", "--no-progress"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)  # the first row is saved: it is scoring
+    while (not any(parts_of(out).glob("part-*.csv")) and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.01)  # the first part is written: it is scoring
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    saved = len(read_table(out)["path"])
-    assert 0 < saved < 540
-    assert err.splitlines() == [
-        "found 542 images (542 with a given label)",
-        f"interrupted: saved {saved} rows to {out}, run the same command again to resume"]
+    table = read_table(out)
+    saved = len(table["path"])
+    assert 0 < saved < 542
+    lines = err.splitlines()
+    assert lines[0] == "found 542 images (542 with a given label)"
+    assert lines[-1] == (f"interrupted: saved {saved} rows to {out}, run the same command "
+                         "again to resume")
+    assert all(line.startswith("failed ") for line in lines[1:-1])  # broken.png, gone.png
+    kept = saved - sum(e in RETRY_REASONS for e in table["error"])
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 4, resumed.stderr  # broken.png and gone.png are skipped
-    assert f"; {saved} already in {out}; 2 skipped" in resumed.stderr.splitlines()[-1]
-    assert len(read_table(out)["path"]) == 540
+    assert resumed.returncode == 4, resumed.stderr  # broken.png and gone.png failed
+    assert resumed.stderr.splitlines()[-1].endswith(
+        f"; {kept} already in {out}; 2 failed (rows with their reason in 'error')")
+    assert len(read_table(out)["path"]) == 542
 
 
 def test_flat_folder_and_from_list(digits_folder, image_server, tmp_path, monkeypatch, capsys):
@@ -212,25 +271,40 @@ def test_flat_folder_and_from_list(digits_folder, image_server, tmp_path, monkey
     assert summary.scored == 3
     assert sorted(f.reason for f in summary.failures) == ["read", "uri"]
     columns = read_table(out)
-    assert sorted(columns["label"]) == ["", "2", "3"]
+    assert sorted(zip(columns["error"], columns["label"], strict=True)) == [
+        ("", ""), ("", "2"), ("", "3"), ("read", ""), ("uri", "")]
     assert path_from_entry("file:///tmp/a%20b.png") == "/tmp/a b.png"
     capsys.readouterr()
-    # some skipped (the https:// entry, the missing file), the others scored: exit 4
+    # some failed (the https:// entry, the missing file), the others scored: exit 4
     assert cli.main(["score-dir", "--from-list", str(listing), "--server", image_server.target,
                      "--out", str(tmp_path / "cli.csv"), "--no-progress"]) == 4
-    assert len(read_table(tmp_path / "cli.csv")["path"]) == 3
+    table = read_table(tmp_path / "cli.csv")
+    assert sorted(zip(table["error"], table["path"], strict=True)) == [
+        ("", str(flat / pngs[i].name)) for i in range(3)] + [
+        ("read", str(flat / "missing.png")), ("uri", "https://example.com/x.png")]
     err = capsys.readouterr().err.splitlines()
+    assert "failed https://example.com/x.png: uri: https://example.com/x.png: only local " \
+           "paths and file:// URIs are supported" in err
     assert err[-1].startswith("scored 3 images in ")
-    assert err[-1].endswith(f"; 0 already in {tmp_path / 'cli.csv'}; 2 skipped (unreadable or "
-                            "refused)")
-    # again: the 3 are in the table, the 2 are skipped again: still partial
+    assert err[-1].endswith(f"; 0 already in {tmp_path / 'cli.csv'}; 2 failed (rows with "
+                            "their reason in 'error')")
+    # again: the 3 and the permanent failure (uri) are kept, the read failure is tried again
     assert cli.main(["score-dir", "--from-list", str(listing), "--server", image_server.target,
                      "--out", str(tmp_path / "cli.csv"), "--no-progress"]) == 4
-    # none scored, none in the table: exit 1
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in err if line.startswith("failed ")] == [
+        "failed https", f"failed {flat / 'missing.png'}"]
+    assert err[-1].startswith("scored 0 images in ")
+    assert err[-1].endswith(f"; 4 already in {tmp_path / 'cli.csv'}; 2 failed (rows with "
+                            "their reason in 'error')")
+    assert len(read_table(tmp_path / "cli.csv")["path"]) == 5
+    # none scored: exit 1, the two rows written
     listing.write_text("flat/missing.png\nflat/gone.png\n")
     assert cli.main(["score-dir", "--from-list", str(listing), "--server", image_server.target,
                      "--out", str(tmp_path / "none.csv"), "--no-progress"]) == 1
-    assert capsys.readouterr().err.splitlines()[-1].endswith("; 2 skipped (unreadable or refused)")
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "; 2 failed (rows with their reason in 'error')")
+    assert list(read_table(tmp_path / "none.csv")["error"]) == ["read", "read"]
 
 
 def test_unknown_folder_labels_are_refused(image_server, digits_folder, tmp_path):

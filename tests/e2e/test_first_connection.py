@@ -298,17 +298,21 @@ def test_an_image_too_large_is_reported_and_the_run_goes_on(small_server: Server
 
     proc, elapsed = hardscore("score-dir", str(root), "--server", small_server.target,
                               "--no-progress", "--out", str(out))
-    assert proc.returncode == 4, proc.stderr  # some skipped, the others scored
+    assert proc.returncode == 4, proc.stderr  # some failed, the others scored
     assert elapsed < BOUND_S
-    assert (f"skipped {big_file}: size: refused alone: RESOURCE_EXHAUSTED: "
+    assert (f"failed {big_file}: size: refused alone: RESOURCE_EXHAUSTED: "
             in proc.stderr), proc.stderr
     assert "larger than max" in next(x for x in proc.stderr.splitlines() if str(big_file) in x)
-    assert f"skipped {many_pixels}: size: " in proc.stderr
+    assert f"failed {many_pixels}: size: " in proc.stderr
     assert "exceeds the limit of 50000000" in proc.stderr
     assert last_line(proc).startswith("scored 20 images in ")
-    assert last_line(proc).endswith("; 2 skipped (unreadable or refused)")
+    assert last_line(proc).endswith("; 2 failed (rows with their reason in 'error')")
 
-    table = read_table(out)
+    table = read_table(out)  # the two that failed are rows with their reason
+    assert sorted(table["path"][table["error"] != ""].tolist()) == sorted(
+        [str(big_file), str(many_pixels)])
+    assert set(table["error"][table["error"] != ""]) == {"size"}
+    table = {k: v[table["error"] == ""] for k, v in table.items()}
     assert sorted(table["path"].tolist()) == sorted(str(p) for p in paths)
     with ScoringClient(small_server.target) as client:  # one image a call: the reference
         for path, hardness in zip(table["path"], table["hardness"], strict=True):
@@ -363,8 +367,9 @@ def test_busy_refusals_are_retried_for_a_bounded_time(tmp_path: Path) -> None:
         started = time.monotonic()
         with pytest.raises(ServerUnavailableError, match=(
                 r"^every server failed \(0:127\.0\.0\.1:\d+: busy for \d+ s, \d+ "
-                r"RESOURCE_EXHAUSTED refusals without a success, the last: queue full: .*retry "
-                r"later\); 1 batches of up to 32 images left unscored \(run again to resume\)$")):
+                r"RESOURCE_EXHAUSTED refusals without a success, the last: (RESOURCE_EXHAUSTED: )?"
+                r"queue full: .*retry later\); 2 images left unscored, written as rows with "
+                r"error 'unavailable' \(run again to score them\)$")):
             score_items([Item(str(p)) for p in paths], [f"127.0.0.1:{port}"],
                         tmp_path / "s.csv", progress=False, busy_give_up_s=2.0, concurrency=1)
         elapsed = time.monotonic() - started

@@ -212,7 +212,7 @@ def test_cli_score_dir_manifest_from_s3(pool, image_server, tmp_path, capsys):
     table = read_table(out)
     assert len(table["path"]) == IMAGES
     assert all(str(p).startswith(f"s3://{BUCKET}/") for p in table["path"])
-    # A missing object is a skipped row with its reason, never a lost run.
+    # A missing object is a row with its reason, never a lost row or a lost run.
     fs, _ = filesystem(manifest)
     listing = pa.table({"uri": [f"s3://{BUCKET}/digits/none.png", "../digits/"
                                 + "/".join(str(files[0]).rsplit("/", 2)[-2:])]})
@@ -224,7 +224,9 @@ def test_cli_score_dir_manifest_from_s3(pool, image_server, tmp_path, capsys):
                      "--server", image_server.target, "--out", str(out2), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 4, err
-    assert f"skipped s3://{BUCKET}/digits/none.png: read: s3://{BUCKET}/digits/none.png: " \
+    assert f"failed s3://{BUCKET}/digits/none.png: read: s3://{BUCKET}/digits/none.png: " \
            "no such object" in err
     relative = f"s3://{BUCKET}/digits/{_key(str(files[0]))}"  # ".." resolved
-    assert list(read_table(out2)["path"]) == [relative]
+    partial = read_table(out2)
+    assert list(zip(partial["path"], partial["error"], strict=True)) == [
+        (relative, ""), (f"s3://{BUCKET}/digits/none.png", "read")]

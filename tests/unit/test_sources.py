@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hardscore_client import sources
-from hardscore_client.dataset import Failure, Item, _read, read_manifest_items
+from hardscore_client.dataset import Failure, Item, read_item, read_manifest_items
 from hardscore_client.errors import InputError, InputNotFoundError
 from hardscore_client.sources import Entry, is_local, read_bytes, read_manifest, storage_options
 
@@ -90,10 +90,10 @@ def test_local_reads_and_uri_kinds(tmp_path):
     assert read_bytes(image.as_uri()) == b"png"
     assert is_local(str(image)) and is_local(image.as_uri()) and is_local("C:\\x.png")
     assert not is_local("s3://bucket/a.png") and not is_local("gs://b/a.png")
-    assert _read(Item(str(tmp_path / "gone.png"))) == Failure(
+    assert read_item(Item(str(tmp_path / "gone.png"))) == Failure(
         str(tmp_path / "gone.png"), "read", "No such file or directory")
     # A missing object at an fsspec URI (fsspec's in-memory filesystem) is a read failure.
-    failure = _read(Item("memory://nowhere/a.png"))
+    failure = read_item(Item("memory://nowhere/a.png"))
     assert isinstance(failure, Failure) and failure.reason == "read"
     assert "memory://nowhere/a.png: no such object" in failure.message
 
