@@ -14,12 +14,12 @@ from hardscore_client.errors import (
     ServerUnavailableError,
     WorkflowError,
 )
-from hardscore_client.messages import SampleError, ScoreResult
+from hardscore_client.messages import MixedVersions, ModelRun, SampleError, ScoreResult
 from hardscore_client.probabilities import ProbabilitiesRenormalisedWarning
 
 __all__ = [
     "AsyncScoringClient", "ConnectionFailed", "InputError", "InputNotFoundError",
-    "MissingExtraError", "ProbabilitiesAsLogitsWarning", "ProbabilitiesRenormalisedWarning",
-    "SampleError", "ScoreResult", "ScoringClient", "ServerUnavailableError", "TLSConfig",
-    "WorkflowError",
+    "MissingExtraError", "MixedVersions", "ModelRun", "ProbabilitiesAsLogitsWarning",
+    "ProbabilitiesRenormalisedWarning", "SampleError", "ScoreResult", "ScoringClient",
+    "ServerUnavailableError", "TLSConfig", "WorkflowError",
 ]

@@ -328,8 +328,25 @@ def _show(value: object) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """The model's description; a server with several model versions (a model repository)
+    first lists them (ListModels: name, version, state, why not serving)."""
     with _client(args) as client:
-        print(client.get_model_info())
+        try:
+            models = list(client.list_models().models)
+        except grpc.RpcError:  # a server before ListModels, or one serving no model
+            models = []
+        if len(models) > 1:
+            print("model versions (ListModels):")
+            for m in models:
+                print(f"  {m.name}\t{m.version}\t{m.state}" + (f"\t{m.reason}" if m.reason
+                                                               else ""))
+            ready = {m.name for m in models if m.state == "READY"}
+            if not args.model and len(ready) != 1:
+                print("several models are loaded: pass --model NAME (and --model-version V) "
+                      "for one's description", file=sys.stderr)
+                return 0
+            print()
+        print(client.get_model_info(args.model, args.model_version))
     return 0
 
 
@@ -384,7 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ascending", action="store_true", help="lowest first")
     p.set_defaults(func=cmd_top)
 
-    p = with_server(sub.add_parser("info", help="describe the served model"))
+    p = with_server(sub.add_parser("info", help="describe the served model (and list the "
+                                   "loaded ones when there are several)"))
+    p.add_argument("--model", default="", help="model to describe on a server with several")
+    p.add_argument("--model-version", default="", help="version of --model; default: its "
+                   "highest loaded version")
     p.set_defaults(func=cmd_info)
 
     add_workflow_commands(sub, add_connection_flags, client_options)

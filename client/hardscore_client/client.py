@@ -272,6 +272,12 @@ class _ClientCore:
         return requests
 
 
+def _decode_images(reply: pb.ScoreImagesResponse) -> ScoreResult:
+    """One ScoreImages reply (or stream chunk), tagged with the model version that computed
+    it: each chunk of a stream is routed on its own, so a swap can change it mid-call."""
+    return decode_scores(reply.scores, reply.errors, reply.model_name, reply.model_version)
+
+
 def _finish(parts: Iterable[ScoreResult], progress: Progress | None) -> ScoreResult:
     """Joins the per-message results, reporting each to ``progress`` as it arrives."""
     collected = []
@@ -429,11 +435,11 @@ class ScoringClient(_ClientCore):
         self._ensure_connected()
         if len(requests) == 1:
             reply = self._stub.ScoreImages(requests[0], **self._call)
-            return _finish([decode_scores(reply.scores, reply.errors)], progress)
+            return _finish([_decode_images(reply)], progress)
         stream = self._stub.ScoreImagesStream(
             (pb.ScoreImagesStreamRequest(chunk=r) for r in requests), **self._call)
         return _finish(
-            (decode_scores(r.result.scores, r.result.errors) for r in stream), progress)
+            (_decode_images(r.result) for r in stream), progress)
 
     def get_model_info(self, model_name: str = "", model_version: str = ""
                        ) -> pb.GetModelInfoResponse:
@@ -442,6 +448,11 @@ class ScoringClient(_ClientCore):
         return self._stub.GetModelInfo(
             pb.GetModelInfoRequest(model_name=model_name, model_version=model_version),
             **self._call)
+
+    def list_models(self, ready_only: bool = False) -> pb.ListModelsResponse:
+        """Every model version the server knows (name, version, state, reason): ListModels."""
+        self._ensure_connected()
+        return self._stub.ListModels(pb.ListModelsRequest(ready_only=ready_only), **self._call)
 
 
 class AsyncScoringClient(_ClientCore):
@@ -546,11 +557,11 @@ class AsyncScoringClient(_ClientCore):
         await self._ensure_connected()
         if len(requests) == 1:
             reply = await self._stub.ScoreImages(requests[0], **self._call)
-            return _finish([decode_scores(reply.scores, reply.errors)], progress)
+            return _finish([_decode_images(reply)], progress)
         call = self._stub.ScoreImagesStream(
             (pb.ScoreImagesStreamRequest(chunk=r) for r in requests), **self._call)
         return await _finish_async(
-            (decode_scores(r.result.scores, r.result.errors) async for r in call), progress)
+            (_decode_images(r.result) async for r in call), progress)
 
     async def get_model_info(self, model_name: str = "", model_version: str = ""
                              ) -> pb.GetModelInfoResponse:
@@ -558,3 +569,8 @@ class AsyncScoringClient(_ClientCore):
         return await self._stub.GetModelInfo(
             pb.GetModelInfoRequest(model_name=model_name, model_version=model_version),
             **self._call)
+
+    async def list_models(self, ready_only: bool = False) -> pb.ListModelsResponse:
+        await self._ensure_connected()
+        return await self._stub.ListModels(pb.ListModelsRequest(ready_only=ready_only),
+                                           **self._call)

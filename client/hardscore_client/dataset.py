@@ -10,9 +10,19 @@ Images are read in a thread and streamed to one or more servers by a bounded num
 concurrent calls per server (each call a batch of images); batches go to whichever server is
 free, so faster servers take more. The output table has one row per scored image: ``path``,
 ``label`` (given, "" when none), ``split`` ("" when none), ``sha256`` (the file's content
-digest, which finds exact duplicates), ``prediction`` (class name), every score, and
-``p_<class>`` probabilities, and ``error`` / ``error_message`` (empty for a scored image). With
-``embeddings`` the model's embedding of each image is kept beside the table (embedding_store).
+digest, which finds exact duplicates), ``prediction`` (class name), ``model`` and
+``model_version`` (the model version that computed the row, as the server's reply names it),
+every score, and ``p_<class>`` probabilities, and ``error`` / ``error_message`` (empty for a
+scored image). With ``embeddings`` the model's embedding of each image is kept beside the table
+(embedding_store).
+
+One table holds one model version's scores. A run asks the first server that answers which
+version it scores with (``model_name``/``model_version`` as given; empty: the only model
+loaded, its highest loaded version) and names that version in every call, so a swap on the
+server during the run cannot mix versions: a server that stops serving it is given up like a
+failed one. A run over a table whose scored rows name another model version is refused before
+anything is scored (resume with that version, or write to a new table); rows of tables written
+before these columns existed have them empty and are kept.
 
 A failed image is a row too, never a lost one: its scores empty, ``error`` its reason token
 (``read``, ``decode``, ``size``...) and ``error_message`` why. A new run over the same output
@@ -83,9 +93,10 @@ from hardscore_client.tables import (
 from hardscore_wire.scores import SCORE_NAMES
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-FIRST_COLUMNS = ("path", "label", "split", "sha256", "prediction", "error", "error_message")
+FIRST_COLUMNS = ("path", "label", "split", "sha256", "prediction", "model", "model_version",
+                 "error", "error_message")
 """The score-dir table's text columns, before the scores."""
-ADDED_COLUMNS = ("split", "sha256", "error", "error_message")
+ADDED_COLUMNS = ("split", "sha256", "model", "model_version", "error", "error_message")
 """Columns tables of earlier versions lack: such a table is resumed with them empty."""
 RETRY_REASONS = frozenset({
     "read", "busy", "unavailable", "resource_exhausted", "deadline_exceeded", "cancelled",
@@ -145,6 +156,9 @@ class ScoreDirSummary:
     per_server: dict[str, int] = field(default_factory=dict)
     """Images scored by each --server (by its position and address)."""
     seconds: float = 0.0
+    model_name: str = ""
+    model_version: str = ""
+    """The model version every call of the run named (resolved from the first server)."""
 
 
 def _is_image(path: Path) -> bool:
@@ -248,6 +262,8 @@ def result_rows(items: Sequence[Item], result: ScoreResult, class_names: Sequenc
         "error": np.full(n, "", dtype=object),
         "error_message": np.full(n, "", dtype=object),
     }
+    models, versions = result.row_models()  # the replies' tags: the version that computed it
+    columns["model"], columns["model_version"] = models[keep], versions[keep]
     present = result.columns()
     for name in SCORE_NAMES:
         if name in present:
@@ -436,12 +452,25 @@ def _refused_line(name: str, exc: BaseException, wait_s: float) -> str:
     return f"server {name}: no answer within {wait_s:g} s"
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """The model version a run scores with: its name, version and class names."""
+
+    name: str
+    version: str
+    class_names: list[str]
+
+
 async def _model_classes(
     clients: list[tuple[str, AsyncScoringClient]], wait_s: float, need_embeddings: bool = False,
-) -> list[str]:
-    """The served class names (InputError when ``need_embeddings`` and a model has none);
-    servers that cannot be reached or refuse within ``wait_s`` are
-    dropped from ``clients`` (with a warning), servers serving other classes refused.
+    model_name: str = "", model_version: str = "",
+) -> ServedModel:
+    """The model version to score with and its class names: the first server that answers
+    resolves ``model_name``/``model_version`` (empty: the only model, its highest loaded
+    version), every other server is asked for that same version. InputError when
+    ``need_embeddings`` and the model has none; servers that cannot be reached, refuse within
+    ``wait_s`` or do not serve that version (NOT_FOUND) are dropped from ``clients`` (with a
+    warning), servers serving other classes refused.
 
     Raises ConnectionFailed when no server could be reached, ServerUnavailableError when none
     answered (e.g. UNAUTHENTICATED), with the reason of each in one line."""
@@ -449,7 +478,8 @@ async def _model_classes(
     left_out: list[tuple[str, BaseException]] = []
     for name, client in list(clients):
         try:
-            info = await asyncio.wait_for(client.get_model_info(), wait_s)
+            info = await asyncio.wait_for(client.get_model_info(model_name, model_version),
+                                          wait_s)
         except (grpc.aio.AioRpcError, TimeoutError, ConnectionFailed) as e:
             left_out.append((name, e))
             clients.remove((name, client))
@@ -460,8 +490,8 @@ async def _model_classes(
             raise InputError(f"server {name} serves model {info.name!r}, which has no "
                              "embedding output; re-export it with hardscore-export (which "
                              "writes one), or score without --embeddings")
-        if names is None:
-            names = theirs
+        if names is None:  # every other server is asked for this very version
+            names, model_name, model_version = theirs, info.name, info.version
         elif theirs != names:
             raise InputError(f"server {name} serves other classes ({', '.join(theirs[:5])}"
                              f"...) than the first server ({', '.join(names[:5])}...)")
@@ -480,7 +510,25 @@ async def _model_classes(
         raise ServerUnavailableError(message)
     for (name, _), line in zip(left_out, lines, strict=True):
         print(f"server {name} left out: {line}", file=sys.stderr)
-    return names
+    return ServedModel(model_name, model_version, names)
+
+
+def check_same_model(existing: Columns, out: Path, model: ServedModel) -> None:
+    """Refuses to add rows of ``model`` to a table whose scored rows name another model
+    version (rows without a model, from tables written before the column, are accepted)."""
+    if "model" not in existing or "model_version" not in existing:
+        return
+    scored = existing["error"] == "" if "error" in existing else slice(None)
+    named = {(str(m), str(v)) for m, v in zip(existing["model"][scored],
+                                              existing["model_version"][scored], strict=True)
+             if m or v}
+    others = named - {(model.name, model.version)}
+    if others:
+        theirs = ", ".join(f"{m} version {v}" for m, v in sorted(named))
+        raise InputError(
+            f"{out} holds scores of {theirs}; this run scores with {model.name} version "
+            f"{model.version}. One table holds one model version: pass --model/--model-version "
+            "of the table's to resume it, or write to a new table")
 
 
 def check_labels(items: Sequence[Item], class_names: Sequence[str]) -> None:
@@ -514,8 +562,12 @@ async def score_items_async(
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     busy_give_up_s: float = BUSY_GIVE_UP_S,
     embeddings: bool = False,
+    model_name: str = "",
+    model_version: str = "",
 ) -> ScoreDirSummary:
-    """Scores ``items`` on ``servers`` into the table ``out`` (see the module docstring).
+    """Scores ``items`` on ``servers`` into the table ``out`` (see the module docstring) with
+    model ``model_name`` at ``model_version`` (empty: the only model loaded, its highest loaded
+    version, resolved once by the first server that answers and named in every call).
 
     ``timeout`` is the deadline of each call (seconds), ``tls``, ``token`` and
     ``connect_timeout`` are the clients' options (AsyncScoringClient), ``busy_give_up_s`` how
@@ -568,13 +620,16 @@ async def score_items_async(
                for i, t in enumerate(servers)]
     try:
         wait_s = min(timeout or 60.0, 60.0) + (connect_timeout or 0.0) + PROBE_BOUND_S
-        class_names = await _model_classes(clients, wait_s, embeddings)
+        model = await _model_classes(clients, wait_s, embeddings, model_name, model_version)
+        class_names = model.class_names
+        summary.model_name, summary.model_version = model.name, model.version
         check_labels(todo, class_names)
         expected = table_columns(class_names)
         if existing and [c for c in existing if c not in ADDED_COLUMNS] != [
                 c for c in expected if c not in ADDED_COLUMNS]:
             raise InputError(f"{out} has other columns than this model's table; write to a new "
                              "file (or delete it) to score with this model")
+        check_same_model(existing, out, model)
         queue: asyncio.Queue[list[Item] | None] = asyncio.Queue()
         for start in range(0, len(todo), batch_size):
             queue.put_nowait(todo[start:start + batch_size])
@@ -588,7 +643,7 @@ async def score_items_async(
             run.add(error_rows([(Item(f.path), f) for f in given_up], class_names))
             try:
                 await asyncio.gather(*(
-                    _worker(name, client, state, run, summary, embeddings)
+                    _worker(name, client, state, run, summary, embeddings, model)
                     for name, client in clients for _ in range(max(1, concurrency))
                 ))
                 if state.pending:
@@ -621,7 +676,10 @@ def _unscored(queue: asyncio.Queue[list[Item] | None]) -> list[Item]:
 
 RETRY_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED,)
 GIVE_UP_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                 grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+                 grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
+                 grpc.StatusCode.NOT_FOUND)
+"""Codes that give a server up: its batch goes to the others. NOT_FOUND: it no longer serves
+the run's model version (unloaded or swapped out during the run)."""
 FLEET_RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 """Codes a fleet (several addresses behind one target) is retried on, as a busy server is: the
 address that failed is left by the channel's round_robin, the next call goes to another."""
@@ -711,7 +769,7 @@ class _Dispatch:
 
 
 async def _worker(name: str, client: AsyncScoringClient, state: _Dispatch, run: _Run,
-                  summary: ScoreDirSummary, embeddings: bool = False) -> None:
+                  summary: ScoreDirSummary, embeddings: bool, model: ServedModel) -> None:
     """Scores batches until all are done; on a server failure hands its batch back and stops
     (the other servers' workers take it). A batch refused for its size is split in halves; a
     lone image refused so is a failure (reason ``size``)."""
@@ -739,7 +797,8 @@ async def _worker(name: str, client: AsyncScoringClient, state: _Dispatch, run: 
                 result = await client.score_images(
                     [data for _, data in readable], [item.label or None for item in good],
                     ids=[item.path for item in good], include_probabilities=True,
-                    include_embeddings=embeddings, chunk_size=len(good))
+                    include_embeddings=embeddings, chunk_size=len(good),
+                    model_name=model.name, model_version=model.version)
             except ConnectionFailed as e:  # not connected yet (it was, in _model_classes)
                 state.queue.put_nowait(batch)
                 state.give_up(name, str(e))

@@ -7,7 +7,13 @@ Two sources of predictions:
 - ``score_images``: each sample's image file goes to ScoreImages; the model's prediction is
   written as a ``Classification`` (label, confidence, logits) in ``pred_field``. The logits
   written are the ones the scores come from: the model's logits divided by the served model's
-  calibrated temperature (1.0 unless its manifest sets one).
+  calibrated temperature (1.0 unless its manifest sets one). ``model_name`` and
+  ``model_version`` pick a model of a server with several; the version is resolved once (empty:
+  the only model, its highest loaded version) and named in every call, so all the fields of one
+  call come from one model version (``Written.model_name``/``model_version``). A sample whose
+  image could not be read, decoded or scored gets None in ``pred_field`` and in every score
+  field (never FiftyOne's 1.0 mistakenness for a missing prediction) and is listed in
+  ``Written.failed`` with its reason.
 - ``score_logits``: the logits already stored on the samples' ``pred_field`` (a
   ``Classification`` with ``logits``, e.g. from ``apply_model(..., store_logits=True)``) go to
   ScoreLogits; ``pred_field`` is left as it is.
@@ -65,6 +71,9 @@ class Written:
     scored: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     fields: list[str] = field(default_factory=list)
+    model_name: str = ""
+    model_version: str = ""
+    """The model version that computed the fields (score_images; empty for score_logits)."""
 
 
 def fiftyone_mistakenness(
@@ -113,16 +122,22 @@ def _write(
     label_issue: FloatArray | None,
     margin_issue: FloatArray | None,
     written: Written,
+    failed: Sequence[int] = (),
 ) -> Written:
+    """Writes the score fields; rows ``failed`` (not scored) get None in every one."""
     import fiftyone as fo
 
     dataset = samples._dataset
     for name in (names.hardness, names.mistakenness, names.label_issue, names.margin_issue):
         if not dataset.has_sample_field(name):  # typed up front: a column may be all None
             dataset.add_sample_field(name, fo.FloatField)
+    mistakenness = fiftyone_mistakenness(certainty, predicted, given)
+    rows = list(failed)
+    for array in (hardness, mistakenness, label_issue, margin_issue):
+        if array is not None:
+            array[rows] = math.nan
     samples.set_values(names.hardness, _values(hardness))
-    samples.set_values(names.mistakenness,
-                       _values(fiftyone_mistakenness(certainty, predicted, given)))
+    samples.set_values(names.mistakenness, _values(mistakenness))
     written.fields += [names.hardness, names.mistakenness]
     if label_issue is not None and margin_issue is not None:
         samples.set_values(names.label_issue, _values(label_issue))
@@ -139,17 +154,22 @@ def score_images(
     pred_field: str = "hardscore",
     use_logits: bool = False,
     names: Fields = Fields(),  # frozen: a shared default is safe
+    model_name: str = "",
+    model_version: str = "",
 ) -> Written:
     """Scores every sample's image with the served model and writes ``pred_field`` (a
     Classification with label, confidence and logits) and the score fields (``names``).
 
     ``label_field`` holds the ground truth (Classification; None = no labels);
-    ``use_logits`` picks the mistakenness variant as compute_mistakenness does. A sample
-    whose file cannot be read or decoded gets no prediction (its error is in the result).
+    ``use_logits`` picks the mistakenness variant as compute_mistakenness does.
+    ``model_name``/``model_version``: the model of a server with several (empty: the only
+    one, its highest loaded version), resolved once and named in every call. A sample whose
+    file cannot be read, decoded or scored gets None in ``pred_field`` and every score field,
+    and is listed in ``Written.failed`` (sample id, reason).
     """
     import fiftyone as fo  # the fiftyone extra: imported only here
 
-    info = client.get_model_info()
+    info = client.get_model_info(model_name, model_version)
     class_names = list(info.class_names)
     temperature = float(info.temperature) or 1.0
     ids = list(samples.values("id"))
@@ -161,7 +181,8 @@ def score_images(
     label_issue, margin_issue = np.full(n, math.nan), np.full(n, math.nan)
     predictions: list[Any] = [None] * n
     predicted: list[str | None] = [None] * n
-    written = Written()
+    written = Written(model_name=info.name, model_version=info.version)
+    not_scored: list[int] = []
     for start in range(0, n, READ_CHUNK):
         stop = min(start + READ_CHUNK, n)
         images, unread = [], {}
@@ -173,7 +194,7 @@ def score_images(
                 unread[i] = f"read: {exc}"
         result = client.score_images(
             images, [label_idx[i] if label_idx[i] >= 0 else None for i in range(start, stop)],
-            include_logits=True)
+            include_logits=True, model_name=info.name, model_version=info.version)
         failed = {start + e.index: f"{e.reason}: {e.message}" for e in result.errors}
         failed.update(unread)
         assert result.logits is not None
@@ -184,6 +205,7 @@ def score_images(
             i = start + j
             if i in failed:
                 written.failed.append((ids[i], failed[i]))
+                not_scored.append(i)
                 continue
             label = class_names[int(result.predicted_class[j])]
             predicted[i] = label
@@ -200,7 +222,7 @@ def score_images(
     written.fields.append(pred_field)
     certainty = np.exp(-hardness) if use_logits else certainty_conf
     return _write(samples, names, hardness, certainty, predicted, given, label_issue,
-                  margin_issue, written)
+                  margin_issue, written, not_scored)
 
 
 def score_logits(

@@ -56,6 +56,11 @@ def add_label_studio_command(
                    help="score each prediction carries: hardness (default; sort descending "
                         "for hardest first), hardness_normalized, margin or confidence "
                         "(ascending for hardest first)")
+    p.add_argument("--model", default="", help="model of a server with several (model "
+                   "repository); default: the only one loaded")
+    p.add_argument("--model-version", default="", help="version of --model, named in every "
+                   "call; default: the highest loaded, followed through swaps (each "
+                   "prediction's model version names the version that computed it)")
     p.add_argument("--no-qa", action="store_true",
                    help="no label-QA prediction (model version <version>-label-qa) on "
                         "annotated tasks")
@@ -96,6 +101,7 @@ def add_label_studio_command(
                 fetch_timeout=args.fetch_timeout, predict_deadline=args.predict_deadline,
                 basic_auth_user=args.basic_auth_user,
                 basic_auth_password=os.environ.get(server.BASIC_AUTH_PASSWORD_ENV) or None,
+                model_name=args.model, model_version=args.model_version,
             )
         except ValueError as exc:
             raise SystemExit(f"hardscore label-studio: {exc}") from None

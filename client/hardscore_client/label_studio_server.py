@@ -17,6 +17,13 @@ at once, and all of a request within ``predict_deadline`` seconds.
 With ``basic_auth_user`` and ``basic_auth_password`` set, every route but the liveness ones
 (``/``, ``/health``) asks for HTTP basic auth: the credentials Label Studio sends when the
 backend is connected with "Basic auth" (its ``auth_method`` ``BASIC_AUTH``).
+
+``model_name`` and ``model_version`` pick a model of a server with several (a model
+repository). The name is resolved once at start-up (empty: the only model loaded). A version
+given is named in every call; without one the backend follows the server's highest loaded
+version through swaps, and each prediction's ``model_version``
+(``hardscore-<model>-v<version>-<score>``) names the version that computed it, from the
+server's reply.
 """
 
 from __future__ import annotations
@@ -81,6 +88,8 @@ class BackendSettings:
     max_request_bytes: int = 64 * 1024 * 1024
     basic_auth_user: str | None = None
     basic_auth_password: str | None = field(default=None, repr=False)
+    model_name: str = ""
+    model_version: str = ""
 
     def __post_init__(self) -> None:
         if bool(self.basic_auth_user) != bool(self.basic_auth_password):
@@ -140,6 +149,10 @@ class Backend:
         self.client = client
         self.class_names: list[str] = []
         self.model_version = ""
+        """The Label Studio model version of the latest predictions (start: the version the
+        server resolved then): hardscore-<model>-v<version>-<score>."""
+        self.model_name = ""
+        self.served_version = ""
         self._hostname: str | None = None
         self._auth = _LabelStudioAuth(settings.api_key)
         self._session: aiohttp.ClientSession | None = None
@@ -148,11 +161,19 @@ class Backend:
 
     async def start(self) -> None:
         """Reads the served model (class names, name, version) and opens the HTTP session."""
-        info = await self.client.get_model_info()
+        info = await self.client.get_model_info(self.settings.model_name,
+                                                self.settings.model_version)
         self.class_names = list(info.class_names)
-        self.model_version = f"hardscore-{info.name}-v{info.version}-{self.settings.score}"
+        self.model_name, self.served_version = info.name, info.version
+        self.model_version = self.tag(info.name, info.version)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.fetch_timeout))
+
+    def tag(self, name: str, version: str) -> str:
+        """The Label Studio model version of predictions computed by model ``name`` at
+        ``version`` (a server that does not tag its replies: the one resolved at start)."""
+        return (f"hardscore-{name or self.model_name}-v{version or self.served_version}-"
+                f"{self.settings.score}")
 
     async def stop(self) -> None:
         for task in list(self._background):
@@ -266,15 +287,21 @@ class Backend:
                 [images[i - start] for i in ok],  # type: ignore[misc]
                 [labels[i] for i in ok] if self.settings.qa else None,
                 ids=[str(tasks[i].get("id", "")) for i in ok],
+                model_name=self.model_name, model_version=self.settings.model_version,
             )
             for error in result.errors:
                 log.warning("task %s not scored: %s: %s", tasks[ok[error.index]].get("id"),
                             error.reason, error.message)
             score_s += time.monotonic() - t1
             scored += len(ok)
+            names, versions = result.row_models()  # the version that computed each row
             for row, i in enumerate(ok):
-                out[i] = task_predictions(result, row, control, self.model_version,
+                out[i] = task_predictions(result, row, control,
+                                          self.tag(names[row], versions[row]),
                                           self.settings.score, self.settings.qa)
+            if result.computed_by:  # a swap on the server: its classes are the reply's
+                self.model_version = self.tag(names[-1], versions[-1])
+                self.class_names = result.class_names or self.class_names
         log.info("predict: %d tasks, %d images scored, fetching %.2f s, scoring %.2f s",
                  len(tasks), scored, fetch_s, score_s)
         return out

@@ -24,6 +24,21 @@ class SampleError:
     message: str
 
 
+@dataclass(frozen=True)
+class ModelRun:
+    """Rows ``first_row`` onwards (up to the next run's ``first_row``) were computed by model
+    ``name``, version ``version``, as the server's replies name them."""
+
+    first_row: int
+    name: str
+    version: str
+
+
+class MixedVersions(ValueError):
+    """The rows of one result were computed by more than one model version (a version swap
+    during a chunked call): ``ScoreResult.computed_by`` says which rows each computed."""
+
+
 @dataclass
 class ScoreResult:
     """Scores of N rows, one numpy array per score (attribute named like the score).
@@ -32,6 +47,13 @@ class ScoreResult:
     NaN on rows without a label. For images, failed samples have ``predicted_class`` -1, NaN
     scores and an entry in ``errors``. ``embeddings`` float32 [N, D] (the model's penultimate
     pooled features; NaN rows for failed samples) only when asked for, else None.
+
+    For images, ``computed_by`` says which model version computed which rows, from the tags of
+    the server's replies: one ModelRun per stretch of rows (a chunked call whose chunks were
+    computed by different versions, during a swap, has several). ``model_name`` and
+    ``model_version`` name the one model version (MixedVersions when there were several);
+    ``row_models()`` gives each row's. Empty for logits (no model runs) and for servers that do
+    not tag their replies.
     """
 
     predicted_class: npt.NDArray[np.int32]
@@ -50,9 +72,43 @@ class ScoreResult:
     ids: list[str] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     errors: list[SampleError] = field(default_factory=list)
+    computed_by: list[ModelRun] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.predicted_class)
+
+    @property
+    def model_name(self) -> str:
+        """The model that computed every row ("" when untagged); MixedVersions if several."""
+        return self._one_run().name
+
+    @property
+    def model_version(self) -> str:
+        """The version that computed every row ("" when untagged); MixedVersions if several."""
+        return self._one_run().version
+
+    def _one_run(self) -> ModelRun:
+        if not self.computed_by:
+            return ModelRun(0, "", "")
+        if len(self.computed_by) > 1:
+            stretches = "; ".join(
+                f"rows {run.first_row}-{end - 1} by {run.name} version {run.version}"
+                for run, end in zip(self.computed_by,
+                                    [r.first_row for r in self.computed_by[1:]] + [len(self)],
+                                    strict=True))
+            raise MixedVersions(f"these rows were computed by several model versions (a swap "
+                                f"during the call): {stretches}; see computed_by or "
+                                "row_models()")
+        return self.computed_by[0]
+
+    def row_models(self) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.object_]]:
+        """(model name, model version) of each row, as text arrays ("" where untagged)."""
+        names = np.full(len(self), "", dtype=object)
+        versions = np.full(len(self), "", dtype=object)
+        for run in self.computed_by:
+            names[run.first_row:] = run.name
+            versions[run.first_row:] = run.version
+        return names, versions
 
     def columns(self) -> dict[str, npt.NDArray[np.generic]]:
         """The 1-D score arrays that are present, by name (for tables and files)."""
@@ -77,6 +133,8 @@ class ScoreResult:
                 merged[f.name] = next((v for v in values if v), [])
             elif f.name == "ids":
                 merged[f.name] = [i for v in values for i in v]
+            elif f.name == "computed_by":
+                merged[f.name] = _join_runs(parts)
             elif f.name == "errors":
                 offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
                 merged[f.name] = [
@@ -90,8 +148,29 @@ class ScoreResult:
         return ScoreResult(**merged)  # type: ignore[arg-type]
 
 
-def decode_scores(msg: pb.Scores, errors: Sequence[pb.SampleError] = ()) -> ScoreResult:
-    """ScoreResult from a wire Scores message (arrays are views on the message's bytes)."""
+def _join_runs(parts: Sequence[ScoreResult]) -> list[ModelRun]:
+    """The model runs of consecutive results as one list: offsets added, runs of no rows
+    dropped (unless every part is empty), neighbours with the same model version joined."""
+    runs: list[ModelRun] = []
+    offset = 0
+    total = sum(len(p) for p in parts)
+    for part in parts:
+        own = part.computed_by or [ModelRun(0, "", "")]  # an untagged reply: rows of no name
+        ends = [r.first_row for r in own[1:]] + [len(part)]
+        for run, end in zip(own, ends, strict=True):
+            if end <= run.first_row and total:
+                continue
+            if runs and (runs[-1].name, runs[-1].version) == (run.name, run.version):
+                continue
+            runs.append(ModelRun(run.first_row + offset, run.name, run.version))
+        offset += len(part)
+    return [] if all(not r.name and not r.version for r in runs) else runs
+
+
+def decode_scores(msg: pb.Scores, errors: Sequence[pb.SampleError] = (),
+                  model_name: str = "", model_version: str = "") -> ScoreResult:
+    """ScoreResult from a wire Scores message (arrays are views on the message's bytes);
+    ``model_name``/``model_version``: the reply's tags (the version that computed it)."""
     arrays: dict[str, npt.NDArray[np.generic] | None] = {}
     for name in (*SCORE_NAMES, "probabilities", "logits", "embeddings"):
         arrays[name] = from_tensor(getattr(msg, name), name) if msg.HasField(name) else None
@@ -106,6 +185,8 @@ def decode_scores(msg: pb.Scores, errors: Sequence[pb.SampleError] = ()) -> Scor
         ids=list(msg.ids),
         class_names=list(msg.class_names),
         errors=[SampleError(int(e.index), e.reason, e.message) for e in errors],
+        computed_by=[ModelRun(0, model_name, model_version)]
+        if model_name or model_version else [],
     )
 
 

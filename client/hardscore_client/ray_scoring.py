@@ -16,9 +16,11 @@ a batch of images through the servers, returning the columns of a score-dir tabl
 A batch holds ``uri`` (a local path, file:// or an fsspec URI, read in the actor: sources) or
 ``bytes`` (the image's bytes, e.g. from ``ray.data.read_binary_files``, with ``path`` or ``uri``
 naming it), and optionally ``label`` and ``split``. Each row comes back with ``path``, ``label``,
-``split``, ``sha256``, ``prediction``, ``error``, ``error_message``, every score and the
-``p_<class>`` columns (``embedding`` too when asked for); an image that fails is a row with its
-reason, as in score-dir.
+``split``, ``sha256``, ``prediction``, ``model``, ``model_version``, ``error``,
+``error_message``, every score and the ``p_<class>`` columns (``embedding`` too when asked
+for); an image that fails is a row with its reason, as in score-dir. ``model_name`` and
+``model_version`` pick a model of a server with several; each actor names the version it
+resolved in every call (score_ray resolves it once, in the driver, for every actor).
 
 ``score_ray`` (``hardscore score-ray``) runs the whole job: the manifest's images not yet in the
 output folder's Parquet files (the same rule as score-dir: rows that failed for a reason that can
@@ -53,7 +55,7 @@ from hardscore_client.dataset import (
     retried,
     table_columns,
 )
-from hardscore_client.errors import MissingExtraError
+from hardscore_client.errors import InputError, MissingExtraError
 from hardscore_client.tables import Columns, save_table
 
 RAY_HINT = "pip install 'hardscore[ray]'"
@@ -91,14 +93,16 @@ class ScoreBatch:
     def __init__(self, servers: Sequence[str] | str, *, timeout: float | None = 300.0,
                  embeddings: bool = False, token: str | None = None,
                  tls: TLSConfig | None = None,
-                 connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+                 model_name: str = "", model_version: str = "") -> None:
         targets = [servers] if isinstance(servers, str) else list(servers)
         if not targets:
             raise ValueError("at least one server is needed")
         self.clients = [ScoringClient(t, timeout=timeout, token=token, tls=tls,
                                       connect_timeout=connect_timeout,
                                       wait_for_ready=len(targets) == 1) for t in targets]
-        info = self.clients[0].get_model_info()
+        info = self.clients[0].get_model_info(model_name, model_version)
+        self.model_name, self.model_version = info.name, info.version  # named in every call
         self.class_names = list(info.class_names)
         self.embedding_dim = int(info.embedding_dim)
         self.embeddings = embeddings
@@ -113,7 +117,8 @@ class ScoreBatch:
                 return client.score_images(
                     blobs, [it.label or None for it in items], ids=[it.path for it in items],
                     include_probabilities=True, include_embeddings=self.embeddings,
-                    chunk_size=len(blobs))
+                    chunk_size=len(blobs), model_name=self.model_name,
+                    model_version=self.model_version)
             except grpc.RpcError as e:
                 if e.code() not in SENT_AGAIN or attempt == ATTEMPTS - 1:  # type: ignore[attr-defined]
                     raise
@@ -188,15 +193,51 @@ def _saved(files: Sequence[Path]) -> dict[str, str]:
     return done
 
 
+def _saved_models(files: Sequence[Path]) -> set[tuple[str, str]]:
+    """The (model, model_version) pairs of the scored rows of Parquet ``files`` (files written
+    before those columns existed name none)."""
+    import pyarrow.parquet as pq
+
+    named: set[tuple[str, str]] = set()
+    for f in files:
+        if not {"model", "model_version"} <= set(pq.read_schema(f).names):
+            continue
+        t = pq.read_table(f, columns=["model", "model_version", "error"])
+        named.update((m or "", v or "") for m, v, e in zip(
+            t["model"].to_pylist(), t["model_version"].to_pylist(), t["error"].to_pylist(),
+            strict=True) if not e and (m or v))
+    return named
+
+
+def _resolve_model(servers: Sequence[str], out: Path, files: Sequence[Path],
+                   model_name: str, model_version: str, token: str | None,
+                   tls: TLSConfig | None, timeout: float | None) -> tuple[str, str]:
+    """The model version the run scores with, asked of the first server; InputError when the
+    folder's scored rows name another (one folder holds one model version, as score-dir)."""
+    with ScoringClient(servers[0], timeout=timeout, token=token, tls=tls) as client:
+        info = client.get_model_info(model_name, model_version)
+    others = _saved_models(files) - {(info.name, info.version)}
+    if others:
+        theirs = ", ".join(f"{m} version {v}" for m, v in sorted(others))
+        raise InputError(
+            f"{out} holds scores of {theirs}; this run scores with {info.name} version "
+            f"{info.version}. One folder holds one model version: pass --model/--model-version "
+            "of the folder's to resume it, or write to a new folder")
+    return info.name, info.version
+
+
 def score_ray(items: Sequence[Item], servers: Sequence[str], out: Path, *,
               address: str | None = None, actors: int = ACTORS, batch_size: int = BATCH_SIZE,
               embeddings: bool = False, timeout: float | None = 300.0,
               token: str | None = None, tls: TLSConfig | None = None,
               table: Path | None = None,
-              progress: bool = True) -> RaySummary:
+              progress: bool = True, model_name: str = "",
+              model_version: str = "") -> RaySummary:
     """Scores ``items`` through ``servers`` on a Ray cluster into Parquet files in the folder
     ``out`` (see the module docstring); ``table`` also merges the folder into one score-dir
-    table. ``address``: the cluster (default: RAY_ADDRESS, else a local one)."""
+    table. ``address``: the cluster (default: RAY_ADDRESS, else a local one). ``model_name``
+    and ``model_version`` (empty: the only model, its highest loaded version) are resolved
+    once by the first server, and every actor names that version in every call."""
     ray = _ray()
     started = time.perf_counter()
     summary = RaySummary(out=out, found=len(items))
@@ -213,6 +254,8 @@ def score_ray(items: Sequence[Item], servers: Sequence[str], out: Path, *,
             seen.add(item.path)
             todo.append(item)
     if todo:
+        model_name, model_version = _resolve_model(servers, out, sorted(before), model_name,
+                                                   model_version, token, tls, timeout)
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
@@ -222,7 +265,9 @@ def score_ray(items: Sequence[Item], servers: Sequence[str], out: Path, *,
         scored = ds.map_batches(
             ScoreBatch, fn_constructor_kwargs={"servers": list(servers),
                                                "embeddings": embeddings, "timeout": timeout,
-                                               "token": token, "tls": tls},
+                                               "token": token, "tls": tls,
+                                               "model_name": model_name,
+                                               "model_version": model_version},
             compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
             batch_format="numpy")
         scored.write_parquet(str(out))

@@ -126,8 +126,8 @@ def save_table(path: Path, columns: Columns) -> None:
         if tmp.exists():
             tmp.unlink()
 
-TEXT_COLUMNS = ("id", "path", "label", "split", "sha256", "prediction", "error",
-                "error_message")
+TEXT_COLUMNS = ("id", "path", "label", "split", "sha256", "prediction", "model",
+                "model_version", "error", "error_message")
 """Columns read back as text even when every value looks like a number (class names "0".."9")."""
 
 INT_COLUMNS = ("row", "predicted_class", "given_label")

@@ -123,7 +123,7 @@ def cmd_score_dir(
             items, args.server or [DEFAULT_SERVER], out, batch_size=args.batch_size,
             concurrency=args.concurrency, checkpoint_s=args.checkpoint_s,
             progress=not args.no_progress, failures=failures, embeddings=args.embeddings,
-            **options,
+            model_name=args.model, model_version=args.model_version, **options,
         )
     except KeyboardInterrupt:  # score_items saved what it had scored before it stopped
         print(f"interrupted: saved {_saved_rows(out)} rows to {out}, run the same command "
@@ -134,7 +134,8 @@ def cmd_score_dir(
     failed = len(summary.failures) + summary.already_failed
     retried = f", {summary.retries} batches sent again" if summary.retries else ""
     print(f"scored {summary.scored} images in {summary.seconds:.1f} s ({rate:.0f} img/s; "
-          f"{spread}{retried}); {summary.already_scored + summary.already_failed} already in "
+          f"{summary.model_name} version {summary.model_version}; {spread}{retried}); "
+          f"{summary.already_scored + summary.already_failed} already in "
           f"{out}; {failed} failed (rows with their reason in 'error')", file=sys.stderr)
     if not failed:
         return 0
@@ -163,7 +164,8 @@ def cmd_score_ray(
                         timeout=args.timeout, token=options.get("token"),
                         tls=options.get("tls"),
                         table=Path(args.table) if args.table else None,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, model_name=args.model,
+                        model_version=args.model_version)
     failed = sum(summary.failed.values()) + summary.already_failed
     rate = summary.scored / summary.seconds if summary.seconds else 0.0
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.failed.items()))
@@ -324,6 +326,14 @@ def _ranking_options(p: argparse.ArgumentParser) -> None:
                    help="correct the probabilities for class imbalance before ranking")
 
 
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="", help="model of a server with several (model "
+                   "repository); default: the only one loaded")
+    p.add_argument("--model-version", default="", help="version of --model; default: its "
+                   "highest loaded version when the run starts (every call then names it, so "
+                   "a swap cannot mix versions in the table)")
+
+
 def add_workflow_commands(
     sub: Any, with_server: Callable[..., argparse.ArgumentParser],
     client_options: Callable[[argparse.Namespace], dict[str, Any]],
@@ -352,6 +362,7 @@ def add_workflow_commands(
     p.add_argument("--embeddings", action="store_true",
                    help="keep each image's embedding (the model's pooled features) in the "
                    "folder OUT.embeddings beside the table, for `hardscore verdicts`")
+    _model_flags(p)
     with_server(p, timeout=SCORE_DIR_TIMEOUT, several=True)
     p.set_defaults(func=functools.partial(cmd_score_dir, client_options=client_options))
 
@@ -370,6 +381,7 @@ def add_workflow_commands(
     p.add_argument("--batch-size", type=positive, default=BATCH_SIZE, help="images per call")
     p.add_argument("--embeddings", action="store_true", help="an 'embedding' column")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _model_flags(p)
     with_server(p, timeout=SCORE_DIR_TIMEOUT, several=True)
     p.set_defaults(func=functools.partial(cmd_score_ray, client_options=client_options))
 

@@ -113,6 +113,23 @@ def main() -> int:
             "margin_issue_score": images.values("margin_issue_score"),
             "predicted": images.values("hardscore.label"),
         }
+        if spec.get("repository"):  # a model version of a server with several, named
+            repo = spec["repository"]
+            named_fields = Fields(hardness="hardness_named", mistakenness="mistakenness_named",
+                                  label_issue="label_issue_named",
+                                  margin_issue="margin_issue_named")
+            with ScoringClient(repo["server"], timeout=120) as repo_client:
+                named = score_images(images, repo_client, pred_field="hardscore_named",
+                                     names=named_fields, model_name=repo["model"],
+                                     model_version=repo["version"])
+            report["named"] = {
+                "model_name": named.model_name, "model_version": named.model_version,
+                "scored": named.scored, "failed": [reason for _, reason in named.failed],
+                "hardness": images.values("hardness_named"),
+                "mistakenness": images.values("mistakenness_named"),
+                "label_issue_score": images.values("label_issue_named"),
+                "predicted": images.values("hardscore_named.label"),
+            }
 
         # 2. Logits stored on the samples (no images needed).
         rng = np.random.default_rng(spec["seed"])

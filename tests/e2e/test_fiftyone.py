@@ -4,7 +4,10 @@ the fields with hardscore_client.fiftyone_fields against a hardscore server star
 runs FiftyOne Brain's compute_hardness / compute_mistakenness on the same samples. Every written
 value must equal FiftyOne's to 1e-12, and the label-issue scores the server's own. The
 collection-verdict fields (variant "fiftyone") must equal what Brain's compute_uniqueness,
-compute_representativeness, compute_near_duplicates and compute_leaky_splits write to 1e-9."""
+compute_representativeness, compute_near_duplicates and compute_leaky_splits write to 1e-9.
+An image that fails gets None in every field (Brain's mistakenness would say 1.0 for a sample
+with a ground truth and no prediction), and a model version of a server with several is scored
+when named (issue 22)."""
 
 from __future__ import annotations
 
@@ -12,13 +15,18 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_repository_clients import write_version
 
+from hardscore_client import ScoringClient
 from hardscore_server.pipeline.preprocess import encode_png
 from hardscore_server.tools.digits import heldout_split
+
+from server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 FIFTYONE_PYTHON = ROOT / ".venv-fiftyone" / "bin" / "python"
@@ -41,7 +49,17 @@ def mongod_pids(db_dir: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def report(image_server, tmp_path_factory) -> dict:
+def repo_server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """A model repository: digits versions 1 and 2 (their temperatures differ), both serving."""
+    repo = tmp_path_factory.mktemp("repo")
+    write_version(repo, "digits", 1)
+    write_version(repo, "digits", 2)
+    with ServerProcess("--model-repository", str(repo), "--version-policy", "all").start() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def report(image_server, repo_server, tmp_path_factory) -> dict:
     if not FIFTYONE_PYTHON.exists():
         pytest.fail("the FiftyOne venv is missing: make fiftyone-venv (make test makes it)")
     work = tmp_path_factory.mktemp("fiftyone")
@@ -60,7 +78,8 @@ def report(image_server, tmp_path_factory) -> dict:
     (work / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     samples.append({"path": str(work / "broken.png"), "label": "7"})  # no prediction
     spec = {"server": image_server.target, "images": samples, "seed": 1, "classes": 5,
-            "logits_rows": 300, "collection": True}
+            "logits_rows": 300, "collection": True,
+            "repository": {"server": repo_server.target, "model": "digits", "version": "1"}}
     (work / "spec.json").write_text(json.dumps(spec))
     db_dir = work / "db"
     env = {**os.environ, "HOME": str(work), "FIFTYONE_DATABASE_DIR": str(db_dir),
@@ -89,7 +108,9 @@ def report(image_server, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("name", ["hardness", "mistakenness", "mistakenness_logits"])
 def test_written_fields_equal_fiftyone_brains_own(report, source, name):
     diff = report[source][name]
-    assert diff["none_mismatch"] == 0, diff
+    # the broken file: None here; Brain's mistakenness says 1.0 (a ground truth, no prediction)
+    failed = 1 if source == "images" and name != "hardness" else 0
+    assert diff["none_mismatch"] == failed, diff
     assert diff["compared"] > 0 and diff["max_abs_diff"] <= TOLERANCE, diff
 
 
@@ -100,7 +121,7 @@ def test_images_scored_fields_and_edge_cases(report, image_client):
     assert images["fields"] == ["hardscore", "hardness", "mistakenness", "label_issue_score",
                                 "margin_issue_score"]
     assert images["hardness"]["nones"] == 1  # the broken file
-    assert images["mistakenness"]["nones"] == 0  # no prediction but a label: 1.0 (FiftyOne)
+    assert images["mistakenness"]["nones"] == 1  # the failed image: no score field at all
     samples = report["samples"]
     # The label-issue scores are the server's, where the label is a class of the model.
     paths = [s["path"] for s in samples[:-1]]
@@ -135,3 +156,22 @@ def test_collection_fields_equal_brains_own(report):
     assert got["dup_type_equal"] and got["dup_id_equal"] and got["duplicates"] >= 3
     assert got["planted"] == ["duplicate"] * 3  # the planted copies
     assert got["leaks"] == got["fo_leaks"] and got["leaks"]
+
+
+def test_a_named_model_version_writes_its_scores(report, repo_server):
+    """score_images(..., model_name=, model_version=) on a server with two versions: the fields
+    are version 1's (not the highest), the failed image has None in every one."""
+    named = report["named"]
+    assert (named["model_name"], named["model_version"]) == ("digits", "1")
+    assert named["scored"] == 60 and named["failed"][0].startswith("decode")
+    paths = [s["path"] for s in report["samples"][:-1]]
+    with ScoringClient(repo_server.target) as client:
+        v1 = client.score_images([Path(p).read_bytes() for p in paths], model_name="digits",
+                                 model_version="1")
+        v2 = client.score_images([Path(p).read_bytes() for p in paths], model_name="digits",
+                                 model_version="2")
+    np.testing.assert_allclose(named["hardness"][:-1], v1.hardness, rtol=0, atol=TOLERANCE)
+    assert np.abs(v1.hardness - v2.hardness).max() > 1e-3
+    assert named["predicted"][:-1] == [str(c) for c in v1.predicted_class]
+    for field in ("hardness", "mistakenness", "label_issue_score", "predicted"):
+        assert named[field][-1] is None, field

@@ -104,8 +104,9 @@ def test_no_server_answering(tmp_path: Path) -> None:
 
 def test_an_output_table_of_other_columns(tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    async def classes(clients: object, wait_s: float, embeddings: bool = False) -> list[str]:
-        return ["0", "1"]
+    async def classes(clients: object, wait_s: float, embeddings: bool = False,
+                      model_name: str = "", model_version: str = "") -> dataset.ServedModel:
+        return dataset.ServedModel("m", "1", ["0", "1"])
 
     monkeypatch.setattr(dataset, "_model_classes", classes)
     out = tmp_path / "old.csv"
