@@ -1,6 +1,8 @@
 """Images/s of the data-set workflow, each as a share of the same server's capacity measured in
 the same run: score-dir from a local folder, score-dir from a manifest in S3 (moto on
-127.0.0.1), and score-ray on a local Ray cluster (the ray extra).
+127.0.0.1), score-ray on a local Ray cluster (the ray extra), and the same Ray run scoring in
+process (hardscore-ray-score: the model inside the actors, no server; its ratio compares it with
+the service's capacity).
 
 Capacity: callers sending ScoreImages requests of ``--batch-size`` PNGs (the images of the
 run) back to back for ``--duration`` seconds at the workflow's concurrency, taken before and
@@ -138,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of each capacity window (4; quick 1)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--paths", default="local,s3,ray",
-                        help="which of local, s3, ray to run (comma list)")
+    parser.add_argument("--paths", default="local,s3,ray,ray-in-process",
+                        help="which of local, s3, ray, ray-in-process to run (comma list)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     count = args.images or (256 if args.quick else 2160)
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     work = items
                 ray_init_s = 0.0
-                if name == "ray":  # the environment first: Ray reads it when imported
+                if name.startswith("ray"):  # the environment first: Ray reads it on import
                     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
                     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                     if "RAY_AUTH_TOKEN_PATH" not in os.environ:  # not one left in ~/.ray
@@ -186,6 +188,16 @@ def main(argv: list[str] | None = None) -> int:
                         done = score_ray(work, [srv.target], out, actors=args.concurrency,
                                          batch_size=args.batch_size, progress=False)
                         scored = done.scored
+                    elif name == "ray-in-process":  # 2 actors of 1 CPU: Ray's 2 CPUs
+                        from hardscore_server.tools.ray_scorer import run as run_in_process
+
+                        manifest = folder / "manifest.csv"
+                        manifest.write_text("uri,label\n" + "".join(
+                            f"{it.path},{it.label}\n" for it in work))
+                        counts = run_in_process(str(manifest), out, actors=2, threads=1,
+                                                batch_size=args.batch_size,
+                                                execution_provider="cpu", progress=False)
+                        scored = counts.get("", 0)
                     else:
                         scored = score_items(work, [srv.target], out.with_suffix(".parquet"),
                                              batch_size=args.batch_size,
@@ -200,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                     rates.append(rate)
                     caps.append(cap)
                     ratios.append(rate / cap)
-                note = f"ray.init {ray_init_s:.1f} s, not counted" if name == "ray" else ""
+                note = (f"ray.init {ray_init_s:.1f} s, not counted" if name.startswith("ray")
+                        else "")
                 rows.append([name, str(count), str(rounds), f"{statistics.median(rates):.0f}",
                              f"{statistics.median(caps):.0f}",
                              f"{statistics.median(ratios):.3f}", note])

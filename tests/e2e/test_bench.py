@@ -162,12 +162,13 @@ def test_model_repository_bench_swaps_without_a_failed_call():
 
 
 def test_workflow_bench_measures_every_path_against_capacity():
-    """bench/workflow_throughput.py --quick: local folder, S3 (moto on 127.0.0.1) and Ray, each
-    with a ratio to the capacity measured in the same run."""
+    """bench/workflow_throughput.py --quick: local folder, S3 (moto on 127.0.0.1), Ray through
+    the server and Ray in process, each with a ratio to the capacity measured in the same
+    run."""
     pytest.importorskip("ray")
     stdout = run_bench("workflow_throughput.py", "--quick", "--images", "96", "--markdown")
     rows = {r["path"]: r for r in markdown_rows(stdout, "path")}
-    assert set(rows) == {"local", "s3", "ray"}
+    assert set(rows) == {"local", "s3", "ray", "ray-in-process"}
     for row in rows.values():
         assert row["images"] == "96"
         assert float(row["capacity img/s (median)"]) > 0

@@ -71,6 +71,7 @@ def helps() -> dict[str, str]:
         out[f"hardscore {sub}"] = help_of("hardscore_client.cli", sub)
     out["hardscore-server"] = help_of("hardscore_server.main")
     out["hardscore-export"] = help_of("hardscore_server.tools.export")
+    out["hardscore-ray-score"] = help_of("hardscore_server.tools.ray_scorer")
     out["health_probe"] = help_of("hardscore_server.tools.health_probe")
     script = subprocess.run([sys.executable, str(REPO / "server" / "train_default_model.py"),
                              "--help"], capture_output=True, text=True, timeout=60)
@@ -93,7 +94,8 @@ def code_lines(text: str) -> list[str]:
 
 
 INVOCATION = re.compile(
-    r"(?<![\w/.-])(hardscore-server|hardscore-export|hardscore_server\.tools\.health_probe"
+    r"(?<![\w/.-])(hardscore-server|hardscore-export|hardscore-ray-score"
+    r"|hardscore_server\.tools\.health_probe"
     r"|hardscore(?= [a-z]))((?: +(?![|;#)]|&&)\S+)*)")
 
 

@@ -198,3 +198,47 @@ def test_score_ray_equals_score_dir_on_a_loopback_cluster(cluster, images, image
     assert again.returncode == 4, again.stderr[-2000:]  # the kept decode failure
     assert again.stderr.strip().splitlines()[-1].endswith(
         f"; {IMAGES + 1} already in {out}; 1 failed")
+
+
+def test_in_process_scores_equal_the_services_on_a_loopback_cluster(cluster, images,
+                                                                   image_server, tmp_path):
+    """``hardscore-ray-score`` (the model inside Ray's actors, no server) on the same cluster:
+    the scores of a score-dir run through a server of the same model directory; the broken
+    file a ``decode`` row."""
+    address, temp_dir = cluster
+    manifest = tmp_path / "m.parquet"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    pq.write_table(pa.table({"uri": [it.path for it in images] + ["broken.png"],
+                             "label": [it.label for it in images] + ["3"]}), manifest)
+    out = tmp_path / "in-process"
+    command = [sys.executable, "-m", "hardscore_server.tools.ray_scorer", "--manifest",
+               str(manifest), "--out", str(out), "--actors", "2", "--batch-size", "8",
+               "--execution-provider", "cpu", "--no-progress"]
+    env = {**os.environ, **ENV, "RAY_ADDRESS": address}
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=200)
+    assert run.returncode == 4, run.stderr[-3000:]  # broken.png: a row with its reason
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"scored {IMAGES} images in ") and last.endswith(
+        f"into {out}; 1 failed (decode 1)"), last
+    wide = [(a, p, _cmdline(pid)[:80]) for a, p, pid in listeners()
+            if pid in _cluster_pids(temp_dir) and a not in LOOPBACK]
+    assert not wide, wide
+
+    got = pq.read_table(sorted(out.glob("*.parquet"))).to_pydict()
+    assert len(got["path"]) == IMAGES + 1
+    by_path = {p: i for i, p in enumerate(got["path"])}
+    bad = by_path[str(broken)]  # a relative entry: the manifest's folder's, shown absolute
+    assert (got["error"][bad], got["predicted_class"][bad]) == ("decode", -1)
+
+    local = tmp_path / "local.parquet"
+    assert score_items(images, [image_server.target], local, progress=False).scored == IMAGES
+    ref = read_table(local)
+    rows = [by_path[p] for p in ref["path"].tolist()]
+    for name in [n for n in ("label", "sha256", "prediction", "model", "model_version",
+                             "predicted_class", "given_label", "error") if n in ref]:
+        assert [got[name][r] for r in rows] == ref[name].tolist(), name
+    for name in [n for n in SCORE_NAMES if n not in ("predicted_class", "given_label")] + [
+            c for c in ref if c.startswith("p_")]:
+        np.testing.assert_allclose([got[name][r] for r in rows], ref[name].astype(float),
+                                   rtol=1e-6, atol=1e-7, err_msg=name)

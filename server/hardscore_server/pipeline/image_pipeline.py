@@ -48,7 +48,7 @@ from hardscore_server.pipeline.scores import (
 Float32Array = npt.NDArray[np.float32]
 
 __all__ = ["Image", "ImageBatch", "ImagePipeline", "ImageScores", "Label", "SampleFailed",
-           "ServedModel", "expand"]
+           "ServedModel", "expand", "input_spec", "label_indices", "score_rows"]
 
 Label = int | str | None
 """A given label: a class index, a class name, or None for none."""
@@ -149,6 +149,59 @@ def expand(batch: ScoreBatch, rows: npt.NDArray[np.intp], n: int) -> ScoreBatch:
     )
 
 
+def input_spec(manifest: ModelManifest) -> InputSpec:
+    """The preprocessing of a model directory: its input size, normalisation and resize."""
+    m = manifest
+    return InputSpec(
+        channels=m.input_channels, height=m.input_height, width=m.input_width,
+        mean=tuple(m.mean), std=tuple(m.std), resize=m.resize,
+    )
+
+
+def label_indices(
+    labels: Sequence[Label] | npt.NDArray[np.integer] | None, names: Sequence[str], n: int
+) -> tuple[npt.NDArray[np.int64] | None, list[tuple[int, SampleError]]]:
+    """Each of ``n`` labels as an index of ``names`` (NO_LABEL for None), and the labels that
+    are unknown (reason "label"); (None, []) without labels."""
+    if labels is None:
+        return None, []
+    errors: list[tuple[int, SampleError]] = []
+    if isinstance(labels, np.ndarray):  # class indices already, NO_LABEL for none
+        out = labels.astype(np.int64)
+        for row in np.flatnonzero((out < NO_LABEL) | (out >= len(names))):
+            errors.append((int(row), SampleError(
+                "label", f"label_index {out[row]} is out of range 0..{len(names) - 1}")))
+            out[row] = NO_LABEL
+        return out, errors
+    out = np.full(n, NO_LABEL, dtype=np.int64)
+    for i, label in enumerate(labels):
+        if label is None:
+            continue
+        if isinstance(label, str):
+            if label not in names:
+                errors.append((i, SampleError(
+                    "label", f"label_name {label!r} is not one of the model's classes")))
+                continue
+            out[i] = names.index(label)
+        elif 0 <= label < len(names):
+            out[i] = label
+        else:
+            errors.append((i, SampleError(
+                "label", f"label_index {label} is out of range 0..{len(names) - 1}")))
+    return out, errors
+
+
+def score_rows(
+    logits: npt.NDArray[np.float32], labels: npt.NDArray[np.int64] | None, temperature: float
+) -> ScoreBatch:
+    """Every score of the scored rows' ``logits`` and ``labels`` (NO_LABEL = none); rows whose
+    logits are not finite get predicted_class -1 and NaN scores, quietly."""
+    with np.errstate(all="ignore"):
+        scores = score_logits(logits, labels, temperature)
+    return replace(scores, predicted_class=np.where(
+        np.isfinite(scores.confidence), scores.predicted_class, -1))
+
+
 class ImagePipeline:
     """Scores ImageBatches with the served model through one dynamic batcher and one decode
     scheduler; ``close()`` it at the end. Score on one event loop."""
@@ -162,10 +215,7 @@ class ImagePipeline:
         self._config = config
         self._metrics = metrics
         m = self.manifest
-        self.spec = InputSpec(
-            channels=m.input_channels, height=m.input_height, width=m.input_width,
-            mean=tuple(m.mean), std=tuple(m.std), resize=m.resize,
-        )
+        self.spec = input_spec(m)
         self._mean = np.asarray(m.mean, dtype=np.float32)[:, np.newaxis, np.newaxis]
         self._std = np.asarray(m.std, dtype=np.float32)[:, np.newaxis, np.newaxis]
         # a model repository's models share one decode pool and budget (decode_share)
@@ -277,10 +327,7 @@ class ImagePipeline:
             logits = np.zeros((0, m.num_classes), dtype=np.float32)
             if batch.include_embeddings:
                 embeddings = np.zeros((0, self.embedding_dim), dtype=np.float32)
-        with np.errstate(all="ignore"):  # non-finite logits give NaN scores, quietly
-            scores = score_logits(logits, None if labels is None else labels[rows], temperature)
-        scores = replace(scores, predicted_class=np.where(
-            np.isfinite(scores.confidence), scores.predicted_class, -1))
+        scores = score_rows(logits, None if labels is None else labels[rows], temperature)
         self._images_scored.inc(len(rows))
         self._metrics.observe_scores(m.name, scores.hardness, scores.mistakenness)
         if len(rows) != n:
@@ -339,34 +386,7 @@ class ImagePipeline:
     def _label_indices(
         self, labels: Sequence[Label] | npt.NDArray[np.integer] | None, n: int
     ) -> tuple[npt.NDArray[np.int64] | None, list[tuple[int, SampleError]]]:
-        """Each label as a class index (NO_LABEL for None), and the labels that are unknown."""
-        if labels is None:
-            return None, []
-        names = self.manifest.class_names
-        errors: list[tuple[int, SampleError]] = []
-        if isinstance(labels, np.ndarray):  # class indices already, NO_LABEL for none
-            out = labels.astype(np.int64)
-            for row in np.flatnonzero((out < NO_LABEL) | (out >= len(names))):
-                errors.append((int(row), SampleError(
-                    "label", f"label_index {out[row]} is out of range 0..{len(names) - 1}")))
-                out[row] = NO_LABEL
-            return out, errors
-        out = np.full(n, NO_LABEL, dtype=np.int64)
-        for i, label in enumerate(labels):
-            if label is None:
-                continue
-            if isinstance(label, str):
-                if label not in names:
-                    errors.append((i, SampleError(
-                        "label", f"label_name {label!r} is not one of the model's classes")))
-                    continue
-                out[i] = names.index(label)
-            elif 0 <= label < len(names):
-                out[i] = label
-            else:
-                errors.append((i, SampleError(
-                    "label", f"label_index {label} is out of range 0..{len(names) - 1}")))
-        return out, errors
+        return label_indices(labels, self.manifest.class_names, n)
 
     def _normalise(self, pixels: npt.NDArray[np.uint8]) -> Float32Array:
         """uint8 [N, C, H, W] pixels -> (pixel / 255 - mean) / std in float32, as a decoded
