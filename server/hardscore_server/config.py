@@ -175,9 +175,12 @@ class ServerConfig:
     )
     request_budget_bytes: int = field(
         default=256 * 1024 * 1024,
-        metadata={"help": "gRPC request messages in progress at once, every call and stream "
-                  "together (bytes): a message waits for room (first fit), half as much again "
-                  "may wait, beyond that RESOURCE_EXHAUSTED"}
+        metadata={"help": "request bytes in progress at once, every gRPC call and stream and "
+                  "every REST body together (bytes; gRPC messages at 3x their size, REST "
+                  "bodies with their estimated parsing memory): a message waits for room "
+                  "(first fit), half as much again may wait, beyond that RESOURCE_EXHAUSTED; "
+                  "a REST body that could never fit is 413, one that waits past "
+                  "http_body_timeout_s 503"}
     )
     message_read_timeout_s: float = field(
         default=10.0,
@@ -185,13 +188,6 @@ class ServerConfig:
                   "reads it within a read slot (a unary request, a stream's first message; "
                   "RESOURCE_EXHAUSTED beyond), and longest an idle stream keeps room reserved "
                   "for its next message"}
-    )
-    http_body_budget_bytes: int = field(
-        default=512 * 1024 * 1024,
-        metadata={"help": "REST request bodies being read and parsed at once, all requests "
-                  "together: their bytes plus the estimated parsing memory (JSON 10x its size "
-                  "until its content is counted, binary tensor data 1x); a body over it alone "
-                  "gets 413, one that does not fit now waits up to http_body_timeout_s (503)"}
     )
     http_header_timeout_s: float = field(
         default=65.0,
@@ -202,7 +198,7 @@ class ServerConfig:
     http_body_timeout_s: float = field(
         default=30.0,
         metadata={"help": "longest a REST request body may stop arriving (408), and longest a "
-                  "body waits for http_body_budget_bytes (503)"}
+                  "body waits for request_budget_bytes (503)"}
     )
     grace_period_s: float = field(
         default=30.0, metadata={"help": "on SIGTERM, longest wait for accepted calls to finish"}
@@ -281,9 +277,6 @@ class ServerConfig:
             (self.request_budget_bytes >= 16 * 1024 * 1024,
              "request_budget_bytes must be >= 16777216 (16 MiB), got "
              f"{self.request_budget_bytes}"),
-            (self.http_body_budget_bytes >= 16 * 1024 * 1024,
-             "http_body_budget_bytes must be >= 16777216 (16 MiB), got "
-             f"{self.http_body_budget_bytes}"),
             (self.message_read_timeout_s > 0,
              f"message_read_timeout_s must be > 0, got {self.message_read_timeout_s}"),
             (self.http_header_timeout_s > 0,
@@ -444,6 +437,14 @@ def _fields() -> list[tuple[str, Any]]:
     return [(f.name, _TYPES[str(f.type)]) for f in fields(ServerConfig)]
 
 
+REMOVED = {
+    "http_body_budget_bytes": "REST bodies draw on request_budget_bytes now, one budget for "
+    "the request bytes of gRPC and REST together: remove http_body_budget_bytes and size "
+    "request_budget_bytes for both (a REST body over it less 3 MiB is 413, one that waits "
+    "past http_body_timeout_s 503)",
+}
+"""Settings no longer read, and what to do instead: set anywhere, they stop the server."""
+
 ENV_ONLY = frozenset(f.name for f in fields(ServerConfig) if f.metadata.get("env_only"))
 """Settings taken only from the environment (secrets: not in files or on command lines)."""
 
@@ -462,6 +463,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+    for name in REMOVED:  # known, so that using one is told what replaced it
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                            help=argparse.SUPPRESS)
 
 
 def load_config(
@@ -473,12 +477,21 @@ def load_config(
     values: dict[str, Any] = {}
     config_file = flags.get("config") or environ.get(ENV_PREFIX + "CONFIG")
     known = dict(_fields())
+    for name, instead in REMOVED.items():
+        if flags.get(name) is not None:
+            raise ConfigError(f"--{name.replace('_', '-')} was removed: {instead}")
+        if ENV_PREFIX + name.upper() in environ:
+            raise ConfigError(f"environment {ENV_PREFIX}{name.upper()}: {name} was removed: "
+                              f"{instead}")
     if config_file:
         try:
             data = tomllib.loads(Path(config_file).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {config_file}: {exc}") from None
         for key, raw in data.items():
+            if key in REMOVED:
+                raise ConfigError(f"config file {config_file}: {key} was removed: "
+                                  f"{REMOVED[key]}")
             if key not in known:
                 raise ConfigError(f"config file {config_file}: unknown setting {key!r}")
             if key in ENV_ONLY:

@@ -190,7 +190,7 @@ class HardscoreServer:
                 raise OSError(f"cannot bind health port {health_address}")
             await self._health_server.start()
         if core is not None and c.http_port >= 0:  # the same protocol over HTTP/REST
-            self._rest = RestServer(c, self.metrics, core, self.security.tokens)
+            self._rest = RestServer(c, self.metrics, core, self.security.tokens, requests)
             self.http_port = await self._rest.start(c.host, c.http_port)
         await self._server.start()
         if c.metrics_port >= 0:

@@ -381,8 +381,8 @@ def test_streams_cancelled_mid_write_log_no_error_and_are_counted(server):
     """Clients cancel ScoreLogitsStream, ScoreImagesStream and ModelStreamInfer streams at
     random moments while the server writes large replies (a write the core refuses because
     the client has just gone used to be logged by grpc as an ERROR with a traceback). The
-    server log holds no ERROR and no traceback; no hardscore.v1 stream is counted twice or
-    with another code than OK or CANCELLED."""
+    server log holds no ERROR and no traceback; every hardscore.v1 stream is counted exactly
+    once, OK or CANCELLED (or dropped before its handler ran)."""
     rng = random.Random(7)
     rows = np.random.default_rng(0).normal(size=(20000, 10)).astype(np.float32)
     options = pb.ScoringOptions(include_probabilities=True, include_logits=True)
@@ -434,14 +434,28 @@ def test_streams_cancelled_mid_write_log_no_error_and_are_counted(server):
             await asyncio.gather(*(limited(i) for i in range(3 * CANCELLED_STREAMS)))
 
     asyncio.run(main())
-    time.sleep(1.0)  # the server's tasks for the last streams end
-    after = scrape(server.metrics_url)
+
+    def counted_all(samples: dict) -> bool:
+        return all(sum(_codes(before, samples, m).values()) + _delta(
+            before, samples, "hardscore_calls_dropped_total", method=m) >= CANCELLED_STREAMS
+            for m in ("ScoreLogitsStream", "ScoreImagesStream"))
+
+    until = time.monotonic() + 15.0  # the server's tasks for the last streams end (busy CPUs)
+    while not counted_all(after := scrape(server.metrics_url)) and time.monotonic() < until:
+        time.sleep(0.25)
     log = "\n".join(server.lines[log_before:])
     assert "ERROR" not in log and "Traceback" not in log, log[:3000]
     for method in ("ScoreLogitsStream", "ScoreImagesStream"):
         counted = _codes(before, after, method)
         dropped = _delta(before, after, "hardscore_calls_dropped_total", method=method)
-        # not yet exact: a few cancelled streams go uncounted (issue 19, item 7 left)
-        assert sum(counted.values()) + dropped <= CANCELLED_STREAMS, (method, counted, dropped)
+        print(f"\n{method}: {CANCELLED_STREAMS} streams cancelled, counted {counted}, "
+              f"dropped before their handler {dropped:g}, calls in flight "
+              f"{metric(after, 'hardscore_calls_in_flight'):g}")
+        # each exactly once: OK (answered in full before the cancel), CANCELLED, or dropped.
+        # ScoreImagesStream still loses 0 to 2 of 60 in about half the runs (the handler ran
+        # and ended, none in flight, no other code): not found yet (issue 19, item 7 left)
+        least = CANCELLED_STREAMS - (3 if method == "ScoreImagesStream" else 0)
+        total = sum(counted.values()) + dropped
+        assert least <= total <= CANCELLED_STREAMS, (method, counted, dropped)
         assert set(counted) <= {"OK", "CANCELLED"}, (method, counted)
     _still_serves(server)

@@ -1,9 +1,10 @@
 """End to end: the REST port keeps its bounds against hostile clients (docs/security.md, "REST
 bounds"), each test with a server of its own and the settings it needs.
 
-- JSON bodies hold their estimated parsing memory in the body budget before they are read: four
-  61 MB bodies at once stay within the budget, a body that could never fit is refused at once
-  (413), one that waits past the body timeout gets 503, and small requests pass meanwhile.
+- JSON bodies hold their estimated parsing memory in the request budget (shared with gRPC)
+  before they are read: four 61 MB bodies at once stay within the budget, a body that could
+  never fit is refused at once (413), one that waits past the body timeout gets 503, and small
+  requests pass meanwhile.
 - gzip bombs stop inflating at the size limit (413), eight at once.
 - Connections without complete headers close after the header timeout, bodies that stop arriving
   get 408 after the body timeout, a Content-Length over the limit gets 413 before any byte of
@@ -142,17 +143,17 @@ def read_until_closed(sockets: dict[socket.socket, str], timeout: float
 BIG_BUDGET = 1024 * MIB
 
 
-def test_four_61_mb_json_bodies_stay_within_the_body_budget() -> None:
+def test_four_61_mb_json_bodies_stay_within_the_request_budget() -> None:
     """A 61 MB JSON body of short numbers costs ~11x its size to parse: four at once took the
     server from 126 to 2,125 MiB, and a concurrent gRPC call waited 9-13 s. Now each holds its
-    estimated cost in the body budget before its first byte is read; those that do not fit
+    estimated cost in the request budget before its first byte is read; those that do not fit
     wait their turn (here up to 300 s), small requests pass them."""
     images = heldout_split()[2]
     per_image = len(infer_json(images[:8], 1)) / 8
     n = int(61_000_000 / per_image)
     body = infer_json(np.resize(images, (n, 8, 8)), 1)
     assert 60_000_000 < len(body) < 62_000_000
-    with start_server(["--http-body-budget-bytes", str(BIG_BUDGET), "--http-body-timeout-s",
+    with start_server(["--request-budget-bytes", str(BIG_BUDGET), "--http-body-timeout-s",
                        "300", "--max-queue-size", "8192"]) as server:
         grpc_client = tgrpc.InferenceServerClient(server.target)
         tensor = tgrpc.InferInput("images", [1, 3, 32, 32], "FP32")
@@ -195,16 +196,16 @@ def test_four_61_mb_json_bodies_stay_within_the_body_budget() -> None:
 def test_bodies_over_the_budget_are_refused_and_a_busy_budget_answers_503() -> None:
     budget, wait_s = 16 * MIB, 5.0
     images = heldout_split()[2]
-    with start_server(["--http-body-budget-bytes", str(budget),
+    with start_server(["--request-budget-bytes", str(budget),
                        "--http-body-timeout-s", str(wait_s)]) as server:
         before = scrape(server.metrics_url)
         # could never fit, even alone: 413 before any byte of it is read
         big = infer_json(np.resize(images, (120, 8, 8)), 1)  # ~2 MB: 11x is over 16 MiB
         assert error_of(http(server, INFER, big)) == (
             413, f"the request body needs an estimated {mib(read_cost(len(big), None))} of "
-            "memory to be read and parsed, more than this server's REST body budget of 16.0 MiB "
-            "(http_body_budget_bytes); send the tensors as binary data (JSON takes 4 to 20 "
-            "times its size to parse) or in smaller requests")
+            "memory to be read and parsed, more than one request may hold of this server's "
+            "request budget (13.0 MiB of 16.0 MiB, request_budget_bytes); send the tensors as "
+            "binary data (JSON takes 4 to 20 times its size to parse) or in smaller requests")
         # A holds 10.5 MiB (its Content-Length, 11x) and sends its body a byte at a time...
         held = 1_000_000
         a = socket.create_connection(("127.0.0.1", server.http_port))
@@ -230,9 +231,10 @@ def test_bodies_over_the_budget_are_refused_and_a_busy_budget_answers_503() -> N
             assert read_cost(held, None) + read_cost(len(b), None) > budget
             status, message = error_of(http(server, INFER, b))
             assert (status, message) == (
-                503, f"REST body budget busy: {mib(read_cost(held, None))} of 16.0 MiB in use by "
-                f"other requests, this one needs {mib(read_cost(len(b), None))} more and waited "
-                f"{wait_s:g} s (http_body_timeout_s); retry later")
+                503, f"request budget busy: {mib(read_cost(held, None))} of 16.0 MiB in use "
+                f"(request_budget_bytes), this request body needs "
+                f"{mib(read_cost(len(b), None))} more and waited {wait_s:g} s "
+                "(http_body_timeout_s); retry later")
         finally:
             trickling.clear()
             thread.join()

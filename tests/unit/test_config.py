@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -104,3 +105,19 @@ def test_text_lists_from_a_file_take_toml_arrays_and_comma_text(tmp_path):
     file.write_text(mode + "load_model = [1, 2]\n")
     with pytest.raises(ConfigError, match="expected a list of text values"):
         load_config(environ={"HARDSCORE_CONFIG": str(file)})
+
+
+def test_the_removed_http_body_budget_says_what_replaced_it(tmp_path):
+    """http_body_budget_bytes was REST's own budget; REST bodies draw on request_budget_bytes
+    now. Set anywhere, it stops the server saying so (not 'unknown setting', never ignored)."""
+    file = tmp_path / "c.toml"
+    file.write_text("http_body_budget_bytes = 536870912\n")
+    said = "http_body_budget_bytes was removed: REST bodies draw on request_budget_bytes now"
+    with pytest.raises(ConfigError, match=r"^--http-body-budget-bytes was removed: REST"):
+        parse_args(["--http-body-budget-bytes", "536870912"])
+    env = "HARDSCORE_HTTP_BODY_BUDGET_BYTES"
+    with pytest.raises(ConfigError, match=f"^environment {env}: {said}"):
+        load_config(environ={env: "536870912"})
+    with pytest.raises(ConfigError, match=f"^config file {re.escape(str(file))}: {said}"):
+        load_config(environ={"HARDSCORE_CONFIG": str(file)})
+    assert not hasattr(ServerConfig(), "http_body_budget_bytes")

@@ -1,5 +1,6 @@
 """A budget of bytes shared by waiters on one event loop: the mechanism under the decode budget,
-the REST body budget and a stream's window of requests in progress.
+the request budget (gRPC messages and REST bodies) and a stream's window of requests in
+progress.
 
 ``take(need, timeout)`` takes ``need`` bytes when they fit beside those in use, waiting for
 them when they do not; ``release`` gives bytes back and grants the waiters that fit now. In

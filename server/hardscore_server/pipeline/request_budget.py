@@ -1,5 +1,5 @@
-"""The server-wide request budget: bytes of request messages in progress on the gRPC port, every
-call and stream of every protocol together.
+"""The process's one request budget: bytes of requests in progress, every gRPC call and stream
+of every protocol and every REST body together.
 
 A message is admitted when it has arrived and before it is parsed: it takes ``MEMORY_FACTOR``
 times its size and holds it until its request's decoding and scoring are done. A message larger
@@ -15,16 +15,28 @@ only within one of ``read_slots`` (one pool for both; the transport takes one be
 gRPC for the message and gives it back once the message has arrived, when its size is known), at
 most ``read_timeout_s``: a message that has not arrived by then ends its call
 (``MessageReadTimeout``), so a client that sends slowly, or opens a stream and never sends,
-holds a slot no longer. A stream's next message is read only once the budget holds room for one
-as large as its previous one (``reserve``), so streams are flow-controlled by bytes; a stream
-idle for ``read_timeout_s`` gives that room back and keeps waiting without it. Used on the
-event loop only (not thread-safe).
+holds a slot no longer. Free slots go round-robin by peer (a connection): each peer with reads
+waiting gets the next slot in turn, its own reads in arrival order, so a caller's small request
+waits for at most one read of each other peer, however many a hostile peer has queued. A
+stream's next message is read only once the budget holds room for one as large as its previous
+one (``reserve``), so streams are flow-controlled by bytes; a stream idle for ``read_timeout_s``
+gives that room back and keeps waiting without it.
+
+The REST port's bodies draw on the same budget (``take_body``): one process-wide budget for
+request bytes, whatever the protocol. A body takes its bytes plus its estimated parsing memory
+(counted by the REST transport), at most ``largest`` (beyond, it could never be read: the
+transport answers 413), and waits for room first fit beside the gRPC messages, at most its
+wait (then ``RequestBudgetBusy``: 503 with Retry-After). Its unread bytes stay in the socket
+while it waits, so it is not counted against the waiting limit. Used on the event loop only
+(not thread-safe).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -70,25 +82,82 @@ class RequestBudget(ByteBudget):
         self.largest = capacity - small if capacity >= 4 * small else capacity
         """The most one message takes: a small message's share stays free beside it."""
         self.read_slots = max(1, capacity // (MEMORY_FACTOR * max(max_message_bytes, 1)))
-        self._reads = asyncio.Semaphore(self.read_slots)
+        self.free_slots = self.read_slots
+        self._turns: dict[str, deque[asyncio.Future[None]]] = {}
+        """The reads waiting for a slot, by peer; the peers in turn order (dict order)."""
         if metrics is not None:
             metrics.request_budget.set(capacity)
 
-
-    async def read_in_slot(self, read: Awaitable[T]) -> T:
+    async def read_in_slot(self, read: Awaitable[T], peer: str = "") -> T:
         """Awaits ``read`` (gRPC receiving a unary request or a stream's first message) within a
-        read slot, waited for first (cancellable), at most ``read_timeout_s``:
-        MessageReadTimeout when the message has not arrived by then."""
-        async with self._reads:
-            try:
-                return await asyncio.wait_for(read, self.read_timeout_s)
-            except TimeoutError:
-                self._refuse("read_timeout")
-                raise MessageReadTimeout(
-                    f"no complete request message within {self.read_timeout_s:g} s of the server "
-                    "starting to read it (message_read_timeout_s): a message is read only while "
-                    "it holds one of the server's few read slots; send each message at once, "
-                    "and open a stream when its first message is ready") from None
+        read slot, waited for first (cancellable; slots go round-robin by ``peer``), at most
+        ``read_timeout_s``: MessageReadTimeout when the message has not arrived by then."""
+        try:
+            await self._take_slot(peer)
+        except BaseException:
+            close = getattr(read, "close", None)  # never started: closed, not left unawaited
+            if callable(close):
+                close()
+            raise
+        try:
+            return await asyncio.wait_for(read, self.read_timeout_s)
+        except TimeoutError:
+            self._refuse("read_timeout")
+            raise MessageReadTimeout(
+                f"no complete request message within {self.read_timeout_s:g} s of the server "
+                "starting to read it (message_read_timeout_s): a message is read only while "
+                "it holds one of the server's few read slots; send each message at once, "
+                "and open a stream when its first message is ready") from None
+        finally:
+            self._give_slot()
+
+    async def _take_slot(self, peer: str) -> None:
+        if self.free_slots > 0 and not self._turns:
+            self.free_slots -= 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        self._turns.setdefault(peer, deque()).append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._give_slot()  # granted in the same instant: pass it on
+            else:
+                queue = self._turns.get(peer)
+                if queue is not None:
+                    with contextlib.suppress(ValueError):
+                        queue.remove(granted)
+                    if not queue:
+                        del self._turns[peer]
+            raise
+
+    def _give_slot(self) -> None:
+        """A slot is free: to the first peer in turn (its oldest read), that peer to the end of
+        the turn if it has more; kept free when no read waits."""
+        while self._turns:
+            peer = next(iter(self._turns))
+            queue = self._turns.pop(peer)
+            granted = queue.popleft()
+            if queue:
+                self._turns[peer] = queue
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self.free_slots += 1
+
+    async def take_body(self, need: int, wait_s: float) -> None:
+        """Takes ``need`` bytes for a REST body (its bytes and estimated parsing memory, at
+        most ``largest``: the transport refuses more), waiting first fit at most ``wait_s``
+        seconds; RequestBudgetBusy (counted ``busy``) when they did not come. Cancelled while
+        waiting, it takes nothing."""
+        try:
+            await self.take(need, wait_s)
+        except TimeoutError:
+            self._refuse("busy")
+            raise RequestBudgetBusy(
+                f"request budget busy: {mib(self.in_use)} of {mib(self.capacity)} in use "
+                f"(request_budget_bytes), this request body needs {mib(need)} more and "
+                f"waited {wait_s:g} s (http_body_timeout_s); retry later") from None
 
     async def reserve(self, size: int, deadline: float | None) -> int:
         """Takes room for a stream's next message, as large as ``size`` (its previous one), and

@@ -31,7 +31,8 @@ Inference Protocol, grpc.health.v1, reflection), so neither concern is per-metho
   bytes until its request is done: a unary call's when its handler returns, a stream message's
   when its servicer's task for it is done (``release_when_done``) or the call ends. A stream
   reads its first message within a read slot, and its next one only once it holds room for
-  one as large as its previous one, so streams are flow-controlled by bytes. A refused unary
+  one as large as its previous one, so streams are flow-controlled by bytes. Read slots go
+  round-robin by the call's peer (its connection). A refused unary
   call is answered with the refusal's status (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED); on a
   stream the refusal ends the call where the handler reads it.
 """
@@ -193,7 +194,8 @@ class _AdmittedStream:
         deadline = _deadline(self._context)
         if self._last < 0:  # its size is unknown: read within a read slot, timed
             reserved = 0
-            item = await self._budget.read_in_slot(self._requests.__anext__())
+            item = await self._budget.read_in_slot(self._requests.__anext__(),
+                                                   self._context.peer())
         else:
             reserved = await self._budget.reserve(self._last, deadline)
             try:
@@ -419,7 +421,7 @@ class CallGate(grpc.aio.ServerInterceptor):
                 return _AdmittedStream(request, budget, held, context, deserialize)
             raw = b""
             try:  # the one message of a unary request, read within a read slot
-                raw = _take(await budget.read_in_slot(anext(aiter(request))))
+                raw = _take(await budget.read_in_slot(anext(aiter(request)), context.peer()))
                 need = await budget.admit(len(raw), _deadline(context))
             except StopAsyncIteration:
                 remaining = context.time_remaining()

@@ -5,10 +5,11 @@ and what a caller cancelled under its handler sees."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -57,6 +58,16 @@ class CallRecorder:
             raise AssertionError("unreachable: abort raises") from exc
         self.record(method, grpc.StatusCode.OK, started)
         return result
+
+
+async def pass_on(replies: AsyncGenerator[Any, None], exc: BaseException) -> None:
+    """Throws ``exc``, raised at the ``yield`` of a handler relaying ``replies`` (the call
+    gate's way of ending a call cancelled while a reply is written), into ``replies`` at its
+    own ``yield``, so that it ends, and counts its call, as when cancelled elsewhere. Left
+    suspended there instead, it would never count the call (about 1 stream in 10 cancelled
+    mid-write). What it raises in turn is the call's end already: not raised again."""
+    with contextlib.suppress(BaseException):
+        await replies.athrow(exc)
 
 
 def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -22,7 +22,12 @@ from hardscore_server.pipeline.image_pipeline import ImagePipeline
 from hardscore_server.pipeline.model_repository import ModelRepository
 from hardscore_server.pipeline.scores import score_logits, score_probabilities
 from hardscore_server.transport.call_gate import UnparseableMessage, release_when_done
-from hardscore_server.transport.calls import CallRecorder, cancelled_code, deadline_of
+from hardscore_server.transport.calls import (
+    CallRecorder,
+    cancelled_code,
+    deadline_of,
+    pass_on,
+)
 from hardscore_server.transport.hardscore_v1.replies import (
     encode_scores,
     image_reply_bytes,
@@ -111,9 +116,14 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             shape = (chunk.probabilities if chunk.HasField("probabilities") else chunk.logits).shape
             return int(shape[0]) if len(shape) else 0
 
-        async for response in self._stream("ScoreLogitsStream", request_iterator, context,
-                                           score_chunk, rows_of, "rows"):
-            yield response
+        replies = self._stream("ScoreLogitsStream", request_iterator, context, score_chunk,
+                               rows_of, "rows")
+        async for response in replies:
+            try:
+                yield response
+            except BaseException as exc:  # cancelled while written: _stream counts it
+                await pass_on(replies, exc)
+                raise
 
     # -- images -------------------------------------------------------------------------------
 
@@ -189,10 +199,15 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             result = await self._score_images(msg.chunk, context, first_row)
             return pb.ScoreImagesStreamResponse(result=result, first_row=first_row)
 
-        async for response in self._stream("ScoreImagesStream", request_iterator, context,
-                                           score_chunk, lambda m: len(m.chunk.samples),
-                                           "samples", has_room=self._image_queue_has_room):
-            yield response
+        replies = self._stream("ScoreImagesStream", request_iterator, context, score_chunk,
+                               lambda m: len(m.chunk.samples), "samples",
+                               has_room=self._image_queue_has_room)
+        async for response in replies:
+            try:
+                yield response
+            except BaseException as exc:  # cancelled while written: _stream counts it
+                await pass_on(replies, exc)
+                raise
 
     def _image_queue_has_room(self, samples: int) -> bool:
         try:  # the version an unversioned chunk goes to now
@@ -234,7 +249,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         unit: str,
         read_ahead: int = 2,
         has_room: Callable[[int], bool] | None = None,
-    ) -> AsyncIterator[T]:
+    ) -> AsyncGenerator[T, None]:
         """Handles chunks concurrently (up to ``read_ahead`` ahead) and yields results in order.
 
         ``handle(first_row, message)`` scores one chunk; an InvalidRequest it raises is answered

@@ -9,15 +9,16 @@ event loop the batcher runs on. JSON tensors and Triton's binary tensor data ext
 Errors are Triton's: ``{"error": "<message>"}`` with 400 for a bad request, 404 for an unknown
 model or path, 401 without an accepted bearer token (when tokens are configured), 408 for a body
 that stops arriving, 413 for a body over ``max_message_bytes`` or one that could never fit the
-body budget, 503 when the queue is full, the decode or body budget stays busy or the server is
-draining, 504 when a request's ``timeout`` parameter (microseconds) passes in the queue (request
-errors take their status from ``transport.statuses``), 500 for anything unexpected (logged). The
-bearer tokens and TLS files are the gRPC port's; ``/v2/health/live`` and ``/v2/health/ready``
-answer without a token, as ``grpc.health.v1`` does on the gRPC port.
+request budget, 503 when the queue is full, the decode or request budget stays busy or the
+server is draining, 504 when a request's ``timeout`` parameter (microseconds) passes in the
+queue (request errors take their status from ``transport.statuses``), 500 for anything
+unexpected (logged). The bearer tokens and TLS files are the gRPC port's; ``/v2/health/live``
+and ``/v2/health/ready`` answer without a token, as ``grpc.health.v1`` does on the gRPC port.
 
 Bodies are bounded before they are parsed (docs/security.md, "REST bounds"): every body is read
 in chunks against its route's size limit (after gzip or deflate inflation) while it holds its
-estimated memory from the server-wide ``BodyBudget``; a connection gets
+estimated memory in the server's one budget of request bytes (``BodyBudget``: the gRPC port's
+``RequestBudget``, ``request_budget_bytes``); a connection gets
 ``http_header_timeout_s`` for its headers and a body ``http_body_timeout_s`` between bytes.
 """
 
@@ -39,9 +40,9 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from hardscore_server.config import ServerConfig
 from hardscore_server.metrics import ServerMetrics
-from hardscore_server.pipeline.byte_budget import ByteBudget
 from hardscore_server.pipeline.decode_budget import mib
-from hardscore_server.pipeline.errors import InvalidRequest
+from hardscore_server.pipeline.errors import InvalidRequest, RequestBudgetBusy
+from hardscore_server.pipeline.request_budget import RequestBudget
 from hardscore_server.transport.inference_protocol.core import (
     InferenceCore,
     InferRequest,
@@ -124,7 +125,7 @@ def http_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
 
 class BodyRefused(Exception):
     """A request refused for its body, before or while it is read: the reply's HTTP status (408
-    stopped arriving, 413 too large, 503 body budget busy) and message."""
+    stopped arriving, 413 too large, 503 request budget busy) and message."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -167,17 +168,30 @@ def parse_cost(body: bytes | bytearray, header_length: int | None) -> int:
     return len(body) + json_cost + BINARY_PARSE_FACTOR * (len(body) - end)
 
 
-class BodyBudget(ByteBudget):
-    """The server-wide budget of REST bodies in progress (bytes): what they hold read plus
-    what parsing them is estimated to cost, all requests together.
+class BodyBudget:
+    """REST bodies in progress, in the server's one budget of request bytes (``RequestBudget``,
+    ``request_budget_bytes``) beside the gRPC messages: what each holds read plus what parsing
+    it is estimated to cost.
 
-    A request that does not fit now waits until others give budget back, first fit (a small
-    request passes a large one that does not fit yet), for at most its wait; then 503. One
-    that could never fit, even alone, is refused at once (413). Event loop only.
+    A request that does not fit now waits until others (gRPC calls and streams, other bodies)
+    give budget back, first fit (a small request passes a large one that does not fit yet), for
+    at most its wait; then 503. One that could never fit, even alone (over ``capacity``, the
+    most one request may hold of the budget), is refused at once (413). Event loop only.
     """
 
-    def __init__(self, capacity: int) -> None:
-        super().__init__(capacity, first_fit=True)
+    def __init__(self, shared: RequestBudget) -> None:
+        self.shared = shared
+
+    @property
+    def capacity(self) -> int:
+        """The most one body may hold: the budget less a small message's share."""
+        return self.shared.largest
+
+    def try_take(self, need: int) -> bool:
+        return self.shared.try_take(need)
+
+    def release(self, amount: int) -> None:
+        self.shared.release(amount)
 
     async def acquire(self, need: int, wait_s: float, held: int = 0) -> None:
         """Takes ``need`` more bytes for a request already holding ``held``, waiting up to
@@ -186,16 +200,14 @@ class BodyBudget(ByteBudget):
         if held + need > self.capacity:
             raise BodyRefused(
                 413, f"the request body needs an estimated {mib(held + need)} of memory to be "
-                f"read and parsed, more than this server's REST body budget of "
-                f"{mib(self.capacity)} (http_body_budget_bytes); send the tensors as binary "
-                "data (JSON takes 4 to 20 times its size to parse) or in smaller requests")
+                f"read and parsed, more than one request may hold of this server's request "
+                f"budget ({mib(self.capacity)} of {mib(self.shared.capacity)}, "
+                "request_budget_bytes); send the tensors as binary data (JSON takes 4 to 20 "
+                "times its size to parse) or in smaller requests")
         try:
-            await self.take(need, wait_s)
-        except TimeoutError:
-            raise BodyRefused(
-                503, f"REST body budget busy: {mib(self.in_use)} of {mib(self.capacity)} in "
-                f"use by other requests, this one needs {mib(need)} more and waited "
-                f"{wait_s:g} s (http_body_timeout_s); retry later") from None
+            await self.shared.take_body(need, wait_s)
+        except RequestBudgetBusy as exc:
+            raise BodyRefused(503, str(exc)) from None
 
 
 class BodyHold:
@@ -408,7 +420,7 @@ class RestServer:
 
     def __init__(
         self, config: ServerConfig, metrics: ServerMetrics, core: InferenceCore,
-        tokens: TokenStore,
+        tokens: TokenStore, requests: RequestBudget,
     ) -> None:
         self._config = config
         self._metrics = metrics
@@ -418,7 +430,7 @@ class RestServer:
         self._draining = False
         self._drain_started = 0.0
         self._last_activity = 0.0  # time.monotonic() of the last request's start or end
-        self._budget = BodyBudget(config.http_body_budget_bytes)
+        self._budget = BodyBudget(requests)  # the gRPC port's: one budget of request bytes
         self._body_timeout = config.http_body_timeout_s
         self.port = -1
         self.app = web.Application(
