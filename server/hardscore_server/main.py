@@ -135,6 +135,8 @@ class HardscoreServer:
             raise ConfigError(str(exc)) from None
         if failures:
             cause = failures[0].__cause__
+            if isinstance(cause, ConfigError):  # a setting that cannot work here (exit 2), e.g.
+                raise cause  # jpeg_decode_device=cuda on a host without CUDA
             if layout.single is not None and isinstance(cause, ModelDirError | ModelLoadError):
                 raise cause  # the model directory's own error, as before the repository
             raise ModelLoadError("; ".join(map(str, failures)))

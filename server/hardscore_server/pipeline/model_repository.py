@@ -368,7 +368,7 @@ class ModelRepository:
             pipeline = ImagePipeline(model, self._config, self._metrics, self.decode_share)
         except Exception as exc:
             log.error("model %s failed to load: %s", label, exc)
-            raise ModelLoadFailed(f"failed to load {label}: {exc}") from None
+            raise ModelLoadFailed(f"failed to load {label}: {exc}") from exc
         seconds = time.perf_counter() - started
         log.info("model %s loaded and warmed up in %.2fs on %s (estimated %s, resident memory "
                  "grew %s)", label, seconds, pipeline.provider, _mib(estimate), _mib(grown))
