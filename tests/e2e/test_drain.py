@@ -371,7 +371,10 @@ def test_the_sdk_retries_a_call_refused_by_a_draining_server_on_another_one():
     b = start_server([])
     results: list[list[int]] = []
     try:
-        with ScoringClient(f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}", timeout=30) as client:
+        # pick_first, so that every call goes to A while it serves (an ipv4: target is
+        # spread round_robin by default)
+        with ScoringClient(f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}", timeout=30,
+                           load_balancing="pick_first") as client:
             logits, expected = _logits(0)
             assert client.score_logits(logits).predicted_class.tolist() == expected  # on A
 
