@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 
@@ -36,7 +37,13 @@ import numpy as np
 import tritonclient.grpc as tgrpc
 
 from hardscore_server.tools.digits import heldout_split
-from hardscore_server.transport.inference_protocol.rest import mib, read_cost
+from hardscore_server.transport.inference_protocol.rest import (
+    MAX_JSON_BYTES,
+    MAX_JSON_PARSE_COST,
+    mib,
+    parse_cost,
+    read_cost,
+)
 
 from conftest import error_of, http, metric, proc_status, scrape
 from oip_inputs import model_input
@@ -143,16 +150,47 @@ def read_until_closed(sockets: dict[socket.socket, str], timeout: float
 BIG_BUDGET = 1024 * MIB
 
 
-def test_four_61_mb_json_bodies_stay_within_the_request_budget() -> None:
-    """A 61 MB JSON body of short numbers costs ~11x its size to parse: four at once took the
-    server from 126 to 2,125 MiB, and a concurrent gRPC call waited 9-13 s. Now each holds its
-    estimated cost in the request budget before its first byte is read; those that do not fit
-    wait their turn (here up to 300 s), small requests pass them."""
+def hostile_json(n: int) -> bytes:
+    """A JSON infer body of ``n`` empty lists, the JSON that takes longest to parse per byte
+    (refused once parsed: not numbers)."""
+    data = ",".join(["[]"] * n)
+    return (f'{{"inputs": [{{"name": "images", "datatype": "FP32", "shape": [{n}], '
+            f'"data": [{data}]}}]}}').encode()
+
+
+SMALL_DEADLINE_S = 1.0
+"""The issue's promise: another caller's small request is answered within a second."""
+
+
+def test_large_json_bodies_are_refused_and_small_requests_pass_beside_json_at_the_limit(
+) -> None:
+    """A 61 MB JSON body of short numbers costs ~11x its size to parse and holds the interpreter
+    ~1.2 s while ``json`` parses it: four at once took the server from 126 to 2,125 MiB, then
+    (in the budget) made small calls wait up to 2.4 s (gRPC) and 2.9 s (REST). JSON over
+    MAX_JSON_BYTES is now 413 before it is read, JSON estimated to cost more than
+    MAX_JSON_PARSE_COST to parse 413 before it is parsed, both naming the binary tensor data
+    extension; bodies at the limit, hostile ones among them, are parsed one at a time while
+    small requests of both protocols are answered within their deadline."""
     images = heldout_split()[2]
     per_image = len(infer_json(images[:8], 1)) / 8
     n = int(61_000_000 / per_image)
-    body = infer_json(np.resize(images, (n, 8, 8)), 1)
-    assert 60_000_000 < len(body) < 62_000_000
+    huge = infer_json(np.resize(images, (n, 8, 8)), 1)
+    assert 60_000_000 < len(huge) < 62_000_000
+
+    def json_cost(body: bytes) -> int:
+        return parse_cost(body, None) - len(body)
+
+    def largest(make: Callable[[int], bytes], lo: int, hi: int) -> bytes:
+        """make(k) for the largest k in [lo, hi) whose JSON cost is within the limit."""
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if json_cost(make(mid)) <= MAX_JSON_PARSE_COST else (lo, mid)
+        return make(lo)
+
+    at_limit = largest(lambda k: infer_json(np.resize(images, (k, 8, 8)), 1), 1, 1000)
+    hostile = largest(hostile_json, 1, 1_000_000)
+    too_costly = hostile_json(MAX_JSON_BYTES // 3 - 100)  # under the byte limit, 2.5x the cost
+    assert len(too_costly) <= MAX_JSON_BYTES < len(huge)
     with start_server(["--request-budget-bytes", str(BIG_BUDGET), "--http-body-timeout-s",
                        "300", "--max-queue-size", "8192"]) as server:
         grpc_client = tgrpc.InferenceServerClient(server.target)
@@ -161,7 +199,8 @@ def test_four_61_mb_json_bodies_stay_within_the_request_budget() -> None:
 
         def small_grpc() -> float:
             started = time.monotonic()
-            assert grpc_client.infer(MODEL, [tensor]).as_numpy("logits").shape == (1, 10)
+            reply = grpc_client.infer(MODEL, [tensor], client_timeout=SMALL_DEADLINE_S)
+            assert reply.as_numpy("logits").shape == (1, 10)
             return time.monotonic() - started
 
         def small_rest() -> float:
@@ -171,23 +210,47 @@ def test_four_61_mb_json_bodies_stay_within_the_request_budget() -> None:
 
         small_grpc()
         small_rest()
+        # over the limit: 413 at once, four at once, before the body is read
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            started = time.monotonic()
+            refused = list(pool.map(lambda _: post(server, huge), range(4)))
+            refused_s = time.monotonic() - started
+        advice = ("JSON holds the server while it is parsed; send the tensors as binary data "
+                  "(the binary tensor data extension: Inference-Header-Content-Length) or in "
+                  "smaller requests")
+        for status, _, reply in refused:
+            assert (status, json.loads(reply)["error"]) == (413, (
+                "the request's JSON is too large for this server (a JSON body over 8388608 "
+                f"bytes): {advice}"))
+        # under the byte limit, over the parse cost: 413 once counted, before it is parsed
+        assert error_of(http(server, INFER, too_costly)) == (413, (
+            f"the request's JSON is too large for this server (its {len(too_costly)} bytes of "
+            f"JSON would take an estimated {mib(json_cost(too_costly))} to parse, more than "
+            f"{mib(MAX_JSON_PARSE_COST)}): {advice}"))
+        # at the limit: 4 callers sending 10 such bodies each (one caller empty lists)
         baseline = reset_peak(server)
         waits: dict[str, list[float]] = {"gRPC": [], "REST": []}
+        bodies = [at_limit, at_limit, at_limit, hostile]
+
+        def send(body: bytes) -> list[int]:
+            return [post(server, body)[0] for _ in range(10)]
+
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            replies = [pool.submit(post, server, body) for _ in range(4)]
+            replies = [pool.submit(send, body) for body in bodies]
             while not all(r.done() for r in replies):
                 waits["gRPC"].append(small_grpc())
                 waits["REST"].append(small_rest())
-            results = [r.result() for r in replies]
+            statuses = [r.result() for r in replies]
         top = peak(server)
         grpc_client.close()
-        assert [status for status, _, _ in results] == [200] * 4, [r[2][:200] for r in results]
-        for _, _, reply in results:
-            assert json.loads(reply)["outputs"][0]["shape"] == [n]
-        print(f"\n4 x {len(body) / 1e6:.0f} MB JSON at once: baseline {baseline / MIB:.0f} MiB, "
-              f"peak {top / MIB:.0f} MiB (+{(top - baseline) / MIB:.0f} MiB, budget "
-              f"{BIG_BUDGET / MIB:.0f} MiB); small requests meanwhile, longest wait: "
+        print(f"\n4 x {len(huge) / 1e6:.0f} MB JSON at once: 413 in {refused_s:.2f} s; "
+              f"4 callers x 10 bodies at the limit ({len(at_limit) / 1e6:.1f} MB of numbers x 3, "
+              f"{len(hostile) / 1e6:.1f} MB of empty lists x 1): baseline "
+              f"{baseline / MIB:.0f} MiB, peak {top / MIB:.0f} MiB "
+              f"(+{(top - baseline) / MIB:.0f} MiB); small requests meanwhile, longest wait: "
               + ", ".join(f"{k} {max(v):.2f} s ({len(v)} sent)" for k, v in waits.items()))
+        assert statuses == [[200] * 10] * 3 + [[400] * 10], statuses
+        assert max(waits["REST"]) < SMALL_DEADLINE_S, waits  # gRPC: its deadline, above
         assert top < baseline + BIG_BUDGET + 256 * MIB
         assert small_request_ok(server)
     assert_quiet(server)
@@ -347,9 +410,12 @@ def test_gzip_bombs_stop_inflating_at_the_size_limit() -> None:
         top = peak(server)
         print(f"\n8 gzip bombs (1 MB -> 1 GiB each) at once: +{(top - baseline) / MIB:.0f} MiB "
               f"over {baseline / MIB:.0f} MiB, limit {LIMIT / MIB:.0f} MiB each")
-        for reply in replies:
-            assert error_of(reply) == (413, f"request body exceeds {LIMIT} bytes "
-                                       "(max_message_bytes)")
+        for reply in replies:  # JSON: its own limit, under max_message_bytes here
+            assert error_of(reply) == (413, (
+                "the request's JSON is too large for this server (a JSON body over 8388608 "
+                "bytes): JSON holds the server while it is parsed; send the tensors as binary "
+                "data (the binary tensor data extension: Inference-Header-Content-Length) or in "
+                "smaller requests"))
             assert reply[1]["Connection"] == "close"
         assert top < baseline + 8 * LIMIT + 64 * MIB
         # a body that inflates as it says is read as before
@@ -387,7 +453,8 @@ def test_slow_headers_and_bodies_are_cut_off_and_huge_lengths_refused_at_once() 
         for s, reply in read_until_closed(huge, 60).items():
             assert reply is not None and reply.startswith(
                 b"HTTP/1.1 413 Request Entity Too Large\r\n"), reply
-            assert b'{"error": "request body exceeds 67108864 bytes (max_message_bytes)"}' in reply
+            # a JSON body (no binary data header): the JSON limit, under max_message_bytes
+            assert b"(a JSON body over 8388608 bytes)" in reply
             s.close()
         ended = read_until_closed(kinds, 60)
         outcomes: dict[tuple[str, str], int] = {}

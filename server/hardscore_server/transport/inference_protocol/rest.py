@@ -25,12 +25,14 @@ estimated memory in the server's one budget of request bytes (``BodyBudget``: th
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -70,7 +72,17 @@ ones)."""
 BINARY_PARSE_FACTOR = 1
 """The same for binary tensor data: one copy, into the tensor."""
 INLINE_BYTES = 1024 * 1024
-"""Bodies up to this size are counted on the event loop; larger ones in a worker thread."""
+"""Bodies up to this size are counted on the event loop; larger ones in a worker thread, and
+their JSON parsed in the one JSON thread (small ones in any worker thread)."""
+MAX_JSON_BYTES = 8 * 1024 * 1024
+"""Most bytes of JSON an infer body may hold (its JSON header with binary tensor data), 413
+before the body is read. Larger tensors go as binary data (~11x smaller than their JSON)."""
+MAX_JSON_PARSE_COST = 32 * 1024 * 1024
+"""Most estimated parsing memory (``parse_cost``, less the body itself) of an infer body's
+JSON, 413 beyond, before it is parsed. ``json`` holds the interpreter while it parses, every
+other request waiting, for about 1.3 ns per byte of that estimate at most, whatever the JSON
+(short numbers, empty lists, strings): 32 MiB keeps each pause near 50 ms (short numbers up
+to ~2.4 MB of JSON, 17-digit ones ~5 MB, hostile ``[[],[],...]`` ~0.5 MB)."""
 LINGER_S = 10.0
 """Longest the rest of a body left unread (a refused request) is received and dropped so that a
 client still sending reads the reply, before the connection closes (aiohttp's lingering time;
@@ -432,6 +444,9 @@ class RestServer:
         self._last_activity = 0.0  # time.monotonic() of the last request's start or end
         self._budget = BodyBudget(requests)  # the gRPC port's: one budget of request bytes
         self._body_timeout = config.http_body_timeout_s
+        # Large JSON bodies are parsed one at a time: each holds the interpreter while parsed,
+        # so that at most one such pause stands before another caller's request at a time.
+        self._json_thread = ThreadPoolExecutor(1, thread_name_prefix="hardscore-json")
         self.port = -1
         self.app = web.Application(
             client_max_size=config.max_message_bytes,
@@ -501,6 +516,7 @@ class RestServer:
         finish; their connections close after the reply.
         """
         if self._runner is None:
+            self._json_thread.shutdown(wait=False)
             return
         until = self._drain_started + window_s
         while (now := time.monotonic()) < until and now - self._last_activity < quiet_s:
@@ -511,8 +527,9 @@ class RestServer:
             connection.force_close()
         if idle:
             await asyncio.sleep(IDLE_CLOSE_S)
-        await self._runner.cleanup()
+        await self._runner.cleanup()  # the requests in progress end first (or time out)
         self._runner = None
+        self._json_thread.shutdown(wait=False)
 
     # -- middleware: errors, auth, metrics --------------------------------------------------
 
@@ -569,8 +586,9 @@ class RestServer:
             return
         limit = _body_limit(request, self._config)
         length = request.content_length
-        if length is not None and (length > limit[0] or read_cost(
-                length, header_length_of(request)) > self._budget.capacity):
+        header_length = header_length_of(request)
+        if (header_length or 0) > MAX_JSON_BYTES or (length is not None and (
+                length > limit[0] or read_cost(length, header_length) > self._budget.capacity)):
             return
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # as aiohttp's own: the reply has not started
@@ -733,15 +751,29 @@ class RestServer:
 
         async def parse(hold: BodyHold) -> InferRequest:
             nonlocal binary_default
+            if header_length is not None and header_length > MAX_JSON_BYTES:
+                raise BodyRefused(413, _json_too_large(
+                    f"its {HEADER_LENGTH} is {header_length}, over {MAX_JSON_BYTES} bytes"))
             body = await self._read_body(request, hold, header_length)
             # What parsing will take, counted from the text: held (or 413, 503) before it starts
             if len(body) <= INLINE_BYTES:
                 cost = parse_cost(body, header_length)
             else:
                 cost = await asyncio.to_thread(parse_cost, body, header_length)
+            end = len(body) if header_length is None else min(header_length, len(body))
+            json_cost = cost - len(body) - BINARY_PARSE_FACTOR * (len(body) - end)
+            if json_cost > MAX_JSON_PARSE_COST:
+                raise BodyRefused(413, _json_too_large(
+                    f"its {end} bytes of JSON would take an estimated {mib(json_cost)} to parse, "
+                    f"more than {mib(MAX_JSON_PARSE_COST)}"))
             await hold.reach(cost, keep=len(body))
-            neutral, binary_default = await asyncio.to_thread(
-                parse_infer_body, body, request.headers.get(HEADER_LENGTH), name, version)
+            work = functools.partial(parse_infer_body, body, request.headers.get(HEADER_LENGTH),
+                                     name, version)
+            if len(body) <= INLINE_BYTES:
+                neutral, binary_default = await asyncio.to_thread(work)
+            else:
+                neutral, binary_default = await asyncio.get_running_loop().run_in_executor(
+                    self._json_thread, work)
             return neutral
 
         def encode(result: InferResult) -> tuple[list[bytes], int | None]:
@@ -761,9 +793,18 @@ SMALL_BODY_BYTES = 64 * 1024
 """Most bytes a repository or shared-memory request's JSON body may hold (413 beyond)."""
 
 
+def _json_too_large(what: str) -> str:
+    """The 413 message of a body whose JSON is too large to parse: ``what`` says how large."""
+    return (f"the request's JSON is too large for this server ({what}): JSON holds the server "
+            "while it is parsed; send the tensors as binary data (the binary tensor data "
+            f"extension: {HEADER_LENGTH}) or in smaller requests")
+
+
 def _body_limit(request: web.Request, config: ServerConfig) -> tuple[int, str]:
     """The most bytes the request's route reads from a body, and the 413 message beyond it."""
     if request.match_info.route.handler.__name__ == "_infer":
+        if header_length_of(request) is None and config.max_message_bytes > MAX_JSON_BYTES:
+            return MAX_JSON_BYTES, _json_too_large(f"a JSON body over {MAX_JSON_BYTES} bytes")
         return config.max_message_bytes, (
             f"request body exceeds {config.max_message_bytes} bytes (max_message_bytes)")
     return SMALL_BODY_BYTES, (
