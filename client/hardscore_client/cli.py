@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -429,8 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(rpc_error_line(exc, args), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"hardscore {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted(args.command)
+    except RuntimeError as exc:  # Ctrl-C inside a lock's wait can surface as a lock error
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            return _interrupted(args.command)
+        raise
     except BrokenPipeError:  # `hardscore top ... | head`: the reader has all it wanted
         _discard_stdout()
         return EXIT_BROKEN_PIPE
@@ -438,6 +443,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"hardscore {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
+
+
+def _interrupted(command: str) -> int:
+    """Ctrl-C: one line, EXIT_INTERRUPTED, and gRPC's own threads quiet while the process
+    ends (see _quiet_closed_channel_watch)."""
+    threading.excepthook = _quiet_closed_channel_watch
+    print(f"hardscore {command}: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _quiet_closed_channel_watch(args: threading.ExceptHookArgs) -> None:
+    """Interrupted while the first call waited for a server that never answered: older grpcio
+    releases (1.62) let the thread watching the channel's state raise ("Channel closed!", or a
+    lock error) once the client closes the channel. Such a traceback from gRPC's own thread
+    says nothing to the user; any other goes on to the default hook."""
+    frames = traceback.extract_tb(args.exc_traceback)
+    if any("grpc" in frame.filename for frame in frames):
+        return
+    threading.__excepthook__(args)
 
 
 def _discard_stdout() -> None:
