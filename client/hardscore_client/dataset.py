@@ -513,15 +513,21 @@ async def _model_classes(
     return ServedModel(model_name, model_version, names)
 
 
+def models_named(columns: Columns) -> set[tuple[str, str]]:
+    """The (model, model_version) pairs the scored rows of ``columns`` name (none for a table
+    written before those columns; rows that name neither are left out)."""
+    if "model" not in columns or "model_version" not in columns:
+        return set()
+    scored = columns["error"] == "" if "error" in columns else slice(None)
+    return {(str(m), str(v)) for m, v in zip(columns["model"][scored],
+                                             columns["model_version"][scored], strict=True)
+            if m or v}
+
+
 def check_same_model(existing: Columns, out: Path, model: ServedModel) -> None:
     """Refuses to add rows of ``model`` to a table whose scored rows name another model
     version (rows without a model, from tables written before the column, are accepted)."""
-    if "model" not in existing or "model_version" not in existing:
-        return
-    scored = existing["error"] == "" if "error" in existing else slice(None)
-    named = {(str(m), str(v)) for m, v in zip(existing["model"][scored],
-                                              existing["model_version"][scored], strict=True)
-             if m or v}
+    named = models_named(existing)
     others = named - {(model.name, model.version)}
     if others:
         theirs = ", ".join(f"{m} version {v}" for m, v in sorted(named))

@@ -50,6 +50,7 @@ from hardscore_client.dataset import (
     concat_columns,
     error_rows,
     last_rows,
+    models_named,
     read_item,
     result_rows,
     retried,
@@ -203,9 +204,8 @@ def _saved_models(files: Sequence[Path]) -> set[tuple[str, str]]:
         if not {"model", "model_version"} <= set(pq.read_schema(f).names):
             continue
         t = pq.read_table(f, columns=["model", "model_version", "error"])
-        named.update((m or "", v or "") for m, v, e in zip(
-            t["model"].to_pylist(), t["model_version"].to_pylist(), t["error"].to_pylist(),
-            strict=True) if not e and (m or v))
+        named |= models_named({name: np.array([v or "" for v in t[name].to_pylist()],
+                                              dtype=object) for name in t.column_names})
     return named
 
 
