@@ -12,6 +12,7 @@ need over ``capacity`` themselves: it would never be granted. Not thread-safe.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,6 +68,19 @@ class ByteBudget:
                 self._grant()  # in arrival order, those behind it may fit now
                 self._changed()
             raise
+
+    async def take_before(self, need: int, deadline: float | None, max_wait_s: float) -> str:
+        """Takes ``need`` bytes, waiting at most ``max_wait_s`` seconds and never past
+        ``deadline`` (time.monotonic(); None: none): "" when taken, "deadline" when the deadline
+        passed first, "busy" when ``max_wait_s`` did (then nothing is taken)."""
+        timeout = max_wait_s
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+        try:
+            await self.take(need, timeout)
+        except TimeoutError:
+            return "deadline" if deadline is not None and time.monotonic() >= deadline else "busy"
+        return ""
 
     def release(self, amount: int) -> None:
         """Gives ``amount`` bytes back and grants the waiters that fit now, in order."""

@@ -10,8 +10,6 @@ whole budget is refused at once. Used on the event loop only (not thread-safe).
 
 from __future__ import annotations
 
-import time
-
 from hardscore_server.metrics import ServerMetrics
 from hardscore_server.pipeline.byte_budget import ByteBudget
 from hardscore_server.pipeline.errors import DeadlineExpired, DecodeBudgetExceeded
@@ -59,20 +57,15 @@ class DecodeBudget(ByteBudget):
                 f"the request's images need an estimated {mib(need)} of decode memory at once "
                 f"(its largest images, decoded in parallel), more than this server's decode "
                 f"budget of {mib(self.capacity)}; send the large images in separate requests")
-        timeout = self.max_wait_s
-        if deadline is not None:
-            timeout = min(timeout, deadline - time.monotonic())
-        try:
-            await self.take(need, timeout)
-        except TimeoutError:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise DeadlineExpired(
-                    "deadline passed while waiting for decode memory; nothing decoded") from None
+        outcome = await self.take_before(need, deadline, self.max_wait_s)
+        if outcome == "deadline":
+            raise DeadlineExpired(
+                "deadline passed while waiting for decode memory; nothing decoded")
+        if outcome == "busy":
             self._refuse("busy")
             raise DecodeBudgetExceeded(
                 f"decode budget busy: {mib(self.in_use)} of {mib(self.capacity)} in use, this "
-                f"request needs {mib(need)} and waited {self.max_wait_s:g} s; retry later"
-            ) from None
+                f"request needs {mib(need)} and waited {self.max_wait_s:g} s; retry later")
 
     def _refuse(self, reason: str) -> None:
         if self._metrics is not None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -199,21 +198,17 @@ class RequestBudget(ByteBudget):
         return need
 
     async def _take_until(self, need: int, deadline: float | None, what: str) -> None:
-        timeout = self.max_wait_s
-        if deadline is not None:
-            timeout = min(timeout, deadline - time.monotonic())
-        try:
-            await self.take(need, timeout)
-        except TimeoutError:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise DeadlineExpired(
-                    f"deadline passed while this {what} waited for request budget; nothing "
-                    "computed") from None
+        outcome = await self.take_before(need, deadline, self.max_wait_s)
+        if outcome == "deadline":
+            raise DeadlineExpired(
+                f"deadline passed while this {what} waited for request budget; nothing "
+                "computed")
+        if outcome == "busy":
             self._refuse("busy")
             raise RequestBudgetBusy(
                 f"request budget busy: {mib(self.in_use)} of {mib(self.capacity)} in use "
                 f"(request_budget_bytes), this {what} needs {mib(need)} and waited "
-                f"{self.max_wait_s:g} s; retry later") from None
+                f"{self.max_wait_s:g} s; retry later")
 
     def _wait(self, amount: int) -> None:
         self.waiting_bytes += amount
