@@ -247,25 +247,30 @@ def _codes(before: dict, after: dict, method: str) -> dict[str, float]:
 EXPIRING = 6  # 960 samples: within the queue (1024)
 
 
+async def _concurrent_codes(server: ServerProcess, request: pb.ScoreImagesRequest,
+                            timeout: float, calls: int) -> list[grpc.StatusCode]:
+    """The status of each of ``calls`` concurrent ScoreImages(``request``) calls over one
+    channel, each with the deadline ``timeout`` (seconds)."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ScoringServiceStub(channel)
+
+        async def one() -> grpc.StatusCode:
+            try:
+                await stub.ScoreImages(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+        return list(await asyncio.gather(*(one() for _ in range(calls))))
+
+
 def test_calls_ended_by_their_deadline_are_never_counted_cancelled(server, slow_request):
     """Concurrent calls whose deadline passes while the server decodes them: every one is
     DEADLINE_EXCEEDED in the metrics, whichever side noticed first, and none of their samples
     is counted ``cancelled``."""
     before = scrape(server.metrics_url)
 
-    async def expire() -> list[grpc.StatusCode]:
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            stub = pb_grpc.ScoringServiceStub(channel)
-
-            async def one() -> grpc.StatusCode:
-                try:
-                    await stub.ScoreImages(slow_request, timeout=0.25)
-                except grpc.RpcError as exc:
-                    return exc.code()
-                return grpc.StatusCode.OK
-            return list(await asyncio.gather(*(one() for _ in range(EXPIRING))))
-
-    assert asyncio.run(expire()) == [grpc.StatusCode.DEADLINE_EXCEEDED] * EXPIRING
+    codes = asyncio.run(_concurrent_codes(server, slow_request, 0.25, EXPIRING))
+    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * EXPIRING
     after = _settled(server, before, "ScoreImages", EXPIRING)
     dropped = _delta(before, after, "hardscore_calls_dropped_total", method="ScoreImages")
     handled = _codes(before, after, "ScoreImages")
@@ -323,19 +328,7 @@ def test_under_overload_expired_calls_are_never_counted_cancelled(server):
                                            for png in slow_pngs(2, 64)])
     before = scrape(server.metrics_url)
 
-    async def burst() -> list[grpc.StatusCode]:
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            stub = pb_grpc.ScoringServiceStub(channel)
-
-            async def one() -> grpc.StatusCode:
-                try:
-                    await stub.ScoreImages(small, timeout=0.05)
-                except grpc.RpcError as exc:
-                    return exc.code()
-                return grpc.StatusCode.OK
-            return list(await asyncio.gather(*(one() for _ in range(OVERLOAD))))
-
-    seen = asyncio.run(burst())
+    seen = asyncio.run(_concurrent_codes(server, small, 0.05, OVERLOAD))
     assert set(seen) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
     time.sleep(1.0)  # the server's tasks for the last calls end
     after = scrape(server.metrics_url)
